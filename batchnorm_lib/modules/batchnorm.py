@@ -1,0 +1,209 @@
+"""Batch normalization: BatchNormND carries all state and logic; the other classes only say which
+data shapes they accept."""
+
+import numbers
+
+import numpy as np
+
+from batchnorm_lib import config, kernels
+from batchnorm_lib.backend import gpuarray
+from batchnorm_lib.modules.module import Module, ModuleError, check_finite
+from batchnorm_lib.variable import Variable
+
+
+def _positive_int(owner, name, value, low=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ModuleError("%s: %s must be an integer >= %d, got %r" % (owner, name, low, value))
+    return int(value)
+
+
+class BatchNormND(Module):
+    """Batch normalization over every axis but axis 1 of (N, C, *spatial) data with ``nd`` spatial
+    axes. Parameters and statistics have shape (1, C, 1, 1) for nd <= 2 and (1, C) + (1,) * nd above.
+    """
+
+    layout = None  # what subclasses call the axes, for error messages
+
+    def __init__(self, nd, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01,
+                 affine=True, name=None, empty=False, inplace=False):
+        super().__init__(name)
+        self.nd = _positive_int(self, "nd", nd, low=0)
+        self.maps = _positive_int(self, "maps", maps)
+        self.epsilon = check_finite(self, "epsilon", epsilon, low=0.0)
+        self.initFactor = check_finite(self, "initFactor", initFactor, low=0.0, high=1.0)
+        self.minFactor = check_finite(self, "minFactor", minFactor, low=0.0, high=1.0)
+        sscale = check_finite(self, "sscale", sscale, low=0.0)
+        self.affine = bool(affine)
+        self.inplace = bool(inplace)
+        self.numOfProps = 0
+
+        self.scale = self.bias = self.mean = self.var = None
+        self.savemean = self.saveinvvar = None
+        self.scalegrad = self.biasgrad = None
+        self._fwdTrain = None
+
+        if empty:
+            return
+
+        shape = self.paramShape
+        scale = np.random.normal(1.0, sscale if affine else 0.0, shape).astype(np.float32)
+        bias = np.zeros(shape, dtype=np.float32)
+        if self.affine:
+            self.setVar("scale", Variable(gpuarray.to_gpu(scale)))
+            self.setVar("bias", Variable(gpuarray.to_gpu(bias)))
+        else:
+            self.setAttr("scale", gpuarray.to_gpu(scale))
+            self.setAttr("bias", gpuarray.to_gpu(bias))
+        self.setAttr("mean", gpuarray.zeros(shape, dtype=np.float32))
+        self.setAttr("var", gpuarray.to_gpu(np.ones(shape, dtype=np.float32)))
+
+    @property
+    def paramShape(self):
+        return (1, self.maps) + (1,) * max(self.nd, 2)
+
+    # -- checks ----------------------------------------------------------------------------------
+    def checkDataShape(self, shape):
+        ndim = self.nd + 2
+        if len(shape) != ndim:
+            layout = self.layout or "(N, C%s)" % "".join(", S%d" % i for i in range(self.nd))
+            raise ModuleError("%s: expects %d-D data %s, got shape %s"
+                              % (self, ndim, layout, tuple(shape)))
+        if shape[1] != self.maps:
+            raise ModuleError("%s: expects %d channels on axis 1, got shape %s"
+                              % (self, self.maps, tuple(shape)))
+        if self.scale is None:
+            raise ModuleError("%s: parameters are not initialized (built with empty=True); "
+                              "load() them first" % self)
+        if any(s == 0 for s in shape):
+            raise ModuleError("%s: data has no elements, shape %s" % (self, tuple(shape)))
+        if self.train:
+            if self.inplace:
+                raise ModuleError("%s: inplace=True is allowed only in evaluation mode" % self)
+            if int(np.prod(shape, dtype=np.int64)) // self.maps < 2:
+                raise ModuleError("%s: training needs more than one value per channel, got shape %s"
+                                  % (self, tuple(shape)))
+
+    # -- forward ---------------------------------------------------------------------------------
+    def updateData(self, data):
+        ops = kernels.ops()
+        if self.train:
+            factor = max(self.initFactor / (self.numOfProps + 1), self.minFactor)
+            out = gpuarray.empty(data.shape, data.dtype)
+            savemean = gpuarray.empty(self.paramShape, np.float32)
+            saveinvvar = gpuarray.empty(self.paramShape, np.float32)
+            ops.forward_train(data, self.scale, self.bias, self.mean, self.var, self.epsilon, factor,
+                              out, savemean, saveinvvar)
+            self.numOfProps += 1
+            self.savemean, self.saveinvvar = savemean, saveinvvar
+            self._fwdTrain = True
+        else:
+            out = data if self.inplace else gpuarray.empty(data.shape, data.dtype)
+            ops.forward_infer(data, self.scale, self.bias, self.mean, self.var, self.epsilon, out)
+            self._fwdTrain = False
+        return out
+
+    # -- backward --------------------------------------------------------------------------------
+    def updateGrad(self, grad):
+        dx = gpuarray.empty(grad.shape, grad.dtype)
+        if self._fwdTrain:
+            self._paramGrads(grad, dx)
+        else:
+            kernels.ops().backward_infer(grad, self.scale, self.var, self.epsilon, dx)
+        return dx
+
+    def _paramGrads(self, grad, dx=None):
+        dscale = gpuarray.empty(self.paramShape, np.float32)
+        dbias = gpuarray.empty(self.paramShape, np.float32)
+        kernels.ops().backward_train(self.inData, grad, self.scale, self.savemean, self.saveinvvar,
+                                     dx, dscale, dbias)
+        self.scalegrad, self.biasgrad = dscale, dbias
+
+    def accGradParams(self, grad, scale=1.0, momentum=0.0):
+        if not self.affine or not self._fwdTrain:
+            return
+        if self.scalegrad is None:  # backward ran with updGrad=False
+            self._paramGrads(grad)
+        ops = kernels.ops()
+        ops.axpby(self.scalegrad.ravel(), self.vars["scale"].grad.ravel(), scale, momentum)
+        ops.axpby(self.biasgrad.ravel(), self.vars["bias"].grad.ravel(), scale, momentum)
+
+    def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
+        self.scalegrad = self.biasgrad = None
+        return super().backward(grad, updParamGrads, updGrad, scale, momentum)
+
+    # -- modes and state -------------------------------------------------------------------------
+    def reset(self):
+        super().reset()
+        self.savemean = self.saveinvvar = None
+        self.scalegrad = self.biasgrad = None
+        self._fwdTrain = None
+
+    def calcMode(self, T):
+        T = np.dtype(T)
+        if T not in config.backend_module().supported_dtypes():
+            raise ModuleError("%s: dtype %s is not supported on the %r backend" %
+                              (self, T, config.get_backend()))
+        self.calctype = T
+
+    def stateSpec(self):
+        shape, f32 = self.paramShape, np.dtype(np.float32)
+        kind = "vars" if self.affine else "attrs"
+        return {kind + ".scale": (shape, f32), kind + ".bias": (shape, f32),
+                "attrs.mean": (shape, f32), "attrs.var": (shape, f32)}
+
+    def saveMeta(self):
+        return {"numOfProps": self.numOfProps}
+
+    def loadMeta(self, meta, check):
+        if "numOfProps" not in meta:
+            return
+        value = meta["numOfProps"]
+        if check:
+            if value.shape != () or value.dtype.kind not in "iu" or int(value) < 0:
+                raise ModuleError("%s: meta.numOfProps must be a non-negative integer" % self)
+        else:
+            self.numOfProps = int(value)
+
+
+class BatchNorm(BatchNormND):
+    """Batch normalization of (batchsize, size) data, e.g. after a fully connected layer."""
+
+    layout = "(N, size)"
+
+    def __init__(self, size, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
+                 name=None, empty=False, inplace=False):
+        super().__init__(0, size, epsilon, initFactor, minFactor, sscale, affine, name, empty,
+                         inplace)
+
+
+class BatchNorm1D(BatchNormND):
+    """Batch normalization of (N, C, L) sequences."""
+
+    layout = "(N, C, L)"
+
+    def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
+                 name=None, empty=False, inplace=False):
+        super().__init__(1, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
+                         inplace)
+
+
+class BatchNorm2D(BatchNormND):
+    """Batch normalization of (N, C, H, W) images."""
+
+    layout = "(N, C, H, W)"
+
+    def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
+                 name=None, empty=False, inplace=False):
+        super().__init__(2, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
+                         inplace)
+
+
+class BatchNorm3D(BatchNormND):
+    """Batch normalization of (N, C, D, H, W) volumes."""
+
+    layout = "(N, C, D, H, W)"
+
+    def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
+                 name=None, empty=False, inplace=False):
+        super().__init__(3, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
+                         inplace)

@@ -1,0 +1,207 @@
+"""Module: parameters, attributes, train/eval mode and the forward/backward lifecycle.
+
+Subclasses implement ``updateData(data) -> output`` and ``updateGrad(grad) -> input gradient``
+(both return instead of assigning, so a refused call leaves the module as it was), and may
+override ``accGradParams``, ``checkDataShape``, ``checkGradShape``.
+"""
+
+import math
+
+import numpy as np
+
+from batchnorm_lib import config, kernels
+from batchnorm_lib.backend import gpuarray
+from batchnorm_lib.variable import Variable
+
+
+class ModuleError(Exception):
+    """Raised for every refused module call; the module's state is left as it was."""
+
+
+def check_finite(owner, name, value, low=None, high=None):
+    """Validate a real-valued hyperparameter, raising ModuleError with a message that names it."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ModuleError("%s: %s must be a real number, got %r" % (owner, name, value)) from None
+    if not math.isfinite(value):
+        raise ModuleError("%s: %s must be finite, got %r" % (owner, name, value))
+    if low is not None and value < low:
+        raise ModuleError("%s: %s must be >= %s, got %r" % (owner, name, low, value))
+    if high is not None and value > high:
+        raise ModuleError("%s: %s must be <= %s, got %r" % (owner, name, high, value))
+    return value
+
+
+class Module:
+    def __init__(self, name=None):
+        self.name = name
+        self.vars = {}
+        self.attrs = {}
+        self.inData = None
+        self.data = None
+        self.grad = None
+        self.train = True
+        self.calctype = np.dtype(np.float32)
+
+    # -- parameters and attributes ---------------------------------------------------------------
+    def setVar(self, name, var):
+        setattr(self, name, var.data)
+        self.vars[name] = var
+
+    def getVar(self, name):
+        return self.vars[name]
+
+    def setAttr(self, name, attr):
+        setattr(self, name, attr)
+        self.attrs[name] = attr
+
+    def hasAttr(self, name):
+        return name in self.attrs
+
+    def numOfParams(self):
+        return sum(var.data.size for var in self.vars.values())
+
+    # -- forward / backward ----------------------------------------------------------------------
+    def __call__(self, data):
+        self._checkArray(data, "data")
+        self.checkDataShape(data.shape)
+        out = self.updateData(data)
+        self.inData, self.data = data, out
+        self.grad = None
+        return out
+
+    def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
+        if self.inData is None:
+            raise ModuleError("%s: backward called before any forward pass" % self)
+        self._checkArray(grad, "grad")
+        self.checkGradShape(grad.shape)
+        scale = check_finite(self, "scale", scale)
+        momentum = check_finite(self, "momentum", momentum)
+
+        newgrad = self.updateGrad(grad) if updGrad else None
+        if updParamGrads and self.train:
+            self.accGradParams(grad, scale=scale, momentum=momentum)
+        self.grad = newgrad
+        return newgrad
+
+    def updateData(self, data):
+        raise NotImplementedError
+
+    def updateGrad(self, grad):
+        raise NotImplementedError
+
+    def accGradParams(self, grad, scale=1.0, momentum=0.0):
+        pass
+
+    def checkDataShape(self, shape):
+        pass
+
+    def checkGradShape(self, shape):
+        if self.inData is not None and tuple(shape) != tuple(self.inData.shape):
+            raise ModuleError("%s: grad shape %s differs from the data shape %s"
+                              % (self, tuple(shape), tuple(self.inData.shape)))
+
+    def _checkArray(self, ary, what):
+        if not gpuarray.is_array(ary):
+            raise ModuleError(
+                "%s: %s must be an array of the active %r backend (make one with gpuarray.to_gpu), "
+                "got %s" % (self, what, config.get_backend(), type(ary).__name__)
+            )
+        if ary.dtype != self.calctype:
+            raise ModuleError("%s: expected %s dtype %s, got %s (see calcMode)"
+                              % (self, what, self.calctype, ary.dtype))
+
+    # -- parameter updates -----------------------------------------------------------------------
+    def zeroGradParams(self):
+        for var in self.vars.values():
+            if var.grad is not None:
+                var.grad.fill(0)
+
+    def updateParams(self, learnRate):
+        """``data += learnRate * grad`` for every variable (PuzzleLib's convention: a descent step
+        passes a negative rate)."""
+        learnRate = check_finite(self, "learnRate", learnRate)
+        for var in self.vars.values():
+            if var.grad is not None:
+                kernels.ops().axpby(var.grad.ravel(), var.data.ravel(), learnRate, 1.0)
+
+    # -- modes -----------------------------------------------------------------------------------
+    def trainMode(self):
+        self.train = True
+        self.reset()
+
+    def evalMode(self):
+        self.train = False
+        self.reset()
+
+    def calcMode(self, T):
+        T = np.dtype(T)
+        if T != np.float32:
+            raise ModuleError("%s: unsupported dtype %s" % (self, T))
+        self.calctype = T
+
+    def reset(self):
+        self.inData, self.data, self.grad = None, None, None
+
+    # -- persistence -----------------------------------------------------------------------------
+    def stateSpec(self):
+        """``{key: (shape, dtype)}`` of everything ``save`` writes and ``load`` expects."""
+        spec = {"vars." + n: (tuple(v.data.shape), v.data.dtype) for n, v in self.vars.items()}
+        spec.update({"attrs." + n: (tuple(a.shape), a.dtype) for n, a in self.attrs.items()
+                     if a is not None})
+        return spec
+
+    def save(self, path):
+        """Write parameters and attributes (running statistics) to ``path`` as an .npz archive."""
+        arrays = {"vars." + n: v.data.get() for n, v in self.vars.items()}
+        arrays.update({"attrs." + n: a.get() for n, a in self.attrs.items() if a is not None})
+        arrays.update({"meta." + k: np.asarray(v) for k, v in self.saveMeta().items()})
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    def load(self, path):
+        """Read what ``save`` wrote; the file is checked whole before anything is changed."""
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                contents = {k: archive[k] for k in archive.files}
+        except (OSError, ValueError) as e:
+            raise ModuleError("%s: cannot read %s: %s" % (self, path, e)) from None
+
+        spec = self.stateSpec()
+        missing = sorted(set(spec) - set(contents))
+        if missing:
+            raise ModuleError("%s: %s lacks %s" % (self, path, ", ".join(missing)))
+        staged = {}
+        for key, (shape, dtype) in spec.items():
+            value = contents[key]
+            if tuple(value.shape) != shape:
+                raise ModuleError("%s: %s in %s has shape %s, expected %s"
+                                  % (self, key, path, value.shape, shape))
+            if not np.can_cast(value.dtype, dtype, casting="same_kind"):
+                raise ModuleError("%s: %s in %s has dtype %s, expected %s"
+                                  % (self, key, path, value.dtype, dtype))
+            staged[key] = np.ascontiguousarray(value, dtype=dtype)
+        meta = {k[len("meta."):]: v for k, v in contents.items() if k.startswith("meta.")}
+        self.loadMeta(meta, check=True)
+
+        for key, value in staged.items():
+            kind, name = key.split(".", 1)
+            current = self.vars[name].data if kind == "vars" and name in self.vars else \
+                self.attrs.get(name)
+            if current is not None:
+                current.set(value)
+            elif kind == "vars":
+                self.setVar(name, Variable(gpuarray.to_gpu(value)))
+            else:
+                self.setAttr(name, gpuarray.to_gpu(value))
+        self.loadMeta(meta, check=False)
+
+    def saveMeta(self):
+        return {}
+
+    def loadMeta(self, meta, check):
+        pass
+
+    def __str__(self):
+        return "%s (name: %s)" % (type(self).__name__, self.name)
