@@ -1,0 +1,54 @@
+"""``info``: version, backends, device, and whether the CUDA kernels compile here."""
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+
+import batchnorm_lib
+from batchnorm_lib import config
+
+KERNEL_DIR = os.path.join(os.path.dirname(batchnorm_lib.__file__), "kernels")
+
+
+def add_parser(sub):
+    p = sub.add_parser("info", help="version, backend, device and CUDA kernel status",
+                       description="Print the version, the active backend and its device, every "
+                                   "backend's availability, and whether the CUDA kernels compile.")
+    p.set_defaults(run=run)
+    return p
+
+
+def nvcc_check(arch="sm_80"):
+    """Compile every kernels/*.cu with nvcc; returns (ok, one-line detail)."""
+    sources = sorted(glob.glob(os.path.join(KERNEL_DIR, "*.cu")))
+    nvcc = shutil.which("nvcc")
+    if not sources:
+        return False, "no .cu sources found in %s" % KERNEL_DIR
+    if nvcc is None:
+        return False, "nvcc not on PATH"
+    with tempfile.TemporaryDirectory() as tmp:
+        for src in sources:
+            out = os.path.join(tmp, os.path.basename(src) + ".cubin")
+            proc = subprocess.run([nvcc, "-cubin", "-arch=" + arch, "-o", out, src],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                return False, "%s failed:\n%s" % (os.path.basename(src), proc.stderr.strip())
+    return True, "%d sources compile with nvcc for %s" % (len(sources), arch)
+
+
+def run(args):
+    print("batchnorm_lib %s" % batchnorm_lib.__version__)
+    name = config.get_backend()
+    print("active backend: %s (%s=%s)" % (name, config.ENV_VAR, os.environ.get(config.ENV_VAR, "auto")))
+    print("device: %s" % config.backend_module().device_name())
+    for b in config.BACKENDS:
+        ok, reason = config.probe(b)
+        print("  %-8s %s" % (b, "available" if ok else "unavailable: " + reason))
+    backend = config.backend_module()
+    if hasattr(backend, "kernel_report"):
+        print(backend.kernel_report())
+    ok, detail = nvcc_check()
+    print("CUDA kernels (nvcc): %s" % ("ok, " + detail if ok else detail))
+    return 0

@@ -1,0 +1,30 @@
+"""Every test that takes the ``backend`` fixture runs once per backend; a backend that cannot work
+here is skipped with its reason shown (``pytest -rs``)."""
+
+import numpy as np
+import pytest
+
+from batchnorm_lib import config
+
+TOLERANCES = {  # (rtol, atol) of float32 results against the float64 reference
+    "float32": (2e-5, 2e-5),
+    "float16": (2e-3, 2e-3),
+    "bfloat16": (1.6e-2, 1.6e-2),
+}
+
+
+@pytest.fixture(params=config.BACKENDS)
+def backend(request):
+    name = request.param
+    ok, reason = config.probe(name)
+    if not ok:
+        pytest.skip("backend %s unavailable: %s" % (name, reason))
+    previous = config.get_backend()
+    config.set_backend(name)
+    yield name
+    config.set_backend(previous)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261122)
