@@ -35,6 +35,12 @@ def batch_stats(x3):
     return mean, var
 
 
+def _invstd(var, eps):
+    """``1 / sqrt(var + eps)`` in float32, each step correctly rounded, as the CUDA kernels do."""
+    var32 = np.asarray(var, dtype=np.float32)
+    return np.float32(1.0) / np.sqrt(var32 + np.float32(eps))
+
+
 def _normalize(x3, mean, a, bias, o3):
     """``o = (x - mean) * a + bias`` in float32, the form every backend uses: subtracting the mean
     first keeps values equal to it exactly zero."""
@@ -47,9 +53,9 @@ def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean,
     x3 = _view3(x)
     m = x3.shape[0] * x3.shape[2]
     mean, var = batch_stats(x3)
-    invstd = 1.0 / np.sqrt(var + eps)
+    invstd = _invstd(var, eps)
 
-    _normalize(x3, mean, _flat(scale).astype(np.float64) * invstd, _flat(bias), _view3(out))
+    _normalize(x3, mean, _flat(scale) * invstd, _flat(bias), _view3(out))
 
     _flat(savemean)[:] = mean
     _flat(saveinvvar)[:] = invstd
@@ -59,7 +65,7 @@ def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean,
 
 
 def forward_infer(x, scale, bias, run_mean, run_var, eps, out):
-    a = _flat(scale).astype(np.float64) / np.sqrt(_flat(run_var).astype(np.float64) + eps)
+    a = _flat(scale) * _invstd(_flat(run_var), eps)
     _normalize(_view3(x), _flat(run_mean), a, _flat(bias), _view3(out))
 
 
@@ -88,7 +94,7 @@ def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
 
 
 def backward_infer(dy, scale, run_var, eps, dx):
-    k = _flat(scale).astype(np.float64) / np.sqrt(_flat(run_var).astype(np.float64) + eps)
+    k = _flat(scale) * _invstd(_flat(run_var), eps)
     np.multiply(_view3(dy), _channel(k.astype(np.float32)), out=_view3(dx), casting="same_kind")
 
 
