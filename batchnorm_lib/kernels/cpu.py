@@ -83,14 +83,16 @@ def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
     _flat(dscale)[:] = gs
 
     if dx is not None:
-        k = _flat(scale) * invstd
-        # dx = k * dy - k * (gb / m) - (x - mean) * k * invstd * gs / m, one FMA-like pass per element
-        c1 = (k * invstd * gs / m)
-        c0 = -k * gb / m + mean * c1
+        # dx = k * (dy - dbias / m - (x - mean) * invstd * dscale / m): subtracting the mean before
+        # scaling avoids the cancellation of an x * c1 + c0 form when |mean| >> std
+        k = (_flat(scale) * invstd).astype(np.float32)
+        c1 = (invstd * gs / m).astype(np.float32)
         dx3 = _view3(dx)
-        np.multiply(dy3, _channel(k.astype(np.float32)), out=dx3, casting="same_kind")
-        dx3 -= x3 * _channel(c1.astype(np.float32))
-        dx3 += _channel(c0.astype(np.float32))
+        np.subtract(x3, _channel(mean.astype(np.float32)), out=dx3)
+        dx3 *= _channel(-c1)
+        dx3 += dy3
+        dx3 -= _channel((gb / m).astype(np.float32))
+        dx3 *= _channel(k)
 
 
 def backward_infer(dy, scale, run_var, eps, dx):
