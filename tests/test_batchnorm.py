@@ -301,8 +301,11 @@ def test_pytorch_momentum_equivalences(backend, rng):
 # -- refusals: each raises ModuleError and leaves the module as it was -----------------------------
 
 def _trained(rng, **kw):
+    """A module after one forward and one backward pass, so every piece of state is set."""
     bn = make(lambda c, **k: BatchNorm2D(c, **k), (3, 4, 5, 3), rng, **kw)
     bn(gpuarray.to_gpu(rand(rng, (3, 4, 5, 3))))
+    bn.backward(gpuarray.to_gpu(rand(rng, (3, 4, 5, 3), 0.0, 1.0)))
+    assert bn.scalegrad is not None and bn.grad is not None
     return bn
 
 

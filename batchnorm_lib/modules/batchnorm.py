@@ -128,8 +128,13 @@ class BatchNormND(Module):
         ops.axpby(self.biasgrad.ravel(), self.vars["bias"].grad.ravel(), scale, momentum)
 
     def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
-        self.scalegrad = self.biasgrad = None
-        return super().backward(grad, updParamGrads, updGrad, scale, momentum)
+        previous = self.scalegrad, self.biasgrad
+        self.scalegrad = self.biasgrad = None  # this pass's gradients, computed at most once
+        try:
+            return super().backward(grad, updParamGrads, updGrad, scale, momentum)
+        except ModuleError:
+            self.scalegrad, self.biasgrad = previous
+            raise
 
     # -- modes and state -------------------------------------------------------------------------
     def reset(self):
