@@ -38,6 +38,8 @@ def probe(name):
             ok, reason = _backend_module(name).probe()
         except ImportError as e:
             ok, reason = False, "cannot import its backend package: %s" % e
+        except Exception as e:  # a broken backend must not take the others down with it
+            ok, reason = False, "its probe failed: %s: %s" % (type(e).__name__, e)
         _probe_cache[name] = (ok, reason)
     return _probe_cache[name]
 
