@@ -1,0 +1,169 @@
+"""Batch normalization on the CUDA backends (``cuda`` and ``cudasim``): the kernel contract of
+:mod:`batchnorm_lib.kernels`, launched from ``kernels/batchnorm.cu``.
+
+Each call takes the active backend's runtime (``config.backend_module().runtime()``), so both
+backends can be used in one process; each compiles the sources once, on first use (the active one
+when this module is imported). Nothing here copies data to or from the host: workspaces come from
+the backend's memory pool and every arithmetic step runs in the kernels.
+
+Reductions run as two launches: a (C, nsplit) grid of Welford (or sum) partials, then one warp per
+channel merging them in a fixed order. nsplit depends only on the shape, so results are bitwise
+repeatable and equal across devices.
+"""
+
+import numpy as np
+
+from batchnorm_lib import config
+from batchnorm_lib.backend.cuda.core import BLOCK
+
+TARGET_BLOCKS = 1024  # reduction blocks to aim for over all channels: enough to fill a large GPU
+MIN_PACKS_PER_THREAD = 4  # do not split a channel below this much work per thread
+MAX_BLOCK_ELEMENTS = 1 << 23  # per-block element counts stay exact in the kernels' float counters
+MAX_GRID_Y = 65535
+ELEMENTWISE_BLOCKS = 4096  # grid-stride elementwise kernels: blocks at most
+WARPS_PER_BLOCK = BLOCK // 32
+
+_SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+
+
+def _runtime():
+    return config.backend_module().runtime()
+
+
+def _ptr(a):
+    return np.uintp(int(a.ptr))
+
+
+def _ncs(shape):
+    """(N, C, *spatial) -> (N, C, S)."""
+    if len(shape) < 2:
+        raise ValueError("batch-norm data needs at least 2 axes (N, C), got shape %s" % (shape,))
+    s = 1
+    for d in shape[2:]:
+        s *= int(d)
+    return int(shape[0]), int(shape[1]), s
+
+
+def _suffix(rt, dtype, *others):
+    dtype = np.dtype(dtype)
+    for o in others:
+        if o is not None and np.dtype(o.dtype) != dtype:
+            raise TypeError("batch-norm arrays mix dtypes %s and %s" % (dtype, o.dtype))
+    if dtype not in rt.supported_dtypes() or dtype.name not in _SUFFIX:
+        raise TypeError("dtype %s is not supported on the %s backend" % (dtype, rt.name))
+    return _SUFFIX[dtype.name]
+
+
+def _vector(s, dtype, *arrays):
+    """'_vec' (16-byte packs) when every data pointer is 16-byte aligned and rows are whole packs."""
+    width = 16 // np.dtype(dtype).itemsize
+    if s % width == 0 and all(int(a.ptr) % 16 == 0 for a in arrays if a is not None):
+        return "_vec", width
+    return "", 1
+
+
+def _splits(c, n, s, width):
+    packs = n * (s // width)
+    nsplit = min(-(-TARGET_BLOCKS // c), max(1, packs // (BLOCK * MIN_PACKS_PER_THREAD)))
+    nsplit = max(nsplit, -(-(n * s) // MAX_BLOCK_ELEMENTS))
+    if nsplit > MAX_GRID_Y:
+        raise ValueError("a channel of %d elements is too large for the CUDA kernels" % (n * s))
+    return nsplit
+
+
+def _elementwise_grid(total_packs):
+    return (max(1, min(-(-total_packs // BLOCK), ELEMENTWISE_BLOCKS)),)
+
+
+def _channel_grid(c):
+    return (-(-c // WARPS_PER_BLOCK),)
+
+
+def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
+    rt = _runtime()
+    suffix = _suffix(rt, x.dtype, out)
+    n, c, s = _ncs(x.shape)
+    if n * s < 1:
+        return
+    vec, width = _vector(s, x.dtype, x, out)
+    nsplit = _splits(c, n, s, width)
+    part = rt.empty((c * nsplit * 4,), np.float32)
+    shape_args = (np.int64(n), np.int32(c), np.int64(s))
+    rt.launch("bn_stats_partial_" + suffix + vec, (c, nsplit), (_ptr(x), _ptr(part)) + shape_args)
+    rt.launch("bn_stats_finalize", _channel_grid(c),
+              (_ptr(part), np.int32(c), np.int32(nsplit), np.float32(eps), np.float32(factor),
+               _ptr(savemean), _ptr(saveinvvar), _ptr(run_mean), _ptr(run_var)))
+    rt.launch("bn_forward_train_" + suffix + vec, _elementwise_grid(n * c * (s // width)),
+              (_ptr(x), _ptr(out), _ptr(savemean), _ptr(saveinvvar), _ptr(scale), _ptr(bias))
+              + shape_args)
+
+
+def forward_infer(x, scale, bias, run_mean, run_var, eps, out):
+    rt = _runtime()
+    suffix = _suffix(rt, x.dtype, out)
+    n, c, s = _ncs(x.shape)
+    if n * s < 1:
+        return
+    vec, width = _vector(s, x.dtype, x, out)
+    rt.launch("bn_forward_infer_" + suffix + vec, _elementwise_grid(n * c * (s // width)),
+              (_ptr(x), _ptr(out), _ptr(run_mean), _ptr(run_var), _ptr(scale), _ptr(bias),
+               np.float32(eps), np.int64(n), np.int32(c), np.int64(s)))
+
+
+def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
+    rt = _runtime()
+    suffix = _suffix(rt, x.dtype, dy, dx)
+    n, c, s = _ncs(x.shape)
+    if n * s < 1:
+        return
+    vec, width = _vector(s, x.dtype, x, dy, dx)
+    nsplit = _splits(c, n, s, width)
+    part = rt.empty((c * nsplit * 2,), np.float32)
+    coef = rt.empty((c * 3,), np.float32)
+    shape_args = (np.int64(n), np.int32(c), np.int64(s))
+    rt.launch("bn_backward_partial_" + suffix + vec, (c, nsplit),
+              (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(part)) + shape_args)
+    rt.launch("bn_backward_finalize", _channel_grid(c),
+              (_ptr(part), np.int32(c), np.int32(nsplit), np.int64(n * s), _ptr(scale),
+               _ptr(saveinvvar), _ptr(dscale), _ptr(dbias), _ptr(coef)))
+    if dx is not None:
+        rt.launch("bn_backward_train_" + suffix + vec, _elementwise_grid(n * c * (s // width)),
+                  (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(coef), _ptr(dx)) + shape_args)
+
+
+def backward_infer(dy, scale, run_var, eps, dx):
+    rt = _runtime()
+    suffix = _suffix(rt, dy.dtype, dx)
+    n, c, s = _ncs(dy.shape)
+    if n * s < 1:
+        return
+    vec, width = _vector(s, dy.dtype, dy, dx)
+    rt.launch("bn_backward_infer_" + suffix + vec, _elementwise_grid(n * c * (s // width)),
+              (_ptr(dy), _ptr(scale), _ptr(run_var), np.float32(eps), _ptr(dx),
+               np.int64(n), np.int32(c), np.int64(s)))
+
+
+def axpby(x, y, alpha, beta):
+    rt = _runtime()
+    if np.dtype(x.dtype) != np.float32 or np.dtype(y.dtype) != np.float32 or x.size != y.size:
+        raise TypeError("axpby takes two float32 arrays of one size, got %s %s and %s %s"
+                        % (x.dtype, x.shape, y.dtype, y.shape))
+    if y.size == 0:
+        return
+    rt.launch("bn_axpby", _elementwise_grid(y.size),
+              (_ptr(x), _ptr(y), np.float32(alpha), np.float32(beta), np.int64(y.size)))
+
+
+def _compile_active():
+    """Compile for the active backend when it is one of ours (the once-per-process compile)."""
+    try:
+        name = config.get_backend()
+    except config.BackendError:
+        return
+    from batchnorm_lib import kernels
+
+    if kernels._IMPL_FOR_BACKEND.get(name) == __name__:
+        _runtime().compile()
+
+
+_compile_active()
