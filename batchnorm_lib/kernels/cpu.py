@@ -1,109 +1,129 @@
-"""Batch normalization on the CPU backend (numpy path).
+"""Batch normalization on the CPU backend: picks the compiled path or the numpy path.
 
-Statistics are a shifted two-pass in float64: the mean first, then the mean of squared deviations
-from it, so data far from zero (``1e4 + N(0, 1)``) keeps its variance. Results go out as float32.
+``BATCHNORM_LIB_CPU_KERNELS`` chooses, once, on first use:
+
+``auto`` (default)
+    the compiled kernels (:mod:`cpu_native`, C with OpenMP built by the system compiler) when they
+    build here, else the numpy path; one log line on the ``batchnorm_lib`` logger says which path
+    is in use and, on fallback, why.
+``native``
+    the compiled kernels, or :class:`~batchnorm_lib.config.BackendError` saying why they cannot
+    build.
+``numpy``
+    the numpy path (:mod:`cpu_numpy`).
+
+:func:`use` switches the path later in the process (the tests run every case on both paths).
+Both paths implement the contract documented in :mod:`batchnorm_lib.kernels` with the same
+numerics.
 """
 
-import numpy as np
+import logging
+import os
 
-from batchnorm_lib.backend.cpu import as_ndarray
+from batchnorm_lib.config import BackendError
 
+log = logging.getLogger("batchnorm_lib")
 
-def _nd(a):
-    return as_ndarray(a)
+ENV_VAR = "BATCHNORM_LIB_CPU_KERNELS"
+PATHS = ("native", "numpy")
+CHOICES = ("auto",) + PATHS
 
-
-def _view3(a):
-    """(N, C, *spatial) -> (N, C, S) view."""
-    ary = as_ndarray(a)
-    return ary.reshape(ary.shape[0], ary.shape[1], -1)
-
-
-def _flat(a):
-    return as_ndarray(a).reshape(-1)
+_impl = None  # the active implementation module
+_name = None
 
 
-def _channel(v):
-    return v.reshape(1, -1, 1)
+def _load(name):
+    if name == "numpy":
+        from batchnorm_lib.kernels import cpu_numpy
+
+        return cpu_numpy
+    from batchnorm_lib.kernels import cpu_native
+
+    ok, reason = cpu_native.probe()
+    if not ok:
+        raise BackendError("CPU kernel path 'native' cannot work here: %s (set %s=numpy or "
+                           "auto to use the numpy path)" % (reason, ENV_VAR))
+    return cpu_native
 
 
-def batch_stats(x3):
-    """Per-channel mean and biased variance of an (N, C, S) array, in float64."""
-    mean = x3.mean(axis=(0, 2), dtype=np.float64)
-    dev = x3 - _channel(mean)
-    var = np.einsum("ncs,ncs->c", dev, dev) / (x3.shape[0] * x3.shape[2])
-    return mean, var
+def available_paths():
+    """The CPU kernel paths that work in this process (``numpy`` always does)."""
+    from batchnorm_lib.kernels import cpu_native
+
+    return [p for p in PATHS if p == "numpy" or cpu_native.probe()[0]]
 
 
-def _invstd(var, eps):
-    """``1 / sqrt(var + eps)`` in float32, each step correctly rounded, as the CUDA kernels do."""
-    var32 = np.asarray(var, dtype=np.float32)
-    return np.float32(1.0) / np.sqrt(var32 + np.float32(eps))
+def use(choice="auto", quiet=False):
+    """Make ``choice`` (``auto``, ``native`` or ``numpy``) the active CPU path; returns its name."""
+    global _impl, _name
+    choice = (choice or "auto").strip().lower()
+    if choice not in CHOICES:
+        raise BackendError("%s=%r is not a CPU kernel path; choose one of %s"
+                           % (ENV_VAR, choice, ", ".join(CHOICES)))
+    if choice == "auto":
+        from batchnorm_lib.kernels import cpu_native
+
+        ok, reason = cpu_native.probe()
+        impl = cpu_native if ok else _load("numpy")
+        name = "native" if ok else "numpy"
+        if not quiet:
+            if ok:
+                log.info("batchnorm_lib: CPU kernels: native (%s)", cpu_native.describe())
+            else:
+                log.info("batchnorm_lib: CPU kernels: numpy (native kernels unavailable: %s)",
+                         reason)
+    else:
+        impl, name = _load(choice), choice
+        if not quiet:
+            log.info("batchnorm_lib: CPU kernels: %s (%s=%s)%s", name, ENV_VAR, choice,
+                     " " + impl.describe() if name == "native" else "")
+    _impl, _name = impl, name
+    return name
 
 
-def _normalize(x3, mean, a, bias, o3):
-    """``o = (x - mean) * a + bias`` in float32, the form every backend uses: subtracting the mean
-    first keeps values equal to it exactly zero."""
-    np.subtract(x3, _channel(mean.astype(np.float32)), out=o3)
-    o3 *= _channel(a.astype(np.float32))
-    o3 += _channel(bias.astype(np.float32))
+def active_path():
+    """Name of the CPU path in use (resolving ``BATCHNORM_LIB_CPU_KERNELS`` on first use)."""
+    _active()
+    return _name
+
+
+def _active():
+    if _impl is None:
+        use(os.environ.get(ENV_VAR, "auto"))
+    return _impl
+
+
+def set_num_threads(n):
+    """Threads for the compiled kernels (0: the OpenMP default); returns the count in effect."""
+    from batchnorm_lib.kernels import cpu_native
+
+    if cpu_native.probe()[0]:
+        return cpu_native.set_num_threads(n)
+    return 1
+
+
+def get_num_threads():
+    """Threads the active path uses (the numpy path is single-threaded)."""
+    impl = _active()
+    return impl.get_num_threads() if _name == "native" else 1
 
 
 def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
-    x3 = _view3(x)
-    m = x3.shape[0] * x3.shape[2]
-    mean, var = batch_stats(x3)
-    invstd = _invstd(var, eps)
-
-    _normalize(x3, mean, _flat(scale) * invstd, _flat(bias), _view3(out))
-
-    _flat(savemean)[:] = mean
-    _flat(saveinvvar)[:] = invstd
-    rm, rv = _flat(run_mean), _flat(run_var)
-    rm[:] = (1.0 - factor) * rm + factor * mean
-    rv[:] = (1.0 - factor) * rv + factor * var * (m / (m - 1))
+    return _active().forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean,
+                                   saveinvvar)
 
 
 def forward_infer(x, scale, bias, run_mean, run_var, eps, out):
-    a = _flat(scale) * _invstd(_flat(run_var), eps)
-    _normalize(_view3(x), _flat(run_mean), a, _flat(bias), _view3(out))
+    return _active().forward_infer(x, scale, bias, run_mean, run_var, eps, out)
 
 
 def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
-    x3, dy3 = _view3(x), _view3(dy)
-    m = x3.shape[0] * x3.shape[2]
-    mean = _flat(savemean).astype(np.float64)
-    invstd = _flat(saveinvvar).astype(np.float64)
-
-    sum_dy = dy3.sum(axis=(0, 2), dtype=np.float64)
-    sum_dy_xmu = np.einsum("ncs,ncs->c", dy3, x3 - _channel(mean), dtype=np.float64)
-    gb = sum_dy
-    gs = sum_dy_xmu * invstd
-    _flat(dbias)[:] = gb
-    _flat(dscale)[:] = gs
-
-    if dx is not None:
-        # dx = k * (dy - dbias / m - (x - mean) * invstd * dscale / m): subtracting the mean before
-        # scaling avoids the cancellation of an x * c1 + c0 form when |mean| >> std
-        k = (_flat(scale) * invstd).astype(np.float32)
-        c1 = (invstd * gs / m).astype(np.float32)
-        dx3 = _view3(dx)
-        np.subtract(x3, _channel(mean.astype(np.float32)), out=dx3)
-        dx3 *= _channel(-c1)
-        dx3 += dy3
-        dx3 -= _channel((gb / m).astype(np.float32))
-        dx3 *= _channel(k)
+    return _active().backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias)
 
 
 def backward_infer(dy, scale, run_var, eps, dx):
-    k = _flat(scale) * _invstd(_flat(run_var), eps)
-    np.multiply(_view3(dy), _channel(k.astype(np.float32)), out=_view3(dx), casting="same_kind")
+    return _active().backward_infer(dy, scale, run_var, eps, dx)
 
 
 def axpby(x, y, alpha, beta):
-    yv = as_ndarray(y)
-    if beta == 0:  # overwrite, so stale non-finite values in y do not survive as NaN
-        np.multiply(as_ndarray(x), np.float32(alpha), out=yv)
-        return
-    yv *= np.float32(beta)
-    yv += np.float32(alpha) * as_ndarray(x)
+    return _active().axpby(x, y, alpha, beta)

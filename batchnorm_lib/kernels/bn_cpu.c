@@ -1,0 +1,744 @@
+/* Batch normalization on the CPU: float32 data (N, C, S), C-contiguous.
+ *
+ * Built at first use by batchnorm_lib/kernels/cpu_native.py with the system C compiler
+ * (-O3 -ffp-contract=off, OpenMP when it links) and called through ctypes.
+ *
+ * Memory traffic is what limits these kernels, so the work is split into tiles sized to stay in
+ * the L2 cache: a tile is a group of whole channels over a block of rows, at most TILE_BYTES of x.
+ * When a channel's whole slice fits in one tile, training forward reads x from memory once
+ * (statistics from the cached tile, then the normalize pass from it again) and backward reads x
+ * and dy once. Larger channels fall back to a reduction pass plus an elementwise pass, with the
+ * per-tile partial results merged in a fixed order.
+ *
+ * Numerics. Statistics of a tile are a corrected two-pass in double: a rough float mean c first,
+ * then sums of d = x - c and d^2 in double, mean = c + s1/n, M2 = s2 - s1^2/n; tiles are merged
+ * with Chan's formula in row-block order. Every reduction runs over LANES fixed lanes folded in a
+ * fixed order, so results do not depend on the thread count or the vector width of the machine.
+ * The per-channel constants are computed in the same float32 / float64 steps as the numpy path
+ * (cpu_numpy.py), and the elementwise formulas are evaluated in float32 in the documented order:
+ *   forward:  out = (x - mean) * a + bias,            a = scale * invstd
+ *   backward: dx  = (dy * k - c0) - (x - mean) * c1,  k = scale * invstd
+ * -ffp-contract=off keeps the compiler from fusing these into FMAs, so both CPU paths agree.
+ */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define LANES 16
+#define SHORT_S 256                      /* rows shorter than this use per-lane accumulators */
+#define LANE_TARGET 1024                 /* lanes (floats) per channel group on the short path */
+#define TILE_BYTES (768 * 1024)          /* forward tile of x */
+#define BWD_TILE_BYTES (512 * 1024)      /* backward tile, per array (x and dy) */
+#define ELEMWISE_CHUNK (16 * 1024)       /* floats per task in purely elementwise passes */
+#define SERIAL_BELOW (64 * 1024)         /* elements: smaller tensors run on one thread */
+
+typedef int64_t i64;
+
+static int g_threads = 0;
+
+static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S,
+                       const float *m, const float *a, const float *b);
+
+int bn_set_num_threads(int n)
+{
+    g_threads = n > 0 ? n : 0;
+#ifdef _OPENMP
+    return g_threads ? g_threads : omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+int bn_get_num_threads(void)
+{
+#ifdef _OPENMP
+    return g_threads ? g_threads : omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+int bn_has_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+static int threads_for(i64 total)
+{
+    return total < SERIAL_BELOW ? 1 : bn_get_num_threads();
+}
+
+typedef struct {
+    double n, mean, m2;
+} stat_t;
+
+/* Chan's parallel merge of b into a. */
+static void chan_merge(stat_t *a, const stat_t *b)
+{
+    if (b->n == 0.0)
+        return;
+    if (a->n == 0.0) {
+        *a = *b;
+        return;
+    }
+    double n = a->n + b->n;
+    double d = b->mean - a->mean;
+    a->mean += d * (b->n / n);
+    a->m2 += b->m2 + d * d * (a->n * (b->n / n));
+    a->n = n;
+}
+
+static stat_t stat_from_sums(double cnt, double c, double s1, double s2)
+{
+    stat_t st;
+    double dm = s1 / cnt;
+    st.n = cnt;
+    st.mean = c + dm;
+    st.m2 = s2 - s1 * dm;
+    if (st.m2 < 0.0)
+        st.m2 = 0.0;
+    return st;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* long rows: one (n, c) row of S >= SHORT_S contiguous floats is reduced with register lanes      */
+
+static double row_sum(const float *x, i64 S)
+{
+    float acc[LANES] = {0};
+    i64 i = 0;
+    for (; i + LANES <= S; i += LANES)
+        for (int k = 0; k < LANES; k++)
+            acc[k] += x[i + k];
+    double s = 0.0;
+    for (int k = 0; k < LANES; k++)
+        s += acc[k];
+    for (; i < S; i++)
+        s += x[i];
+    return s;
+}
+
+static void row_dev(const float *x, i64 S, double c, double *s1, double *s2)
+{
+    double a1[LANES] = {0}, a2[LANES] = {0};
+    i64 i = 0;
+    for (; i + LANES <= S; i += LANES)
+        for (int k = 0; k < LANES; k++) {
+            double d = (double)x[i + k] - c;
+            a1[k] += d;
+            a2[k] += d * d;
+        }
+    double t1 = 0.0, t2 = 0.0;
+    for (int k = 0; k < LANES; k++) {
+        t1 += a1[k];
+        t2 += a2[k];
+    }
+    for (; i < S; i++) {
+        double d = (double)x[i] - c;
+        t1 += d;
+        t2 += d * d;
+    }
+    *s1 += t1;
+    *s2 += t2;
+}
+
+/* statistics of channel rows n0..n1 (xc points at x[0, c, 0], rows rs floats apart) */
+static stat_t tile_stats_long(const float *xc, i64 rs, i64 n0, i64 n1, i64 S)
+{
+    double s = 0.0;
+    for (i64 n = n0; n < n1; n++)
+        s += row_sum(xc + n * rs, S);
+    double cnt = (double)(n1 - n0) * (double)S;
+    double c = (double)(float)(s / cnt);
+    double s1 = 0.0, s2 = 0.0;
+    for (i64 n = n0; n < n1; n++)
+        row_dev(xc + n * rs, S, c, &s1, &s2);
+    return stat_from_sums(cnt, c, s1, s2);
+}
+
+static void row_affine(const float *x, float *o, i64 S, float m, float a, float b)
+{
+    for (i64 i = 0; i < S; i++)
+        o[i] = (x[i] - m) * a + b;
+}
+
+static void row_scale(const float *x, float *o, i64 S, float a)
+{
+    for (i64 i = 0; i < S; i++)
+        o[i] = x[i] * a;
+}
+
+static void row_bwd_sums(const float *x, const float *dy, i64 S, float m, double *sdy, double *sdyx)
+{
+    double a1[LANES] = {0}, a2[LANES] = {0};
+    i64 i = 0;
+    for (; i + LANES <= S; i += LANES)
+        for (int k = 0; k < LANES; k++) {
+            double g = (double)dy[i + k];
+            a1[k] += g;
+            a2[k] += g * (double)(x[i + k] - m);
+        }
+    double t1 = 0.0, t2 = 0.0;
+    for (int k = 0; k < LANES; k++) {
+        t1 += a1[k];
+        t2 += a2[k];
+    }
+    for (; i < S; i++) {
+        double g = (double)dy[i];
+        t1 += g;
+        t2 += g * (double)(x[i] - m);
+    }
+    *sdy += t1;
+    *sdyx += t2;
+}
+
+static void row_dx(const float *x, const float *dy, float *dx, i64 S, float m, float k, float c0,
+                   float c1)
+{
+    for (i64 i = 0; i < S; i++)
+        dx[i] = (dy[i] * k - c0) - (x[i] - m) * c1;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* short rows: a group of G channels is one contiguous run of L = G*S floats per row; per-lane     */
+/* accumulators run down the rows and each channel folds its S lanes at the end                    */
+
+typedef struct {
+    i64 G, L;      /* channels per group, lanes per group row */
+    i64 B, nrb;    /* rows per block, row blocks */
+    i64 ngroups;
+} plan_t;
+
+static i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
+
+/* Depends on the shape only (never on the thread count), so results are reproducible. */
+static plan_t make_plan(i64 N, i64 C, i64 S, i64 tile_bytes)
+{
+    plan_t p;
+    if (S >= SHORT_S) {
+        p.G = 1;
+    } else {
+        i64 g = LANE_TARGET / S;
+        if (g < 1)
+            g = 1;
+        /* prefer whole-channel tiles (one read of x) while rows stay at least 64 floats long */
+        i64 gfit = tile_bytes / ((i64)sizeof(float) * N * S);
+        if (gfit < g && gfit * S >= 64)
+            g = gfit;
+        if (g > C)
+            g = C;
+        p.G = g;
+    }
+    p.L = p.G * S;
+    p.B = tile_bytes / ((i64)sizeof(float) * p.L);
+    if (p.B < 1)
+        p.B = 1;
+    if (p.B > N)
+        p.B = N;
+    p.nrb = ceil_div(N, p.B);
+    p.ngroups = ceil_div(C, p.G);
+    return p;
+}
+
+/* statistics of a group of channels c0..c0+g over rows n0..n1; st gets g entries */
+static void tile_stats_short(const float *x, i64 C, i64 S, i64 c0, i64 g, i64 n0, i64 n1,
+                             float *facc, double *a1, double *a2, double *shift, stat_t *st)
+{
+    i64 L = g * S, rs = C * S;
+    const float *xg = x + c0 * S;
+    memset(facc, 0, sizeof(float) * L);
+    for (i64 n = n0; n < n1; n++) {
+        const float *r = xg + n * rs;
+        for (i64 j = 0; j < L; j++)
+            facc[j] += r[j];
+    }
+    double cnt = (double)(n1 - n0) * (double)S;
+    for (i64 q = 0; q < g; q++) {
+        double s = 0.0;
+        for (i64 t = 0; t < S; t++)
+            s += facc[q * S + t];
+        double c = (double)(float)(s / cnt);
+        for (i64 t = 0; t < S; t++)
+            shift[q * S + t] = c;
+    }
+    memset(a1, 0, sizeof(double) * L);
+    memset(a2, 0, sizeof(double) * L);
+    for (i64 n = n0; n < n1; n++) {
+        const float *r = xg + n * rs;
+        for (i64 j = 0; j < L; j++) {
+            double d = (double)r[j] - shift[j];
+            a1[j] += d;
+            a2[j] += d * d;
+        }
+    }
+    for (i64 q = 0; q < g; q++) {
+        double s1 = 0.0, s2 = 0.0;
+        for (i64 t = 0; t < S; t++) {
+            s1 += a1[q * S + t];
+            s2 += a2[q * S + t];
+        }
+        st[q] = stat_from_sums(cnt, shift[q * S], s1, s2);
+    }
+}
+
+/* expand per-channel constants of channels c0..c0+g into lane arrays */
+static void expand(const float *v, i64 c0, i64 g, i64 S, float *lanes)
+{
+    for (i64 q = 0; q < g; q++)
+        for (i64 t = 0; t < S; t++)
+            lanes[q * S + t] = v[c0 + q];
+}
+
+static void rows_affine_lanes(const float *x, float *o, i64 rs, i64 n0, i64 n1, i64 L,
+                              const float *ml, const float *al, const float *bl)
+{
+    for (i64 n = n0; n < n1; n++) {
+        const float *r = x + n * rs;
+        float *w = o + n * rs;
+        for (i64 j = 0; j < L; j++)
+            w[j] = (r[j] - ml[j]) * al[j] + bl[j];
+    }
+}
+
+static void rows_scale_lanes(const float *x, float *o, i64 rs, i64 n0, i64 n1, i64 L,
+                             const float *al)
+{
+    for (i64 n = n0; n < n1; n++) {
+        const float *r = x + n * rs;
+        float *w = o + n * rs;
+        for (i64 j = 0; j < L; j++)
+            w[j] = r[j] * al[j];
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* per-channel constants, in the float32 / float64 steps of the numpy path                         */
+
+static float invstd_f32(double var, double eps)
+{
+    return 1.0f / sqrtf((float)var + (float)eps);
+}
+
+static void finish_forward(i64 C, i64 m, const stat_t *st, const float *scale, const float *bias,
+                           float *run_mean, float *run_var, double eps, double factor,
+                           float *savemean, float *saveinvvar, float *mean32, float *a32)
+{
+    float keep = (float)(1.0 - factor);
+    double unbias = (double)m / (double)(m - 1);
+    for (i64 c = 0; c < C; c++) {
+        double mean = st[c].mean;
+        double var = st[c].m2 / st[c].n;
+        float inv = invstd_f32(var, eps);
+        mean32[c] = (float)mean;
+        a32[c] = scale[c] * inv;
+        savemean[c] = (float)mean;
+        saveinvvar[c] = inv;
+        run_mean[c] = (float)((double)(keep * run_mean[c]) + factor * mean);
+        run_var[c] = (float)((double)(keep * run_var[c]) + factor * var * unbias);
+    }
+    (void)bias;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* forward, training                                                                               */
+
+int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const float *scale,
+                     const float *bias, float *run_mean, float *run_var, double eps, double factor,
+                     float *savemean, float *saveinvvar)
+{
+    plan_t p = make_plan(N, C, S, TILE_BYTES);
+    i64 rs = C * S, m = N * S;
+    int nt = threads_for(N * rs);
+    stat_t *part = malloc(sizeof(stat_t) * (size_t)(C * p.nrb));
+    stat_t *st = malloc(sizeof(stat_t) * (size_t)C);
+    float *mean32 = malloc(sizeof(float) * (size_t)C);
+    float *a32 = malloc(sizeof(float) * (size_t)C);
+    if (!part || !st || !mean32 || !a32) {
+        free(part); free(st); free(mean32); free(a32);
+        return -1;
+    }
+    int fused = p.nrb == 1;
+    int failed = 0;
+
+    if (S >= SHORT_S) {
+        i64 ntask = C * p.nrb;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+        for (i64 t = 0; t < ntask; t++) {
+            i64 c = t / p.nrb, rb = t % p.nrb;
+            i64 n0 = rb * p.B, n1 = n0 + p.B < N ? n0 + p.B : N;
+            stat_t s = tile_stats_long(x + c * S, rs, n0, n1, S);
+            part[c * p.nrb + rb] = s;
+            if (fused) {
+                /* whole channel in this tile: finish it here and normalize from cache */
+                float inv = invstd_f32(s.m2 / s.n, eps);
+                float mc = (float)s.mean, a = scale[c] * inv, b = bias[c];
+                for (i64 n = 0; n < N; n++)
+                    row_affine(x + n * rs + c * S, out + n * rs + c * S, S, mc, a, b);
+            }
+        }
+    } else {
+        i64 ntask = p.ngroups * p.nrb;
+#pragma omp parallel num_threads(nt)
+        {
+            i64 L = p.L;
+            float *facc = malloc(sizeof(float) * (size_t)L * 4);
+            double *dbuf = malloc(sizeof(double) * (size_t)L * 3);
+            stat_t *ls = malloc(sizeof(stat_t) * (size_t)p.G);
+            if (!facc || !dbuf || !ls) {
+#pragma omp atomic write
+                failed = 1;
+            } else {
+#pragma omp for schedule(dynamic, 1)
+                for (i64 t = 0; t < ntask; t++) {
+                    i64 gi = t / p.nrb, rb = t % p.nrb;
+                    i64 c0 = gi * p.G, g = c0 + p.G <= C ? p.G : C - c0;
+                    i64 n0 = rb * p.B, n1 = n0 + p.B < N ? n0 + p.B : N;
+                    tile_stats_short(x, C, S, c0, g, n0, n1, facc, dbuf, dbuf + L, dbuf + 2 * L, ls);
+                    for (i64 q = 0; q < g; q++)
+                        part[(c0 + q) * p.nrb + rb] = ls[q];
+                    if (fused) {
+                        float *ml = facc + L, *al = facc + 2 * L, *bl = facc + 3 * L;
+                        for (i64 q = 0; q < g; q++) {
+                            float inv = invstd_f32(ls[q].m2 / ls[q].n, eps);
+                            float mc = (float)ls[q].mean, a = scale[c0 + q] * inv;
+                            for (i64 tt = 0; tt < S; tt++) {
+                                ml[q * S + tt] = mc;
+                                al[q * S + tt] = a;
+                                bl[q * S + tt] = bias[c0 + q];
+                            }
+                        }
+                        rows_affine_lanes(x + c0 * S, out + c0 * S, rs, 0, N, g * S, ml, al, bl);
+                    }
+                }
+            }
+            free(facc);
+            free(dbuf);
+            free(ls);
+        }
+    }
+    if (failed) {
+        free(part); free(st); free(mean32); free(a32);
+        return -1;
+    }
+
+    for (i64 c = 0; c < C; c++) {
+        st[c] = part[c * p.nrb];
+        for (i64 rb = 1; rb < p.nrb; rb++)
+            chan_merge(&st[c], &part[c * p.nrb + rb]);
+    }
+    finish_forward(C, m, st, scale, bias, run_mean, run_var, eps, factor, savemean, saveinvvar,
+                   mean32, a32);
+
+    int rc = 0;
+    if (!fused) {
+        rc = elementwise(x, out, N, C, S, mean32, a32, bias);
+    }
+    free(part); free(st); free(mean32); free(a32);
+    return rc;
+}
+
+/* out = (x - m[c]) * a[c] + b[c], or out = x * a[c] when m is NULL; out may be x */
+static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S, const float *m,
+                       const float *a, const float *b)
+{
+    i64 rs = C * S;
+    int nt = threads_for(N * rs);
+    if (S >= SHORT_S) {
+        i64 ntask = N * C;
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (i64 t = 0; t < ntask; t++) {
+            i64 c = t % C;
+            if (m)
+                row_affine(x + t * S, out + t * S, S, m[c], a[c], b[c]);
+            else
+                row_scale(x + t * S, out + t * S, S, a[c]);
+        }
+        return 0;
+    }
+    /* lane groups of whole channels, row blocks of about ELEMWISE_CHUNK floats */
+    i64 G = LANE_TARGET / S;
+    if (G < 1)
+        G = 1;
+    if (G > C)
+        G = C;
+    i64 L = G * S, ngroups = ceil_div(C, G);
+    i64 B = ELEMWISE_CHUNK / L;
+    if (B < 1)
+        B = 1;
+    i64 nrb = ceil_div(N, B), ntask = ngroups * nrb;
+    int failed = 0;
+#pragma omp parallel num_threads(nt)
+    {
+        float *lanes = malloc(sizeof(float) * (size_t)L * 3);
+        i64 cur = -1;
+        if (!lanes) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+#pragma omp for schedule(static)
+            for (i64 t = 0; t < ntask; t++) {
+                i64 gi = t / nrb, rb = t % nrb;
+                i64 c0 = gi * G, g = c0 + G <= C ? G : C - c0;
+                i64 n0 = rb * B, n1 = n0 + B < N ? n0 + B : N;
+                if (gi != cur) {
+                    expand(a, c0, g, S, lanes + L);
+                    if (m) {
+                        expand(m, c0, g, S, lanes);
+                        expand(b, c0, g, S, lanes + 2 * L);
+                    }
+                    cur = gi;
+                }
+                if (m)
+                    rows_affine_lanes(x + c0 * S, out + c0 * S, rs, n0, n1, g * S, lanes,
+                                      lanes + L, lanes + 2 * L);
+                else
+                    rows_scale_lanes(x + c0 * S, out + c0 * S, rs, n0, n1, g * S, lanes + L);
+            }
+        }
+        free(lanes);
+    }
+    return failed ? -1 : 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* forward, inference                                                                              */
+
+int bn_forward_infer(const float *x, float *out, i64 N, i64 C, i64 S, const float *scale,
+                     const float *bias, const float *run_mean, const float *run_var, double eps)
+{
+    float *a32 = malloc(sizeof(float) * (size_t)C);
+    if (!a32)
+        return -1;
+    for (i64 c = 0; c < C; c++)
+        a32[c] = scale[c] * invstd_f32(run_var[c], eps);
+    int rc = elementwise(x, out, N, C, S, run_mean, a32, bias);
+    free(a32);
+    return rc;
+}
+
+/* dx = dy * k[c], k = scale * invstd(run_var) */
+int bn_backward_infer(const float *dy, float *dx, i64 N, i64 C, i64 S, const float *scale,
+                      const float *run_var, double eps)
+{
+    float *k = malloc(sizeof(float) * (size_t)C);
+    if (!k)
+        return -1;
+    for (i64 c = 0; c < C; c++)
+        k[c] = scale[c] * invstd_f32(run_var[c], eps);
+    int rc = elementwise(dy, dx, N, C, S, NULL, k, NULL);
+    free(k);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* backward, training                                                                              */
+
+typedef struct {
+    float k, c0, c1, m;
+} bconst_t;
+
+static bconst_t backward_const(i64 m, float scale, float mean, float invstd, double sdy,
+                               double sdyx)
+{
+    /* the numpy path's float64 steps: k = scale * invstd, c1 = k * invstd * gs / m, c0 = k * gb / m */
+    double inv = (double)invstd;
+    double gs = sdyx * inv;
+    double k = (double)scale * inv;
+    bconst_t r;
+    r.k = (float)k;
+    r.c1 = (float)(k * inv * gs / (double)m);
+    r.c0 = (float)(k * sdy / (double)m);
+    r.m = mean;
+    return r;
+}
+
+int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, i64 S,
+                      const float *scale, const float *savemean, const float *saveinvvar,
+                      float *dscale, float *dbias)
+{
+    plan_t p = make_plan(N, C, S, BWD_TILE_BYTES);
+    i64 rs = C * S, m = N * S;
+    int nt = threads_for(N * rs);
+    double *part = malloc(sizeof(double) * 2 * (size_t)(C * p.nrb));
+    if (!part)
+        return -1;
+    int fused = p.nrb == 1 && dx != NULL;
+    int failed = 0;
+
+    if (S >= SHORT_S) {
+        i64 ntask = C * p.nrb;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+        for (i64 t = 0; t < ntask; t++) {
+            i64 c = t / p.nrb, rb = t % p.nrb;
+            i64 n0 = rb * p.B, n1 = n0 + p.B < N ? n0 + p.B : N;
+            double sdy = 0.0, sdyx = 0.0;
+            float mc = savemean[c];
+            for (i64 n = n0; n < n1; n++)
+                row_bwd_sums(x + n * rs + c * S, dy + n * rs + c * S, S, mc, &sdy, &sdyx);
+            part[2 * (c * p.nrb + rb)] = sdy;
+            part[2 * (c * p.nrb + rb) + 1] = sdyx;
+            if (fused) {
+                bconst_t q = backward_const(m, scale[c], mc, saveinvvar[c], sdy, sdyx);
+                for (i64 n = 0; n < N; n++) {
+                    i64 o = n * rs + c * S;
+                    row_dx(x + o, dy + o, dx + o, S, q.m, q.k, q.c0, q.c1);
+                }
+            }
+        }
+    } else {
+        i64 ntask = p.ngroups * p.nrb;
+#pragma omp parallel num_threads(nt)
+        {
+            i64 L = p.L;
+            double *acc = malloc(sizeof(double) * (size_t)L * 2);
+            float *lanes = malloc(sizeof(float) * (size_t)L * 4);
+            if (!acc || !lanes) {
+#pragma omp atomic write
+                failed = 1;
+            } else {
+#pragma omp for schedule(dynamic, 1)
+                for (i64 t = 0; t < ntask; t++) {
+                    i64 gi = t / p.nrb, rb = t % p.nrb;
+                    i64 c0 = gi * p.G, g = c0 + p.G <= C ? p.G : C - c0;
+                    i64 n0 = rb * p.B, n1 = n0 + p.B < N ? n0 + p.B : N;
+                    i64 Lg = g * S;
+                    double *a1 = acc, *a2 = acc + L;
+                    float *ml = lanes;
+                    expand(savemean, c0, g, S, ml);
+                    memset(acc, 0, sizeof(double) * (size_t)L * 2);
+                    for (i64 n = n0; n < n1; n++) {
+                        const float *xr = x + n * rs + c0 * S, *gr = dy + n * rs + c0 * S;
+                        for (i64 j = 0; j < Lg; j++) {
+                            double gv = (double)gr[j];
+                            a1[j] += gv;
+                            a2[j] += gv * (double)(xr[j] - ml[j]);
+                        }
+                    }
+                    for (i64 q = 0; q < g; q++) {
+                        double s1 = 0.0, s2 = 0.0;
+                        for (i64 tt = 0; tt < S; tt++) {
+                            s1 += a1[q * S + tt];
+                            s2 += a2[q * S + tt];
+                        }
+                        part[2 * ((c0 + q) * p.nrb + rb)] = s1;
+                        part[2 * ((c0 + q) * p.nrb + rb) + 1] = s2;
+                    }
+                    if (fused) {
+                        float *kl = lanes + L, *c0l = lanes + 2 * L, *c1l = lanes + 3 * L;
+                        for (i64 q = 0; q < g; q++) {
+                            i64 c = c0 + q;
+                            bconst_t b = backward_const(m, scale[c], savemean[c], saveinvvar[c],
+                                                        part[2 * c], part[2 * c + 1]);
+                            for (i64 tt = 0; tt < S; tt++) {
+                                kl[q * S + tt] = b.k;
+                                c0l[q * S + tt] = b.c0;
+                                c1l[q * S + tt] = b.c1;
+                            }
+                        }
+                        for (i64 n = 0; n < N; n++) {
+                            i64 o = n * rs + c0 * S;
+                            const float *xr = x + o, *gr = dy + o;
+                            float *w = dx + o;
+                            for (i64 j = 0; j < Lg; j++)
+                                w[j] = (gr[j] * kl[j] - c0l[j]) - (xr[j] - ml[j]) * c1l[j];
+                        }
+                    }
+                }
+            }
+            free(acc);
+            free(lanes);
+        }
+    }
+    if (failed) {
+        free(part);
+        return -1;
+    }
+
+    bconst_t *q = malloc(sizeof(bconst_t) * (size_t)C);
+    if (!q) {
+        free(part);
+        return -1;
+    }
+    for (i64 c = 0; c < C; c++) {
+        double sdy = 0.0, sdyx = 0.0;
+        for (i64 rb = 0; rb < p.nrb; rb++) {
+            sdy += part[2 * (c * p.nrb + rb)];
+            sdyx += part[2 * (c * p.nrb + rb) + 1];
+        }
+        dbias[c] = (float)sdy;
+        dscale[c] = (float)(sdyx * (double)saveinvvar[c]);
+        q[c] = backward_const(m, scale[c], savemean[c], saveinvvar[c], sdy, sdyx);
+    }
+    free(part);
+
+    if (dx != NULL && !fused) {
+        if (S >= SHORT_S) {
+            i64 ntask = N * C;
+#pragma omp parallel for schedule(static) num_threads(nt)
+            for (i64 t = 0; t < ntask; t++) {
+                bconst_t b = q[t % C];
+                row_dx(x + t * S, dy + t * S, dx + t * S, S, b.m, b.k, b.c0, b.c1);
+            }
+        } else {
+            i64 G = LANE_TARGET / S;
+            if (G < 1)
+                G = 1;
+            if (G > C)
+                G = C;
+            i64 L = G * S, ngroups = ceil_div(C, G);
+            i64 B = ELEMWISE_CHUNK / L;
+            if (B < 1)
+                B = 1;
+            i64 nrb = ceil_div(N, B), ntask = ngroups * nrb;
+#pragma omp parallel num_threads(nt)
+            {
+                float *lanes = malloc(sizeof(float) * (size_t)L * 4);
+                i64 cur = -1;
+                if (!lanes) {
+#pragma omp atomic write
+                    failed = 1;
+                } else {
+#pragma omp for schedule(static)
+                    for (i64 t = 0; t < ntask; t++) {
+                        i64 gi = t / nrb, rb = t % nrb;
+                        i64 c0 = gi * G, g = c0 + G <= C ? G : C - c0;
+                        i64 n0 = rb * B, n1 = n0 + B < N ? n0 + B : N;
+                        i64 Lg = g * S;
+                        float *ml = lanes, *kl = lanes + L, *c0l = lanes + 2 * L, *c1l = lanes + 3 * L;
+                        if (gi != cur) {
+                            for (i64 qq = 0; qq < g; qq++)
+                                for (i64 tt = 0; tt < S; tt++) {
+                                    bconst_t b = q[c0 + qq];
+                                    ml[qq * S + tt] = b.m;
+                                    kl[qq * S + tt] = b.k;
+                                    c0l[qq * S + tt] = b.c0;
+                                    c1l[qq * S + tt] = b.c1;
+                                }
+                            cur = gi;
+                        }
+                        for (i64 n = n0; n < n1; n++) {
+                            i64 o = n * rs + c0 * S;
+                            const float *xr = x + o, *gr = dy + o;
+                            float *w = dx + o;
+                            for (i64 j = 0; j < Lg; j++)
+                                w[j] = (gr[j] * kl[j] - c0l[j]) - (xr[j] - ml[j]) * c1l[j];
+                        }
+                    }
+                }
+                free(lanes);
+            }
+        }
+    }
+    free(q);
+    return failed ? -1 : 0;
+}
