@@ -154,7 +154,7 @@ class CudaBackend:
                 path = os.path.join(KERNEL_DIR, name)
                 with open(path) as f:
                     source = f.read()
-                module = self._source_module(name, source, arch)
+                module = self.source_module(name, source, arch)
                 for entry in _ENTRY.findall(source):
                     functions[entry] = module.get_function(entry)
             seconds = time.perf_counter() - start
@@ -164,7 +164,7 @@ class CudaBackend:
             self._functions = functions
             return functions
 
-    def _source_module(self, name, source, arch):
+    def source_module(self, name, source, arch):
         compiler = self.api.compiler
         compile_error = getattr(compiler, "CompileError", None) or self.api.driver.CompileError
         try:
