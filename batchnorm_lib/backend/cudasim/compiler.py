@@ -1,0 +1,591 @@
+"""Simulated ``pycuda.compiler``: ``SourceModule`` builds CUDA C with the host C++ compiler.
+
+The source is compiled unchanged except for two textual rewrites that keep line numbers:
+``extern __shared__ T name[];`` becomes a pointer to the block's dynamic shared memory, and
+``static __shared__`` loses its ``static``. ``cudasim_runtime.h`` is force-included first; it maps
+CUDA's execution model onto fibers (see that header). For every non-template ``extern "C"
+__global__`` function a launcher is appended that unpacks the parameter buffer with the kernel's
+own parameter types (so the simulator never parses C types) and a signature string the launch
+checks numpy argument types against.
+
+Builds are cached by a hash of everything that goes into them (source, included files, options,
+runtime header, compiler version) under ``BATCHNORM_LIB_CUDASIM_CACHE`` (default
+``~/.cache/batchnorm_lib/cudasim``). ``BATCHNORM_LIB_CUDASIM_DEBUG=1`` builds with ``-O0 -g`` for
+gdb.
+"""
+
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from batchnorm_lib.backend.cudasim import driver
+from batchnorm_lib.backend.cudasim.driver import CompileError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RUNTIME_HEADER = os.path.join(HERE, "cudasim_runtime.h")
+CACHE_ENV = "BATCHNORM_LIB_CUDASIM_CACHE"
+DEBUG_ENV = "BATCHNORM_LIB_CUDASIM_DEBUG"
+SEED_ENV = "BATCHNORM_LIB_CUDASIM_SEED"
+STACK_ENV = "BATCHNORM_LIB_CUDASIM_STACK"  # bytes of stack per simulated thread
+CXX_ENV = "BATCHNORM_LIB_CUDASIM_CXX"
+DEFAULT_STACK = 64 * 1024
+BUILD_VERSION = "1"  # bump to invalidate every cached build
+
+__all__ = ["SourceModule", "CompileError", "cache_dir", "find_cxx", "find_cuda_include"]
+
+
+# -- toolchain ----------------------------------------------------------------------------------
+def find_cxx():
+    """The host C++ compiler: $BATCHNORM_LIB_CUDASIM_CXX, $CXX, g++, c++ or clang++ (or None)."""
+    for candidate in (os.environ.get(CXX_ENV), os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if candidate:
+            path = shutil.which(candidate)
+            if path:
+                return path
+    return None
+
+
+def find_cuda_include():
+    """A directory holding the CUDA toolkit's cuda_fp16.h, or None."""
+    roots = [os.environ.get(v) for v in ("CUDA_HOME", "CUDA_PATH", "CUDA_ROOT")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        roots.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    roots += ["/usr/local/cuda", "/opt/cuda", "/usr"]
+    for root in roots:
+        if not root:
+            continue
+        for inc in (os.path.join(root, "include"),
+                    os.path.join(root, "targets", "x86_64-linux", "include")):
+            if os.path.isfile(os.path.join(inc, "cuda_fp16.h")) and \
+                    os.path.isfile(os.path.join(inc, "vector_types.h")):
+                return inc
+    return None
+
+
+_cxx_version = {}
+
+
+def _compiler_version(cxx):
+    if cxx not in _cxx_version:
+        try:
+            out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
+            _cxx_version[cxx] = out.stdout.splitlines()[0] if out.stdout else cxx
+        except (OSError, subprocess.SubprocessError):
+            _cxx_version[cxx] = cxx
+    return _cxx_version[cxx]
+
+
+def cache_dir():
+    path = os.environ.get(CACHE_ENV)
+    if not path:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path = os.path.join(base, "batchnorm_lib", "cudasim")
+    return path
+
+
+# -- source handling ----------------------------------------------------------------------------
+_COMMENT = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"', re.S)
+
+
+def _blank_comments(src):
+    """Comments replaced by spaces (newlines kept), string literals kept: offsets stay valid."""
+    def repl(m):
+        text = m.group(0)
+        if text.startswith('"'):
+            return text
+        return re.sub(r"[^\n]", " ", text)
+    return _COMMENT.sub(repl, src)
+
+
+_EXTERN_SHARED = re.compile(
+    r"extern\s+__shared__\s+((?:(?:__align__|alignas)\s*\([^;]*?\)\s*)*)"
+    r"([A-Za-z_][\w:<>,\s\*]*?)\s*((?:(?:__align__|alignas)\s*\([^;]*?\)\s*)*)"
+    r"\b([A-Za-z_]\w*)\s*\[\s*\]\s*;")
+_STATIC_SHARED = re.compile(r"\bstatic(\s+)__shared__\b")
+
+
+def _depth_at(text, pos):
+    return text.count("{", 0, pos) - text.count("}", 0, pos)
+
+
+def rewrite_source(src):
+    """Apply the simulator's two rewrites; line numbers are unchanged."""
+    clean = _blank_comments(src)
+    out, last = [], 0
+    for m in _EXTERN_SHARED.finditer(clean):
+        ctype, name = " ".join(m.group(2).split()), m.group(4)
+        newlines = "\n" * src.count("\n", m.start(), m.end())
+        if _depth_at(clean, m.start()) > 0:
+            repl = "%s* const %s = reinterpret_cast<%s*>(__cudasim_dynamic_shared());" % (
+                ctype, name, ctype)
+        else:  # file scope: every use is in some kernel
+            repl = "#define %s (reinterpret_cast<%s*>(__cudasim_dynamic_shared()))\n" % (name, ctype)
+            if not src[:m.start()].endswith("\n") and m.start() > 0:
+                repl = "\n" + repl
+                newlines = newlines[1:] if newlines else ""
+        out.append(src[last:m.start()])
+        out.append(repl + newlines)
+        last = m.end()
+    out.append(src[last:])
+    src = "".join(out)
+    return _STATIC_SHARED.sub(r"\1__shared__", src)
+
+
+_GLOBAL = re.compile(
+    r"__global__\s+((?:__launch_bounds__\s*\(([^)]*)\)\s*)?)void\s+"
+    r"(?:__launch_bounds__\s*\(([^)]*)\)\s*)?([A-Za-z_]\w*)\s*\(")
+_EXTERN_C_BLOCK = re.compile(r'extern\s+"C"\s*\{')
+
+
+def _extern_c_ranges(clean):
+    ranges = []
+    for m in _EXTERN_C_BLOCK.finditer(clean):
+        depth, i = 1, m.end()
+        while i < len(clean) and depth:
+            if clean[i] == "{":
+                depth += 1
+            elif clean[i] == "}":
+                depth -= 1
+            i += 1
+        ranges.append((m.end(), i))
+    return ranges
+
+
+def find_kernels(src, wrapped_extern_c):
+    """[(name, max_threads or None)] of the kernels callable by their plain name."""
+    clean = _blank_comments(src)
+    blocks = _extern_c_ranges(clean)
+    kernels = []
+    for m in _GLOBAL.finditer(clean):
+        start = m.start()
+        prefix = clean[max(0, start - 400):start]
+        stmt = re.split(r"[;{}]", prefix)[-1]
+        if re.search(r"\btemplate\b", stmt):
+            continue
+        extern_c = wrapped_extern_c or re.search(r'extern\s+"C"\s*$', stmt.strip() + " ")\
+            or re.search(r'extern\s+"C"', stmt) or any(a <= start < b for a, b in blocks)
+        if not extern_c:
+            continue
+        bounds = m.group(2) or m.group(3)
+        max_threads = None
+        if bounds:
+            first = bounds.split(",")[0].strip()
+            if re.fullmatch(r"\d+[uU]?", first):
+                max_threads = int(first.rstrip("uU"))
+        kernels.append((m.group(4), max_threads))
+    return kernels
+
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
+
+
+def _included_files(src, dirs, seen=None):
+    """Contents of the quoted #includes found in dirs, recursively (for the cache key)."""
+    seen = {} if seen is None else seen
+    for name in _INCLUDE.findall(src):
+        for d in dirs:
+            path = os.path.join(d, name)
+            if os.path.isfile(path):
+                path = os.path.realpath(path)
+                if path not in seen:
+                    with open(path, "rb") as f:
+                        data = f.read()
+                    seen[path] = data
+                    _included_files(data.decode("utf-8", "replace"),
+                                    [os.path.dirname(path)] + list(dirs), seen)
+                break
+    return seen
+
+
+def _translate_options(options):
+    """nvcc options -> host compiler flags: -D/-U/-I/-std pass, fast math is noted, the rest
+    (code generation, ptxas) has no host meaning and is dropped."""
+    flags, std = [], "-std=c++17"
+    skip_next = False
+    for opt in options or []:
+        if skip_next:
+            skip_next = False
+            continue
+        if opt in ("-Xptxas", "-Xcompiler", "-maxrregcount", "--maxrregcount", "-arch", "-code",
+                   "-gencode", "--gpu-architecture", "-ccbin", "-rdc"):
+            skip_next = True
+            continue
+        if opt.startswith(("-D", "-U", "-I")):
+            flags.append(opt)
+        elif re.fullmatch(r"--?std=c\+\+\d\w*", opt):
+            std = "-std=" + opt.split("=", 1)[1]
+        elif opt in ("-use_fast_math", "--use_fast_math"):
+            flags.append("-D__USE_FAST_MATH__=1")
+    return [std] + flags
+
+
+def _arch_number(arch):
+    if arch:
+        m = re.search(r"(\d+)", str(arch))
+        if m:
+            return int(m.group(1)) * 10
+    major, minor = driver.compute_capability()
+    return major * 100 + minor * 10
+
+
+_TRAMPOLINE = (
+    'CUDASIM_EXPORT const char* __cudasim_sig_{name}() {{ return cudasim::signature(&{name}); }}\n'
+    'CUDASIM_EXPORT int __cudasim_launch_{name}(const cudasim::LaunchConfig* c, '
+    'const unsigned char* a) {{ return cudasim::launch(&{name}, "{name}", c, a); }}\n')
+
+
+def _symbols(cxx, so_path):
+    """Addresses and sizes of zero-initialised function-local statics (``__shared__`` arrays of
+    templates, which the linker keeps out of the cudasim_shared section), from objdump."""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        return []
+    try:
+        out = subprocess.run([objdump, "-t", so_path], capture_output=True, text=True,
+                             timeout=120).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    result = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) < 5:
+            continue
+        name, size, section = parts[-1], parts[-2], parts[-3]
+        if name == "cudasim_error" and section == ".text":
+            result.append(("@anchor", int(parts[0], 16), 0))
+        elif name.startswith("_ZZ") and "cudasim" not in name and \
+                (section.startswith(".bss") or section == "cudasim_shared"):
+            try:
+                result.append((name, int(parts[0], 16), int(size, 16)))
+            except ValueError:
+                pass
+    return result
+
+
+class _LaunchConfig(ctypes.Structure):
+    _fields_ = [("grid", ctypes.c_uint32 * 3), ("block", ctypes.c_uint32 * 3),
+                ("shared_bytes", ctypes.c_uint64), ("seed", ctypes.c_uint64),
+                ("stack_bytes", ctypes.c_uint64)]
+
+
+_launch_lock = threading.RLock()
+_launch_count = [0]
+
+
+def _base_seed():
+    text = os.environ.get(SEED_ENV, "0")
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise driver.LogicError("%s=%r is not an integer" % (SEED_ENV, text))
+
+
+def _stack_bytes():
+    return int(os.environ.get(STACK_ENV, DEFAULT_STACK))
+
+
+class SourceModule:
+    """pycuda's ``SourceModule``, built for the host. Same signature; ``nvcc``, ``keep``, ``code``
+    are accepted and ignored; ``arch`` sets ``__CUDA_ARCH__`` (default: the simulated device's)."""
+
+    def __init__(self, source, nvcc="nvcc", options=None, keep=False, no_extern_c=False,
+                 arch=None, code=None, cache_dir=None, include_dirs=[]):  # noqa: B006 (pycuda's)
+        cxx = find_cxx()
+        if cxx is None:
+            raise CompileError("no host C++ compiler found (set %s or CXX)" % CXX_ENV, [])
+        cuda_inc = find_cuda_include()
+        if cuda_inc is None:
+            raise CompileError("the CUDA toolkit headers (cuda_fp16.h) were not found; set "
+                               "CUDA_HOME", [])
+        if not no_extern_c:
+            source = 'extern "C" {\n%s\n}\n' % source
+        self.kernels = dict(find_kernels(source, wrapped_extern_c=not no_extern_c))
+        text = rewrite_source(source)
+        arch_number = _arch_number(arch)
+        full = ("#define __CUDA_ARCH__ %d\n#line 1 \"kernel.cu\"\n%s\n#line 1 \"cudasim-launchers\"\n%s"
+                % (arch_number, text, "".join(_TRAMPOLINE.format(name=k) for k in self.kernels)))
+        debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+        include_dirs = list(include_dirs or [])
+        flags = (_translate_options(options)
+                 + ["-O0", "-g"] if debug else _translate_options(options) + ["-O2"])
+        flags += ["-fPIC", "-shared", "-fvisibility=hidden", "-fno-strict-aliasing",
+                  "-U_FORTIFY_SOURCE", "-ffp-contract=off", "-pthread", "-w"]
+        flags += ["-I" + d for d in include_dirs] + ["-I" + cuda_inc]
+        with open(RUNTIME_HEADER, "rb") as f:
+            runtime = f.read()
+        h = hashlib.sha256()
+        for part in (BUILD_VERSION, _compiler_version(cxx), " ".join(flags), runtime, full):
+            h.update(part if isinstance(part, bytes) else part.encode())
+            h.update(b"\0")
+        for path, data in sorted(_included_files(source, include_dirs).items()):
+            h.update(path.encode() + b"\0" + data + b"\0")
+        key = h.hexdigest()[:32]
+
+        use_cache = cache_dir is not False
+        directory = (cache_dir if isinstance(cache_dir, str) else globals()["cache_dir"]()) \
+            if use_cache else tempfile.mkdtemp(prefix="cudasim-")
+        os.makedirs(directory, exist_ok=True)
+        so_path = os.path.join(directory, "cudasim-%s.so" % key)
+        sym_path = so_path[:-3] + ".shared"
+        if not (os.path.isfile(so_path) and os.path.isfile(sym_path)):
+            self._build(cxx, flags, full, directory, so_path, sym_path)
+        self.path = so_path
+        self._lib = ctypes.CDLL(so_path, mode=getattr(os, "RTLD_LOCAL", 0))
+        self._lib.cudasim_error.restype = ctypes.c_char_p
+        self._lib.cudasim_static_shared_bytes.restype = ctypes.c_size_t
+        self._static_shared = 0
+        self._set_poison(sym_path)
+        self._functions = {}
+
+    @staticmethod
+    def _build(cxx, flags, full, directory, so_path, sym_path):
+        work = tempfile.mkdtemp(prefix="build-", dir=directory)
+        try:
+            src = os.path.join(work, "kernel.cu")
+            with open(src, "w") as f:
+                f.write(full)
+            tmp_so = os.path.join(work, "module.so")
+            cmd = [cxx] + flags + ["-include", RUNTIME_HEADER, "-x", "c++", src, "-o", tmp_so]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
+            if proc.returncode != 0:
+                raise CompileError("cudasim compilation failed", cmd, stdout=proc.stdout,
+                                   stderr=proc.stderr)
+            symbols = _symbols(cxx, tmp_so)
+            with open(os.path.join(work, "module.shared"), "w") as f:
+                for name, addr, size in symbols:
+                    f.write("%s %d %d\n" % (name, addr, size))
+            os.replace(os.path.join(work, "module.shared"), sym_path)
+            os.replace(tmp_so, so_path)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _set_poison(self, sym_path):
+        entries = []
+        with open(sym_path) as f:
+            for line in f:
+                name, addr, size = line.split()
+                entries.append((name, int(addr), int(size)))
+        anchor = [a for n, a, s in entries if n == "@anchor"]
+        regions = [(a, s) for n, a, s in entries if n != "@anchor" and s > 0]
+        self._static_shared = int(self._lib.cudasim_static_shared_bytes()) + sum(
+            s for n, a, s in entries if n.startswith("_ZZ") and s > 0)
+        if not anchor or not regions:
+            return
+        base = ctypes.cast(self._lib.cudasim_error, ctypes.c_void_p).value - anchor[0]
+        n = len(regions)
+        addrs = (ctypes.c_uint64 * n)(*[base + a for a, s in regions])
+        sizes = (ctypes.c_uint64 * n)(*[s for a, s in regions])
+        self._poison = (addrs, sizes)
+        self._lib.cudasim_set_poison(addrs, sizes, ctypes.c_int(n))
+
+    def get_function(self, name):
+        if name not in self._functions:
+            if name not in self.kernels:
+                raise driver.LogicError(
+                    "cuModuleGetFunction failed: named symbol not found (%r is not a non-template "
+                    'extern "C" __global__ function of this module)' % (name,))
+            self._functions[name] = Function(self, name, self.kernels[name])
+        return self._functions[name]
+
+    def get_global(self, name):
+        raise driver.LogicError("get_global is not simulated")
+
+    @property
+    def static_shared_bytes(self):
+        """Static shared memory of all the module's kernels together (an upper bound for one)."""
+        return self._static_shared
+
+
+# -- launching ----------------------------------------------------------------------------------
+def _parse_signature(sig):
+    params = []
+    for item in sig.split():
+        kind, rest = item[0], item[1:]
+        size, align = (int(v) for v in rest.split(":"))
+        params.append((kind, size, align))
+    return params
+
+
+_KIND_NAMES = {"p": "pointer", "i": "signed integer", "u": "unsigned integer", "f": "floating",
+               "h": "16-bit float", "s": "struct"}
+
+
+def _is_pointerish(arg):
+    return isinstance(arg, driver.DeviceAllocation) or hasattr(arg, "gpudata") or \
+        type(arg).__name__ == "PooledDeviceAllocation"
+
+
+class Function:
+    """pycuda's ``Function``: ``f(*args, block=(x, y, z), grid=(x, y[, z]), shared=0)``."""
+
+    def __init__(self, module, name, max_threads):
+        self.module = module
+        self.name = name
+        lib = module._lib
+        self._launch = getattr(lib, "__cudasim_launch_" + name)
+        self._launch.restype = ctypes.c_int
+        self._launch.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p]
+        sig = getattr(lib, "__cudasim_sig_" + name)
+        sig.restype = ctypes.c_char_p
+        self.params = _parse_signature(sig().decode())
+        self.max_threads_per_block = max_threads or driver.MAX_THREADS_PER_BLOCK
+        self.num_regs = 0
+        self.local_size_bytes = 0
+        self.const_size_bytes = 0
+        self._prepared = None
+
+    @property
+    def shared_size_bytes(self):
+        return self.module.static_shared_bytes
+
+    def _pack(self, args):
+        if len(args) != len(self.params):
+            raise TypeError("kernel %s takes %d parameters, %d given"
+                            % (self.name, len(self.params), len(args)))
+        size = 0
+        for kind, psize, align in self.params:
+            size = -(-size // align) * align + psize
+        buf = bytearray(max(size, 8))
+        off = 0
+        for i, (arg, (kind, psize, align)) in enumerate(zip(args, self.params)):
+            off = -(-off // align) * align
+            data = self._encode(i, arg, kind, psize)
+            buf[off:off + psize] = data
+            off += psize
+        return buf
+
+    def _encode(self, i, arg, kind, psize):
+        where = "kernel %s parameter #%d (%s, %d bytes)" % (self.name, i, _KIND_NAMES[kind], psize)
+        if isinstance(arg, np.generic):
+            dt = arg.dtype
+            if kind == "p":
+                ok = dt.kind in "iu" and dt.itemsize == psize
+            elif kind in "iu":
+                ok = dt.kind in "iub" and dt.itemsize == psize
+            elif kind == "f":
+                ok = dt.kind == "f" and dt.itemsize == psize
+            elif kind == "h":
+                ok = dt.itemsize == psize and dt.kind in "fV"
+            else:
+                ok = dt.itemsize == psize and dt.kind == "V"
+            if not ok:
+                raise TypeError("%s got numpy.%s (%d bytes): pycuda packs arguments by their numpy "
+                                "type, so this launch would pass a garbled value" % (
+                                    where, dt.name, dt.itemsize))
+            data = arg.tobytes()
+            if kind == "p":
+                self._check_pointer(i, int(np.frombuffer(data, np.uint64)[0]))
+            return data
+        if _is_pointerish(arg):
+            if kind != "p":
+                raise TypeError("%s got a device pointer" % where)
+            gpudata = getattr(arg, "gpudata", arg)
+            addr = int(gpudata)
+            self._check_pointer(i, addr)
+            return np.uint64(addr).tobytes()
+        raise TypeError("invalid type on parameter #%d (0-based): %s; pass numpy scalars "
+                        "(np.int32, np.float32, np.uintp, ...) as pycuda requires"
+                        % (i, type(arg).__name__))
+
+    def _check_pointer(self, i, addr):
+        if addr != 0 and driver.registry.find(addr) is None:
+            raise driver.LaunchError(
+                "kernel %s parameter #%d: 0x%x is not inside any live device allocation (freed, "
+                "or not device memory)" % (self.name, i, addr))
+
+    def _dims(self, value, what, limits):
+        try:
+            dims = tuple(int(v) for v in value)
+        except TypeError:
+            raise TypeError("%s must be a tuple of 1 to 3 ints, got %r" % (what, value))
+        if not 1 <= len(dims) <= 3:
+            raise driver.LogicError("cuLaunchKernel failed: too many %s dimensions (%r)"
+                                    % (what, value))
+        dims = dims + (1,) * (3 - len(dims))
+        for d, lim, axis in zip(dims, limits, "xyz"):
+            if not 1 <= d <= lim:
+                raise driver.LogicError(
+                    "cuLaunchKernel failed: invalid argument (kernel %s: %s.%s = %d, must be 1 to "
+                    "%d)" % (self.name, what, axis, d, lim))
+        return dims
+
+    def __call__(self, *args, **kwargs):
+        grid = kwargs.pop("grid", (1, 1))
+        block = kwargs.pop("block", None)
+        if block is None:
+            raise ValueError("must specify block size")
+        shared = int(kwargs.pop("shared", 0))
+        kwargs.pop("stream", None)
+        kwargs.pop("texrefs", None)
+        time_kernel = kwargs.pop("time_kernel", False)
+        if kwargs:
+            raise ValueError("extra keyword arguments: %s" % (",".join(kwargs.keys())))
+        return self._run(args, grid, block, shared, time_kernel)
+
+    def _run(self, args, grid, block, shared, time_kernel=False):
+        block = self._dims(block, "block", driver.MAX_BLOCK_DIM)
+        grid = self._dims(grid, "grid", driver.MAX_GRID_DIM)
+        threads = block[0] * block[1] * block[2]
+        if threads > driver.MAX_THREADS_PER_BLOCK:
+            raise driver.LogicError(
+                "cuLaunchKernel failed: invalid argument (kernel %s: block %s has %d threads, at "
+                "most %d)" % (self.name, block, threads, driver.MAX_THREADS_PER_BLOCK))
+        if threads > self.max_threads_per_block:
+            raise driver.LaunchError(
+                "cuLaunchKernel failed: too many resources requested for launch (kernel %s: block "
+                "of %d threads exceeds its __launch_bounds__ of %d)"
+                % (self.name, threads, self.max_threads_per_block))
+        if shared < 0 or shared + self.module.static_shared_bytes > driver.MAX_SHARED_PER_BLOCK:
+            raise driver.LogicError(
+                "cuLaunchKernel failed: invalid argument (kernel %s: %d bytes of dynamic shared "
+                "memory; at most %d per block with the static shared memory of the module)"
+                % (self.name, shared, driver.MAX_SHARED_PER_BLOCK))
+        buf = self._pack(args)
+        cbuf = (ctypes.c_ubyte * len(buf)).from_buffer(buf)
+        with _launch_lock:
+            _launch_count[0] += 1
+            count = _launch_count[0]
+            seed = (_base_seed() * 1000003 + count) & ((1 << 64) - 1)
+            cfg = _LaunchConfig((ctypes.c_uint32 * 3)(*grid), (ctypes.c_uint32 * 3)(*block),
+                                shared, seed, _stack_bytes())
+            start = time.perf_counter()
+            rc = self._launch(ctypes.byref(cfg), ctypes.addressof(cbuf))
+            elapsed = time.perf_counter() - start
+            if rc != 0:
+                msg = self.module._lib.cudasim_error().decode("utf-8", "replace")
+                raise driver.LaunchError(
+                    "kernel %s<<<%s, %s, %d>>> failed: %s [launch #%d of this process, %s=%s]"
+                    % (self.name, grid, block, shared, msg, count, SEED_ENV, _base_seed()))
+        return elapsed if time_kernel else None
+
+    # pycuda's prepared-call interface
+    _FORMAT = {"P": np.uintp, "i": np.int32, "I": np.uint32, "l": np.int64, "L": np.uint64,
+               "q": np.int64, "Q": np.uint64, "f": np.float32, "d": np.float64, "h": np.int16,
+               "H": np.uint16, "b": np.int8, "B": np.uint8}
+
+    def prepare(self, arg_types):
+        if isinstance(arg_types, str):
+            arg_types = list(arg_types)
+        self._prepared = [self._FORMAT[t] if isinstance(t, str) else np.dtype(t).type
+                          for t in arg_types]
+        return self
+
+    def prepared_call(self, grid, block, *args, **kwargs):
+        if self._prepared is None:
+            raise driver.LogicError("prepared_call before prepare")
+        shared = int(kwargs.pop("shared_size", 0))
+        conv = []
+        for t, a in zip(self._prepared, args):
+            if t is np.uintp and not isinstance(a, (int, np.integer)):
+                a = int(getattr(a, "gpudata", a))
+            conv.append(t(a))
+        return self._run(conv, grid, block, shared)

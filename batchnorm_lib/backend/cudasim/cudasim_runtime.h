@@ -1,0 +1,1004 @@
+// cudasim_runtime.h: CUDA's execution model on the host CPU.
+//
+// Force-included (g++ -include) ahead of every CUDA C source the simulator compiles. Each thread of
+// a block is a fiber with its own small stack; one OS thread runs one block at a time, blocks run
+// in order. A fiber runs until it reaches a barrier (__syncthreads, __syncwarp, a warp shuffle,
+// a vote) or returns; the scheduler then resumes a randomly chosen runnable fiber, so the order in
+// which threads pass every barrier is shuffled (seeded, reproducible). Code that reads another
+// thread's shared-memory write without a barrier in between therefore reads stale or poisoned data.
+//
+// Shuffles and votes are real lock-step exchanges: every lane named in the mask deposits its value,
+// the last one to arrive computes every lane's result, and all of them resume together. Shared
+// memory (static and dynamic) is filled with 0xff bytes (NaN for floats, -1 for integers) at the
+// start of every block. Misuse that a GPU would hang on or silently mis-compute is reported as a
+// launch error: divergent __syncthreads, a thread exiting while others wait at a barrier,
+// mismatched shuffle masks, lanes named in a mask that do not exist, deadlocks.
+#ifndef CUDASIM_RUNTIME_H
+#define CUDASIM_RUNTIME_H
+
+#define __CUDASIM__ 1
+
+// Execution-space qualifiers first: the CUDA headers keep definitions that already exist.
+#define __host__
+#define __device__
+#define __global__
+#define __constant__
+#define __managed__
+#define __grid_constant__
+#define __noinline__ __attribute__((noinline))
+#define __forceinline__ inline __attribute__((always_inline))
+#define __launch_bounds__(...)
+#define __cudasim_shared_attr __attribute__((section("cudasim_shared"), aligned(16)))
+#define __shared__ __cudasim_shared_attr static
+
+#include <algorithm>
+#include <cmath>
+#include <cstdarg>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <utility>
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+#include <vector_types.h>
+#include <vector_functions.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+// The CUDA headers may have redefined some of these; ours win for the kernel source.
+#undef __host__
+#undef __device__
+#undef __global__
+#undef __shared__
+#undef __constant__
+#undef __managed__
+#undef __forceinline__
+#undef __noinline__
+#undef __launch_bounds__
+#undef __grid_constant__
+#define __host__
+#define __device__
+#define __global__
+#define __constant__
+#define __managed__
+#define __grid_constant__
+#define __noinline__ __attribute__((noinline))
+#define __forceinline__ inline __attribute__((always_inline))
+#define __launch_bounds__(...)
+#define __shared__ __cudasim_shared_attr static
+
+#define CUDASIM_EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace cudasim {
+
+enum { RUNNABLE = 0, AT_BARRIER = 1, AT_WARP = 2, EXITED = 3 };
+enum { OP_SYNCWARP = 1, OP_SHFL, OP_SHFL_UP, OP_SHFL_DOWN, OP_SHFL_XOR, OP_BALLOT, OP_ALL, OP_ANY,
+       OP_MATCH_ANY, OP_REDUCE_ADD, OP_REDUCE_MIN, OP_REDUCE_MAX, OP_REDUCE_AND, OP_REDUCE_OR,
+       OP_REDUCE_XOR, OP_REDUCE_UMIN, OP_REDUCE_UMAX };
+static const char* const kOpNames[] = {
+    "?", "__syncwarp", "__shfl_sync", "__shfl_up_sync", "__shfl_down_sync", "__shfl_xor_sync",
+    "__ballot_sync", "__all_sync", "__any_sync", "__match_any_sync", "__reduce_add_sync",
+    "__reduce_min_sync", "__reduce_max_sync", "__reduce_and_sync", "__reduce_or_sync",
+    "__reduce_xor_sync", "__reduce_min_sync", "__reduce_max_sync"};
+
+struct Fiber {
+    void* sp;
+    uint3 tid;
+    int linear, warp, lane, state;
+    // at a barrier or warp operation
+    const char* file;
+    int line;
+    int op;
+    unsigned mask;
+    uint64_t in, out;
+    int src;
+    int barrier_result;
+#if !defined(__x86_64__)
+    ucontext_t ctx;
+#endif
+};
+
+struct Warp {
+    unsigned arrived;  // lanes waiting at the current warp operation
+    unsigned exists;   // lanes that exist in this (possibly partial) warp
+    int op;
+    unsigned mask;
+    const char* file;
+    int line;
+};
+
+struct LaunchConfig {  // filled by the Python side; layout mirrored there
+    uint32_t grid[3], block[3];
+    uint64_t shared_bytes;
+    uint64_t seed;
+    uint64_t stack_bytes;
+};
+
+typedef void (*Thunk)(void* fn, const unsigned char* args);
+
+struct State {
+    // launch
+    dim3 grid, block;
+    Thunk thunk;
+    void* fn;
+    const unsigned char* args;
+    const char* kernel;
+    uint3 block_idx;
+    // block
+    Fiber* fibers;
+    int nthreads, live, exited, arrivals, barrier_count;
+    const char* barrier_file;
+    int barrier_line;
+    int first_exited;
+    Warp warps[32];
+    Fiber** ready;
+    int nready;
+    Fiber* cur;
+    void* main_sp;
+#if !defined(__x86_64__)
+    ucontext_t main_ctx;
+#endif
+    // memory
+    unsigned char* stacks;
+    size_t stacks_len, stack_bytes, stack_stride;
+    int stacks_threads;
+    unsigned char* dyn_shared;
+    size_t dyn_shared_len;
+    // zero-initialised function-local statics (template __shared__ arrays), found by the loader
+    const uint64_t* poison_addr;
+    const uint64_t* poison_size;
+    int npoison;
+    // errors
+    bool failed;
+    char err[4096];
+    uint64_t rng;
+    sigjmp_buf fault_jmp;
+    volatile void* fault_addr;
+    volatile int fault_sig;
+};
+
+static State g;
+
+extern "C" char __start_cudasim_shared[] __attribute__((weak, visibility("hidden")));
+extern "C" char __stop_cudasim_shared[] __attribute__((weak, visibility("hidden")));
+
+static inline uint64_t next_random() {  // xorshift64*
+    uint64_t x = g.rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    g.rng = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+// ---- context switching -----------------------------------------------------------------------
+#if defined(__x86_64__)
+// cudasim_switch(save, to): push callee-saved registers and the FP control words, store the stack
+// pointer in *save, load `to`, pop, return into the other context. No signal-mask syscall.
+extern "C" void cudasim_switch(void** save, void* to);
+__asm__(
+    ".text\n"
+    ".p2align 4\n"
+    ".hidden cudasim_switch\n"
+    ".type cudasim_switch,@function\n"
+    "cudasim_switch:\n"
+    "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
+    "  subq $8, %rsp\n  stmxcsr (%rsp)\n  fnstcw 4(%rsp)\n"
+    "  movq %rsp, (%rdi)\n"
+    "  movq %rsi, %rsp\n"
+    "  ldmxcsr (%rsp)\n  fldcw 4(%rsp)\n  addq $8, %rsp\n"
+    "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n"
+    "  ret\n"
+    ".size cudasim_switch, .-cudasim_switch\n");
+#endif
+
+static void fiber_main();
+
+static inline void switch_to(Fiber* from, Fiber* to) {
+    g.cur = to;
+#if defined(__x86_64__)
+    cudasim_switch(from ? &from->sp : &g.main_sp, to ? to->sp : g.main_sp);
+#else
+    swapcontext(from ? &from->ctx : &g.main_ctx, to ? &to->ctx : &g.main_ctx);
+#endif
+}
+
+static void fiber_prepare(Fiber* f, unsigned char* stack_lo, size_t len) {
+#if defined(__x86_64__)
+    uintptr_t top = ((uintptr_t)(stack_lo + len)) & ~(uintptr_t)15;
+    uint64_t* sp = (uint64_t*)top;
+    *--sp = 0;                       // return address of fiber_main: never used
+    *--sp = (uint64_t)(uintptr_t)&fiber_main;
+    for (int i = 0; i < 6; ++i) *--sp = 0;  // rbp rbx r12..r15
+    --sp;
+    uint32_t mxcsr;
+    uint16_t fpucw;
+    __asm__ volatile("stmxcsr %0" : "=m"(mxcsr));
+    __asm__ volatile("fnstcw %0" : "=m"(fpucw));
+    memcpy(sp, &mxcsr, 4);
+    memcpy((char*)sp + 4, &fpucw, 2);
+    f->sp = sp;
+#else
+    getcontext(&f->ctx);
+    f->ctx.uc_stack.ss_sp = stack_lo;
+    f->ctx.uc_stack.ss_size = len;
+    f->ctx.uc_link = nullptr;
+    makecontext(&f->ctx, (void (*)())fiber_main, 0);
+#endif
+}
+
+// ---- errors ----------------------------------------------------------------------------------
+static int describe_thread(char* buf, size_t n, const Fiber* f) {
+    return snprintf(buf, n, "thread (%u,%u,%u) of block (%u,%u,%u)", f->tid.x, f->tid.y, f->tid.z,
+                    g.block_idx.x, g.block_idx.y, g.block_idx.z);
+}
+
+// Abandon the launch: record the message and return to the launching context for good.
+[[noreturn]] static void fail(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+static void fail(const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g.err, sizeof g.err, fmt, ap);
+    va_end(ap);
+    g.failed = true;
+    Fiber* self = g.cur;
+    switch_to(self, nullptr);
+    abort();  // a failed launch never resumes its fibers
+}
+
+static void describe_waiters(char* buf, size_t n) {
+    size_t used = 0;
+    for (int i = 0; i < g.nthreads && used + 200 < n; ++i) {
+        const Fiber* f = &g.fibers[i];
+        if (f->state == RUNNABLE) continue;
+        // report the first thread of each distinct situation only
+        bool seen = false;
+        for (int j = 0; j < i && !seen; ++j) {
+            const Fiber* o = &g.fibers[j];
+            seen = o->state == f->state && o->line == f->line && o->op == f->op &&
+                   (f->state != AT_WARP || o->warp == f->warp);
+        }
+        if (seen) continue;
+        char who[96];
+        describe_thread(who, sizeof who, f);
+        if (f->state == AT_BARRIER)
+            used += snprintf(buf + used, n - used, "\n  %s (and others) waits at __syncthreads() %s:%d",
+                             who, f->file, f->line);
+        else if (f->state == AT_WARP)
+            used += snprintf(buf + used, n - used,
+                             "\n  %s (and others of warp %d) waits at %s(mask 0x%08x) %s:%d, lanes "
+                             "arrived 0x%08x", who, f->warp, kOpNames[f->op], f->mask, f->file,
+                             f->line, g.warps[f->warp].arrived);
+        else if (f->state == EXITED)
+            used += snprintf(buf + used, n - used, "\n  %s (and others) has exited", who);
+    }
+}
+
+// ---- scheduling ------------------------------------------------------------------------------
+static inline void make_ready(Fiber* f) {
+    f->state = RUNNABLE;
+    g.ready[g.nready++] = f;
+}
+
+static inline Fiber* pick_ready() {
+    if (g.nready == 0) return nullptr;
+    int i = (int)(next_random() % (uint64_t)g.nready);
+    Fiber* f = g.ready[i];
+    g.ready[i] = g.ready[--g.nready];
+    return f;
+}
+
+// Give up the processor: resume a randomly chosen runnable thread, or the launcher when none is.
+static inline void yield_from(Fiber* self) {
+    Fiber* next = pick_ready();
+    if (next == self) {
+        g.cur = self;
+        return;
+    }
+    switch_to(self, next);
+}
+
+static void thread_exit() {
+    Fiber* self = g.cur;
+    self->state = EXITED;
+    g.live--;
+    if (g.exited++ == 0) g.first_exited = self->linear;
+    if (g.arrivals > 0) {
+        char who[96];
+        describe_thread(who, sizeof who, self);
+        fail("%s exited while %d thread(s) wait at __syncthreads() %s:%d: the barrier can never "
+             "complete (divergent __syncthreads or an early return)", who, g.arrivals,
+             g.barrier_file, g.barrier_line);
+    }
+    Warp& w = g.warps[self->warp];
+    if (w.arrived && (w.mask >> self->lane & 1u)) {
+        char who[96];
+        describe_thread(who, sizeof who, self);
+        fail("%s (lane %d) exited while lanes 0x%08x of its warp wait for it at %s(mask 0x%08x) "
+             "%s:%d", who, self->lane, w.arrived, kOpNames[w.op], w.mask, w.file, w.line);
+    }
+    Fiber* next = pick_ready();
+    switch_to(self, next);
+    abort();
+}
+
+static void fiber_main() {
+    g.thunk(g.fn, g.args);
+    thread_exit();
+}
+
+// ---- block barrier ---------------------------------------------------------------------------
+static int syncthreads_impl(int kind, int pred, const char* file, int line) {
+    Fiber* self = g.cur;
+    if (g.exited > 0) {
+        char who[96], gone[96];
+        describe_thread(who, sizeof who, self);
+        describe_thread(gone, sizeof gone, &g.fibers[g.first_exited]);
+        fail("%s reached __syncthreads() %s:%d after %s had exited: the barrier can never complete "
+             "(divergent __syncthreads or an early return)", who, file, line, gone);
+    }
+    if (g.warps[self->warp].arrived) {
+        const Warp& w = g.warps[self->warp];
+        char who[96];
+        describe_thread(who, sizeof who, self);
+        fail("%s reached __syncthreads() %s:%d while lanes 0x%08x of its warp wait at "
+             "%s(mask 0x%08x) %s:%d", who, file, line, w.arrived, kOpNames[w.op], w.mask, w.file,
+             w.line);
+    }
+    if (g.arrivals == 0) {
+        g.barrier_file = file;
+        g.barrier_line = line;
+        g.barrier_count = 0;
+    } else if (line != g.barrier_line || strcmp(file, g.barrier_file) != 0) {
+        char who[96];
+        describe_thread(who, sizeof who, self);
+        fail("divergent __syncthreads(): %s is at %s:%d while %d thread(s) wait at %s:%d", who,
+             file, line, g.arrivals, g.barrier_file, g.barrier_line);
+    }
+    self->state = AT_BARRIER;
+    self->file = file;
+    self->line = line;
+    self->op = 0;
+    g.barrier_count += pred != 0;
+    if (++g.arrivals == g.live) {
+        int result = kind == 0 ? 0 : kind == 1 ? g.barrier_count
+                   : kind == 2 ? (g.barrier_count == g.live) : (g.barrier_count > 0);
+        g.arrivals = 0;
+        for (int i = 0; i < g.nthreads; ++i) {
+            Fiber* f = &g.fibers[i];
+            if (f->state == AT_BARRIER) {
+                f->barrier_result = result;
+                make_ready(f);
+            }
+        }
+    }
+    yield_from(self);
+    return self->barrier_result;
+}
+
+// ---- warp operations -------------------------------------------------------------------------
+static inline int popcount32(unsigned v) { return __builtin_popcount(v); }
+
+static uint64_t reduce_value(int op, unsigned mask) {
+    const Warp* unused = nullptr;
+    (void)unused;
+    uint64_t acc = 0;
+    bool first = true;
+    Fiber* base = g.cur - g.cur->lane;
+    for (int l = 0; l < 32; ++l) {
+        if (!(mask >> l & 1u)) continue;
+        uint32_t v = (uint32_t)base[l].in;
+        uint32_t a = (uint32_t)acc;
+        switch (op) {
+            case OP_REDUCE_ADD: acc = first ? v : a + v; break;
+            case OP_REDUCE_AND: acc = first ? v : (a & v); break;
+            case OP_REDUCE_OR: acc = first ? v : (a | v); break;
+            case OP_REDUCE_XOR: acc = first ? v : (a ^ v); break;
+            case OP_REDUCE_UMIN: acc = first ? v : std::min(a, v); break;
+            case OP_REDUCE_UMAX: acc = first ? v : std::max(a, v); break;
+            case OP_REDUCE_MIN: acc = first ? v : (uint32_t)std::min((int32_t)a, (int32_t)v); break;
+            case OP_REDUCE_MAX: acc = first ? v : (uint32_t)std::max((int32_t)a, (int32_t)v); break;
+        }
+        first = false;
+    }
+    return acc;
+}
+
+static const uint64_t kPoison = 0xffffffffffffffffULL;
+
+// Every lane named in `mask` deposits `in` (and the lane it wants to read, for shuffles); the last
+// to arrive computes all results; all resume in shuffled order.
+static uint64_t warp_op(int op, unsigned mask, uint64_t in, int src, const char* file, int line) {
+    Fiber* self = g.cur;
+    Warp& w = g.warps[self->warp];
+    char who[96];
+    if (!(mask >> self->lane & 1u)) {
+        describe_thread(who, sizeof who, self);
+        fail("%s (lane %d) calls %s with mask 0x%08x, which does not name the calling lane (%s:%d)",
+             who, self->lane, kOpNames[op], mask, file, line);
+    }
+    if (mask & ~w.exists) {
+        describe_thread(who, sizeof who, self);
+        fail("%s calls %s with mask 0x%08x but its warp has only lanes 0x%08x (block of %d "
+             "threads) (%s:%d)", who, kOpNames[op], mask, w.exists, g.nthreads, file, line);
+    }
+    if (w.arrived == 0) {
+        w.op = op;
+        w.mask = mask;
+        w.file = file;
+        w.line = line;
+    } else if (w.op != op || w.mask != mask) {
+        describe_thread(who, sizeof who, self);
+        fail("%s (lane %d) calls %s(mask 0x%08x) at %s:%d while lanes 0x%08x of its warp wait at "
+             "%s(mask 0x%08x) %s:%d", who, self->lane, kOpNames[op], mask, file, line, w.arrived,
+             kOpNames[w.op], w.mask, w.file, w.line);
+    }
+    Fiber* base = self - self->lane;
+    for (int l = 0; l < 32; ++l) {
+        if ((mask >> l & 1u) && base[l].state == EXITED) {
+            describe_thread(who, sizeof who, self);
+            fail("%s calls %s(mask 0x%08x) at %s:%d but lane %d of its warp has exited",
+                 who, kOpNames[op], mask, file, line, l);
+        }
+    }
+    self->state = AT_WARP;
+    self->file = file;
+    self->line = line;
+    self->op = op;
+    self->mask = mask;
+    self->in = in;
+    self->src = src;
+    w.arrived |= 1u << self->lane;
+    if (w.arrived == mask) {
+        w.arrived = 0;
+        unsigned votes = 0;
+        for (int l = 0; l < 32; ++l)
+            if ((mask >> l & 1u) && base[l].in) votes |= 1u << l;
+        uint64_t reduced = op >= OP_REDUCE_ADD ? reduce_value(op, mask) : 0;
+        for (int l = 0; l < 32; ++l) {
+            if (!(mask >> l & 1u)) continue;
+            Fiber* f = &base[l];
+            switch (op) {
+                case OP_SYNCWARP: f->out = 0; break;
+                case OP_BALLOT: f->out = votes; break;
+                case OP_ALL: f->out = votes == mask; break;
+                case OP_ANY: f->out = votes != 0; break;
+                case OP_MATCH_ANY: {
+                    unsigned m = 0;
+                    for (int k = 0; k < 32; ++k)
+                        if ((mask >> k & 1u) && base[k].in == f->in) m |= 1u << k;
+                    f->out = m;
+                    break;
+                }
+                case OP_SHFL: case OP_SHFL_UP: case OP_SHFL_DOWN: case OP_SHFL_XOR:
+                    // reading a lane outside the mask (or that does not exist) is undefined
+                    f->out = (f->src >= 0 && f->src < 32 && (mask >> f->src & 1u)) ? base[f->src].in
+                                                                                 : kPoison;
+                    break;
+                default: f->out = reduced; break;
+            }
+            make_ready(f);
+        }
+    }
+    yield_from(self);
+    return self->out;
+}
+
+template <class T>
+static inline uint64_t to_bits(const T& v) {
+    static_assert(sizeof(T) <= 8, "warp shuffles move at most 8 bytes");
+    static_assert(std::is_trivially_copyable<T>::value, "warp shuffles need trivially copyable types");
+    uint64_t b = 0;
+    memcpy(&b, &v, sizeof(T));
+    return b;
+}
+
+template <class T>
+static inline T from_bits(uint64_t b) {
+    T v;
+    memcpy((void*)&v, &b, sizeof(T));
+    return v;
+}
+
+static inline bool valid_width(int width) {
+    return width >= 1 && width <= 32 && (width & (width - 1)) == 0;
+}
+
+static inline void check_width(int width, const char* what, const char* file, int line) {
+    if (!valid_width(width)) {
+        char who[96];
+        describe_thread(who, sizeof who, g.cur);
+        fail("%s calls %s with width %d (must be a power of two from 1 to 32) at %s:%d", who, what,
+             width, file, line);
+    }
+}
+
+// ---- launch ----------------------------------------------------------------------------------
+static struct sigaction g_old_segv, g_old_bus, g_old_fpe, g_old_ill;
+static stack_t g_old_altstack;
+static unsigned char g_altstack[64 * 1024];
+
+static void fault_handler(int sig, siginfo_t* info, void*) {
+    g.fault_sig = sig;
+    g.fault_addr = info->si_addr;
+    siglongjmp(g.fault_jmp, 1);
+}
+
+static void install_fault_handlers() {
+    stack_t ss;
+    ss.ss_sp = g_altstack;
+    ss.ss_size = sizeof g_altstack;
+    ss.ss_flags = 0;
+    sigaltstack(&ss, &g_old_altstack);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = fault_handler;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_old_segv);
+    sigaction(SIGBUS, &sa, &g_old_bus);
+    sigaction(SIGFPE, &sa, &g_old_fpe);
+    sigaction(SIGILL, &sa, &g_old_ill);
+}
+
+static void restore_fault_handlers() {
+    sigaction(SIGSEGV, &g_old_segv, nullptr);
+    sigaction(SIGBUS, &g_old_bus, nullptr);
+    sigaction(SIGFPE, &g_old_fpe, nullptr);
+    sigaction(SIGILL, &g_old_ill, nullptr);
+    sigaltstack(&g_old_altstack, nullptr);
+}
+
+static bool ensure_stacks(int nthreads, size_t stack_bytes) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    stack_bytes = (stack_bytes + page - 1) / page * page;
+    if (g.stacks && g.stacks_threads >= nthreads && g.stack_bytes == stack_bytes) return true;
+    if (g.stacks) munmap(g.stacks, g.stacks_len);
+    g.stacks = nullptr;
+    size_t stride = stack_bytes + page;  // one guard page below each stack
+    size_t len = stride * (size_t)nthreads;
+    void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (p == MAP_FAILED) return false;
+    g.stacks = (unsigned char*)p;
+    g.stacks_len = len;
+    g.stack_bytes = stack_bytes;
+    g.stack_stride = stride;
+    g.stacks_threads = nthreads;
+    for (int i = 0; i < nthreads; ++i) mprotect(g.stacks + stride * i, page, PROT_NONE);
+    free(g.fibers);
+    free(g.ready);
+    g.fibers = (Fiber*)calloc((size_t)nthreads, sizeof(Fiber));
+    g.ready = (Fiber**)calloc((size_t)nthreads, sizeof(Fiber*));
+    return g.fibers && g.ready;
+}
+
+static void run_block() {
+    size_t static_len = (size_t)(__stop_cudasim_shared - __start_cudasim_shared);
+    if (__start_cudasim_shared && static_len) memset(__start_cudasim_shared, 0xff, static_len);
+    if (g.dyn_shared_len) memset(g.dyn_shared, 0xff, g.dyn_shared_len);
+    for (int i = 0; i < g.npoison; ++i) memset((void*)(uintptr_t)g.poison_addr[i], 0xff, g.poison_size[i]);
+    int n = g.nthreads;
+    g.live = n;
+    g.exited = 0;
+    g.arrivals = 0;
+    g.nready = 0;
+    for (int w = 0; w < 32; ++w) {
+        g.warps[w].arrived = 0;
+        int first = w * 32;
+        int count = std::min(32, std::max(0, n - first));
+        g.warps[w].exists = count == 32 ? 0xffffffffu : ((1u << count) - 1u);
+    }
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < n; ++i) {
+        Fiber* f = &g.fibers[i];
+        f->linear = i;
+        f->tid.x = (unsigned)i % g.block.x;
+        f->tid.y = (unsigned)i / g.block.x % g.block.y;
+        f->tid.z = (unsigned)i / (g.block.x * g.block.y);
+        f->warp = i / 32;
+        f->lane = i % 32;
+        f->line = 0;
+        f->op = 0;
+        f->in = 0;
+        fiber_prepare(f, g.stacks + g.stack_stride * i + page, g.stack_bytes);
+        make_ready(f);
+    }
+    Fiber* first = pick_ready();
+    switch_to(nullptr, first);
+    // back on the launcher's stack: every thread has exited, or none can run, or one failed
+    if (!g.failed && g.live > 0) {
+        char state[3000];
+        state[0] = 0;
+        describe_waiters(state, sizeof state);
+        snprintf(g.err, sizeof g.err, "deadlock in block (%u,%u,%u): no thread can proceed:%s",
+                 g.block_idx.x, g.block_idx.y, g.block_idx.z, state);
+        g.failed = true;
+    }
+}
+
+static int launch_grid(Thunk thunk, void* fn, const char* kernel, const LaunchConfig* cfg,
+                       const unsigned char* args) {
+    g.failed = false;
+    g.err[0] = 0;
+    g.thunk = thunk;
+    g.fn = fn;
+    g.args = args;
+    g.kernel = kernel;
+    g.grid = dim3(cfg->grid[0], cfg->grid[1], cfg->grid[2]);
+    g.block = dim3(cfg->block[0], cfg->block[1], cfg->block[2]);
+    g.nthreads = (int)(g.block.x * g.block.y * g.block.z);
+    g.rng = cfg->seed * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL;
+    if (g.rng == 0) g.rng = 1;
+    if (!ensure_stacks(g.nthreads, cfg->stack_bytes)) {
+        snprintf(g.err, sizeof g.err, "cannot map %d fiber stacks of %llu bytes", g.nthreads,
+                 (unsigned long long)cfg->stack_bytes);
+        return -1;
+    }
+    if (cfg->shared_bytes > g.dyn_shared_len || !g.dyn_shared) {
+        free(g.dyn_shared);
+        g.dyn_shared = (unsigned char*)aligned_alloc(256, (cfg->shared_bytes + 256) / 256 * 256);
+    }
+    g.dyn_shared_len = cfg->shared_bytes;
+    fflush(stdout);
+    install_fault_handlers();
+    if (sigsetjmp(g.fault_jmp, 1)) {
+        restore_fault_handlers();
+        char who[96] = "a thread";
+        const Fiber* f = g.cur;
+        if (f) describe_thread(who, sizeof who, f);
+        uintptr_t addr = (uintptr_t)g.fault_addr;
+        bool stack_guard = false;
+        if (g.stacks && addr >= (uintptr_t)g.stacks && addr < (uintptr_t)g.stacks + g.stacks_len) {
+            size_t off = (addr - (uintptr_t)g.stacks) % g.stack_stride;
+            stack_guard = off < (size_t)sysconf(_SC_PAGESIZE);
+        }
+        const char* what = g.fault_sig == SIGFPE ? "arithmetic exception (integer division by zero?)"
+                           : g.fault_sig == SIGILL ? "illegal instruction"
+                           : stack_guard ? "stack overflow (raise BATCHNORM_LIB_CUDASIM_STACK)"
+                                         : "illegal memory access";
+        snprintf(g.err, sizeof g.err, "%s at address 0x%llx by %s", what, (unsigned long long)addr, who);
+        g.failed = true;
+        fflush(stdout);
+        return -1;
+    }
+    for (unsigned bz = 0; bz < g.grid.z && !g.failed; ++bz)
+        for (unsigned by = 0; by < g.grid.y && !g.failed; ++by)
+            for (unsigned bx = 0; bx < g.grid.x && !g.failed; ++bx) {
+                g.block_idx = make_uint3(bx, by, bz);
+                run_block();
+            }
+    restore_fault_handlers();
+    fflush(stdout);
+    return g.failed ? -1 : 0;
+}
+
+// ---- argument unpacking ----------------------------------------------------------------------
+// Arguments arrive packed as CUDA lays out kernel parameters: each at the next multiple of its
+// alignment. The Python side packs them from the signature string below.
+template <class T>
+constexpr size_t align_up(size_t off) { return (off + alignof(T) - 1) / alignof(T) * alignof(T); }
+
+template <class... A>
+struct Layout;
+template <>
+struct Layout<> {
+    static constexpr size_t offset(size_t off, size_t) { return off; }
+};
+template <class H, class... R>
+struct Layout<H, R...> {
+    // offset of parameter i, starting at byte `off`
+    static constexpr size_t offset(size_t off, size_t i) {
+        return i == 0 ? align_up<H>(off) : Layout<R...>::offset(align_up<H>(off) + sizeof(H), i - 1);
+    }
+};
+
+template <class T>
+static inline T load_arg(const unsigned char* p) {
+    T v;
+    memcpy((void*)&v, p, sizeof(T));
+    return v;
+}
+
+template <class... A, size_t... I>
+static inline void call_with(void (*f)(A...), const unsigned char* args, std::index_sequence<I...>) {
+    f(load_arg<typename std::decay<A>::type>(args + Layout<typename std::decay<A>::type...>::offset(0, I))...);
+}
+
+template <class... A>
+static void thunk(void* fn, const unsigned char* args) {
+    call_with((void (*)(A...))fn, args, std::index_sequence_for<A...>{});
+}
+
+template <class T>
+static void describe_param(char*& out) {
+    typedef typename std::decay<T>::type D;
+    static_assert(std::is_trivially_copyable<D>::value, "kernel parameters must be trivially copyable");
+    char kind = std::is_pointer<D>::value ? 'p'
+              : std::is_floating_point<D>::value ? 'f'
+              : std::is_integral<D>::value ? (std::is_signed<D>::value ? 'i' : 'u')
+              : std::is_same<D, __half>::value || std::is_same<D, __nv_bfloat16>::value ? 'h'
+              : 's';
+    out += sprintf(out, "%c%zu:%zu ", kind, sizeof(D), alignof(D));
+}
+
+template <class... A>
+static const char* signature(void (*)(A...)) {
+    static char buf[64 * sizeof...(A) + 8];
+    char* out = buf;
+    buf[0] = 0;
+    int dummy[] = {0, (describe_param<A>(out), 0)...};
+    (void)dummy;
+    return buf;
+}
+
+template <class... A>
+static int launch(void (*f)(A...), const char* name, const LaunchConfig* cfg, const unsigned char* args) {
+    return launch_grid(&thunk<A...>, (void*)f, name, cfg, args);
+}
+
+}  // namespace cudasim
+
+CUDASIM_EXPORT const char* cudasim_error() { return cudasim::g.err; }
+CUDASIM_EXPORT void cudasim_set_poison(const uint64_t* addr, const uint64_t* size, int n) {
+    cudasim::g.poison_addr = addr;
+    cudasim::g.poison_size = size;
+    cudasim::g.npoison = n;
+}
+CUDASIM_EXPORT size_t cudasim_static_shared_bytes() {
+    return (size_t)(cudasim::__stop_cudasim_shared - cudasim::__start_cudasim_shared);
+}
+
+// ---- the device-side API ---------------------------------------------------------------------
+#define threadIdx (cudasim::g.cur->tid)
+#define blockIdx (cudasim::g.block_idx)
+#define blockDim (cudasim::g.block)
+#define gridDim (cudasim::g.grid)
+static constexpr int warpSize = 32;
+
+#define __syncthreads() cudasim::syncthreads_impl(0, 0, __FILE__, __LINE__)
+#define __syncthreads_count(p) cudasim::syncthreads_impl(1, (p), __FILE__, __LINE__)
+#define __syncthreads_and(p) cudasim::syncthreads_impl(2, (p), __FILE__, __LINE__)
+#define __syncthreads_or(p) cudasim::syncthreads_impl(3, (p), __FILE__, __LINE__)
+
+static inline unsigned __cudasim_lane() { return (unsigned)cudasim::g.cur->lane; }
+
+static inline void __cudasim_syncwarp(unsigned mask, const char* file, int line) {
+    cudasim::warp_op(cudasim::OP_SYNCWARP, mask, 0, 0, file, line);
+}
+#define __syncwarp(...) __cudasim_syncwarp(__cudasim_mask_or_full(__VA_ARGS__), __FILE__, __LINE__)
+static inline unsigned __cudasim_mask_or_full() { return 0xffffffffu; }
+static inline unsigned __cudasim_mask_or_full(unsigned m) { return m; }
+
+template <class T>
+static inline T __cudasim_shfl(int op, unsigned mask, T var, int arg, int width, const char* file,
+                               int line) {
+    cudasim::check_width(width, cudasim::kOpNames[op], file, line);
+    int lane = (int)__cudasim_lane();
+    int seg = lane & ~(width - 1);
+    int src;
+    switch (op) {
+        case cudasim::OP_SHFL: src = seg + (arg & (width - 1)); break;
+        case cudasim::OP_SHFL_UP: src = (lane - seg) < arg ? lane : lane - arg; break;
+        case cudasim::OP_SHFL_DOWN: src = (lane - seg) + arg >= width ? lane : lane + arg; break;
+        default: {  // xor: lanes of later segments are out of reach; reading one returns your own
+            src = lane ^ arg;
+            if (src >= seg + width || src > 31) src = lane;
+            break;
+        }
+    }
+    return cudasim::from_bits<T>(cudasim::warp_op(op, mask, cudasim::to_bits(var), src, file, line));
+}
+
+#define __shfl_sync(mask, var, ...) \
+    __cudasim_shfl_w(cudasim::OP_SHFL, mask, var, __VA_ARGS__, __FILE__, __LINE__)
+#define __shfl_up_sync(mask, var, ...) \
+    __cudasim_shfl_w(cudasim::OP_SHFL_UP, mask, var, __VA_ARGS__, __FILE__, __LINE__)
+#define __shfl_down_sync(mask, var, ...) \
+    __cudasim_shfl_w(cudasim::OP_SHFL_DOWN, mask, var, __VA_ARGS__, __FILE__, __LINE__)
+#define __shfl_xor_sync(mask, var, ...) \
+    __cudasim_shfl_w(cudasim::OP_SHFL_XOR, mask, var, __VA_ARGS__, __FILE__, __LINE__)
+
+// (op, mask, var, arg, [width,] file, line)
+template <class T>
+static inline T __cudasim_shfl_w(int op, unsigned mask, T var, int arg, const char* file, int line) {
+    return __cudasim_shfl(op, mask, var, arg, 32, file, line);
+}
+template <class T>
+static inline T __cudasim_shfl_w(int op, unsigned mask, T var, int arg, int width, const char* file,
+                                 int line) {
+    return __cudasim_shfl(op, mask, var, arg, width, file, line);
+}
+
+#define __ballot_sync(mask, pred) \
+    ((unsigned)cudasim::warp_op(cudasim::OP_BALLOT, (mask), (pred) != 0, 0, __FILE__, __LINE__))
+#define __all_sync(mask, pred) \
+    ((int)cudasim::warp_op(cudasim::OP_ALL, (mask), (pred) != 0, 0, __FILE__, __LINE__))
+#define __any_sync(mask, pred) \
+    ((int)cudasim::warp_op(cudasim::OP_ANY, (mask), (pred) != 0, 0, __FILE__, __LINE__))
+#define __match_any_sync(mask, value) \
+    ((unsigned)cudasim::warp_op(cudasim::OP_MATCH_ANY, (mask), cudasim::to_bits(value), 0, __FILE__, __LINE__))
+#define __reduce_add_sync(mask, v) \
+    ((unsigned)cudasim::warp_op(cudasim::OP_REDUCE_ADD, (mask), (uint32_t)(v), 0, __FILE__, __LINE__))
+#define __reduce_and_sync(mask, v) \
+    ((unsigned)cudasim::warp_op(cudasim::OP_REDUCE_AND, (mask), (uint32_t)(v), 0, __FILE__, __LINE__))
+#define __reduce_or_sync(mask, v) \
+    ((unsigned)cudasim::warp_op(cudasim::OP_REDUCE_OR, (mask), (uint32_t)(v), 0, __FILE__, __LINE__))
+#define __reduce_xor_sync(mask, v) \
+    ((unsigned)cudasim::warp_op(cudasim::OP_REDUCE_XOR, (mask), (uint32_t)(v), 0, __FILE__, __LINE__))
+static inline unsigned __cudasim_reduce_min(unsigned mask, unsigned v, const char* f, int l) {
+    return (unsigned)cudasim::warp_op(cudasim::OP_REDUCE_UMIN, mask, v, 0, f, l);
+}
+static inline int __cudasim_reduce_min(unsigned mask, int v, const char* f, int l) {
+    return (int)(uint32_t)cudasim::warp_op(cudasim::OP_REDUCE_MIN, mask, (uint32_t)v, 0, f, l);
+}
+static inline unsigned __cudasim_reduce_max(unsigned mask, unsigned v, const char* f, int l) {
+    return (unsigned)cudasim::warp_op(cudasim::OP_REDUCE_UMAX, mask, v, 0, f, l);
+}
+static inline int __cudasim_reduce_max(unsigned mask, int v, const char* f, int l) {
+    return (int)(uint32_t)cudasim::warp_op(cudasim::OP_REDUCE_MAX, mask, (uint32_t)v, 0, f, l);
+}
+#define __reduce_min_sync(mask, v) __cudasim_reduce_min((mask), (v), __FILE__, __LINE__)
+#define __reduce_max_sync(mask, v) __cudasim_reduce_max((mask), (v), __FILE__, __LINE__)
+
+// Which lanes are active is not observable between barriers here; report every existing lane.
+static inline unsigned __activemask() { return cudasim::g.warps[cudasim::g.cur->warp].exists; }
+static inline unsigned __lanemask_lt() { return (1u << __cudasim_lane()) - 1u; }
+
+static inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static inline void __threadfence_system() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static inline void __trap() {
+    cudasim::fail("__trap() called by thread (%u,%u,%u) of block (%u,%u,%u)", threadIdx.x,
+                  threadIdx.y, threadIdx.z, blockIdx.x, blockIdx.y, blockIdx.z);
+}
+#define __nanosleep(ns) ((void)(ns))
+
+#if defined(__x86_64__)
+static inline long long clock64() { return (long long)__builtin_ia32_rdtsc(); }
+#else
+static inline long long clock64() { return 0; }
+#endif
+static inline int clock() { return (int)clock64(); }
+
+// -- cached / streaming loads and stores: plain memory accesses on the host
+template <class T> static inline T __ldg(const T* p) { return *p; }
+template <class T> static inline T __ldcg(const T* p) { return *p; }
+template <class T> static inline T __ldca(const T* p) { return *p; }
+template <class T> static inline T __ldcs(const T* p) { return *p; }
+template <class T> static inline T __ldlu(const T* p) { return *p; }
+template <class T> static inline T __ldcv(const T* p) { return *p; }
+template <class T> static inline void __stwb(T* p, T v) { *p = v; }
+template <class T> static inline void __stcg(T* p, T v) { *p = v; }
+template <class T> static inline void __stcs(T* p, T v) { *p = v; }
+template <class T> static inline void __stwt(T* p, T v) { *p = v; }
+
+// -- atomics: one OS thread runs every thread of a launch and switches only at barriers, so a
+// plain read-modify-write is atomic; each returns the old value as CUDA's do.
+#define CUDASIM_ATOMIC(NAME, EXPR)                                   \
+    template <class T, class U>                                      \
+    static inline T NAME(T* addr, U val) {                           \
+        T old = *addr;                                               \
+        *addr = (T)(EXPR);                                           \
+        return old;                                                  \
+    }
+CUDASIM_ATOMIC(atomicAdd, old + (T)val)
+CUDASIM_ATOMIC(atomicSub, old - (T)val)
+CUDASIM_ATOMIC(atomicExch, (T)val)
+CUDASIM_ATOMIC(atomicMin, ((T)val < old ? (T)val : old))
+CUDASIM_ATOMIC(atomicMax, ((T)val > old ? (T)val : old))
+CUDASIM_ATOMIC(atomicAnd, old & (T)val)
+CUDASIM_ATOMIC(atomicOr, old | (T)val)
+CUDASIM_ATOMIC(atomicXor, old ^ (T)val)
+#undef CUDASIM_ATOMIC
+static inline unsigned atomicInc(unsigned* addr, unsigned val) {
+    unsigned old = *addr;
+    *addr = old >= val ? 0u : old + 1u;
+    return old;
+}
+static inline unsigned atomicDec(unsigned* addr, unsigned val) {
+    unsigned old = *addr;
+    *addr = (old == 0u || old > val) ? val : old - 1u;
+    return old;
+}
+template <class T, class U, class V>
+static inline T atomicCAS(T* addr, U compare, V val) {
+    T old = *addr;
+    if (old == (T)compare) *addr = (T)val;
+    return old;
+}
+#define atomicAdd_block atomicAdd
+#define atomicAdd_system atomicAdd
+
+// -- math: CUDA's device-only spellings
+static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+static inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+static inline float rcbrtf(float x) { return 1.0f / cbrtf(x); }
+static inline float __fdividef(float a, float b) { return a / b; }
+static inline float fdividef(float a, float b) { return a / b; }
+static inline float __frcp_rn(float x) { return 1.0f / x; }
+static inline float __fsqrt_rn(float x) { return sqrtf(x); }
+static inline float __frsqrt_rn(float x) { return 1.0f / sqrtf(x); }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fdiv_rn(float a, float b) { return a / b; }
+static inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+static inline double __dadd_rn(double a, double b) { return a + b; }
+static inline double __dmul_rn(double a, double b) { return a * b; }
+static inline double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
+// __expf, __logf, __sinf, __cosf, __powf: glibc declares these itself.
+static inline float __saturatef(float x) { return x < 0.0f ? 0.0f : x > 1.0f ? 1.0f : (x != x ? 0.0f : x); }
+static inline float __int_as_float(int v) { float f; memcpy(&f, &v, 4); return f; }
+static inline int __float_as_int(float f) { int v; memcpy(&v, &f, 4); return v; }
+static inline float __uint_as_float(unsigned v) { float f; memcpy(&f, &v, 4); return f; }
+static inline unsigned __float_as_uint(float f) { unsigned v; memcpy(&v, &f, 4); return v; }
+static inline double __longlong_as_double(long long v) { double d; memcpy(&d, &v, 8); return d; }
+static inline long long __double_as_longlong(double d) { long long v; memcpy(&v, &d, 8); return v; }
+static inline int __float2int_rn(float x) { return (int)nearbyintf(x); }
+static inline int __float2int_rz(float x) { return (int)x; }
+static inline float __int2float_rn(int x) { return (float)x; }
+static inline float __uint2float_rn(unsigned x) { return (float)x; }
+static inline int __popc(unsigned v) { return __builtin_popcount(v); }
+static inline int __popcll(unsigned long long v) { return __builtin_popcountll(v); }
+static inline int __clz(int v) { return v == 0 ? 32 : __builtin_clz((unsigned)v); }
+static inline int __clzll(long long v) { return v == 0 ? 64 : __builtin_clzll((unsigned long long)v); }
+static inline int __ffs(int v) { return __builtin_ffs(v); }
+static inline int __ffsll(long long v) { return __builtin_ffsll(v); }
+static inline unsigned __brev(unsigned v) {
+    v = ((v >> 1) & 0x55555555u) | ((v & 0x55555555u) << 1);
+    v = ((v >> 2) & 0x33333333u) | ((v & 0x33333333u) << 2);
+    v = ((v >> 4) & 0x0F0F0F0Fu) | ((v & 0x0F0F0F0Fu) << 4);
+    v = ((v >> 8) & 0x00FF00FFu) | ((v & 0x00FF00FFu) << 8);
+    return (v >> 16) | (v << 16);
+}
+static inline int __mul24(int a, int b) { return (int)((long long)(a << 8 >> 8) * (b << 8 >> 8)); }
+static inline unsigned __umul24(unsigned a, unsigned b) { return (a & 0xffffffu) * (b & 0xffffffu); }
+static inline int __mulhi(int a, int b) { return (int)(((long long)a * b) >> 32); }
+static inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
+
+// CUDA declares min/max for every pair of arithmetic types; std::min needs equal types.
+#define CUDASIM_MINMAX(A, B, R)                                                           \
+    static inline R min(A a, B b) { return (R)a < (R)b ? (R)a : (R)b; }                   \
+    static inline R max(A a, B b) { return (R)a > (R)b ? (R)a : (R)b; }
+CUDASIM_MINMAX(int, int, int)
+CUDASIM_MINMAX(unsigned, unsigned, unsigned)
+CUDASIM_MINMAX(int, unsigned, unsigned)
+CUDASIM_MINMAX(unsigned, int, unsigned)
+CUDASIM_MINMAX(long, long, long)
+CUDASIM_MINMAX(unsigned long, unsigned long, unsigned long)
+CUDASIM_MINMAX(long long, long long, long long)
+CUDASIM_MINMAX(unsigned long long, unsigned long long, unsigned long long)
+CUDASIM_MINMAX(long long, int, long long)
+CUDASIM_MINMAX(int, long long, long long)
+CUDASIM_MINMAX(long, int, long)
+CUDASIM_MINMAX(int, long, long)
+CUDASIM_MINMAX(unsigned long, unsigned, unsigned long)
+CUDASIM_MINMAX(unsigned, unsigned long, unsigned long)
+CUDASIM_MINMAX(unsigned long long, unsigned, unsigned long long)
+CUDASIM_MINMAX(unsigned, unsigned long long, unsigned long long)
+static inline float min(float a, float b) { return fminf(a, b); }
+static inline float max(float a, float b) { return fmaxf(a, b); }
+static inline double min(double a, double b) { return fmin(a, b); }
+static inline double max(double a, double b) { return fmax(a, b); }
+static inline double min(float a, double b) { return fmin(a, b); }
+static inline double max(float a, double b) { return fmax(a, b); }
+static inline double min(double a, float b) { return fmin(a, b); }
+static inline double max(double a, float b) { return fmax(a, b); }
+#undef CUDASIM_MINMAX
+
+// Dynamic shared memory: the simulator rewrites `extern __shared__ T name[];` into a pointer to
+// this block's buffer (see cudasim/compiler.py).
+static inline void* __cudasim_dynamic_shared() { return cudasim::g.dyn_shared; }
+
+#endif  // CUDASIM_RUNTIME_H
