@@ -1,0 +1,179 @@
+// Dense-network kernels (float32): bias add and bias gradient, activations, softmax cross-entropy
+// and the optimizer updates. GEMM is not here: it goes to cuBLAS (backend/cublas.py).
+// Compiles standalone with nvcc; kernels/dense_cuda.py compiles it once per process and launches
+// the extern "C" entries. The contract is in kernels/dense.py.
+//
+// Elementwise entries use grid-stride loops with 64-bit indices, so any launch size covers any n.
+// Reductions (bias gradient, softmax rows) combine partial results in a fixed order through shared
+// memory, without atomics: repeated runs give bitwise equal results.
+
+namespace dense {
+
+constexpr int kBlock = 256;        // threads per block of every entry
+constexpr int kColTile = 32;       // bias_grad: columns per block (one per lane)
+constexpr int kRowGroups = kBlock / kColTile;
+
+__device__ __forceinline__ long long global_index()
+{
+    return static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+
+__device__ __forceinline__ long long grid_stride()
+{
+    return static_cast<long long>(gridDim.x) * blockDim.x;
+}
+
+// Activation kinds, in the order of kernels/dense.py ACTIVATIONS.
+enum Act { kRelu = 0, kSigmoid = 1, kTanh = 2 };
+
+__device__ __forceinline__ float act_forward(int kind, float x)
+{
+    if (kind == kRelu) return x > 0.f ? x : 0.f;
+    // 0.5 + 0.5 tanh(x / 2) is the logistic function without exp overflow for very negative x
+    if (kind == kSigmoid) return fmaf(0.5f, tanhf(0.5f * x), 0.5f);
+    return tanhf(x);
+}
+
+// The derivative written through the forward output y.
+__device__ __forceinline__ float act_derivative(int kind, float y)
+{
+    if (kind == kRelu) return y > 0.f ? 1.f : 0.f;
+    if (kind == kSigmoid) return y * (1.f - y);
+    return 1.f - y * y;
+}
+
+// Tree reduction of kBlock values in shared memory; every thread returns the total.
+// isMax selects max instead of sum. The pairing is fixed, so the result is too.
+__device__ __forceinline__ float block_reduce(float* buf, float v, bool isMax)
+{
+    buf[threadIdx.x] = v;
+    __syncthreads();
+    for (int half = kBlock / 2; half > 0; half >>= 1) {
+        if (threadIdx.x < half) {
+            const float other = buf[threadIdx.x + half];
+            buf[threadIdx.x] = isMax ? fmaxf(buf[threadIdx.x], other) : buf[threadIdx.x] + other;
+        }
+        __syncthreads();
+    }
+    const float total = buf[0];
+    __syncthreads();  // buf is reused by the caller's next reduction
+    return total;
+}
+
+}  // namespace dense
+
+// out[i, j] += bias[j] for an (rows, cols) out.
+extern "C" __global__ void dense_add_bias(float* out, const float* bias, long long rows, int cols)
+{
+    const long long n = rows * cols;
+    for (long long i = dense::global_index(); i < n; i += dense::grid_stride()) {
+        out[i] += bias[i % cols];
+    }
+}
+
+// out[j] = alpha * sum_i grad[i, j] + beta * out[j]. Grid: ceil(cols / 32) blocks of 256 threads;
+// lane tx owns column (block * 32 + tx) and row group ty sums rows ty, ty + 8, ...; the 8 group
+// sums are then added in order. beta == 0 overwrites out.
+extern "C" __global__ void dense_bias_grad(const float* grad, float* out, long long rows, int cols, float alpha, float beta)
+{
+    __shared__ float part[dense::kRowGroups][dense::kColTile];
+    const int tx = threadIdx.x % dense::kColTile;
+    const int ty = threadIdx.x / dense::kColTile;
+    const int col = blockIdx.x * dense::kColTile + tx;
+
+    float s = 0.f;
+    if (col < cols) {
+        for (long long r = ty; r < rows; r += dense::kRowGroups) {
+            s += grad[r * cols + col];
+        }
+    }
+    part[ty][tx] = s;
+    __syncthreads();
+    if (ty == 0 && col < cols) {
+        float total = 0.f;
+        for (int g = 0; g < dense::kRowGroups; ++g) {
+            total += part[g][tx];
+        }
+        out[col] = beta == 0.f ? alpha * total : fmaf(alpha, total, beta * out[col]);
+    }
+}
+
+extern "C" __global__ void dense_activation_forward(const float* x, float* y, long long n, int kind)
+{
+    for (long long i = dense::global_index(); i < n; i += dense::grid_stride()) {
+        y[i] = dense::act_forward(kind, x[i]);
+    }
+}
+
+extern "C" __global__ void dense_activation_backward(const float* grad, const float* y, float* dx, long long n, int kind)
+{
+    for (long long i = dense::global_index(); i < n; i += dense::grid_stride()) {
+        dx[i] = grad[i] * dense::act_derivative(kind, y[i]);
+    }
+}
+
+// One block per row (grid-stride over rows): p = softmax(scores[row]),
+// losses[row] = -log p[label], grad[row] = (p - onehot(label)) / rows.
+extern "C" __global__ void dense_softmax_cross_entropy(const float* scores, const int* labels, float* grad, float* losses, long long rows, int cols)
+{
+    __shared__ float buf[dense::kBlock];
+    const float invRows = 1.f / static_cast<float>(rows);
+
+    for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
+        const float* s = scores + row * cols;
+        float* g = grad + row * cols;
+        const int label = labels[row];
+
+        float m = -INFINITY;
+        for (int j = threadIdx.x; j < cols; j += dense::kBlock) {
+            m = fmaxf(m, s[j]);
+        }
+        m = dense::block_reduce(buf, m, true);
+
+        float z = 0.f;
+        for (int j = threadIdx.x; j < cols; j += dense::kBlock) {
+            z += expf(s[j] - m);
+        }
+        z = dense::block_reduce(buf, z, false);
+
+        const float logz = logf(z);
+        for (int j = threadIdx.x; j < cols; j += dense::kBlock) {
+            const float p = expf(s[j] - m - logz);
+            g[j] = (p - (j == label ? 1.f : 0.f)) * invRows;
+        }
+        if (threadIdx.x == 0) {
+            losses[row] = logz - (s[label] - m);
+        }
+    }
+}
+
+// param -= lr * grad
+extern "C" __global__ void dense_sgd_update(float* param, const float* grad, long long n, float lr)
+{
+    for (long long i = dense::global_index(); i < n; i += dense::grid_stride()) {
+        param[i] = fmaf(-lr, grad[i], param[i]);
+    }
+}
+
+// mom = momRate * mom - lr * grad; param += mom
+extern "C" __global__ void dense_momentum_update(float* param, const float* grad, float* mom, long long n, float lr, float momRate)
+{
+    for (long long i = dense::global_index(); i < n; i += dense::grid_stride()) {
+        const float m = fmaf(momRate, mom[i], -lr * grad[i]);
+        mom[i] = m;
+        param[i] += m;
+    }
+}
+
+// mg = beta1 mg + (1 - beta1) g; ms = beta2 ms + (1 - beta2) g^2; param -= lr mg / (sqrt(ms) + eps)
+extern "C" __global__ void dense_adam_update(float* param, const float* grad, float* mg, float* ms, long long n, float lr, float beta1, float beta2, float epsilon)
+{
+    for (long long i = dense::global_index(); i < n; i += dense::grid_stride()) {
+        const float g = grad[i];
+        const float a = fmaf(beta1, mg[i], (1.f - beta1) * g);
+        const float b = fmaf(beta2, ms[i], (1.f - beta2) * g * g);
+        mg[i] = a;
+        ms[i] = b;
+        param[i] -= lr * a / (sqrtf(b) + epsilon);
+    }
+}
