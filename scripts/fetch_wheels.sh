@@ -5,7 +5,7 @@
 #
 # It holds the pycuda source distribution (pycuda ships no wheels; it is built on the GPU host
 # against that host's CUDA) and the manylinux/pure-Python wheels for the target Python of what
-# pycuda, scikit-cuda and the test suite need beyond what the GPU host already has (numpy,
+# pycuda, scikit-cuda, bfloat16 arrays (ml_dtypes) and the test suite need beyond what the GPU host already has (numpy,
 # setuptools, markupsafe, PyTorch). scripts/gpu_check.sh installs from it with --no-index.
 set -euo pipefail
 dest=${1:-.whl}
@@ -29,7 +29,7 @@ fi
 
 echo "fetch_wheels: pycuda's and scikit-cuda's pure and $abi wheels"
 # Each without its dependencies, so nothing the GPU host already has (numpy) is pulled in.
-for pkg in pytools platformdirs mako siphash24 typing_extensions scikit-cuda wheel; do
+for pkg in pytools platformdirs mako siphash24 typing_extensions scikit-cuda wheel ml_dtypes; do
     $pip download --no-deps "${target[@]}" "$pkg"
 done
 

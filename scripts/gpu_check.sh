@@ -9,8 +9,8 @@
 # summary.txt with one line per step. Exit status: 0 when every step passed.
 # Environment: CUDA_ROOT (toolkit; found from nvcc or /usr/local/cuda* when unset), LIBCUDA (the
 # driver's libcuda.so.1; searched for when unset), PYTHON
-# (default python3), VENV (default .gpu-venv; made with --system-site-packages so the host's numpy,
-# setuptools and PyTorch are used), PYTEST_ARGS (default: -rs -q tests).
+# (default python3), VENV (default $TMPDIR/batchnorm_lib-gpu-venv, made with --system-site-packages
+# so the host's numpy, setuptools and PyTorch are used), PYTEST_ARGS (default: -rs -q tests).
 set -u
 out=${1:?usage: scripts/gpu_check.sh OUTDIR [WHEELHOUSE]}
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,17 +35,23 @@ step() {  # step NAME LOGFILE COMMAND...: run, record PASS/FAIL with the exit st
 }
 
 # -- CUDA toolkit and driver ---------------------------------------------------------------------
+# A toolkit root has bin/nvcc and include/cuda.h (an nvcc on PATH may be a wrapper elsewhere).
+is_root() { [ -x "$1/bin/nvcc" ] && [ -f "$1/include/cuda.h" ]; }
 if [ -z "${CUDA_ROOT:-}" ]; then
+    candidates=()
     if command -v nvcc >/dev/null 2>&1; then
-        CUDA_ROOT=$(cd "$(dirname "$(command -v nvcc)")/.." && pwd)
-    else
-        for d in /usr/local/cuda /usr/local/cuda-*; do
-            [ -x "$d/bin/nvcc" ] && CUDA_ROOT=$d && break
-        done
+        candidates+=("$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")")
     fi
+    candidates+=(/usr/local/cuda /usr/local/cuda-*)
+    for d in "${candidates[@]}"; do
+        if is_root "$d"; then
+            CUDA_ROOT=$d
+            break
+        fi
+    done
 fi
-if [ -z "${CUDA_ROOT:-}" ] || [ ! -x "$CUDA_ROOT/bin/nvcc" ]; then
-    note "FAIL  toolkit  (no nvcc: set CUDA_ROOT to the CUDA toolkit)"
+if [ -z "${CUDA_ROOT:-}" ] || ! is_root "$CUDA_ROOT"; then
+    note "FAIL  toolkit  (no CUDA toolkit with bin/nvcc and include/cuda.h: set CUDA_ROOT)"
     exit 1
 fi
 export CUDA_ROOT
@@ -65,7 +71,7 @@ fi
 export LD_LIBRARY_PATH="$(dirname "$libcuda")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 python=${PYTHON:-python3}
-venv=${VENV:-$repo/.gpu-venv}
+venv=${VENV:-${TMPDIR:-/tmp}/batchnorm_lib-gpu-venv}
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "commit: $(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)"
@@ -78,16 +84,18 @@ venv=${VENV:-$repo/.gpu-venv}
 note "info  CUDA_ROOT=$CUDA_ROOT libcuda=$libcuda"
 
 # -- install -------------------------------------------------------------------------------------
-install() {
-    set -e
-    "$python" -m venv --system-site-packages "$venv"
-    . "$venv/bin/activate"
+install() {  # runs as a step's condition, where set -e does not apply: every command checks
+    "$python" -m venv --system-site-packages "$venv" || return 1
+    . "$venv/bin/activate" || return 1
     local pipi="python -m pip install --no-index --find-links $wheels"
+    # wheel first: without build isolation, pycuda's setup needs bdist_wheel from somewhere.
+    $pipi wheel || return 1
     # pycuda builds here, against $CUDA_ROOT (its setup finds the toolkit from nvcc on PATH).
-    $pipi --no-build-isolation pycuda
+    $pipi --no-build-isolation pycuda || return 1
     $pipi --no-deps scikit-cuda || echo "scikit-cuda not installed (optional)"
-    $pipi pytest hypothesis
-    python -m pip install --no-index --no-build-isolation --no-deps -e "$repo"
+    $pipi --no-deps ml_dtypes || echo "ml_dtypes not installed: no bfloat16 (optional)"
+    $pipi pytest hypothesis || return 1
+    python -m pip install --no-index --no-build-isolation --no-deps -e "$repo" || return 1
     python -c "import pycuda.driver as d; d.init(); print('pycuda', d.get_version(), d.Device(0).name())"
 }
 if ! step install install.log install; then
