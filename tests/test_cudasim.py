@@ -647,3 +647,84 @@ def test_deleting_a_syncthreads_from_a_dense_reduction_is_caught(monkeypatch, tm
         path.write_text(pristine[:pos] + pristine[pos:].replace("__syncthreads();", ";", 1))
         assert not _dense_ok(monkeypatch, tmp_path), \
             "removing the __syncthreads() at dense.cu offset %d went unnoticed" % pos
+
+
+# -- every batch-norm kernel runs, bfloat16 included (numpy has no bfloat16 without ml_dtypes) ----
+def _encode(x, kind):
+    if kind == "f16":
+        return x.astype(np.float16).view(np.uint16)
+    return (x.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)  # exact values only
+
+
+def _decode(bits, kind):
+    if kind == "f16":
+        return bits.view(np.float16).astype(np.float64)
+    return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("kind", ["f16", "bf16"])
+@pytest.mark.parametrize("vec", ["", "_vec"])
+def test_every_16bit_kernel_against_reference(kind, vec):
+    from batchnorm_lib.kernels import cuda as kc
+
+    rt = cudasim.runtime()
+    n, c, s, eps, factor = 3, 5, 16, 1e-5, 0.5
+    rng = np.random.default_rng(11)
+    x = rng.integers(-64, 64, (n, c, s)) / 16.0  # exactly representable in both formats
+    dy = rng.integers(-64, 64, (n, c, s)) / 32.0
+    scale = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    bias = rng.normal(size=c).astype(np.float32)
+    run_mean0 = rng.normal(size=c).astype(np.float32)
+    run_var0 = rng.uniform(0.5, 2, c).astype(np.float32)
+    g, P = cudasim.to_gpu, kc._ptr
+    xs, dys = g(_encode(x, kind)), g(_encode(dy, kind))
+    sc, bs, rm, rv = g(scale), g(bias), g(run_mean0), g(run_var0)
+    out, dx = cudasim.empty((n, c, s), np.uint16), cudasim.empty((n, c, s), np.uint16)
+    sm, siv, dsc, dbs = (cudasim.empty((c,)) for _ in range(4))
+    width = 8 if vec else 1
+    nsplit = kc._splits(c, n, s, width)
+    shape = (np.int64(n), np.int32(c), np.int64(s))
+    grid = kc._elementwise_grid(n * c * (s // width))
+    part, part2, coef = cudasim.empty((c * nsplit * 4,)), cudasim.empty((c * nsplit * 2,)), \
+        cudasim.empty((3 * c,))
+
+    rt.launch("bn_stats_partial_%s%s" % (kind, vec), (c, nsplit), (P(xs), P(part)) + shape)
+    rt.launch("bn_stats_finalize", kc._channel_grid(c),
+              (P(part), np.int32(c), np.int32(nsplit), np.float32(eps), np.float32(factor),
+               P(sm), P(siv), P(rm), P(rv)))
+    rt.launch("bn_forward_train_%s%s" % (kind, vec), grid,
+              (P(xs), P(out), P(sm), P(siv), P(sc), P(bs)) + shape)
+    mean, var = x.mean(axis=(0, 2)), x.var(axis=(0, 2))
+    inv = 1 / np.sqrt(var + eps)
+    tol = dict(rtol=1e-2, atol=2e-2) if kind == "bf16" else dict(rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(sm.get(), mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(siv.get(), inv, rtol=1e-4)
+    np.testing.assert_allclose(rv.get(), 0.5 * run_var0 + 0.5 * var * n * s / (n * s - 1), rtol=1e-4)
+    ref = (x - mean[None, :, None]) * (scale * inv)[None, :, None] + bias[None, :, None]
+    np.testing.assert_allclose(_decode(out.get(), kind), ref, **tol)
+
+    rt.launch("bn_backward_partial_%s%s" % (kind, vec), (c, nsplit),
+              (P(xs), P(dys), P(sm), P(part2)) + shape)
+    rt.launch("bn_backward_finalize", kc._channel_grid(c),
+              (P(part2), np.int32(c), np.int32(nsplit), np.int64(n * s), P(sc), P(siv), P(dsc),
+               P(dbs), P(coef)))
+    rt.launch("bn_backward_train_%s%s" % (kind, vec), grid,
+              (P(xs), P(dys), P(sm), P(coef), P(dx)) + shape)
+    xhat = (x - mean[None, :, None]) * inv[None, :, None]
+    gb, gs = dy.sum(axis=(0, 2)), (dy * xhat).sum(axis=(0, 2))
+    np.testing.assert_allclose(dbs.get(), gb, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dsc.get(), gs, rtol=1e-4, atol=1e-4)
+    m = n * s
+    ref_dx = (scale * inv)[None, :, None] * (dy - gb[None, :, None] / m - xhat * gs[None, :, None] / m)
+    np.testing.assert_allclose(_decode(dx.get(), kind), ref_dx, **tol)
+
+    rm.set(run_mean0)
+    rv.set(run_var0)
+    rt.launch("bn_forward_infer_%s%s" % (kind, vec), grid,
+              (P(xs), P(out), P(rm), P(rv), P(sc), P(bs), np.float32(eps)) + shape)
+    k = scale / np.sqrt(run_var0.astype(np.float64) + eps)
+    ref = (x - run_mean0[None, :, None]) * k[None, :, None] + bias[None, :, None]
+    np.testing.assert_allclose(_decode(out.get(), kind), ref, **tol)
+    rt.launch("bn_backward_infer_%s%s" % (kind, vec), grid,
+              (P(dys), P(sc), P(rv), np.float32(eps), P(dx)) + shape)
+    np.testing.assert_allclose(_decode(dx.get(), kind), dy * k[None, :, None], **tol)

@@ -279,6 +279,7 @@ class _LaunchConfig(ctypes.Structure):
 
 _launch_lock = threading.RLock()
 _launch_count = [0]
+launch_counts = {}  # kernel name -> launches in this process (which kernels a test run exercised)
 
 
 def _base_seed():
@@ -554,6 +555,7 @@ class Function:
         with _launch_lock:
             _launch_count[0] += 1
             count = _launch_count[0]
+            launch_counts[self.name] = launch_counts.get(self.name, 0) + 1
             seed = (_base_seed() * 1000003 + count) & ((1 << 64) - 1)
             cfg = _LaunchConfig((ctypes.c_uint32 * 3)(*grid), (ctypes.c_uint32 * 3)(*block),
                                 shared, seed, _stack_bytes())
