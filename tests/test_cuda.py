@@ -97,7 +97,9 @@ def check_backward(x, dy, scale, dtype=np.float32, with_dx=True):
 # Odd sizes: not multiples of 4, 32 or the 256-thread block, one and many channels, 1x1 spatial,
 # and a few that take the 16-byte vector path (spatial size a multiple of 4 / 8).
 SHAPES = [
-    (7, 5),             # BatchNorm(size): spatial size 1
+    (7, 5),             # BatchNorm(size): spatial size 1 (column kernels)
+    (1000, 37),         # spatial size 1, several row slices, a partial 32-channel block
+    (70, 33, 1, 1),     # 1x1 spatial, more than 32 channels
     (3, 1, 33),         # one channel
     (5, 3, 1, 1),       # 1x1 spatial
     (2, 300, 3),        # many channels (several channels per finalize block)

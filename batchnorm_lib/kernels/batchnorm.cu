@@ -57,6 +57,49 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
     }
 }
 
+// Spatial size 1 ((N, C) data): a channel's values are C apart, so the per-channel tiles above would
+// read one value per 32-byte sector. Here a block takes 32 consecutive channels (one per lane, so
+// each warp reads whole rows) and its 8 warps take interleaved rows of its slice; the warps'
+// results are merged per channel in warp order. Grid (ceil(C / 32), nsplit); same partial layout.
+template <typename T>
+__device__ __forceinline__ void stats_partial_cols(const T* __restrict__ x, float* __restrict__ part,
+                                                   long long n, int c)
+{
+    __shared__ Welford tile[kWarps][32];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int ch = blockIdx.x * 32 + lane;
+    const int split = blockIdx.y;
+    const int nsplit = gridDim.y;
+    const long long chunk = (n + nsplit - 1) / nsplit;
+    const long long begin = split * chunk;
+    const long long end = min(begin + chunk, n);
+
+    Welford w = welford_empty();
+    float shift = 0.f;
+    if (ch < c) {
+        shift = to_float(x[ch]);
+        for (long long row = begin + warp; row < end; row += kWarps) {
+            const float v[1] = {to_float(x[row * c + ch]) - shift};
+            welford_add<1>(w, v);
+        }
+    }
+    tile[warp][lane] = w;
+    __syncthreads();
+    if (warp == 0 && ch < c) {
+        Welford r = tile[0][lane];
+#pragma unroll
+        for (int k = 1; k < kWarps; ++k) {
+            r = welford_merge(r, tile[k][lane]);
+        }
+        float* out = part + (static_cast<long long>(ch) * nsplit + split) * 4;
+        out[0] = r.mean;
+        out[1] = r.m2;
+        out[2] = r.n;
+        out[3] = shift;
+    }
+}
+
 // run = (1 - factor) * run + factor * batch, with the unbiased batch variance.
 __device__ __forceinline__ void update_running(float* run_mean, float* run_var, int ch, float factor,
                                                float mean, float unbiased_var)
@@ -179,6 +222,47 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
         float* out = part + (static_cast<long long>(ch) * nsplit + split) * 2;
         out[0] = acc.x;
         out[1] = acc.y;
+    }
+}
+
+// Spatial size 1: the column layout of stats_partial_cols for the backward sums.
+template <typename T>
+__device__ __forceinline__ void backward_partial_cols(const T* __restrict__ x,
+                                                      const T* __restrict__ dy,
+                                                      const float* __restrict__ savemean,
+                                                      float* __restrict__ part, long long n, int c)
+{
+    __shared__ float2 tile[kWarps][32];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int ch = blockIdx.x * 32 + lane;
+    const int split = blockIdx.y;
+    const int nsplit = gridDim.y;
+    const long long chunk = (n + nsplit - 1) / nsplit;
+    const long long begin = split * chunk;
+    const long long end = min(begin + chunk, n);
+
+    float2 acc = make_float2(0.f, 0.f);
+    if (ch < c) {
+        const float m = savemean[ch];
+        for (long long row = begin + warp; row < end; row += kWarps) {
+            const float g = to_float(dy[row * c + ch]);
+            acc.x += g;
+            acc.y = fmaf(g, to_float(x[row * c + ch]) - m, acc.y);
+        }
+    }
+    tile[warp][lane] = acc;
+    __syncthreads();
+    if (warp == 0 && ch < c) {
+        float2 r = tile[0][lane];
+#pragma unroll
+        for (int k = 1; k < kWarps; ++k) {
+            r.x += tile[k][lane].x;
+            r.y += tile[k][lane].y;
+        }
+        float* out = part + (static_cast<long long>(ch) * nsplit + split) * 2;
+        out[0] = r.x;
+        out[1] = r.y;
     }
 }
 
@@ -471,3 +555,30 @@ extern "C" __global__ void bn_backward_infer_bf16_vec(const __nv_bfloat16* dy, c
     bn::backward_infer<__nv_bfloat16, 8>(dy, scale, run_var, eps, dx, n, c, s);
 }
 
+// Spatial size 1: column-layout partials for bn_stats_finalize, grid (ceil(C / 32), nsplit).
+extern "C" __global__ void bn_stats_partial_cols_f32(const float* x, float* part, long long n, int c)
+{
+    bn::stats_partial_cols<float>(x, part, n, c);
+}
+extern "C" __global__ void bn_stats_partial_cols_f16(const __half* x, float* part, long long n, int c)
+{
+    bn::stats_partial_cols<__half>(x, part, n, c);
+}
+extern "C" __global__ void bn_stats_partial_cols_bf16(const __nv_bfloat16* x, float* part, long long n, int c)
+{
+    bn::stats_partial_cols<__nv_bfloat16>(x, part, n, c);
+}
+
+// Spatial size 1: column-layout partials for bn_backward_finalize, grid (ceil(C / 32), nsplit).
+extern "C" __global__ void bn_backward_partial_cols_f32(const float* x, const float* dy, const float* savemean, float* part, long long n, int c)
+{
+    bn::backward_partial_cols<float>(x, dy, savemean, part, n, c);
+}
+extern "C" __global__ void bn_backward_partial_cols_f16(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c)
+{
+    bn::backward_partial_cols<__half>(x, dy, savemean, part, n, c);
+}
+extern "C" __global__ void bn_backward_partial_cols_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c)
+{
+    bn::backward_partial_cols<__nv_bfloat16>(x, dy, savemean, part, n, c);
+}

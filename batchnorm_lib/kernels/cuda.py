@@ -6,8 +6,9 @@ backends can be used in one process; each compiles the sources once, on first us
 when this module is imported). Nothing here copies data to or from the host: workspaces come from
 the backend's memory pool and every arithmetic step runs in the kernels.
 
-Reductions run as two launches: a (C, nsplit) grid of Welford (or sum) partials, then one warp per
-channel merging them in a fixed order. nsplit depends only on the shape, so results are bitwise
+Reductions run as two launches: a (C, nsplit) grid of Welford (or sum) partials (for spatial size
+1, a (ceil(C / 32), nsplit) grid of 32-channel column blocks), then one warp per channel merging
+them in a fixed order. nsplit depends only on the shape, so results are bitwise
 repeatable and equal across devices.
 """
 
@@ -62,13 +63,27 @@ def _vector(s, dtype, *arrays):
     return "", 1
 
 
-def _splits(c, n, s, width):
-    packs = n * (s // width)
-    nsplit = min(-(-TARGET_BLOCKS // c), max(1, packs // (BLOCK * MIN_PACKS_PER_THREAD)))
-    nsplit = max(nsplit, -(-(n * s) // MAX_BLOCK_ELEMENTS))
+def _splits(blocks_per_split, work, elements):
+    """Blocks per channel group: enough to fill the device, at least MIN_PACKS_PER_THREAD loads per
+    thread, and few enough elements per block for exact float counts. Shapes alone decide it."""
+    by_work = max(1, work // (BLOCK * MIN_PACKS_PER_THREAD))
+    nsplit = min(-(-TARGET_BLOCKS // blocks_per_split), by_work)
+    nsplit = max(nsplit, -(-elements // MAX_BLOCK_ELEMENTS))
     if nsplit > MAX_GRID_Y:
-        raise ValueError("a channel of %d elements is too large for the CUDA kernels" % (n * s))
+        raise ValueError("a channel of %d elements is too large for the CUDA kernels" % elements)
     return nsplit
+
+
+def _reduction(kernel, suffix, n, c, s, vec, width):
+    """(entry name, grid, nsplit, shape args) of a two-phase reduction's first launch. Spatial size
+    1 takes the column kernels (32 channels per block, coalesced across channels)."""
+    if s == 1:
+        nsplit = _splits(-(-c // 32), n * 32, n)
+        return (kernel + "_cols_" + suffix, (-(-c // 32), nsplit), nsplit,
+                (np.int64(n), np.int32(c)))
+    nsplit = _splits(c, n * (s // width), n * s)
+    return (kernel + "_" + suffix + vec, (c, nsplit), nsplit,
+            (np.int64(n), np.int32(c), np.int64(s)))
 
 
 def _elementwise_grid(total_packs):
@@ -86,16 +101,15 @@ def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean,
     if n * s < 1:
         return
     vec, width = _vector(s, x.dtype, x, out)
-    nsplit = _splits(c, n, s, width)
+    name, grid, nsplit, reduce_args = _reduction("bn_stats_partial", suffix, n, c, s, vec, width)
     part = rt.empty((c * nsplit * 4,), np.float32)
-    shape_args = (np.int64(n), np.int32(c), np.int64(s))
-    rt.launch("bn_stats_partial_" + suffix + vec, (c, nsplit), (_ptr(x), _ptr(part)) + shape_args)
+    rt.launch(name, grid, (_ptr(x), _ptr(part)) + reduce_args)
     rt.launch("bn_stats_finalize", _channel_grid(c),
               (_ptr(part), np.int32(c), np.int32(nsplit), np.float32(eps), np.float32(factor),
                _ptr(savemean), _ptr(saveinvvar), _ptr(run_mean), _ptr(run_var)))
     rt.launch("bn_forward_train_" + suffix + vec, _elementwise_grid(n * c * (s // width)),
-              (_ptr(x), _ptr(out), _ptr(savemean), _ptr(saveinvvar), _ptr(scale), _ptr(bias))
-              + shape_args)
+              (_ptr(x), _ptr(out), _ptr(savemean), _ptr(saveinvvar), _ptr(scale), _ptr(bias),
+               np.int64(n), np.int32(c), np.int64(s)))
 
 
 def forward_infer(x, scale, bias, run_mean, run_var, eps, out):
@@ -117,18 +131,17 @@ def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
     if n * s < 1:
         return
     vec, width = _vector(s, x.dtype, x, dy, dx)
-    nsplit = _splits(c, n, s, width)
+    name, grid, nsplit, reduce_args = _reduction("bn_backward_partial", suffix, n, c, s, vec, width)
     part = rt.empty((c * nsplit * 2,), np.float32)
     coef = rt.empty((c * 3,), np.float32)
-    shape_args = (np.int64(n), np.int32(c), np.int64(s))
-    rt.launch("bn_backward_partial_" + suffix + vec, (c, nsplit),
-              (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(part)) + shape_args)
+    rt.launch(name, grid, (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(part)) + reduce_args)
     rt.launch("bn_backward_finalize", _channel_grid(c),
               (_ptr(part), np.int32(c), np.int32(nsplit), np.int64(n * s), _ptr(scale),
                _ptr(saveinvvar), _ptr(dscale), _ptr(dbias), _ptr(coef)))
     if dx is not None:
         rt.launch("bn_backward_train_" + suffix + vec, _elementwise_grid(n * c * (s // width)),
-                  (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(coef), _ptr(dx)) + shape_args)
+                  (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(coef), _ptr(dx), np.int64(n),
+                   np.int32(c), np.int64(s)))
 
 
 def backward_infer(dy, scale, run_var, eps, dx):
