@@ -80,6 +80,21 @@ def _progress_factory(tqdm):
     return make
 
 
+def _single_threaded_blas(backend):
+    """On the CPU backend, one BLAS thread: the products here are at most 64 x 128 by 128 x 128,
+    too small to gain from threads, and on a busy machine idle-spinning BLAS threads made runs
+    several times slower and their timings erratic. (threadpoolctl comes with scikit-learn.)"""
+    import contextlib
+
+    if backend != "cpu":
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def format_table(results):
     names = [r.name for r in results]
     cols = "train loss  train acc  test loss  test acc"
@@ -98,7 +113,7 @@ def format_table(results):
             else:
                 cells.append("(stopped: loss not finite)".center(width))
         lines.append("%5d | " % (i + 1) + " | ".join(cells))
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def summary_line(results):
@@ -156,11 +171,12 @@ def run(args):
 
     progress = _progress_factory(tqdm)
     results = []
-    for batchnorm in (True, False):
-        results.append(train_run(data, batchnorm=batchnorm, epochs=args.epochs,
-                                 batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                 hidden=HIDDEN, optimizer=args.optimizer, progress=progress))
-        sys.stderr.flush()
+    with _single_threaded_blas(backend):
+        for batchnorm in (True, False):
+            results.append(train_run(data, batchnorm=batchnorm, epochs=args.epochs,
+                                     batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                     hidden=HIDDEN, optimizer=args.optimizer, progress=progress))
+            sys.stderr.flush()
 
     print()
     print(format_table(results))

@@ -41,12 +41,10 @@ class Sequential(Module):
         if module is self or any(m is module for m in self.modules):
             raise ModuleError("%s: %s is already in this Sequential" % (self, module))
         self.modules.append(module)
-        return self
 
     def extend(self, modules):
         for mod in modules:
             self.append(mod)
-        return self
 
     def __len__(self):
         return len(self.modules)

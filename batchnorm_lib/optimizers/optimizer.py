@@ -68,7 +68,6 @@ class Optimizer:
             self.variables[name] = var
             self.states[name] = self.setupState(var)
         self.t = 0
-        return self
 
     def setupState(self, var):
         return {}
