@@ -61,6 +61,35 @@ def test_missing_barrier_gives_wrong_result():
     assert not np.array_equal(out.get(), x.reshape(4, 256).sum(axis=1))
 
 
+def test_portable_ucontext_fibers():
+    """The swapcontext path other architectures take gives the same results."""
+    opts = ["-DCUDASIM_USE_UCONTEXT"]
+    f = module(TREE_SUM.replace("BARRIER", "__syncthreads()"), options=opts).get_function("tree_sum")
+    x = np.arange(2 * 256, dtype=np.float32) % 5
+    out = gpuarray.zeros(2, np.float32)
+    f(arr(x).gpudata, out.gpudata, block=(256, 1, 1), grid=(2, 1))
+    np.testing.assert_array_equal(out.get(), x.reshape(2, 256).sum(axis=1))
+    g = module(SHUFFLES, options=opts).get_function("shuffles")
+    v = np.arange(64, dtype=np.int32) * 3
+    res = gpuarray.zeros(4 * 64, np.int32)
+    g(arr(v).gpudata, res.gpudata, np.int32(3), np.int32(16), block=(64, 1, 1), grid=(1, 1))
+    np.testing.assert_array_equal(res.get(), _shuffle_model(v, 3, 16))
+
+
+def test_stack_overflow_is_reported():
+    src = r"""
+    __device__ __noinline__ float deep(volatile float* p, int n)
+    {
+        volatile float big[1024];
+        big[n & 1023] = p[0];
+        return n == 0 ? big[0] : deep(p, n - 1) + big[(n * 7) & 1023];
+    }
+    extern "C" __global__ void recurse(float* x, int n) { x[threadIdx.x] = deep(x, n); }
+    """
+    _launch_error(src, "recurse", gpuarray.zeros(64, np.float32).gpudata, np.int32(100000),
+                  match="stack overflow")
+
+
 def test_syncthreads_count_and_or():
     src = r"""
     extern "C" __global__ void votes(int* out)
@@ -527,9 +556,13 @@ def _copy_kernels(tmp_path):
     return core
 
 
-def _run_copy(monkeypatch, tmp_path, core, shape=(6, 5, 7, 12)):
+COPY_SHAPES = ((6, 5, 7, 12), (37, 45), (4, 3, 5))  # vector path, (N, C) data, scalar path
+
+
+def _run_copy(monkeypatch, tmp_path, core, shapes=COPY_SHAPES):
     """Train-mode forward and backward on a CudaBackend compiled from tmp_path; True when every
-    result matches the float64 reference, False when one differs or the launch fails."""
+    result matches the float64 reference for every shape, False when one differs or a launch
+    fails."""
     from batchnorm_lib.kernels import ops
 
     monkeypatch.setattr(core, "KERNEL_DIR", str(tmp_path))
@@ -537,29 +570,32 @@ def _run_copy(monkeypatch, tmp_path, core, shape=(6, 5, 7, 12)):
     previous = config.get_backend()
     config.set_backend("cudasim")
     try:
-        rng = np.random.default_rng(7)
-        x = (rng.normal(size=shape) * 2 + 3).astype(np.float32)
-        c = shape[1]
-        scale = rng.uniform(0.5, 1.5, c).astype(np.float32)
-        bias = rng.normal(size=c).astype(np.float32)
-        dy = rng.normal(size=shape).astype(np.float32)
-        g = cudasim.to_gpu
-        xs, sc, bs = g(x), g(scale), g(bias)
-        rm, rv = g(np.zeros(c, np.float32)), g(np.ones(c, np.float32))
-        out, sm, siv = cudasim.empty(shape), cudasim.empty((c,)), cudasim.empty((c,))
-        dx, dsc, dbs = cudasim.empty(shape), cudasim.empty((c,)), cudasim.empty((c,))
-        impl = ops("cudasim")
-        try:
-            impl.forward_train(xs, sc, bs, rm, rv, 1e-5, 1.0, out, sm, siv)
-            impl.backward_train(xs, g(dy), sc, sm, siv, dx, dsc, dbs)
-        except driver.LaunchError:
-            return False
-        axes = (0,) + tuple(range(2, x.ndim))
-        ok = np.allclose(out.get(), _reference(x, scale, bias), rtol=1e-4, atol=1e-4)
-        ok &= np.allclose(dbs.get(), dy.astype(np.float64).sum(axis=axes), rtol=1e-4, atol=1e-3)
-        return bool(ok)
+        return all(_copy_matches(ops("cudasim"), shape) for shape in shapes)
     finally:
         config.set_backend(previous)
+
+
+def _copy_matches(impl, shape):
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=shape) * 2 + 3).astype(np.float32)
+    c = shape[1]
+    scale = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    bias = rng.normal(size=c).astype(np.float32)
+    dy = rng.normal(size=shape).astype(np.float32)
+    g = cudasim.to_gpu
+    xs, sc, bs = g(x), g(scale), g(bias)
+    rm, rv = g(np.zeros(c, np.float32)), g(np.ones(c, np.float32))
+    out, sm, siv = cudasim.empty(shape), cudasim.empty((c,)), cudasim.empty((c,))
+    dx, dsc, dbs = cudasim.empty(shape), cudasim.empty((c,)), cudasim.empty((c,))
+    try:
+        impl.forward_train(xs, sc, bs, rm, rv, 1e-5, 1.0, out, sm, siv)
+        impl.backward_train(xs, g(dy), sc, sm, siv, dx, dsc, dbs)
+    except driver.LaunchError:
+        return False
+    axes = (0,) + tuple(range(2, x.ndim))
+    ok = np.allclose(out.get(), _reference(x, scale, bias), rtol=1e-4, atol=1e-4)
+    ok &= np.allclose(dbs.get(), dy.astype(np.float64).sum(axis=axes), rtol=1e-4, atol=1e-3)
+    return bool(ok)
 
 
 def test_unmodified_copy_passes(monkeypatch, tmp_path):
@@ -663,12 +699,13 @@ def _decode(bits, kind):
 
 
 @pytest.mark.parametrize("kind", ["f16", "bf16"])
-@pytest.mark.parametrize("vec", ["", "_vec"])
-def test_every_16bit_kernel_against_reference(kind, vec):
-    from batchnorm_lib.kernels import cuda as kc
-
+@pytest.mark.parametrize("layout", ["", "_vec", "cols"])
+def test_every_16bit_kernel_against_reference(kind, layout):
+    """The launch sequence of kernels/cuda.py, written out so bfloat16 runs without ml_dtypes."""
     rt = cudasim.runtime()
-    n, c, s, eps, factor = 3, 5, 16, 1e-5, 0.5
+    n, c, s = (37, 45, 1) if layout == "cols" else (3, 5, 16)
+    eps, factor, nsplit = 1e-5, 0.5, 2
+    vec = "_vec" if layout == "_vec" else ""
     rng = np.random.default_rng(11)
     x = rng.integers(-64, 64, (n, c, s)) / 16.0  # exactly representable in both formats
     dy = rng.integers(-64, 64, (n, c, s)) / 32.0
@@ -676,20 +713,26 @@ def test_every_16bit_kernel_against_reference(kind, vec):
     bias = rng.normal(size=c).astype(np.float32)
     run_mean0 = rng.normal(size=c).astype(np.float32)
     run_var0 = rng.uniform(0.5, 2, c).astype(np.float32)
-    g, P = cudasim.to_gpu, kc._ptr
+    g = cudasim.to_gpu
+
+    def P(a):
+        return np.uintp(a.ptr)
+
     xs, dys = g(_encode(x, kind)), g(_encode(dy, kind))
     sc, bs, rm, rv = g(scale), g(bias), g(run_mean0), g(run_var0)
     out, dx = cudasim.empty((n, c, s), np.uint16), cudasim.empty((n, c, s), np.uint16)
     sm, siv, dsc, dbs = (cudasim.empty((c,)) for _ in range(4))
-    width = 8 if vec else 1
-    nsplit = kc._splits(c, n, s, width)
     shape = (np.int64(n), np.int32(c), np.int64(s))
-    grid = kc._elementwise_grid(n * c * (s // width))
+    grid = (-(-(n * c * s // (8 if vec else 1)) // 256),)
+    channel_grid = (-(-c // 8),)
     part, part2, coef = cudasim.empty((c * nsplit * 4,)), cudasim.empty((c * nsplit * 2,)), \
         cudasim.empty((3 * c,))
 
-    rt.launch("bn_stats_partial_%s%s" % (kind, vec), (c, nsplit), (P(xs), P(part)) + shape)
-    rt.launch("bn_stats_finalize", kc._channel_grid(c),
+    if layout == "cols":
+        rt.launch("bn_stats_partial_cols_" + kind, (-(-c // 32), nsplit), (P(xs), P(part)) + shape[:2])
+    else:
+        rt.launch("bn_stats_partial_%s%s" % (kind, vec), (c, nsplit), (P(xs), P(part)) + shape)
+    rt.launch("bn_stats_finalize", channel_grid,
               (P(part), np.int32(c), np.int32(nsplit), np.float32(eps), np.float32(factor),
                P(sm), P(siv), P(rm), P(rv)))
     rt.launch("bn_forward_train_%s%s" % (kind, vec), grid,
@@ -703,9 +746,13 @@ def test_every_16bit_kernel_against_reference(kind, vec):
     ref = (x - mean[None, :, None]) * (scale * inv)[None, :, None] + bias[None, :, None]
     np.testing.assert_allclose(_decode(out.get(), kind), ref, **tol)
 
-    rt.launch("bn_backward_partial_%s%s" % (kind, vec), (c, nsplit),
-              (P(xs), P(dys), P(sm), P(part2)) + shape)
-    rt.launch("bn_backward_finalize", kc._channel_grid(c),
+    if layout == "cols":
+        rt.launch("bn_backward_partial_cols_" + kind, (-(-c // 32), nsplit),
+                  (P(xs), P(dys), P(sm), P(part2)) + shape[:2])
+    else:
+        rt.launch("bn_backward_partial_%s%s" % (kind, vec), (c, nsplit),
+                  (P(xs), P(dys), P(sm), P(part2)) + shape)
+    rt.launch("bn_backward_finalize", channel_grid,
               (P(part2), np.int32(c), np.int32(nsplit), np.int64(n * s), P(sc), P(siv), P(dsc),
                P(dbs), P(coef)))
     rt.launch("bn_backward_train_%s%s" % (kind, vec), grid,

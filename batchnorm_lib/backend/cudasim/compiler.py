@@ -15,11 +15,14 @@ gdb.
 """
 
 import ctypes
+import glob
 import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -60,14 +63,18 @@ def find_cuda_include():
     if nvcc:
         roots.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
     roots += ["/usr/local/cuda", "/opt/cuda", "/usr"]
+    candidates = []
     for root in roots:
-        if not root:
-            continue
-        for inc in (os.path.join(root, "include"),
-                    os.path.join(root, "targets", "x86_64-linux", "include")):
-            if os.path.isfile(os.path.join(inc, "cuda_fp16.h")) and \
-                    os.path.isfile(os.path.join(inc, "vector_types.h")):
-                return inc
+        if root:
+            candidates += [os.path.join(root, "include"),
+                           os.path.join(root, "targets", "%s-linux" % platform.machine(), "include")]
+    # NVIDIA's pip wheels (nvidia-cuda-runtime-cu12 and the like) ship the headers too
+    for entry in sys.path:
+        candidates += sorted(glob.glob(os.path.join(entry or ".", "nvidia", "*", "include")))
+    for inc in candidates:
+        if os.path.isfile(os.path.join(inc, "cuda_fp16.h")) and \
+                os.path.isfile(os.path.join(inc, "vector_types.h")):
+            return inc
     return None
 
 
@@ -312,14 +319,17 @@ class SourceModule:
         self.kernels = dict(find_kernels(source, wrapped_extern_c=not no_extern_c))
         text = rewrite_source(source)
         arch_number = _arch_number(arch)
-        full = ("#define __CUDA_ARCH__ %d\n#line 1 \"kernel.cu\"\n%s\n#line 1 \"cudasim-launchers\"\n%s"
+        # FILE is replaced by the path of the saved source once the hash is known, so
+        # __FILE__ in launch errors and the debug info of -g builds name a file that exists.
+        full = ("#define __CUDA_ARCH__ %d\n#line 1 \"@FILE@\"\n%s\n#line 1 \"cudasim-launchers\"\n%s"
                 % (arch_number, text, "".join(_TRAMPOLINE.format(name=k) for k in self.kernels)))
         debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
         include_dirs = list(include_dirs or [])
         flags = (_translate_options(options)
                  + ["-O0", "-g"] if debug else _translate_options(options) + ["-O2"])
         flags += ["-fPIC", "-shared", "-fvisibility=hidden", "-fno-strict-aliasing",
-                  "-U_FORTIFY_SOURCE", "-ffp-contract=off", "-pthread", "-w"]
+                  "-U_FORTIFY_SOURCE", "-ffp-contract=off", "-fstack-clash-protection",
+                  "-pthread", "-w"]
         flags += ["-I" + d for d in include_dirs] + ["-I" + cuda_inc]
         with open(RUNTIME_HEADER, "rb") as f:
             runtime = f.read()
@@ -337,8 +347,10 @@ class SourceModule:
         os.makedirs(directory, exist_ok=True)
         so_path = os.path.join(directory, "cudasim-%s.so" % key)
         sym_path = so_path[:-3] + ".shared"
-        if not (os.path.isfile(so_path) and os.path.isfile(sym_path)):
-            self._build(cxx, flags, full, directory, so_path, sym_path)
+        src_path = so_path[:-3] + ".cu"
+        full = full.replace("@FILE@", src_path.replace("\\", "/"), 1)
+        if not (os.path.isfile(so_path) and os.path.isfile(sym_path) and os.path.isfile(src_path)):
+            self._build(cxx, flags, full, directory, so_path, sym_path, src_path)
         self.path = so_path
         self._lib = ctypes.CDLL(so_path, mode=getattr(os, "RTLD_LOCAL", 0))
         self._lib.cudasim_error.restype = ctypes.c_char_p
@@ -348,12 +360,14 @@ class SourceModule:
         self._functions = {}
 
     @staticmethod
-    def _build(cxx, flags, full, directory, so_path, sym_path):
+    def _build(cxx, flags, full, directory, so_path, sym_path, src_path):
         work = tempfile.mkdtemp(prefix="build-", dir=directory)
         try:
             src = os.path.join(work, "kernel.cu")
             with open(src, "w") as f:
                 f.write(full)
+            shutil.copy(src, src_path + ".tmp")
+            os.replace(src_path + ".tmp", src_path)
             tmp_so = os.path.join(work, "module.so")
             cmd = [cxx] + flags + ["-include", RUNTIME_HEADER, "-x", "c++", src, "-o", tmp_so]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work)

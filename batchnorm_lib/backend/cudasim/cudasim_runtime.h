@@ -46,7 +46,11 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
-#if !defined(__x86_64__)
+// x86-64 switches fibers with a few instructions; elsewhere (or with -DCUDASIM_USE_UCONTEXT)
+// ucontext's swapcontext, which is slower (a signal-mask system call per switch) but portable.
+#if defined(__x86_64__) && !defined(CUDASIM_USE_UCONTEXT)
+#define CUDASIM_ASM_SWITCH 1
+#else
 #include <ucontext.h>
 #endif
 
@@ -103,7 +107,7 @@ struct Fiber {
     uint64_t in, out;
     int src;
     int barrier_result;
-#if !defined(__x86_64__)
+#if !defined(CUDASIM_ASM_SWITCH)
     ucontext_t ctx;
 #endif
 };
@@ -145,7 +149,7 @@ struct State {
     int nready;
     Fiber* cur;
     void* main_sp;
-#if !defined(__x86_64__)
+#if !defined(CUDASIM_ASM_SWITCH)
     ucontext_t main_ctx;
 #endif
     // memory
@@ -182,7 +186,7 @@ static inline uint64_t next_random() {  // xorshift64*
 }
 
 // ---- context switching -----------------------------------------------------------------------
-#if defined(__x86_64__)
+#if defined(CUDASIM_ASM_SWITCH)
 // cudasim_switch(save, to): push callee-saved registers and the FP control words, store the stack
 // pointer in *save, load `to`, pop, return into the other context. No signal-mask syscall.
 extern "C" void cudasim_switch(void** save, void* to);
@@ -206,7 +210,7 @@ static void fiber_main();
 
 static inline void switch_to(Fiber* from, Fiber* to) {
     g.cur = to;
-#if defined(__x86_64__)
+#if defined(CUDASIM_ASM_SWITCH)
     cudasim_switch(from ? &from->sp : &g.main_sp, to ? to->sp : g.main_sp);
 #else
     swapcontext(from ? &from->ctx : &g.main_ctx, to ? &to->ctx : &g.main_ctx);
@@ -214,7 +218,7 @@ static inline void switch_to(Fiber* from, Fiber* to) {
 }
 
 static void fiber_prepare(Fiber* f, unsigned char* stack_lo, size_t len) {
-#if defined(__x86_64__)
+#if defined(CUDASIM_ASM_SWITCH)
     uintptr_t top = ((uintptr_t)(stack_lo + len)) & ~(uintptr_t)15;
     uint64_t* sp = (uint64_t*)top;
     *--sp = 0;                       // return address of fiber_main: never used
