@@ -31,16 +31,53 @@
 #endif
 
 #define LANES 16
+#ifndef FBLOCK
+#define FBLOCK 64                        /* float terms per lane before they go into double */
+#endif
+#ifndef SHORT_S
 #define SHORT_S 256                      /* rows shorter than this use per-lane accumulators */
+#endif
+#ifndef LANE_TARGET
 #define LANE_TARGET 1024                 /* lanes (floats) per channel group on the short path */
+#endif
+#ifndef TILE_BYTES
 #define TILE_BYTES (768 * 1024)          /* forward tile of x */
+#endif
+#ifndef BWD_TILE_BYTES
 #define BWD_TILE_BYTES (512 * 1024)      /* backward tile, per array (x and dy) */
+#endif
+#ifndef ELEMWISE_CHUNK
 #define ELEMWISE_CHUNK (16 * 1024)       /* floats per task in purely elementwise passes */
+#endif
+#ifndef SERIAL_BELOW
 #define SERIAL_BELOW (64 * 1024)         /* elements: smaller tensors run on one thread */
+#endif
 
 typedef int64_t i64;
 
+/* LANES floats as one vector (GCC/clang vector extension); vfu loads and stores unaligned data */
+typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
+typedef float vfu __attribute__((vector_size(LANES * sizeof(float)), aligned(4), may_alias));
+
+static inline vf ld(const float *p) { return *(const vfu *)p; }
+static inline void st(float *p, vf v) { *(vfu *)p = v; }
+static inline vf splat(float s)
+{
+    vf v;
+    for (int k = 0; k < LANES; k++)
+        v[k] = s;
+    return v;
+}
+
 static int g_threads = 0;
+
+static i64 ceil_div_(i64 a, i64 b) { return (a + b - 1) / b; }
+int bn_get_num_threads(void);
+
+static int threads_for(i64 total)
+{
+    return total < SERIAL_BELOW ? 1 : bn_get_num_threads();
+}
 
 static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S,
                        const float *m, const float *a, const float *b);
@@ -64,6 +101,17 @@ int bn_get_num_threads(void)
 #endif
 }
 
+/* dst = src with the kernels' threads: the copy bandwidth the benchmark compares against */
+void bn_copy(const float *src, float *dst, i64 n)
+{
+    i64 nchunk = ceil_div_(n, ELEMWISE_CHUNK * 4);
+#pragma omp parallel for schedule(static) num_threads(threads_for(n))
+    for (i64 t = 0; t < nchunk; t++) {
+        i64 a = t * ELEMWISE_CHUNK * 4, b = a + ELEMWISE_CHUNK * 4 < n ? a + ELEMWISE_CHUNK * 4 : n;
+        memcpy(dst + a, src + a, sizeof(float) * (size_t)(b - a));
+    }
+}
+
 int bn_has_openmp(void)
 {
 #ifdef _OPENMP
@@ -73,10 +121,6 @@ int bn_has_openmp(void)
 #endif
 }
 
-static int threads_for(i64 total)
-{
-    return total < SERIAL_BELOW ? 1 : bn_get_num_threads();
-}
 
 typedef struct {
     double n, mean, m2;
@@ -113,99 +157,154 @@ static stat_t stat_from_sums(double cnt, double c, double s1, double s2)
 /* ---------------------------------------------------------------------------------------------- */
 /* long rows: one (n, c) row of S >= SHORT_S contiguous floats is reduced with register lanes      */
 
-static double row_sum(const float *x, i64 S)
+/* Sums run in float over blocks of at most FBLOCK terms per lane (exact enough: the terms are
+ * deviations from a nearby shift), and the blocks are added into double lanes. The lanes are an
+ * explicit vector type, so the compiler keeps them in registers on any vector width. */
+
+static void flush(vf f, double *acc)
 {
-    float acc[LANES] = {0};
-    i64 i = 0;
-    for (; i + LANES <= S; i += LANES)
-        for (int k = 0; k < LANES; k++)
-            acc[k] += x[i + k];
+    float t[LANES];
+    memcpy(t, &f, sizeof t);
+    for (int k = 0; k < LANES; k++)
+        acc[k] += t[k];
+}
+
+static void lanes_sum(const float *x, i64 S, double *acc)
+{
+    i64 i = 0, nv = S / LANES;
+    while (nv > 0) {
+        i64 nb = nv < FBLOCK ? nv : FBLOCK;
+        vf f0 = {0}, f1 = {0};
+        i64 v = 0;
+        for (; v + 2 <= nb; v += 2, i += 2 * LANES) {
+            f0 += ld(x + i);
+            f1 += ld(x + i + LANES);
+        }
+        if (v < nb) {
+            f0 += ld(x + i);
+            i += LANES;
+        }
+        flush(f0 + f1, acc);
+        nv -= nb;
+    }
+    for (int k = 0; i < S; i++, k++)
+        acc[k] += x[i];
+}
+
+static void lanes_dev(const float *x, i64 S, float c, double *a1, double *a2)
+{
+    i64 i = 0, nv = S / LANES;
+    vf cv = splat(c);
+    while (nv > 0) {
+        i64 nb = nv < FBLOCK ? nv : FBLOCK;
+        vf f1 = {0}, f2 = {0}, g1 = {0}, g2 = {0};
+        i64 v = 0;
+        for (; v + 2 <= nb; v += 2, i += 2 * LANES) {
+            vf d = ld(x + i) - cv, e = ld(x + i + LANES) - cv;
+            f1 += d;
+            f2 += d * d;
+            g1 += e;
+            g2 += e * e;
+        }
+        if (v < nb) {
+            vf d = ld(x + i) - cv;
+            f1 += d;
+            f2 += d * d;
+            i += LANES;
+        }
+        flush(f1 + g1, a1);
+        flush(f2 + g2, a2);
+        nv -= nb;
+    }
+    for (int k = 0; i < S; i++, k++) {
+        float d = x[i] - c;
+        a1[k] += d;
+        a2[k] += d * d;
+    }
+}
+
+static double fold(const double *acc)
+{
     double s = 0.0;
     for (int k = 0; k < LANES; k++)
         s += acc[k];
-    for (; i < S; i++)
-        s += x[i];
     return s;
-}
-
-static void row_dev(const float *x, i64 S, double c, double *s1, double *s2)
-{
-    double a1[LANES] = {0}, a2[LANES] = {0};
-    i64 i = 0;
-    for (; i + LANES <= S; i += LANES)
-        for (int k = 0; k < LANES; k++) {
-            double d = (double)x[i + k] - c;
-            a1[k] += d;
-            a2[k] += d * d;
-        }
-    double t1 = 0.0, t2 = 0.0;
-    for (int k = 0; k < LANES; k++) {
-        t1 += a1[k];
-        t2 += a2[k];
-    }
-    for (; i < S; i++) {
-        double d = (double)x[i] - c;
-        t1 += d;
-        t2 += d * d;
-    }
-    *s1 += t1;
-    *s2 += t2;
 }
 
 /* statistics of channel rows n0..n1 (xc points at x[0, c, 0], rows rs floats apart) */
 static stat_t tile_stats_long(const float *xc, i64 rs, i64 n0, i64 n1, i64 S)
 {
-    double s = 0.0;
+    double acc[LANES] = {0};
     for (i64 n = n0; n < n1; n++)
-        s += row_sum(xc + n * rs, S);
+        lanes_sum(xc + n * rs, S, acc);
     double cnt = (double)(n1 - n0) * (double)S;
-    double c = (double)(float)(s / cnt);
-    double s1 = 0.0, s2 = 0.0;
+    float c = (float)(fold(acc) / cnt);
+    double a1[LANES] = {0}, a2[LANES] = {0};
     for (i64 n = n0; n < n1; n++)
-        row_dev(xc + n * rs, S, c, &s1, &s2);
-    return stat_from_sums(cnt, c, s1, s2);
+        lanes_dev(xc + n * rs, S, c, a1, a2);
+    return stat_from_sums(cnt, c, fold(a1), fold(a2));
 }
 
 static void row_affine(const float *x, float *o, i64 S, float m, float a, float b)
 {
-    for (i64 i = 0; i < S; i++)
+    vf mv = splat(m), av = splat(a), bv = splat(b);
+    i64 i = 0;
+    for (; i + LANES <= S; i += LANES)
+        st(o + i, (ld(x + i) - mv) * av + bv);
+    for (; i < S; i++)
         o[i] = (x[i] - m) * a + b;
 }
 
 static void row_scale(const float *x, float *o, i64 S, float a)
 {
-    for (i64 i = 0; i < S; i++)
+    vf av = splat(a);
+    i64 i = 0;
+    for (; i + LANES <= S; i += LANES)
+        st(o + i, ld(x + i) * av);
+    for (; i < S; i++)
         o[i] = x[i] * a;
 }
 
-static void row_bwd_sums(const float *x, const float *dy, i64 S, float m, double *sdy, double *sdyx)
+static void lanes_bwd(const float *x, const float *dy, i64 S, float m, double *a1, double *a2)
 {
-    double a1[LANES] = {0}, a2[LANES] = {0};
-    i64 i = 0;
-    for (; i + LANES <= S; i += LANES)
-        for (int k = 0; k < LANES; k++) {
-            double g = (double)dy[i + k];
-            a1[k] += g;
-            a2[k] += g * (double)(x[i + k] - m);
+    i64 i = 0, nv = S / LANES;
+    vf mv = splat(m);
+    while (nv > 0) {
+        i64 nb = nv < FBLOCK ? nv : FBLOCK;
+        vf f1 = {0}, f2 = {0}, g1 = {0}, g2 = {0};
+        i64 v = 0;
+        for (; v + 2 <= nb; v += 2, i += 2 * LANES) {
+            vf g = ld(dy + i), h = ld(dy + i + LANES);
+            f1 += g;
+            f2 += g * (ld(x + i) - mv);
+            g1 += h;
+            g2 += h * (ld(x + i + LANES) - mv);
         }
-    double t1 = 0.0, t2 = 0.0;
-    for (int k = 0; k < LANES; k++) {
-        t1 += a1[k];
-        t2 += a2[k];
+        if (v < nb) {
+            vf g = ld(dy + i);
+            f1 += g;
+            f2 += g * (ld(x + i) - mv);
+            i += LANES;
+        }
+        flush(f1 + g1, a1);
+        flush(f2 + g2, a2);
+        nv -= nb;
     }
-    for (; i < S; i++) {
-        double g = (double)dy[i];
-        t1 += g;
-        t2 += g * (double)(x[i] - m);
+    for (int k = 0; i < S; i++, k++) {
+        float g = dy[i];
+        a1[k] += g;
+        a2[k] += g * (x[i] - m);
     }
-    *sdy += t1;
-    *sdyx += t2;
 }
 
 static void row_dx(const float *x, const float *dy, float *dx, i64 S, float m, float k, float c0,
                    float c1)
 {
-    for (i64 i = 0; i < S; i++)
+    vf mv = splat(m), kv = splat(k), c0v = splat(c0), c1v = splat(c1);
+    i64 i = 0;
+    for (; i + LANES <= S; i += LANES)
+        st(dx + i, (ld(dy + i) * kv - c0v) - (ld(x + i) - mv) * c1v);
+    for (; i < S; i++)
         dx[i] = (dy[i] * k - c0) - (x[i] - m) * c1;
 }
 
@@ -250,37 +349,147 @@ static plan_t make_plan(i64 N, i64 C, i64 S, i64 tile_bytes)
     return p;
 }
 
-/* statistics of a group of channels c0..c0+g over rows n0..n1; st gets g entries */
-static void tile_stats_short(const float *x, i64 C, i64 S, i64 c0, i64 g, i64 n0, i64 n1,
-                             float *facc, double *a1, double *a2, double *shift, stat_t *st)
+/* Column passes over a tile of rows n0..n1, lanes 0..L (row n at x + n*rs): a chunk of CW lanes
+ * is held in registers while the rows go by, so each element costs a load and an add or two. */
+#define CW (4 * LANES)
+
+/* facc[j] = sum of column j, in float (it only picks the shift). This pass reads the tile from
+ * memory, so it goes row by row: sequential streams the hardware prefetcher follows. */
+static void cols_sum(const float *x, i64 rs, i64 n0, i64 n1, i64 L, float *facc)
 {
-    i64 L = g * S, rs = C * S;
-    const float *xg = x + c0 * S;
-    memset(facc, 0, sizeof(float) * L);
+    memset(facc, 0, sizeof(float) * (size_t)L);
     for (i64 n = n0; n < n1; n++) {
-        const float *r = xg + n * rs;
+        const float *r = x + n * rs;
         for (i64 j = 0; j < L; j++)
             facc[j] += r[j];
     }
+}
+
+/* a1[j] += sum(d), a2[j] += sum(d^2), d = x - shift[j]: float over FBLOCK rows, then double */
+static void cols_dev(const float *x, i64 rs, i64 n0, i64 n1, i64 L, const float *shift,
+                     double *a1, double *a2)
+{
+    i64 j = 0;
+    for (; j + 2 * LANES <= L; j += 2 * LANES) {
+        vf c0 = ld(shift + j), c1 = ld(shift + j + LANES);
+        for (i64 nb = n0; nb < n1; nb += FBLOCK) {
+            i64 ne = nb + FBLOCK < n1 ? nb + FBLOCK : n1;
+            vf s0 = {0}, s1 = {0}, q0 = {0}, q1 = {0};
+            for (i64 n = nb; n < ne; n++) {
+                const float *r = x + n * rs + j;
+                vf d0 = ld(r) - c0, d1 = ld(r + LANES) - c1;
+                s0 += d0;
+                q0 += d0 * d0;
+                s1 += d1;
+                q1 += d1 * d1;
+            }
+            flush(s0, a1 + j);
+            flush(s1, a1 + j + LANES);
+            flush(q0, a2 + j);
+            flush(q1, a2 + j + LANES);
+        }
+    }
+    for (; j + LANES <= L; j += LANES) {
+        vf c0 = ld(shift + j);
+        for (i64 nb = n0; nb < n1; nb += FBLOCK) {
+            i64 ne = nb + FBLOCK < n1 ? nb + FBLOCK : n1;
+            vf s0 = {0}, q0 = {0};
+            for (i64 n = nb; n < ne; n++) {
+                vf d0 = ld(x + n * rs + j) - c0;
+                s0 += d0;
+                q0 += d0 * d0;
+            }
+            flush(s0, a1 + j);
+            flush(q0, a2 + j);
+        }
+    }
+    for (; j < L; j++) {
+        for (i64 nb = n0; nb < n1; nb += FBLOCK) {
+            i64 ne = nb + FBLOCK < n1 ? nb + FBLOCK : n1;
+            float s0 = 0.0f, q0 = 0.0f;
+            for (i64 n = nb; n < ne; n++) {
+                float d0 = x[n * rs + j] - shift[j];
+                s0 += d0;
+                q0 += d0 * d0;
+            }
+            a1[j] += s0;
+            a2[j] += q0;
+        }
+    }
+}
+
+/* a1[j] += sum(dy), a2[j] += sum(dy * (x - m[j])). This pass reads x and dy from memory: rows
+ * go by in blocks of RB (RB sequential streams per array, which the prefetcher follows) and
+ * each block adds into float partials f1, f2 (L floats each), which go into double every FBLOCK
+ * rows. */
+#define RB 8
+static void cols_bwd(const float *x, const float *dy, i64 rs, i64 n0, i64 n1, i64 L,
+                     const float *m, double *a1, double *a2, float *f1, float *f2)
+{
+    for (i64 nb = n0; nb < n1; nb += FBLOCK) {
+        i64 ne = nb + FBLOCK < n1 ? nb + FBLOCK : n1;
+        memset(f1, 0, sizeof(float) * (size_t)L);
+        memset(f2, 0, sizeof(float) * (size_t)L);
+        for (i64 rb = nb; rb < ne; rb += RB) {
+            i64 re = rb + RB < ne ? rb + RB : ne;
+            i64 j = 0;
+            for (; j + 2 * LANES <= L; j += 2 * LANES) {
+                vf m0 = ld(m + j), m1 = ld(m + j + LANES);
+                vf s0 = ld(f1 + j), s1 = ld(f1 + j + LANES);
+                vf q0 = ld(f2 + j), q1 = ld(f2 + j + LANES);
+                for (i64 n = rb; n < re; n++) {
+                    const float *r = x + n * rs + j, *g = dy + n * rs + j;
+                    vf g0 = ld(g), g1 = ld(g + LANES);
+                    s0 += g0;
+                    q0 += g0 * (ld(r) - m0);
+                    s1 += g1;
+                    q1 += g1 * (ld(r + LANES) - m1);
+                }
+                st(f1 + j, s0);
+                st(f1 + j + LANES, s1);
+                st(f2 + j, q0);
+                st(f2 + j + LANES, q1);
+            }
+            for (; j < L; j++) {
+                float s0 = f1[j], q0 = f2[j];
+                for (i64 n = rb; n < re; n++) {
+                    float g0 = dy[n * rs + j];
+                    s0 += g0;
+                    q0 += g0 * (x[n * rs + j] - m[j]);
+                }
+                f1[j] = s0;
+                f2[j] = q0;
+            }
+        }
+        for (i64 j = 0; j < L; j++) {
+            a1[j] += f1[j];
+            a2[j] += f2[j];
+        }
+    }
+}
+
+/* statistics of a group of channels c0..c0+g over rows n0..n1; st gets g entries.
+ * fws: 2*L floats, dws: 2*L doubles of workspace. */
+static void tile_stats_short(const float *x, i64 C, i64 S, i64 c0, i64 g, i64 n0, i64 n1,
+                             float *fws, double *dws, stat_t *st)
+{
+    i64 L = g * S, rs = C * S;
+    const float *xg = x + c0 * S;
+    float *facc = fws, *shift = fws + L;
+    double *a1 = dws, *a2 = dws + L;
+    cols_sum(xg, rs, n0, n1, L, facc);
     double cnt = (double)(n1 - n0) * (double)S;
     for (i64 q = 0; q < g; q++) {
-        double s = 0.0;
+        double sum = 0.0;
         for (i64 t = 0; t < S; t++)
-            s += facc[q * S + t];
-        double c = (double)(float)(s / cnt);
+            sum += facc[q * S + t];
+        float c = (float)(sum / cnt);
         for (i64 t = 0; t < S; t++)
             shift[q * S + t] = c;
     }
     memset(a1, 0, sizeof(double) * L);
     memset(a2, 0, sizeof(double) * L);
-    for (i64 n = n0; n < n1; n++) {
-        const float *r = xg + n * rs;
-        for (i64 j = 0; j < L; j++) {
-            double d = (double)r[j] - shift[j];
-            a1[j] += d;
-            a2[j] += d * d;
-        }
-    }
+    cols_dev(xg, rs, n0, n1, L, shift, a1, a2);
     for (i64 q = 0; q < g; q++) {
         double s1 = 0.0, s2 = 0.0;
         for (i64 t = 0; t < S; t++) {
@@ -392,7 +601,7 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
         {
             i64 L = p.L;
             float *facc = malloc(sizeof(float) * (size_t)L * 4);
-            double *dbuf = malloc(sizeof(double) * (size_t)L * 3);
+            double *dbuf = malloc(sizeof(double) * (size_t)L * 2);
             stat_t *ls = malloc(sizeof(stat_t) * (size_t)p.G);
             if (!facc || !dbuf || !ls) {
 #pragma omp atomic write
@@ -403,7 +612,7 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
                     i64 gi = t / p.nrb, rb = t % p.nrb;
                     i64 c0 = gi * p.G, g = c0 + p.G <= C ? p.G : C - c0;
                     i64 n0 = rb * p.B, n1 = n0 + p.B < N ? n0 + p.B : N;
-                    tile_stats_short(x, C, S, c0, g, n0, n1, facc, dbuf, dbuf + L, dbuf + 2 * L, ls);
+                    tile_stats_short(x, C, S, c0, g, n0, n1, facc, dbuf, ls);
                     for (i64 q = 0; q < g; q++)
                         part[(c0 + q) * p.nrb + rb] = ls[q];
                     if (fused) {
@@ -581,10 +790,11 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
         for (i64 t = 0; t < ntask; t++) {
             i64 c = t / p.nrb, rb = t % p.nrb;
             i64 n0 = rb * p.B, n1 = n0 + p.B < N ? n0 + p.B : N;
-            double sdy = 0.0, sdyx = 0.0;
+            double a1[LANES] = {0}, a2[LANES] = {0};
             float mc = savemean[c];
             for (i64 n = n0; n < n1; n++)
-                row_bwd_sums(x + n * rs + c * S, dy + n * rs + c * S, S, mc, &sdy, &sdyx);
+                lanes_bwd(x + n * rs + c * S, dy + n * rs + c * S, S, mc, a1, a2);
+            double sdy = fold(a1), sdyx = fold(a2);
             part[2 * (c * p.nrb + rb)] = sdy;
             part[2 * (c * p.nrb + rb) + 1] = sdyx;
             if (fused) {
@@ -616,14 +826,8 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                     float *ml = lanes;
                     expand(savemean, c0, g, S, ml);
                     memset(acc, 0, sizeof(double) * (size_t)L * 2);
-                    for (i64 n = n0; n < n1; n++) {
-                        const float *xr = x + n * rs + c0 * S, *gr = dy + n * rs + c0 * S;
-                        for (i64 j = 0; j < Lg; j++) {
-                            double gv = (double)gr[j];
-                            a1[j] += gv;
-                            a2[j] += gv * (double)(xr[j] - ml[j]);
-                        }
-                    }
+                    cols_bwd(x + c0 * S, dy + c0 * S, rs, n0, n1, Lg, ml, a1, a2, lanes + L,
+                             lanes + 2 * L);
                     for (i64 q = 0; q < g; q++) {
                         double s1 = 0.0, s2 = 0.0;
                         for (i64 tt = 0; tt < S; tt++) {

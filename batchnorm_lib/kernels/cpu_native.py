@@ -25,6 +25,7 @@ from batchnorm_lib.kernels import cpu_numpy
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bn_cpu.c")
 CACHE_ENV = "BATCHNORM_LIB_CACHE"
+CFLAGS_ENV = "BATCHNORM_LIB_CFLAGS"  # extra compiler flags, e.g. -DTILE_BYTES=... for experiments
 BASE_FLAGS = ["-O3", "-ffp-contract=off", "-fPIC", "-shared", "-std=c99"]
 # tried in order; the first set that compiles and loads is used
 OPTIONAL_FLAG_SETS = (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])
@@ -112,6 +113,8 @@ def _declare(lib):
     lib.bn_set_num_threads.restype = ctypes.c_int
     lib.bn_get_num_threads.restype = ctypes.c_int
     lib.bn_has_openmp.restype = ctypes.c_int
+    lib.bn_copy.argtypes = [_f32p, _f32p, _i64]
+    lib.bn_copy.restype = None
 
 
 def _build():
@@ -124,8 +127,9 @@ def _build():
     ident = _compiler_id(cc)
     out_dir = _writable_dir()
     errors = []
+    user_flags = os.environ.get(CFLAGS_ENV, "").split()
     for extra in OPTIONAL_FLAG_SETS:
-        flags = list(extra)
+        flags = list(extra) + user_flags
         key = hashlib.sha256(b"\0".join([src, cc.encode(), ident.encode(),
                                          " ".join(BASE_FLAGS + flags).encode(),
                                          sys.platform.encode()])).hexdigest()[:16]
@@ -194,6 +198,14 @@ def set_num_threads(n):
 
 def get_num_threads():
     return _library().bn_get_num_threads()
+
+
+def copy(src, dst):
+    """``dst[...] = src`` for C-contiguous float32 ndarrays, on the kernels' threads."""
+    if src.dtype != np.float32 or dst.dtype != np.float32 or src.size != dst.size \
+            or not (src.flags.c_contiguous and dst.flags.c_contiguous):
+        raise ValueError("copy: needs two C-contiguous float32 arrays of one size")
+    _library().bn_copy(src.ctypes.data, dst.ctypes.data, src.size)
 
 
 # -- the kernel contract -------------------------------------------------------------------------
