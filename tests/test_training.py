@@ -386,9 +386,9 @@ def _blobs(n, features=16, classes=4, seed=0):
 
 def _slices():
     yield "blobs", _blobs(320)
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("sklearn") is None:
         return
     from batchnorm_lib.training import load_digits
 
@@ -480,3 +480,103 @@ def test_train_command_end_to_end(plot, capsys, tmp_path):
     if plot:
         assert (out / "train_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert os.path.isdir(out)
+
+
+# -- the cuBLAS adapter (no GPU needed) ------------------------------------------------------------
+class _ColumnMajorBlas:
+    """A stand-in for cuBLAS's sgemm that reads host pointers as column-major matrices, exactly
+    as cuBLAS reads device pointers: it checks the adapter's row-major mapping."""
+
+    via = "test"
+
+    @staticmethod
+    def _matrix(ptr, ld, rows, cols):
+        import ctypes
+
+        buf = (ctypes.c_float * (ld * cols)).from_address(int(ptr))
+        return np.ctypeslib.as_array(buf).reshape(cols, ld).T[:rows, :]
+
+    def create(self):
+        return 1
+
+    def sgemm(self, handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
+        a = self._matrix(A, lda, k if transa else m, m if transa else k)
+        b = self._matrix(B, ldb, n if transb else k, k if transb else n)
+        c = self._matrix(C, ldc, m, n)
+        prod = (a.T if transa else a).astype(np.float64) @ (b.T if transb else b)
+        c[...] = alpha * prod + beta * c
+
+
+@pytest.fixture
+def fake_cublas(monkeypatch):
+    from batchnorm_lib.backend import cublas
+
+    monkeypatch.setattr(cublas, "_state", {"blas": _ColumnMajorBlas(), "handle": None,
+                                           "error": None, "note": "test"})
+    return cublas
+
+
+@pytest.mark.parametrize("transA", [False, True])
+@pytest.mark.parametrize("transB", [False, True])
+def test_cublas_row_major_mapping(fake_cublas, rng, transA, transB):
+    from batchnorm_lib.backend.cpu import array
+
+    m, n, k = 3, 5, 4
+    A = rng.standard_normal((k, m) if transA else (m, k)).astype(np.float32)
+    B = rng.standard_normal((n, k) if transB else (k, n)).astype(np.float32)
+    C0 = rng.standard_normal((m, n)).astype(np.float32)
+    a, b, c = array.to_gpu(A), array.to_gpu(B), array.to_gpu(C0)
+    fake_cublas.gemm_ptrs(m, n, k, a.ptr, b.ptr, c.ptr, transA, transB, alpha=0.5, beta=2.0)
+    ref = 0.5 * (A.T if transA else A).astype(np.float64) @ (B.T if transB else B) + 2.0 * C0
+    np.testing.assert_allclose(c.get(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_cublas_names_and_errors(monkeypatch, tmp_path):
+    from batchnorm_lib.backend import cublas
+
+    libs = {"libcublas": "/opt/cuda/libcublas.so.13", "libcudart": "libcudart.so.13",
+            "libcuda": None}
+    assert cublas.resolve_name("libcublas.so", libs) == "/opt/cuda/libcublas.so.13"
+    assert cublas.resolve_name("libcublas.so.10.1", libs) == "/opt/cuda/libcublas.so.13"
+    assert cublas.resolve_name("libcudart.so", libs) == "libcudart.so.13"
+    assert cublas.resolve_name("libcuda.so", libs) == "libcuda.so"  # not found: left alone
+    assert cublas.resolve_name("libcublasLt.so", libs) == "libcublasLt.so"
+    assert cublas._versioned_soname("/x/libcublas.so.13", (13, 1, 0)) == "libcublas.so.13.1"
+
+    monkeypatch.setenv(cublas.ENV_VAR, str(tmp_path / "libcublas.so.99"))
+    monkeypatch.setattr(cublas, "_state", {"blas": None, "handle": None, "error": None,
+                                           "note": ""})
+    ok, why = cublas.status()
+    assert not ok and cublas.ENV_VAR in why and "cannot be loaded" in why
+    with pytest.raises(cublas.CublasUnavailable, match="cannot be loaded"):
+        cublas.handle()
+
+
+def test_skcuda_imports_through_the_shims():
+    """Where scikit-cuda and a CUDA runtime library are installed (no GPU needed), its runtime
+    bindings import against the versioned library, with no pkg_resources left behind."""
+    import importlib.util
+
+    from batchnorm_lib.backend import cublas
+
+    if importlib.util.find_spec("skcuda") is None:
+        pytest.skip("scikit-cuda is not installed (the cuda extra)")
+    cudart = cublas.find_library("libcudart")
+    if cudart is None:
+        pytest.skip("no CUDA runtime library (libcudart.so.N) here")
+    had_pkg_resources = "pkg_resources" in sys.modules
+    libs = {"libcublas": None, "libcudart": cudart, "libcuda": None}
+    with cublas._skcuda_import_shims(libs, "/nonexistent/libcublas.so"):
+        module = importlib.import_module("skcuda.cudart")
+    assert module._cudart_version > 10010  # a runtime newer than scikit-cuda's own list
+    assert ("pkg_resources" in sys.modules) == had_pkg_resources
+
+
+def test_cublas_library_found_and_versioned_when_installed():
+    from batchnorm_lib.backend import cublas
+
+    path = cublas.find_library("libcublas", env=cublas.ENV_VAR)
+    if path is None:
+        pytest.skip("no cuBLAS library here (set %s to test one)" % cublas.ENV_VAR)
+    version = cublas.library_version(path)
+    assert version is not None and version[0] >= 10, version

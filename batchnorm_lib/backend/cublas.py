@@ -10,8 +10,9 @@ This adapter imports scikit-cuda with, for the duration of that import only:
 
 * ``ctypes.cdll.LoadLibrary`` answering scikit-cuda's unversioned/old names with the versioned
   libraries that :func:`find_library` locates (``BATCHNORM_LIB_CUBLAS`` may name the cuBLAS file);
-* its cuBLAS version probe reading the version from the real file name
-  (``libcublas.so.13.x.y``) rather than the SONAME, which has no minor number;
+* its cuBLAS version probe answered from ``cublasGetProperty`` (major.minor, no device needed)
+  rather than from the SONAME, which has no minor number (scikit-cuda would otherwise create a
+  cuBLAS context just to ask);
 * a minimal ``pkg_resources`` stand-in when setuptools has none.
 
 If scikit-cuda is not installed or still cannot be imported, the same ``sgemm`` is bound directly
@@ -134,6 +135,31 @@ def resolve_name(requested, libs):
     return requested
 
 
+def library_version(path):
+    """``(major, minor, patch)`` of the cuBLAS at ``path`` from ``cublasGetProperty`` (needs no
+    device), or None."""
+    try:
+        fn = ctypes.CDLL(path).cublasGetProperty
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+    fn.restype = ctypes.c_int
+    parts = []
+    for prop in range(3):  # MAJOR_VERSION, MINOR_VERSION, PATCH_LEVEL
+        value = ctypes.c_int()
+        if fn(prop, ctypes.byref(value)) != 0:
+            return None
+        parts.append(value.value)
+    return tuple(parts)
+
+
+def _versioned_soname(cublas_file, version):
+    """A name scikit-cuda's version regex reads as major.minor."""
+    if version is None:
+        return os.path.basename(cublas_file)
+    return "libcublas.so.%d.%d" % version[:2]
+
+
 @contextlib.contextmanager
 def _skcuda_import_shims(libs, cublas_file):
     original_load = ctypes.cdll.LoadLibrary
@@ -163,7 +189,8 @@ def _skcuda_import_shims(libs, cublas_file):
         utils = importlib.import_module("skcuda.utils")
         saved = utils.find_lib_path, utils.get_soname
         utils.find_lib_path = lambda name: cublas_file if name == "cublas" else saved[0](name)
-        utils.get_soname = lambda path: os.path.basename(path) if path == cublas_file else saved[1](path)
+        soname = _versioned_soname(cublas_file, library_version(cublas_file))
+        utils.get_soname = lambda path: soname if path == cublas_file else saved[1](path)
         yield
     finally:
         ctypes.cdll.LoadLibrary = original_load
@@ -231,7 +258,11 @@ _state = {"blas": None, "handle": None, "error": None, "note": ""}
 def _load():
     if _state["blas"] is not None or _state["error"] is not None:
         return
-    libs = library_map()
+    try:
+        libs = library_map()
+    except CublasUnavailable as e:
+        _state["error"] = str(e)
+        return
     if libs["libcublas"] is None:
         _state["error"] = ("no cuBLAS library found (looked for %s, in the CUDA directories and "
                            "nvidia-cublas wheels; set %s to its path)"
