@@ -319,17 +319,17 @@ class SourceModule:
         self.kernels = dict(find_kernels(source, wrapped_extern_c=not no_extern_c))
         text = rewrite_source(source)
         arch_number = _arch_number(arch)
-        # FILE is replaced by the path of the saved source once the hash is known, so
-        # __FILE__ in launch errors and the debug info of -g builds name a file that exists.
-        full = ("#define __CUDA_ARCH__ %d\n#line 1 \"@FILE@\"\n%s\n#line 1 \"cudasim-launchers\"\n%s"
-                % (arch_number, text, "".join(_TRAMPOLINE.format(name=k) for k in self.kernels)))
+        # The source is saved beside the build and compiled from there, without line directives,
+        # so __FILE__:__LINE__ in launch errors and gdb's listings point into a file that exists.
+        full = "%s\n%s" % (text, "".join(_TRAMPOLINE.format(name=k) for k in self.kernels))
         debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
         include_dirs = list(include_dirs or [])
         flags = (_translate_options(options)
-                 + ["-O0", "-g"] if debug else _translate_options(options) + ["-O2"])
+                 + ["-O0", "-g3"] if debug else _translate_options(options) + ["-O2"])
         flags += ["-fPIC", "-shared", "-fvisibility=hidden", "-fno-strict-aliasing",
                   "-U_FORTIFY_SOURCE", "-ffp-contract=off", "-fstack-clash-protection",
                   "-pthread", "-w"]
+        flags += ["-DCUDASIM_ARCH=%d" % arch_number]
         flags += ["-I" + d for d in include_dirs] + ["-I" + cuda_inc]
         with open(RUNTIME_HEADER, "rb") as f:
             runtime = f.read()
@@ -348,7 +348,6 @@ class SourceModule:
         so_path = os.path.join(directory, "cudasim-%s.so" % key)
         sym_path = so_path[:-3] + ".shared"
         src_path = so_path[:-3] + ".cu"
-        full = full.replace("@FILE@", src_path.replace("\\", "/"), 1)
         if not (os.path.isfile(so_path) and os.path.isfile(sym_path) and os.path.isfile(src_path)):
             self._build(cxx, flags, full, directory, so_path, sym_path, src_path)
         self.path = so_path
@@ -363,11 +362,10 @@ class SourceModule:
     def _build(cxx, flags, full, directory, so_path, sym_path, src_path):
         work = tempfile.mkdtemp(prefix="build-", dir=directory)
         try:
-            src = os.path.join(work, "kernel.cu")
-            with open(src, "w") as f:
+            with open(os.path.join(work, "kernel.cu"), "w") as f:
                 f.write(full)
-            shutil.copy(src, src_path + ".tmp")
-            os.replace(src_path + ".tmp", src_path)
+            os.replace(os.path.join(work, "kernel.cu"), src_path)
+            src = src_path
             tmp_so = os.path.join(work, "module.so")
             cmd = [cxx] + flags + ["-include", RUNTIME_HEADER, "-x", "c++", src, "-o", tmp_so]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work)

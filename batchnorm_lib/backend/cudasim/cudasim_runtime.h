@@ -83,6 +83,12 @@
 
 #define CUDASIM_EXPORT extern "C" __attribute__((visibility("default")))
 
+// The architecture the source is compiled "for" (SourceModule's arch, default the simulated
+// device's), defined only now so the CUDA headers above took their host paths.
+#if defined(CUDASIM_ARCH) && !defined(__CUDA_ARCH__)
+#define __CUDA_ARCH__ CUDASIM_ARCH
+#endif
+
 namespace cudasim {
 
 enum { RUNNABLE = 0, AT_BARRIER = 1, AT_WARP = 2, EXITED = 3 };
