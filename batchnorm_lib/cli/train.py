@@ -95,6 +95,13 @@ def _single_threaded_blas(backend):
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def _loss(value, width):
+    """A loss in ``width`` characters: fixed point, or exponent form once it is large (diverged)."""
+    if math.isfinite(value) and abs(value) < 1e4:
+        return "%*.4f" % (width, value)
+    return "%*.3g" % (width, value)
+
+
 def format_table(results):
     names = [r.name for r in results]
     cols = "train loss  train acc  test loss  test acc"
@@ -108,8 +115,8 @@ def format_table(results):
         for r in results:
             if i < len(r.history):
                 h = r.history[i]
-                cells.append("%10.4f  %9.3f  %9.4f  %8.3f" % (h.train_loss, h.train_acc,
-                                                              h.test_loss, h.test_acc))
+                cells.append("%s  %9.3f  %s  %8.3f" % (_loss(h.train_loss, 10), h.train_acc,
+                                                       _loss(h.test_loss, 9), h.test_acc))
             else:
                 cells.append("(stopped: loss not finite)".center(width))
         lines.append("%5d | " % (i + 1) + " | ".join(cells))
