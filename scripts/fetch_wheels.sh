@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Build a wheelhouse for an offline GPU host (run this where there is network):
 #
-#   scripts/fetch_wheels.sh [WHEELHOUSE] [PYTHON_VERSION]     # defaults: .whl/ and 3.12
+#   scripts/fetch_wheels.sh [WHEELHOUSE] [PYTHON_VERSION]     # defaults: the checkout's .whl/, 3.12
 #
 # It holds the pycuda source distribution (pycuda ships no wheels; it is built on the GPU host
 # against that host's CUDA) and the manylinux/pure-Python wheels for the target Python of what
 # pycuda, scikit-cuda, bfloat16 arrays (ml_dtypes) and the test suite need beyond what the GPU host already has (numpy,
 # setuptools, markupsafe, PyTorch). scripts/gpu_check.sh installs from it with --no-index.
 set -euo pipefail
-dest=${1:-.whl}
+dest=${1:-$(cd "$(dirname "$0")/.." && pwd)/.whl}
 pyver=${2:-3.12}
 abi="cp${pyver/./}"
 platform=${PLATFORM:-manylinux2014_x86_64}

@@ -99,7 +99,13 @@ install() {  # runs as a step's condition, where set -e does not apply: every co
     src=$(ls -d "$src"/pycuda-*/) || return 1
     local curand=""
     [ -f "$CUDA_ROOT/include/curand.h" ] || curand="--no-cuda-enable-curand"
-    (cd "$src" && python configure.py --cuda-root="$CUDA_ROOT" $curand) || return 1
+    # Link against the driver found above, through an unversioned name (-lcuda), so the build
+    # works whether or not the toolkit ships its link stub (lib64/stubs/libcuda.so).
+    local linkdir
+    linkdir=$(mktemp -d) || return 1
+    ln -s "$libcuda" "$linkdir/libcuda.so" || return 1
+    (cd "$src" && python configure.py --cuda-root="$CUDA_ROOT" $curand \
+        --cudadrv-lib-dir="$linkdir,$CUDA_ROOT/lib64,$CUDA_ROOT/lib64/stubs,$CUDA_ROOT/lib") || return 1
     $pipi --no-build-isolation "$src" || return 1
     $pipi --no-deps scikit-cuda || echo "scikit-cuda not installed (optional)"
     $pipi --no-deps ml_dtypes || echo "ml_dtypes not installed: no bfloat16 (optional)"
