@@ -580,3 +580,28 @@ def test_cublas_library_found_and_versioned_when_installed():
         pytest.skip("no cuBLAS library here (set %s to test one)" % cublas.ENV_VAR)
     version = cublas.library_version(path)
     assert version is not None and version[0] >= 10, version
+
+
+@pytest.mark.parametrize("other", ["cuda", "cudasim"])
+def test_training_matches_the_cpu_backend(other):
+    """The same run (BatchNorm network, MomentumSGD) on a CUDA backend and on the CPU gives the
+    same losses and accuracies, epoch by epoch."""
+    from batchnorm_lib import config
+    from batchnorm_lib.training import train_run
+
+    ok, reason = config.probe(other)
+    if not ok:
+        pytest.skip("backend %s unavailable: %s" % (other, reason))
+    data = _blobs(96)
+    previous = config.get_backend()
+    histories = {}
+    try:
+        for name in ("cpu", other):
+            config.set_backend(name)
+            result = train_run(data, batchnorm=True, epochs=2, batch_size=16, lr=0.05, seed=3,
+                               hidden=(24,), warmup=False)
+            histories[name] = [(h.train_loss, h.train_acc, h.test_loss, h.test_acc)
+                               for h in result.history]
+    finally:
+        config.set_backend(previous)
+    np.testing.assert_allclose(histories[other], histories["cpu"], rtol=1e-4, atol=1e-5)
