@@ -58,6 +58,7 @@ class CudaBackend:
         self._pool = None
         self._functions = None
         self._compile_note = None
+        self._dtypes = None
         self._lock = threading.RLock()
 
     # -- device and context ------------------------------------------------------------------------
@@ -112,11 +113,13 @@ class CudaBackend:
         return "sm_%d%d" % self.device.compute_capability()
 
     def supported_dtypes(self):
-        dtypes = [np.dtype(np.float32), np.dtype(np.float16)]
-        bf16 = bfloat16_dtype()
-        if bf16 is not None and self.device.compute_capability() >= (8, 0):
-            dtypes.append(bf16)
-        return tuple(dtypes)
+        if self._dtypes is None:  # asked on every launch: work it out once
+            dtypes = [np.dtype(np.float32), np.dtype(np.float16)]
+            bf16 = bfloat16_dtype()
+            if bf16 is not None and self.device.compute_capability() >= (8, 0):
+                dtypes.append(bf16)
+            self._dtypes = tuple(dtypes)
+        return self._dtypes
 
     def synchronize(self):
         self.start()
@@ -178,7 +181,7 @@ class CudaBackend:
 
     def launch(self, name, grid, args):
         """Run kernel ``name`` on ``grid`` blocks of BLOCK threads; ``args`` are numpy scalars."""
-        function = self.compile()[name]
+        function = (self._functions or self.compile())[name]
         function(*args, block=(BLOCK, 1, 1), grid=tuple(grid) + (1,) * (3 - len(grid)), shared=0)
         if self.sync_each_launch:
             self.api.driver.Context.synchronize()
