@@ -8,6 +8,7 @@ import sys
 SUBCOMMANDS = (
     "batchnorm_lib.cli.demo",
     "batchnorm_lib.cli.info",
+    "batchnorm_lib.cli.bench",
     "batchnorm_lib.cli.train",
 )
 

@@ -339,3 +339,21 @@ def test_native_path_logs_one_line():
 def test_unknown_choice_is_refused():
     with pytest.raises(config.BackendError, match="not a CPU kernel path"):
         cpu_kernels.use("fortran")
+
+
+# -- the benchmark runs ---------------------------------------------------------------------------------
+
+def test_cpu_benchmark_smoke(capsys):
+    from batchnorm_lib.bench import cpu as bench_cpu
+
+    argv = ["--shape", "6,3,5,5", "--shape", "9,4", "--rounds", "1", "--per-round", "1",
+            "--warmup", "0", "--threads", "1"]
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        argv.append("--no-torch")
+    assert bench_cpu.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "6x3x5x5" in out and "9x4" in out and "naive ms" in out
+    if "--no-torch" not in argv:
+        assert "geomean torch/ours" in out

@@ -1,0 +1,452 @@
+"""CPU benchmark: batchnorm_lib's CPU backend vs PyTorch's CPU batch norm vs a naive numpy formula.
+
+Per shape and pass, on identical data in one process with the same thread count:
+
+``train``  forward + backward in training mode: our module call then ``module.backward(grad)``;
+           PyTorch ``F.batch_norm(training=True)`` then ``y.backward(dy)`` through autograd
+           (input and parameter gradients, gradients reset to None each call).
+``infer``  forward in evaluation mode (running statistics); PyTorch under ``torch.no_grad()``.
+``fwd``    training forward alone (shown for the profile; not in the target geomean).
+
+Each side allocates its outputs as it does in use. Times are medians over interleaved rounds after
+warm-up. GB/s counts the fewest bytes each pass must move (float32, per element, DESIGN.md):
+inference 8 B, training forward 8 B (single read), forward + backward 20 B; the fraction is of
+the copy bandwidth measured at the same size with the same threads. The ratio is PyTorch's time
+over ours (above 1: we are faster); the geomeans are over shapes.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+DEFAULT_SHAPES = (
+    (32, 64, 56, 56),
+    (64, 128, 28, 28),
+    (128, 256, 14, 14),
+    (256, 512, 7, 7),
+    (8, 32, 112, 112),
+    (64, 256, 196),
+    (4096, 1024),
+    (512, 2048),
+)
+QUICK_SHAPES = ((32, 64, 56, 56), (256, 512, 7, 7), (4096, 1024))
+PASSES = ("train", "infer", "fwd")
+TARGET_PASSES = ("train", "infer")
+FEWEST_BYTES = {"train": 20, "infer": 8, "fwd": 8}
+EPS = 1e-5
+WARMUP_SECONDS = float(os.environ.get("BATCHNORM_LIB_BENCH_WARMUP_S", "0.25"))  # per function
+MAX_WARMUP = 50
+
+
+def parse_shape(text):
+    try:
+        shape = tuple(int(v) for v in text.lower().replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        shape = ()
+    if len(shape) < 2 or len(shape) > 5 or any(v < 1 for v in shape):
+        raise argparse.ArgumentTypeError("shape must be 2 to 5 positive integers like 32,64,56,56")
+    return shape
+
+
+def build_parser(prog="cpu_bench"):
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Time batchnorm_lib's CPU batch norm against PyTorch's CPU batch norm (when "
+                    "installed) and a naive numpy formula, per shape and pass; print time, GB/s, "
+                    "the fraction of the measured copy bandwidth and the ratio to PyTorch, "
+                    "geomean last.")
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p):
+    p.add_argument("--shape", type=parse_shape, action="append", metavar="N,C[,...]",
+                   help="a shape to time (repeatable); default: %s"
+                        % " ".join(",".join(map(str, s)) for s in DEFAULT_SHAPES))
+    p.add_argument("--quick", action="store_true",
+                   help="three shapes and fewer repeats (%s)"
+                        % " ".join(",".join(map(str, s)) for s in QUICK_SHAPES))
+    p.add_argument("--pass", dest="passes", choices=PASSES, action="append",
+                   help="passes to time (repeatable; default: all of %s)" % ", ".join(PASSES))
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for both libraries (default: the cores this process may use)")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (default 7)")
+    p.add_argument("--per-round", type=int, default=3, help="calls per side per round (default 3)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per side first, for at least 0.25 s too (default 2)")
+    p.add_argument("--cpu-path", choices=("auto", "native", "numpy"), default=None,
+                   help="our CPU kernel path (default: BATCHNORM_LIB_CPU_KERNELS or auto)")
+    p.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
+    p.add_argument("--no-naive", action="store_true", help="do not time the naive numpy formula")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    return p
+
+
+# -- environment -----------------------------------------------------------------------------------
+
+def cpu_model():
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def git_commit():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here,
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                   cwd=here, capture_output=True, text=True, timeout=10).stdout
+            return out.stdout.strip() + ("+local changes" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def import_torch():
+    try:
+        import torch  # noqa: F401
+        import torch.nn.functional  # noqa: F401
+
+        return torch
+    except ImportError:
+        return None
+
+
+# -- timing ----------------------------------------------------------------------------------------
+
+def compare(fns, rounds, per_round, warmup):
+    """Median seconds per call of each function in ``fns`` (name -> callable), timed in
+    interleaved rounds so that load from elsewhere on the machine hits every side alike."""
+    times = {name: [] for name in fns}
+    for fn in fns.values():
+        # fresh buffers run slowly for their first few uses on some machines (first touch, page
+        # state), so warm up for a minimum time as well as a minimum count
+        t_end = time.perf_counter() + WARMUP_SECONDS
+        for i in range(MAX_WARMUP):
+            if i >= warmup and time.perf_counter() >= t_end:
+                break
+            fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def copy_bandwidth(nbytes, threads, rounds=9):
+    """GB/s of a copy of ``nbytes`` (read + write counted) with the kernels' threads."""
+    n = max(1, nbytes // 4)
+    src = np.ones(n, dtype=np.float32)
+    dst = np.zeros(n, dtype=np.float32)
+    try:
+        from batchnorm_lib.kernels import cpu_native
+
+        if not cpu_native.probe()[0]:
+            raise RuntimeError
+        copy = lambda: cpu_native.copy(src, dst)  # noqa: E731
+    except (ImportError, RuntimeError):
+        copy = lambda: np.copyto(dst, src)  # noqa: E731
+    t = compare({"copy": copy}, rounds, 3, 2)["copy"]
+    return 2 * n * 4 / t / 1e9
+
+
+# -- the three contestants -----------------------------------------------------------------------
+
+_MODULE_FOR_NDIM = {2: "BatchNorm", 3: "BatchNorm1D", 4: "BatchNorm2D", 5: "BatchNorm3D"}
+
+
+def ours(x, dy, scale, bias):
+    """(train, infer, fwd, results) closures over a batchnorm_lib module on the CPU backend."""
+    from batchnorm_lib import modules
+    from batchnorm_lib.backend import gpuarray
+
+    C = x.shape[1]
+    mod = getattr(modules, _MODULE_FOR_NDIM[x.ndim])(C)
+    mod.scale.set(scale.reshape(mod.scale.shape))
+    mod.bias.set(bias.reshape(mod.bias.shape))
+    data, grad = gpuarray.to_gpu(x), gpuarray.to_gpu(dy)
+
+    def train():
+        mod.trainMode()
+        mod(data)
+        mod.backward(grad)
+
+    def fwd():
+        mod.trainMode()
+        mod(data)
+
+    def infer():
+        mod.evalMode()
+        mod(data)
+
+    def results():
+        mod.trainMode()
+        y = mod(data).get()
+        mod.backward(grad)
+        return {"y": y, "dx": mod.grad.get(), "dscale": mod.vars["scale"].grad.get().ravel(),
+                "dbias": mod.vars["bias"].grad.get().ravel()}
+
+    return train, infer, fwd, results
+
+
+def pytorch(torch, x, dy, scale, bias):
+    F = torch.nn.functional
+    C = x.shape[1]
+    xt = torch.from_numpy(x.copy()).requires_grad_()
+    dyt = torch.from_numpy(dy.copy())
+    w = torch.from_numpy(scale.copy()).requires_grad_()
+    b = torch.from_numpy(bias.copy()).requires_grad_()
+    rm, rv = torch.zeros(C), torch.ones(C)
+
+    def train():
+        xt.grad = w.grad = b.grad = None
+        y = F.batch_norm(xt, rm, rv, w, b, training=True, momentum=0.1, eps=EPS)
+        y.backward(dyt)
+
+    def fwd():
+        with torch.no_grad():
+            F.batch_norm(xt, rm, rv, w, b, training=True, momentum=0.1, eps=EPS)
+
+    def infer():
+        with torch.no_grad():
+            F.batch_norm(xt, rm, rv, w, b, training=False, eps=EPS)
+
+    def results():
+        xt.grad = w.grad = b.grad = None
+        y = F.batch_norm(xt, rm, rv, w, b, training=True, momentum=0.1, eps=EPS)
+        y.backward(dyt)
+        return {"y": y.detach().numpy(), "dx": xt.grad.numpy(), "dscale": w.grad.numpy(),
+                "dbias": b.grad.numpy()}
+
+    return train, infer, fwd, results
+
+
+def naive(x, dy, scale, bias):
+    """The textbook formulas in numpy, one expression each (single-threaded, float32)."""
+    ax = (0,) + tuple(range(2, x.ndim))
+    cs = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    sc, bi = scale.reshape(cs), bias.reshape(cs)
+    rm, rv = np.zeros(cs, np.float32), np.ones(cs, np.float32)
+    m = x.size // x.shape[1]
+
+    def forward():
+        mean = x.mean(axis=ax, keepdims=True)
+        var = x.var(axis=ax, keepdims=True)
+        inv = 1.0 / np.sqrt(var + EPS)
+        xhat = (x - mean) * inv
+        return xhat * sc + bi, xhat, inv
+
+    def train():
+        _, xhat, inv = forward()
+        dbias = dy.sum(axis=ax, keepdims=True)
+        dscale = (dy * xhat).sum(axis=ax, keepdims=True)
+        return sc * inv * (dy - dbias / m - xhat * dscale / m)
+
+    def infer():
+        return (x - rm) / np.sqrt(rv + EPS) * sc + bi
+
+    return train, infer, forward
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+def _geomean(values):
+    values = [v for v in values if v and v > 0 and math.isfinite(v)]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def _max_rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
+
+
+def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=True,
+                  use_naive=True, progress=None):
+    """Time every (shape, pass); returns a dict with the environment and one row per pair.
+    ``progress(done, total, label)`` is called before each step when given."""
+    from batchnorm_lib import config
+    from batchnorm_lib.kernels import cpu as cpu_kernels
+
+    config.set_backend("cpu")
+    path = cpu_kernels.active_path()
+    threads_ours = cpu_kernels.set_num_threads(threads)
+    torch = import_torch() if use_torch else None
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+    env = {
+        "machine": cpu_model(), "cores": usable_cores(), "threads": threads,
+        "threads_ours": threads_ours if path == "native" else 1,
+        "threads_torch": torch.get_num_threads() if torch is not None else None,
+        "cpu_path": path,
+        "cpu_path_detail": __import__("batchnorm_lib.kernels.cpu_native", fromlist=["x"]).describe()
+        if path == "native" else "numpy",
+        "torch": torch.__version__ if torch is not None else None,
+        "numpy": np.__version__, "python": platform.python_version(),
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "rounds": rounds, "per_round": per_round, "warmup": warmup,
+    }
+    rows = []
+    total = len(shapes) * (len(passes) + 1)
+    done = 0
+    rng = np.random.default_rng(1234)
+    for shape in shapes:
+        label = "x".join(map(str, shape))
+        if progress:
+            progress(done, total, "%s: data, copy bandwidth, agreement" % label)
+        C = shape[1]
+        x = rng.standard_normal(shape, dtype=np.float32)
+        dy = rng.standard_normal(shape, dtype=np.float32)
+        scale = rng.uniform(0.5, 1.5, C).astype(np.float32)
+        bias = rng.uniform(-0.5, 0.5, C).astype(np.float32)
+        copy_gbs = copy_bandwidth(x.nbytes, threads)
+        contestants = {"ours": ours(x, dy, scale, bias)}
+        if torch is not None:
+            contestants["torch"] = pytorch(torch, x, dy, scale, bias)
+        agreement = None
+        if torch is not None:
+            a, b = contestants["ours"][3](), contestants["torch"][3]()
+            agreement = max(_max_rel(a[k], b[k]) for k in a)
+        done += 1
+        naive_fns = naive(x, dy, scale, bias) if use_naive else None
+        for p in passes:
+            if progress:
+                progress(done, total, "%s %s" % (label, p))
+            idx = {"train": 0, "infer": 1, "fwd": 2}[p]
+            fns = {name: c[idx] for name, c in contestants.items()}
+            t = compare(fns, rounds, per_round, warmup)
+            if naive_fns is not None:
+                # slow and single-threaded: a few calls are enough to place it
+                t["naive"] = compare({"naive": naive_fns[idx]}, 1, 3, 1)["naive"]
+            nbytes = FEWEST_BYTES[p] * x.size
+            row = {"shape": list(shape), "pass": p, "ms": {k: v * 1e3 for k, v in t.items()},
+                   "gbs": nbytes / t["ours"] / 1e9, "copy_gbs": copy_gbs,
+                   "frac": nbytes / t["ours"] / 1e9 / copy_gbs,
+                   "torch_gbs": nbytes / t["torch"] / 1e9 if "torch" in t else None,
+                   "ratio": t["torch"] / t["ours"] if "torch" in t else None,
+                   "max_rel_diff": agreement}
+            rows.append(row)
+            done += 1
+    if progress:
+        progress(done, total, "done")
+    summary = {}
+    for p in passes:
+        summary[p] = _geomean([r["ratio"] for r in rows if r["pass"] == p])
+    summary["target"] = _geomean([r["ratio"] for r in rows if r["pass"] in TARGET_PASSES])
+    return {"env": env, "rows": rows, "geomean": summary}
+
+
+def format_table(result, markdown=False):
+    env, rows = result["env"], result["rows"]
+    has_torch = any(r["ratio"] is not None for r in rows)
+    has_naive = any("naive" in r["ms"] for r in rows)
+    head = ["shape", "pass", "ours ms"]
+    if has_torch:
+        head += ["torch ms"]
+    if has_naive:
+        head += ["naive ms"]
+    head += ["ours GB/s", "copy GB/s", "of copy"]
+    if has_torch:
+        head += ["torch GB/s", "torch/ours"]
+    body = []
+    for r in rows:
+        line = ["x".join(map(str, r["shape"])), r["pass"], "%.3f" % r["ms"]["ours"]]
+        if has_torch:
+            line.append("%.3f" % r["ms"]["torch"])
+        if has_naive:
+            line.append("%.2f" % r["ms"]["naive"] if "naive" in r["ms"] else "-")
+        line += ["%.1f" % r["gbs"], "%.1f" % r["copy_gbs"], "%.0f%%" % (100 * r["frac"])]
+        if has_torch:
+            line += ["%.1f" % r["torch_gbs"], "%.2fx" % r["ratio"]]
+        body.append(line)
+    out = []
+    out.append("machine: %s, %d cores | threads: ours %s, torch %s | CPU path: %s"
+               % (env["machine"], env["cores"], env["threads_ours"], env["threads_torch"],
+                  env["cpu_path_detail"]))
+    out.append("torch %s, numpy %s, python %s | commit %s | %s"
+               % (env["torch"] or "not installed", env["numpy"], env["python"], env["commit"],
+                  env["date"]))
+    if markdown:
+        out.append("")
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|")
+        for line in body:
+            out.append("| " + " | ".join(line) + " |")
+        out.append("")
+    else:
+        widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+        fmt = lambda cells: "  ".join(c.rjust(w) if i >= 2 else c.ljust(w)  # noqa: E731
+                                      for i, (c, w) in enumerate(zip(cells, widths)))
+        out.append(fmt(head))
+        out.extend(fmt(b) for b in body)
+    if has_torch:
+        g = result["geomean"]
+        parts = ["%s %.2fx" % (p, g[p]) for p in PASSES if p in g]
+        out.append("geomean torch/ours: %s | target passes (%s) %.2fx"
+                   % (", ".join(parts), " + ".join(TARGET_PASSES), g["target"]))
+        diffs = [r["max_rel_diff"] for r in rows if r["max_rel_diff"] is not None]
+        if diffs:
+            out.append("largest difference from torch (y, dx, dscale, dbias; relative to max |value|): "
+                       "%.1e" % max(diffs))
+    return "\n".join(out)
+
+
+def _text_progress(done, total, label):
+    sys.stderr.write("\r[%d/%d] %-60s" % (done, total, label[:60]))
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def run_from_args(args, progress=None):
+    if args.cpu_path:
+        from batchnorm_lib.kernels import cpu as cpu_kernels
+
+        cpu_kernels.use(args.cpu_path)
+    shapes = args.shape or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
+    passes = tuple(dict.fromkeys(args.passes)) if args.passes else PASSES
+    rounds = min(args.rounds, 3) if args.quick else args.rounds
+    threads = args.threads or usable_cores()
+    result = run_benchmark(shapes, passes, threads, rounds, args.per_round, args.warmup,
+                           use_torch=not args.no_torch, use_naive=not args.no_naive,
+                           progress=progress)
+    print(format_table(result, markdown=args.markdown))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return run_from_args(args, progress=_text_progress if sys.stderr.isatty() else None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
