@@ -1,5 +1,5 @@
-"""GPU benchmark: our CUDA kernels against PyTorch's batch norm (cuDNN on and off), in one process on
-the same data, following DESIGN.md's performance method.
+"""GPU benchmark: our CUDA kernels against PyTorch's batch norm (cuDNN on and off), in one process
+on the same data, following DESIGN.md's performance method.
 
 For each shape and dtype it times inference, training forward and training backward with CUDA
 events on the default stream (both libraries share the device's primary context), takes the median
@@ -129,14 +129,15 @@ def main(argv=None):
     from batchnorm_lib import config
 
     if config.get_backend() != "cuda":
-        print("gpu_bench: the active backend is %r; run with BATCHNORM_LIB_BACKEND=cuda on a GPU host"
-              % config.get_backend(), file=sys.stderr)
+        print("gpu_bench: the active backend is %r; run with BATCHNORM_LIB_BACKEND=cuda on a GPU "
+              "host" % config.get_backend(), file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
         print("gpu_bench: PyTorch sees no CUDA device", file=sys.stderr)
         return 2
     torch.cuda.init()
     device = config.backend_module().device_name()
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     floor = copy_bandwidth(torch, args.repeats, args.warmup)
     rng = np.random.default_rng(0)
 
@@ -144,8 +145,7 @@ def main(argv=None):
         "# GPU benchmark",
         "",
         "device: %s; commit %s; %s; torch %s, cuDNN %s" % (
-            device, commit(), datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            torch.__version__, torch.backends.cudnn.version()),
+            device, commit(), when, torch.__version__, torch.backends.cudnn.version()),
         "",
         "Median of %d runs after %d warm-up runs, CUDA events. Copy bandwidth (floor): %.0f GB/s. "
         "GB/s counts the fewest bytes each operation must move; %% is that over the copy "

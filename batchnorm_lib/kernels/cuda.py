@@ -56,7 +56,8 @@ def _suffix(rt, dtype, *others):
 
 
 def _vector(s, dtype, *arrays):
-    """'_vec' (16-byte packs) when every data pointer is 16-byte aligned and rows are whole packs."""
+    """'_vec' (16-byte packs) when every data pointer is 16-byte aligned and rows are whole
+    packs."""
     width = 16 // np.dtype(dtype).itemsize
     if s % width == 0 and all(int(a.ptr) % 16 == 0 for a in arrays if a is not None):
         return "_vec", width
