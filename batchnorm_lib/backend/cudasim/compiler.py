@@ -341,10 +341,16 @@ class SourceModule:
             h.update(path.encode() + b"\0" + data + b"\0")
         key = h.hexdigest()[:32]
 
-        use_cache = cache_dir is not False
-        directory = (cache_dir if isinstance(cache_dir, str) else globals()["cache_dir"]()) \
-            if use_cache else tempfile.mkdtemp(prefix="cudasim-")
-        os.makedirs(directory, exist_ok=True)
+        if cache_dir is False:
+            directory = tempfile.mkdtemp(prefix="cudasim-")
+        else:
+            directory = cache_dir if isinstance(cache_dir, str) else globals()["cache_dir"]()
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError:  # e.g. a read-only home: a private directory under the temp dir
+                directory = os.path.join(tempfile.gettempdir(),
+                                         "batchnorm_lib-cudasim-%d" % os.getuid())
+                os.makedirs(directory, mode=0o700, exist_ok=True)
         so_path = os.path.join(directory, "cudasim-%s.so" % key)
         sym_path = so_path[:-3] + ".shared"
         src_path = so_path[:-3] + ".cu"
