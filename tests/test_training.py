@@ -1,4 +1,5 @@
-"""Linear, Activation, Sequential, CrossEntropy, the optimizers, the training loop and the train CLI.
+"""Linear, Activation, Sequential, CrossEntropy, the optimizers, the training loop, the train CLI
+and the cuBLAS adapter.
 
 Array cases take the ``backend`` fixture, so they run on every backend present (cpu, and cuda or
 cudasim where they work)."""

@@ -36,8 +36,8 @@ ENV_VAR = "BATCHNORM_LIB_CUBLAS"
 
 # newest first; scikit-cuda's own list stops at 10.1
 _VERSIONS = ("13", "12", "11", "10")
-_SEARCH_DIRS = ("/usr/local/cuda/lib64", "/usr/local/cuda/lib", "/usr/local/cuda/targets/x86_64-linux/lib",
-                "/usr/lib/x86_64-linux-gnu")
+_SEARCH_DIRS = ("/usr/local/cuda/lib64", "/usr/local/cuda/lib",
+                "/usr/local/cuda/targets/x86_64-linux/lib", "/usr/lib/x86_64-linux-gnu")
 
 CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
 

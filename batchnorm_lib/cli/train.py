@@ -148,7 +148,8 @@ def run(args):
     missing = missing_extras(not args.no_plot)
     if missing:
         print("error: the train command needs %s, which %s not installed.\n"
-              "Install the examples extra: %s\n(from a source checkout: pip install -e \".[examples]\")%s"
+              "Install the examples extra: %s\n"
+              "(from a source checkout: pip install -e \".[examples]\")%s"
               % (", ".join(missing), "is" if len(missing) == 1 else "are", INSTALL_HINT,
                  "\n(or pass --no-plot to skip the curves and matplotlib)"
                  if "matplotlib" in missing else ""), file=sys.stderr)

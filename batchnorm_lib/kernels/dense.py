@@ -12,7 +12,8 @@ unless said otherwise; "in place" results are written into the named argument.
 ``add_bias(out, bias)``
     ``out[i, :] += bias`` for an (N, M) ``out`` and an M-element ``bias``.
 ``bias_grad(grad, out, alpha, beta)``
-    ``out = alpha * grad.sum(axis=0) + beta * out`` for an (N, M) ``grad``; ``beta == 0`` overwrites.
+    ``out = alpha * grad.sum(axis=0) + beta * out`` for an (N, M) ``grad``; ``beta == 0``
+    overwrites.
 ``activation_forward(kind, x, out)``
     ``out = f(x)`` elementwise; ``kind`` is one of ``ACTIVATIONS``.
 ``activation_backward(kind, grad, y, dx)``

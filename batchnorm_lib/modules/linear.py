@@ -1,4 +1,5 @@
-"""Linear: the fully connected layer ``y = x @ W + b`` (PuzzleLib's layout: W is (insize, outsize))."""
+"""Linear: the fully connected layer ``y = x @ W + b`` (PuzzleLib's layout: W is (insize,
+outsize))."""
 
 import math
 import numbers

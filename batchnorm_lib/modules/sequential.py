@@ -11,8 +11,9 @@ class Sequential(Module):
     """``seq = Sequential(); seq.append(Linear(64, 32)); seq.append(Activation(relu))``.
 
     ``seq(data)`` runs the children in order, ``seq.backward(grad)`` in reverse. Parameters are the
-    children's: ``seq.vars`` maps ``"<index>.<name>"`` (``"0.W"``, ``"1.scale"``, ...) to the children's
-    own Variable objects, so optimizers set up on the Sequential update the children in place.
+    children's: ``seq.vars`` maps ``"<index>.<name>"`` (``"0.W"``, ``"1.scale"``, ...) to the
+    children's own Variable objects, so optimizers set up on the Sequential update the children in
+    place.
     """
 
     def __init__(self, modules=None, name=None):
@@ -148,7 +149,8 @@ class Sequential(Module):
             step()
 
     def __str__(self):
-        return "Sequential of %d modules (name: %s)" % (len(getattr(self, "modules", ())), self.name)
+        count = len(getattr(self, "modules", ()))
+        return "Sequential of %d modules (name: %s)" % (count, self.name)
 
 
 def _arrays_of(mod):
@@ -161,7 +163,7 @@ def _arrays_of(mod):
 
 
 def _stage(mod, contents, prefix, path):
-    """Check ``mod``'s part of ``contents`` (keys under ``prefix``) and return the steps that apply it."""
+    """Check ``mod``'s part of ``contents`` (keys under ``prefix``); return steps that apply it."""
     if isinstance(mod, Sequential):
         steps = []
         for i, child in enumerate(mod.modules):

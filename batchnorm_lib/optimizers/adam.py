@@ -26,4 +26,5 @@ class Adam(Optimizer):
 
     def updateVar(self, var, state):
         dense.ops().adam_update(var.data, var.grad, state["mg"], state["ms"],
-                                self.learnRate * var.learnRate, self.beta1, self.beta2, self.epsilon)
+                                self.learnRate * var.learnRate, self.beta1, self.beta2,
+                                self.epsilon)

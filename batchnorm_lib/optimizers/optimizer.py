@@ -30,7 +30,8 @@ def check_rate(owner, name, value, low=0.0, high=None, open_high=False, open_low
     try:
         value = float(value)
     except (TypeError, ValueError):
-        raise OptimizerError("%s: %s must be a real number, got %r" % (owner, name, value)) from None
+        raise OptimizerError("%s: %s must be a real number, got %r"
+                             % (owner, name, value)) from None
     bad = not math.isfinite(value) or value < low or (open_low and value == low)
     if high is not None:
         bad = bad or value > high or (open_high and value == high)

@@ -26,5 +26,5 @@ class MomentumSGD(SGD):
         return {"mom": self._zeros_like(var)}
 
     def updateVar(self, var, state):
-        dense.ops().momentum_update(var.data, var.grad, state["mom"], self.learnRate * var.learnRate,
-                                    self.momRate * var.momRate)
+        dense.ops().momentum_update(var.data, var.grad, state["mom"],
+                                    self.learnRate * var.learnRate, self.momRate * var.momRate)

@@ -85,7 +85,8 @@ def evaluate(net, x, y, batch_size=512):
 
 
 def batches(n, batch_size, rng):
-    """Shuffled index batches; a final batch of one sample is dropped (batch statistics need two)."""
+    """Shuffled index batches; a final batch of one sample is dropped (batch statistics need
+    two)."""
     order = rng.permutation(n)
     for i in range(0, n, batch_size):
         idx = order[i:i + batch_size]
