@@ -125,6 +125,24 @@ def git_commit():
     return "unknown"
 
 
+def machine_load():
+    """(1-minute load average, CPU pressure 'some avg10' in percent) where Linux reports them."""
+    load = pressure = None
+    try:
+        with open("/proc/loadavg") as f:
+            load = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/proc/pressure/cpu") as f:
+            for line in f:
+                if line.startswith("some"):
+                    pressure = float(line.split("avg10=")[1].split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return load, pressure
+
+
 def import_torch():
     try:
         import torch  # noqa: F401
@@ -312,6 +330,7 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "rounds": rounds, "per_round": per_round, "warmup": warmup,
     }
+    env["load_before"] = machine_load()
     rows = []
     total = len(shapes) * (len(passes) + 1)
     done = 0
@@ -355,11 +374,20 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
             done += 1
     if progress:
         progress(done, total, "done")
+    env["load_after"] = machine_load()
     summary = {}
     for p in passes:
         summary[p] = _geomean([r["ratio"] for r in rows if r["pass"] == p])
     summary["target"] = _geomean([r["ratio"] for r in rows if r["pass"] in TARGET_PASSES])
     return {"env": env, "rows": rows, "geomean": summary}
+
+
+def _busy(load):
+    """Whether (load average, CPU pressure) says other work competed for the cores."""
+    avg, psi = load
+    if psi is not None:
+        return psi > 10.0
+    return avg is not None and avg > usable_cores() + 0.5
 
 
 def format_table(result, markdown=False):
@@ -392,6 +420,15 @@ def format_table(result, markdown=False):
     out.append("torch %s, numpy %s, python %s | commit %s | %s"
                % (env["torch"] or "not installed", env["numpy"], env["python"], env["commit"],
                   env["date"]))
+    lb, la = env.get("load_before"), env.get("load_after")
+    if lb and la:
+        fmt_load = lambda v: "-" if v is None else "%.2f" % v  # noqa: E731
+        fmt_psi = lambda v: "-" if v is None else "%.0f%%" % v  # noqa: E731
+        out.append("machine load: 1-min load average %s before, %s after; CPU pressure (avg10) "
+                   "%s before, %s after%s"
+                   % (fmt_load(lb[0]), fmt_load(la[0]), fmt_psi(lb[1]), fmt_psi(la[1]),
+                      " -- other processes competed for the cores, times are noisy"
+                      if _busy(lb) or _busy(la) else ""))
     if markdown:
         out.append("")
         out.append("| " + " | ".join(head) + " |")

@@ -46,6 +46,9 @@
 #ifndef BWD_TILE_BYTES
 #define BWD_TILE_BYTES (512 * 1024)      /* backward tile, per array (x and dy) */
 #endif
+#ifndef MIN_FUSED_RUN
+#define MIN_FUSED_RUN 64                 /* floats: shortest contiguous run worth a fused tile */
+#endif
 #ifndef ELEMWISE_CHUNK
 #define ELEMWISE_CHUNK (16 * 1024)       /* floats per task in purely elementwise passes */
 #endif
@@ -68,6 +71,12 @@ static inline vf splat(float s)
         v[k] = s;
     return v;
 }
+
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH(p) __builtin_prefetch((p), 0, 2)
+#else
+#define PREFETCH(p) ((void)0)
+#endif
 
 static int g_threads = 0;
 
@@ -255,6 +264,24 @@ static void row_affine(const float *x, float *o, i64 S, float m, float a, float 
         o[i] = (x[i] - m) * a + b;
 }
 
+/* row_affine, prefetching pf[0..S) (the next tile) into L2 as it goes */
+static void row_affine_pf(const float *x, float *o, i64 S, float m, float a, float b,
+                          const float *pf)
+{
+    if (!pf) {
+        row_affine(x, o, S, m, a, b);
+        return;
+    }
+    vf mv = splat(m), av = splat(a), bv = splat(b);
+    i64 i = 0;
+    for (; i + LANES <= S; i += LANES) {
+        PREFETCH(pf + i);
+        st(o + i, (ld(x + i) - mv) * av + bv);
+    }
+    for (; i < S; i++)
+        o[i] = (x[i] - m) * a + b;
+}
+
 static void row_scale(const float *x, float *o, i64 S, float a)
 {
     vf av = splat(a);
@@ -332,7 +359,7 @@ static plan_t make_plan(i64 N, i64 C, i64 S, i64 tile_bytes)
             g = 1;
         /* prefer whole-channel tiles (one read of x) while rows stay at least 64 floats long */
         i64 gfit = tile_bytes / ((i64)sizeof(float) * N * S);
-        if (gfit < g && gfit * S >= 64)
+        if (gfit < g && gfit * S >= MIN_FUSED_RUN)
             g = gfit;
         if (g > C)
             g = C;
@@ -581,18 +608,21 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
 
     if (S >= SHORT_S) {
         i64 ntask = C * p.nrb;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
         for (i64 t = 0; t < ntask; t++) {
             i64 c = t / p.nrb, rb = t % p.nrb;
             i64 n0 = rb * p.B, n1 = n0 + p.B < N ? n0 + p.B : N;
             stat_t s = tile_stats_long(x + c * S, rs, n0, n1, S);
             part[c * p.nrb + rb] = s;
             if (fused) {
-                /* whole channel in this tile: finish it here and normalize from cache */
+                /* whole channel in this tile: finish it here and normalize from cache, while
+                 * prefetching this thread's next channel (static schedule: c + nt) */
                 float inv = invstd_f32(s.m2 / s.n, eps);
                 float mc = (float)s.mean, a = scale[c] * inv, b = bias[c];
+                i64 cn = c + nt < C ? c + nt : -1;
                 for (i64 n = 0; n < N; n++)
-                    row_affine(x + n * rs + c * S, out + n * rs + c * S, S, mc, a, b);
+                    row_affine_pf(x + n * rs + c * S, out + n * rs + c * S, S, mc, a, b,
+                                  cn >= 0 ? x + n * rs + cn * S : NULL);
             }
         }
     } else {
