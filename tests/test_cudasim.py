@@ -528,6 +528,23 @@ def test_driver_and_gpuarray_surface():
         z.set(np.zeros(3, np.float32))
 
 
+def test_pool_survives_garbage_cycles():
+    """An array dropped inside a reference cycle (a failed test's traceback) gives its block back
+    to the pool; the collector must not free a block the pool then hands out again."""
+    import gc
+
+    pool = tools.DeviceMemoryPool()
+    for _ in range(3):
+        a = gpuarray.to_gpu(np.arange(100, dtype=np.float32), allocator=pool.allocate)
+        cycle = [a]
+        cycle.append(cycle)
+        del a, cycle
+        gc.collect()
+        b = gpuarray.to_gpu(np.ones(100, np.float32), allocator=pool.allocate)
+        assert b.get().sum() == 100
+        del b
+
+
 def test_backend_surface_and_kernel_report():
     rt = cudasim.runtime()
     assert rt.api.driver is driver and rt.name == "cudasim"

@@ -129,10 +129,11 @@ class _Registry:
 registry = _Registry()
 
 
-class DeviceAllocation:
-    """pycuda's ``DeviceAllocation``: ``int()`` is the device address; ``free()`` releases it."""
+class _Block:
+    """Raw simulated device memory: an address and what to unmap. No finalizer on purpose, so a
+    pool holding blocks cannot see one freed by the garbage collector behind its back."""
 
-    __slots__ = ("_ptr", "_size", "_map", "_maplen", "_buf", "__weakref__")
+    __slots__ = ("ptr", "size", "map", "maplen", "buf")
 
     def __init__(self, nbytes):
         nbytes = int(nbytes)
@@ -140,8 +141,8 @@ class DeviceAllocation:
             raise LogicError("cuMemAlloc failed: invalid argument (negative size %d)" % nbytes)
         rounded = max(ALIGNMENT, -(-nbytes // ALIGNMENT) * ALIGNMENT)
         data_pages = -(-rounded // PAGE)
-        self._size = nbytes
-        self._buf = None
+        self.size = nbytes
+        self.buf = None
         try:
             libc = _load_libc()
             maplen = (data_pages + 2) * PAGE
@@ -150,32 +151,46 @@ class DeviceAllocation:
                 raise OSError(ctypes.get_errno(), "mmap failed")
             libc.mprotect(base, PAGE, _PROT_NONE)
             libc.mprotect(base + (data_pages + 1) * PAGE, PAGE, _PROT_NONE)
-            self._map, self._maplen = base, maplen
-            self._ptr = base + PAGE + data_pages * PAGE - rounded
+            self.map, self.maplen = base, maplen
+            self.ptr = base + PAGE + data_pages * PAGE - rounded
         except (OSError, AttributeError):  # no mmap through libc here: plain host memory
-            self._map = None
-            self._buf = np.empty(rounded + ALIGNMENT, np.uint8)
-            addr = self._buf.ctypes.data
-            self._ptr = -(-addr // ALIGNMENT) * ALIGNMENT
-        ctypes.memset(self._ptr, 0xFF, rounded)
-        registry.add(self._ptr, nbytes)
+            self.map = None
+            self.buf = np.empty(rounded + ALIGNMENT, np.uint8)
+            addr = self.buf.ctypes.data
+            self.ptr = -(-addr // ALIGNMENT) * ALIGNMENT
+        ctypes.memset(self.ptr, 0xFF, rounded)
+        registry.add(self.ptr, nbytes)
+
+    def release(self):
+        if self.ptr is None:
+            return
+        registry.remove(self.ptr)
+        self.ptr = None
+        if self.map is not None:
+            _load_libc().munmap(self.map, self.maplen)
+            self.map = None
+        self.buf = None
+
+
+class DeviceAllocation:
+    """pycuda's ``DeviceAllocation``: ``int()`` is the device address; ``free()`` releases it, and
+    so does garbage collection."""
+
+    __slots__ = ("_block", "__weakref__")
+
+    def __init__(self, nbytes):
+        self._block = _Block(nbytes)
 
     def __int__(self):
-        if self._ptr is None:
+        ptr = self._block.ptr
+        if ptr is None:
             raise LogicError("the device allocation was freed")
-        return self._ptr
+        return ptr
 
     __index__ = __int__
 
     def free(self):
-        if self._ptr is None:
-            return
-        registry.remove(self._ptr)
-        self._ptr = None
-        if self._map is not None:
-            _load_libc().munmap(self._map, self._maplen)
-            self._map = None
-        self._buf = None
+        self._block.release()
 
     def __del__(self):
         try:
@@ -184,7 +199,7 @@ class DeviceAllocation:
             pass
 
     def __repr__(self):
-        return "<DeviceAllocation 0x%x, %d bytes>" % (self._ptr or 0, self._size)
+        return "<DeviceAllocation 0x%x, %d bytes>" % (self._block.ptr or 0, self._block.size)
 
 
 def mem_alloc(nbytes):

@@ -1,7 +1,9 @@
 """Simulated ``pycuda.tools``: ``DeviceMemoryPool``.
 
 Freed blocks are kept for reuse by exact size (pycuda bins sizes coarsely; exact sizes keep the
-guard page right behind every array, so overruns still fault).
+guard page right behind every array, so overruns still fault). The pool holds raw blocks without
+finalizers: an allocation dropped inside a reference cycle returns its block to the pool, and the
+garbage collector cannot free a block the pool still holds.
 """
 
 import threading
@@ -10,15 +12,15 @@ from batchnorm_lib.backend.cudasim import driver
 
 
 class PooledDeviceAllocation:
-    __slots__ = ("_pool", "_alloc", "_size", "__weakref__")
+    __slots__ = ("_pool", "_block", "_size", "__weakref__")
 
-    def __init__(self, pool, alloc, size):
-        self._pool, self._alloc, self._size = pool, alloc, size
+    def __init__(self, pool, block, size):
+        self._pool, self._block, self._size = pool, block, size
 
     def __int__(self):
-        if self._alloc is None:
+        if self._block is None or self._block.ptr is None:
             raise driver.LogicError("the pooled allocation was freed")
-        return int(self._alloc)
+        return self._block.ptr
 
     __index__ = __int__
 
@@ -27,9 +29,9 @@ class PooledDeviceAllocation:
         return self._size
 
     def free(self):
-        alloc, self._alloc = self._alloc, None
-        if alloc is not None:
-            self._pool._give_back(self._size, alloc)
+        block, self._block = self._block, None
+        if block is not None:
+            self._pool._give_back(self._size, block)
 
     def __del__(self):
         try:
@@ -40,7 +42,6 @@ class PooledDeviceAllocation:
 
 class DeviceMemoryPool:
     def __init__(self, allocator=None):
-        self._allocator = allocator or driver.mem_alloc
         self._held = {}
         self._lock = threading.Lock()
         self._holding = True
@@ -55,28 +56,28 @@ class DeviceMemoryPool:
         nbytes = int(nbytes)
         with self._lock:
             bin_ = self._held.get(nbytes)
-            alloc = bin_.pop() if bin_ else None
+            block = bin_.pop() if bin_ else None
             self.active_blocks += 1
-        if alloc is None:
-            alloc = self._allocator(nbytes)
+        if block is None:
+            block = driver._Block(nbytes)
         else:  # a reused block reads as uninitialised memory, as a fresh one does
-            driver.memset_d8(alloc, 0xFF, nbytes)
-        return PooledDeviceAllocation(self, alloc, nbytes)
+            driver.memset_d8(block.ptr, 0xFF, nbytes)
+        return PooledDeviceAllocation(self, block, nbytes)
 
-    def _give_back(self, nbytes, alloc):
+    def _give_back(self, nbytes, block):
         with self._lock:
             self.active_blocks -= 1
             if self._holding:
-                self._held.setdefault(nbytes, []).append(alloc)
+                self._held.setdefault(nbytes, []).append(block)
                 return
-        alloc.free()
+        block.release()
 
     def free_held(self):
         with self._lock:
             held, self._held = self._held, {}
         for blocks in held.values():
-            for alloc in blocks:
-                alloc.free()
+            for block in blocks:
+                block.release()
 
     def stop_holding(self):
         self._holding = False
