@@ -49,6 +49,9 @@
 #ifndef MIN_FUSED_RUN
 #define MIN_FUSED_RUN 64                 /* floats: shortest contiguous run worth a fused tile */
 #endif
+#ifndef ROW_LANES
+#define ROW_LANES (32 * 1024)            /* lanes: whole rows as one group up to this length */
+#endif
 #ifndef ELEMWISE_CHUNK
 #define ELEMWISE_CHUNK (16 * 1024)       /* floats per task in purely elementwise passes */
 #endif
@@ -686,6 +689,18 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
     return rc;
 }
 
+/* Channels per lane group of the short-row elementwise passes: whole rows where their lane arrays
+ * stay small, so every task is one contiguous block of memory; else about LANE_TARGET lanes. */
+static i64 elementwise_group(i64 C, i64 S)
+{
+    if (C * S <= ROW_LANES)
+        return C;
+    i64 G = LANE_TARGET / S;
+    if (G < 1)
+        G = 1;
+    return G > C ? C : G;
+}
+
 /* out = (x - m[c]) * a[c] + b[c], or out = x * a[c] when m is NULL; out may be x */
 static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S, const float *m,
                        const float *a, const float *b)
@@ -705,11 +720,7 @@ static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S, const fl
         return 0;
     }
     /* lane groups of whole channels, row blocks of about ELEMWISE_CHUNK floats */
-    i64 G = LANE_TARGET / S;
-    if (G < 1)
-        G = 1;
-    if (G > C)
-        G = C;
+    i64 G = elementwise_group(C, S);
     i64 L = G * S, ngroups = ceil_div(C, G);
     i64 B = ELEMWISE_CHUNK / L;
     if (B < 1)
@@ -924,11 +935,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                 row_dx(x + t * S, dy + t * S, dx + t * S, S, b.m, b.k, b.c0, b.c1);
             }
         } else {
-            i64 G = LANE_TARGET / S;
-            if (G < 1)
-                G = 1;
-            if (G > C)
-                G = C;
+            i64 G = elementwise_group(C, S);
             i64 L = G * S, ngroups = ceil_div(C, G);
             i64 B = ELEMWISE_CHUNK / L;
             if (B < 1)
