@@ -121,6 +121,7 @@ struct Fiber {
 struct Warp {
     unsigned arrived;  // lanes waiting at the current warp operation
     unsigned exists;   // lanes that exist in this (possibly partial) warp
+    unsigned exited;   // lanes that have returned
     int op;
     unsigned mask;
     const char* file;
@@ -318,6 +319,13 @@ static inline void yield_from(Fiber* self) {
     switch_to(self, next);
 }
 
+// The lanes a warp operation waits for: those named in its mask that exist and have not exited.
+// CUDA requires every *non-exited* lane named in the mask to take part; lanes that exited (or that
+// a partial warp lacks) are not waited for, and reading their value gives poison.
+static inline unsigned warp_needed(const Warp& w) { return w.mask & w.exists & ~w.exited; }
+
+static void warp_try_complete(Warp& w, Fiber* base);
+
 static void thread_exit() {
     Fiber* self = g.cur;
     self->state = EXITED;
@@ -331,12 +339,8 @@ static void thread_exit() {
              g.barrier_file, g.barrier_line);
     }
     Warp& w = g.warps[self->warp];
-    if (w.arrived && (w.mask >> self->lane & 1u)) {
-        char who[96];
-        describe_thread(who, sizeof who, self);
-        fail("%s (lane %d) exited while lanes 0x%08x of its warp wait for it at %s(mask 0x%08x) "
-             "%s:%d", who, self->lane, w.arrived, kOpNames[w.op], w.mask, w.file, w.line);
-    }
+    w.exited |= 1u << self->lane;
+    warp_try_complete(w, self - self->lane);
     Fiber* next = pick_ready();
     switch_to(self, next);
     abort();
@@ -357,7 +361,7 @@ static int syncthreads_impl(int kind, int pred, const char* file, int line) {
         fail("%s reached __syncthreads() %s:%d after %s had exited: the barrier can never complete "
              "(divergent __syncthreads or an early return)", who, file, line, gone);
     }
-    if (g.warps[self->warp].arrived) {
+    if (g.warps[self->warp].arrived && (warp_needed(g.warps[self->warp]) >> self->lane & 1u)) {
         const Warp& w = g.warps[self->warp];
         char who[96];
         describe_thread(who, sizeof who, self);
@@ -426,8 +430,46 @@ static uint64_t reduce_value(int op, unsigned mask) {
 
 static const uint64_t kPoison = 0xffffffffffffffffULL;
 
+
+// Complete the pending operation of warp `w` once every needed lane has arrived: compute each
+// lane's result and make them all runnable (they resume in shuffled order).
+static void warp_try_complete(Warp& w, Fiber* base) {
+    const unsigned need = warp_needed(w);
+    if (w.arrived == 0 || w.arrived != need) return;
+    const int op = w.op;
+    w.arrived = 0;
+    unsigned votes = 0;
+    for (int l = 0; l < 32; ++l)
+        if ((need >> l & 1u) && base[l].in) votes |= 1u << l;
+    uint64_t reduced = op >= OP_REDUCE_ADD ? reduce_value(op, need) : 0;
+    for (int l = 0; l < 32; ++l) {
+        if (!(need >> l & 1u)) continue;
+        Fiber* f = &base[l];
+        switch (op) {
+            case OP_SYNCWARP: f->out = 0; break;
+            case OP_BALLOT: f->out = votes; break;
+            case OP_ALL: f->out = votes == need; break;
+            case OP_ANY: f->out = votes != 0; break;
+            case OP_MATCH_ANY: {
+                unsigned m = 0;
+                for (int k = 0; k < 32; ++k)
+                    if ((need >> k & 1u) && base[k].in == f->in) m |= 1u << k;
+                f->out = m;
+                break;
+            }
+            case OP_SHFL: case OP_SHFL_UP: case OP_SHFL_DOWN: case OP_SHFL_XOR:
+                // reading a lane outside the mask, exited or absent is undefined: poison
+                f->out = (f->src >= 0 && f->src < 32 && (need >> f->src & 1u)) ? base[f->src].in
+                                                                               : kPoison;
+                break;
+            default: f->out = reduced; break;
+        }
+        make_ready(f);
+    }
+}
+
 // Every lane named in `mask` deposits `in` (and the lane it wants to read, for shuffles); the last
-// to arrive computes all results; all resume in shuffled order.
+// to arrive computes all results.
 static uint64_t warp_op(int op, unsigned mask, uint64_t in, int src, const char* file, int line) {
     Fiber* self = g.cur;
     Warp& w = g.warps[self->warp];
@@ -436,11 +478,6 @@ static uint64_t warp_op(int op, unsigned mask, uint64_t in, int src, const char*
         describe_thread(who, sizeof who, self);
         fail("%s (lane %d) calls %s with mask 0x%08x, which does not name the calling lane (%s:%d)",
              who, self->lane, kOpNames[op], mask, file, line);
-    }
-    if (mask & ~w.exists) {
-        describe_thread(who, sizeof who, self);
-        fail("%s calls %s with mask 0x%08x but its warp has only lanes 0x%08x (block of %d "
-             "threads) (%s:%d)", who, kOpNames[op], mask, w.exists, g.nthreads, file, line);
     }
     if (w.arrived == 0) {
         w.op = op;
@@ -454,13 +491,6 @@ static uint64_t warp_op(int op, unsigned mask, uint64_t in, int src, const char*
              kOpNames[w.op], w.mask, w.file, w.line);
     }
     Fiber* base = self - self->lane;
-    for (int l = 0; l < 32; ++l) {
-        if ((mask >> l & 1u) && base[l].state == EXITED) {
-            describe_thread(who, sizeof who, self);
-            fail("%s calls %s(mask 0x%08x) at %s:%d but lane %d of its warp has exited",
-                 who, kOpNames[op], mask, file, line, l);
-        }
-    }
     self->state = AT_WARP;
     self->file = file;
     self->line = line;
@@ -469,37 +499,7 @@ static uint64_t warp_op(int op, unsigned mask, uint64_t in, int src, const char*
     self->in = in;
     self->src = src;
     w.arrived |= 1u << self->lane;
-    if (w.arrived == mask) {
-        w.arrived = 0;
-        unsigned votes = 0;
-        for (int l = 0; l < 32; ++l)
-            if ((mask >> l & 1u) && base[l].in) votes |= 1u << l;
-        uint64_t reduced = op >= OP_REDUCE_ADD ? reduce_value(op, mask) : 0;
-        for (int l = 0; l < 32; ++l) {
-            if (!(mask >> l & 1u)) continue;
-            Fiber* f = &base[l];
-            switch (op) {
-                case OP_SYNCWARP: f->out = 0; break;
-                case OP_BALLOT: f->out = votes; break;
-                case OP_ALL: f->out = votes == mask; break;
-                case OP_ANY: f->out = votes != 0; break;
-                case OP_MATCH_ANY: {
-                    unsigned m = 0;
-                    for (int k = 0; k < 32; ++k)
-                        if ((mask >> k & 1u) && base[k].in == f->in) m |= 1u << k;
-                    f->out = m;
-                    break;
-                }
-                case OP_SHFL: case OP_SHFL_UP: case OP_SHFL_DOWN: case OP_SHFL_XOR:
-                    // reading a lane outside the mask (or that does not exist) is undefined
-                    f->out = (f->src >= 0 && f->src < 32 && (mask >> f->src & 1u)) ? base[f->src].in
-                                                                                 : kPoison;
-                    break;
-                default: f->out = reduced; break;
-            }
-            make_ready(f);
-        }
-    }
+    warp_try_complete(w, base);
     yield_from(self);
     return self->out;
 }
@@ -605,6 +605,7 @@ static void run_block() {
     g.nready = 0;
     for (int w = 0; w < 32; ++w) {
         g.warps[w].arrived = 0;
+        g.warps[w].exited = 0;
         int first = w * 32;
         int count = std::min(32, std::max(0, n - first));
         g.warps[w].exists = count == 32 ? 0xffffffffu : ((1u << count) - 1u);
@@ -861,8 +862,12 @@ static inline int __cudasim_reduce_max(unsigned mask, int v, const char* f, int 
 #define __reduce_min_sync(mask, v) __cudasim_reduce_min((mask), (v), __FILE__, __LINE__)
 #define __reduce_max_sync(mask, v) __cudasim_reduce_max((mask), (v), __FILE__, __LINE__)
 
-// Which lanes are active is not observable between barriers here; report every existing lane.
-static inline unsigned __activemask() { return cudasim::g.warps[cudasim::g.cur->warp].exists; }
+// Which lanes are active is not observable between barriers here; report every lane that exists
+// and has not exited.
+static inline unsigned __activemask() {
+    const cudasim::Warp& w = cudasim::g.warps[cudasim::g.cur->warp];
+    return w.exists & ~w.exited;
+}
 static inline unsigned __lanemask_lt() { return (1u << __cudasim_lane()) - 1u; }
 
 static inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
