@@ -84,6 +84,9 @@ def add_arguments(p):
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per side first, for at least 0.25 s too (default 2)")
     p.add_argument("--cpu-path", choices=("auto", "native", "numpy"), default=None,
                    help="our CPU kernel path (default: BATCHNORM_LIB_CPU_KERNELS or auto)")
+    p.add_argument("--settle", type=float, default=0.0, metavar="SECONDS",
+                   help="before each shape, wait up to this long for the machine's CPU pressure "
+                        "(Linux PSI, avg10) to fall below 5%% (default 0: do not wait)")
     p.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
     p.add_argument("--no-naive", action="store_true", help="do not time the naive numpy formula")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
@@ -303,8 +306,18 @@ def _max_rel(a, b):
     return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
 
 
+def wait_for_quiet(max_seconds, threshold=5.0):
+    """Sleep until the CPU pressure (avg10) is below ``threshold`` percent or time runs out."""
+    t_end = time.monotonic() + max_seconds
+    while time.monotonic() < t_end:
+        psi = machine_load()[1]
+        if psi is None or psi < threshold:
+            return
+        time.sleep(1.0)
+
+
 def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=True,
-                  use_naive=True, progress=None):
+                  use_naive=True, progress=None, settle=0.0):
     """Time every (shape, pass); returns a dict with the environment and one row per pair.
     ``progress(done, total, label)`` is called before each step when given."""
     from batchnorm_lib import config
@@ -337,6 +350,10 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
     rng = np.random.default_rng(1234)
     for shape in shapes:
         label = "x".join(map(str, shape))
+        if settle > 0:
+            if progress:
+                progress(done, total, "%s: waiting for a quiet machine" % label)
+            wait_for_quiet(settle)
         if progress:
             progress(done, total, "%s: data, copy bandwidth, agreement" % label)
         C = shape[1]
@@ -472,7 +489,7 @@ def run_from_args(args, progress=None):
     threads = args.threads or usable_cores()
     result = run_benchmark(shapes, passes, threads, rounds, args.per_round, args.warmup,
                            use_torch=not args.no_torch, use_naive=not args.no_naive,
-                           progress=progress)
+                           progress=progress, settle=args.settle)
     print(format_table(result, markdown=args.markdown))
     if args.json:
         with open(args.json, "w") as f:
