@@ -34,6 +34,7 @@ from batchnorm_lib.backend.cudasim.driver import CompileError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNTIME_HEADER = os.path.join(HERE, "cudasim_runtime.h")
+SHIM_DIR = os.path.join(HERE, "shim")  # crt/host_defines.h for header sets without crt/
 CACHE_ENV = "BATCHNORM_LIB_CUDASIM_CACHE"
 DEBUG_ENV = "BATCHNORM_LIB_CUDASIM_DEBUG"
 SEED_ENV = "BATCHNORM_LIB_CUDASIM_SEED"
@@ -79,6 +80,16 @@ def find_cuda_include():
 
 
 _cxx_version = {}
+
+
+def _sibling_includes(inc):
+    """The other nvidia/*/include directories beside a pip-wheel include directory (the runtime
+    wheel's cuda_fp16.h needs nv/target from the cccl wheel), else []."""
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(inc)))
+    if os.path.basename(parent) != "nvidia":
+        return []
+    return [d for d in sorted(glob.glob(os.path.join(parent, "*", "include")))
+            if os.path.abspath(d) != os.path.abspath(inc)]
 
 
 def _compiler_version(cxx):
@@ -331,6 +342,8 @@ class SourceModule:
                   "-pthread", "-w"]
         flags += ["-DCUDASIM_ARCH=%d" % arch_number]
         flags += ["-I" + d for d in include_dirs] + ["-I" + cuda_inc]
+        for extra in _sibling_includes(cuda_inc) + [SHIM_DIR]:
+            flags += ["-idirafter", extra]
         with open(RUNTIME_HEADER, "rb") as f:
             runtime = f.read()
         h = hashlib.sha256()
