@@ -565,6 +565,18 @@ def test_pool_survives_garbage_cycles():
         del b
 
 
+def test_probe_says_what_is_missing(monkeypatch):
+    monkeypatch.setattr(cudasim, "_probe_result", None)
+    monkeypatch.setattr(compiler, "find_cxx", lambda: None)
+    ok, reason = cudasim.probe()
+    assert not ok and "C++ compiler" in reason
+    monkeypatch.setattr(cudasim, "_probe_result", None)
+    monkeypatch.setattr(compiler, "find_cxx", lambda: "/usr/bin/g++")
+    monkeypatch.setattr(compiler, "find_cuda_include", lambda: None)
+    ok, reason = cudasim.probe()
+    assert not ok and "cuda_fp16.h" in reason
+
+
 def test_backend_surface_and_kernel_report():
     rt = cudasim.runtime()
     assert rt.api.driver is driver and rt.name == "cudasim"

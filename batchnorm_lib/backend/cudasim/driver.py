@@ -348,6 +348,17 @@ def compute_capability():
     return major, minor
 
 
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "the host CPU"
+
+
 class Device:
     def __init__(self, ordinal):
         _require_init()
@@ -362,8 +373,7 @@ class Device:
         return 1
 
     def name(self):
-        return "CUDA simulator on %s (%s)" % (platform.machine() or "host CPU",
-                                              platform.processor() or "host CPU")
+        return "CUDA simulator on %s" % _cpu_model()
 
     def compute_capability(self):
         return compute_capability()
