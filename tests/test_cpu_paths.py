@@ -26,7 +26,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = [
     (2, 3),              # two values per channel
     (7, 5),
-    (5000, 37),          # short rows, several row tiles per channel
+    (5000, 37),          # short rows, one tile per channel
+    (30000, 9),          # short rows, several row tiles per channel
+    (1500, 40, 7),       # short rows in channel groups, several row tiles
     (3, 5, 7, 9),
     (2, 1, 17),          # one channel
     (13, 6, 49),         # 7x7 maps
@@ -252,8 +254,8 @@ def test_paths_agree(shape, rng):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(b).max())))
 
 
-@pytest.mark.parametrize("shape", [(5000, 37), (40, 2, 6001), (64, 12, 7, 7)],
-                         ids=_ids([(5000, 37), (40, 2, 6001), (64, 12, 7, 7)]))
+@pytest.mark.parametrize("shape", [(5000, 37), (40, 2, 6001), (1500, 40, 7), (30000, 9)],
+                         ids=_ids([(5000, 37), (40, 2, 6001), (1500, 40, 7), (30000, 9)]))
 def test_native_result_independent_of_threads(shape, rng):
     """Partial results merge in a fixed order: bitwise the same on 1, 2 or 3 threads."""
     _native_or_skip()

@@ -89,6 +89,9 @@ def add_arguments(p):
                         "(Linux PSI, avg10) to fall below 5%% (default 0: do not wait)")
     p.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
     p.add_argument("--no-naive", action="store_true", help="do not time the naive numpy formula")
+    p.add_argument("--kernels", action="store_true",
+                   help="profile instead: our kernel calls alone (outputs allocated once, no module), "
+                        "fastest and median of the repeats, against a copy of the same size")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     return p
@@ -478,6 +481,77 @@ def _text_progress(done, total, label):
     sys.stderr.flush()
 
 
+def kernel_profile(shapes, threads, repeats=60, markdown=False):
+    """Time the kernel calls alone (no module, outputs allocated once): the profile behind the
+    module-level table. Returns the printed text."""
+    from batchnorm_lib import config
+    from batchnorm_lib.backend import gpuarray
+    from batchnorm_lib.kernels import cpu as cpu_kernels
+
+    config.set_backend("cpu")
+    path = cpu_kernels.active_path()
+    cpu_kernels.set_num_threads(threads)
+    ops = __import__("batchnorm_lib.kernels", fromlist=["ops"]).ops("cpu")
+    rng = np.random.default_rng(1234)
+    head = ["shape", "copy ms", "infer ms", "of copy", "fwd ms", "of copy x1", "bwd ms",
+            "of copy x1.5", "bwd sums ms"]
+    rows = []
+    for shape in shapes:
+        C = shape[1]
+        ps = (1, C, 1, 1)
+        x = gpuarray.to_gpu(rng.standard_normal(shape, dtype=np.float32))
+        dy = gpuarray.to_gpu(rng.standard_normal(shape, dtype=np.float32))
+        out, dx = gpuarray.empty(shape, np.float32), gpuarray.empty(shape, np.float32)
+        sc = gpuarray.to_gpu(rng.uniform(0.5, 1.5, ps).astype(np.float32))
+        bi = gpuarray.to_gpu(np.zeros(ps, np.float32))
+        rm, rv = gpuarray.zeros(ps, np.float32), gpuarray.to_gpu(np.ones(ps, np.float32))
+        sm, si, ds, db = (gpuarray.empty(ps, np.float32) for _ in range(4))
+        src, dst = np.ones(x.size, np.float32), np.zeros(x.size, np.float32)
+        try:
+            from batchnorm_lib.kernels import cpu_native
+
+            copy = (lambda: cpu_native.copy(src, dst)) if cpu_native.probe()[0] \
+                else (lambda: np.copyto(dst, src))
+        except ImportError:
+            copy = lambda: np.copyto(dst, src)  # noqa: E731
+        fns = {
+            "copy": copy,
+            "infer": lambda: ops.forward_infer(x, sc, bi, rm, rv, EPS, out),
+            "fwd": lambda: ops.forward_train(x, sc, bi, rm, rv, EPS, 0.1, out, sm, si),
+            "bwd": lambda: ops.backward_train(x, dy, sc, sm, si, dx, ds, db),
+            "sums": lambda: ops.backward_train(x, dy, sc, sm, si, None, ds, db),
+        }
+        fns["fwd"]()  # savemean/saveinvvar for the backward
+        best, med = {}, {}
+        for name, fn in fns.items():
+            ts = []
+            for _ in range(5):
+                fn()
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            best[name], med[name] = min(ts) * 1e3, statistics.median(ts) * 1e3
+        cell = lambda k: "%.3f / %.3f" % (best[k], med[k])  # noqa: E731
+        rows.append(["x".join(map(str, shape)), cell("copy"), cell("infer"),
+                     "%.0f%%" % (100 * best["copy"] / best["infer"]), cell("fwd"),
+                     "%.0f%%" % (100 * best["copy"] / best["fwd"]), cell("bwd"),
+                     "%.0f%%" % (100 * 1.5 * best["copy"] / best["bwd"]), cell("sums")])
+    lines = ["kernel profile (%s path, %d threads): fastest / median ms of %d calls; 'of copy' "
+             "compares the fastest call with a copy of the same size (x1: fused forward moves "
+             "what a copy moves, x1.5: fused backward moves 1.5 times that)"
+             % (path, threads, repeats)]
+    if markdown:
+        lines += ["", "| " + " | ".join(head) + " |",
+                  "|---|" + "---:|" * (len(head) - 1)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+    else:
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+        lines.append("  ".join(h.rjust(w) for h, w in zip(head, widths)))
+        lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
 def run_from_args(args, progress=None):
     if args.cpu_path:
         from batchnorm_lib.kernels import cpu as cpu_kernels
@@ -487,6 +561,9 @@ def run_from_args(args, progress=None):
     passes = tuple(dict.fromkeys(args.passes)) if args.passes else PASSES
     rounds = min(args.rounds, 3) if args.quick else args.rounds
     threads = args.threads or usable_cores()
+    if args.kernels:
+        print(kernel_profile(shapes, threads, markdown=args.markdown))
+        return 0
     result = run_benchmark(shapes, passes, threads, rounds, args.per_round, args.warmup,
                            use_torch=not args.no_torch, use_naive=not args.no_naive,
                            progress=progress, settle=args.settle)

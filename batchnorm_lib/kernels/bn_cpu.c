@@ -46,9 +46,6 @@
 #ifndef BWD_TILE_BYTES
 #define BWD_TILE_BYTES (512 * 1024)      /* backward tile, per array (x and dy) */
 #endif
-#ifndef MIN_FUSED_RUN
-#define MIN_FUSED_RUN 64                 /* floats: shortest contiguous run worth a fused tile */
-#endif
 #ifndef ROW_LANES
 #define ROW_LANES (32 * 1024)            /* lanes: whole rows as one group up to this length */
 #endif
@@ -357,13 +354,12 @@ static plan_t make_plan(i64 N, i64 C, i64 S, i64 tile_bytes)
     if (S >= SHORT_S) {
         p.G = 1;
     } else {
+        /* Narrowing the group so that whole channels fit one tile (a single read of x) was
+         * measured slower than reading twice: runs shorter than ~4 KB lose the hardware
+         * prefetcher. So short rows are fused only when the natural group fits anyway. */
         i64 g = LANE_TARGET / S;
         if (g < 1)
             g = 1;
-        /* prefer whole-channel tiles (one read of x) while rows stay at least 64 floats long */
-        i64 gfit = tile_bytes / ((i64)sizeof(float) * N * S);
-        if (gfit < g && gfit * S >= MIN_FUSED_RUN)
-            g = gfit;
         if (g > C)
             g = C;
         p.G = g;
