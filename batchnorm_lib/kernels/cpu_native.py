@@ -84,6 +84,24 @@ def _compile(cc, flags, src_text, out_path):
             os.unlink(tmp)
 
 
+def _cpu_id():
+    """What -march=native depends on: a library built for one CPU must not load on another that
+    shares the cache directory (a home directory on several machines)."""
+    import platform
+
+    ident = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "flags", "Features", "CPU part")):
+                    ident += "|" + line.strip()
+                if line.strip() == "":
+                    break  # the first processor is enough
+    except OSError:
+        ident += "|" + platform.processor()
+    return ident
+
+
 def _writable_dir():
     path = cache_dir()
     try:
@@ -125,6 +143,7 @@ def _build():
     with open(SOURCE, "rb") as f:
         src = f.read()
     ident = _compiler_id(cc)
+    cpu = _cpu_id()
     out_dir = _writable_dir()
     errors = []
     user_flags = os.environ.get(CFLAGS_ENV, "").split()
@@ -132,7 +151,7 @@ def _build():
         flags = list(extra) + user_flags
         key = hashlib.sha256(b"\0".join([src, cc.encode(), ident.encode(),
                                          " ".join(BASE_FLAGS + flags).encode(),
-                                         sys.platform.encode()])).hexdigest()[:16]
+                                         sys.platform.encode(), cpu.encode()])).hexdigest()[:16]
         path = os.path.join(out_dir, "bn_cpu-%s.so" % key)
         if not os.path.exists(path):
             ok, err = _compile(cc, flags, src, path)
