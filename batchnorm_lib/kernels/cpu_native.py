@@ -230,9 +230,10 @@ def copy(src, dst):
 # -- the kernel contract -------------------------------------------------------------------------
 
 def _f32(a):
-    """The backing ndarray if the compiled kernels can take it (C-contiguous float32), else None."""
+    """The backing ndarray if the compiled kernels can take it (C-contiguous float32, not empty),
+    else None: the numpy path then handles the call."""
     ary = as_ndarray(a)
-    if ary.dtype != np.float32 or not ary.flags.c_contiguous:
+    if ary.dtype != np.float32 or not ary.flags.c_contiguous or ary.size == 0:
         return None
     return ary
 
