@@ -10,10 +10,17 @@
  * and dy once. Larger channels fall back to a reduction pass plus an elementwise pass, with the
  * per-tile partial results merged in a fixed order.
  *
- * Numerics. Statistics of a tile are a corrected two-pass in double: a rough float mean c first,
- * then sums of d = x - c and d^2 in double, mean = c + s1/n, M2 = s2 - s1^2/n; tiles are merged
- * with Chan's formula in row-block order. Every reduction runs over LANES fixed lanes folded in a
- * fixed order, so results do not depend on the thread count or the vector width of the machine.
+ * Rows of S >= SHORT_S floats are reduced one (n, c) row at a time with register lanes; shorter
+ * rows are handled as groups of whole channels, one contiguous run of G*S floats per row, with
+ * one accumulator per position. The first pass over a tile reads memory row by row (sequential
+ * streams for the prefetcher); re-reads of a cached tile may go column by column.
+ *
+ * Numerics. Statistics of a tile are a corrected two-pass: the tile's rough mean c first, then
+ * s1 = sum(x - c) and s2 = sum((x - c)^2), mean = c + s1/n, M2 = s2 - s1^2/n. The sums run in
+ * float over at most FBLOCK terms per lane (deviations from c are small, so this is exact enough)
+ * and go into double from there; tiles are merged with Chan's formula in row-block order. Every
+ * reduction uses fixed lanes folded in a fixed order and a tiling that depends on the shape only,
+ * so results do not depend on the thread count or the vector width of the machine.
  * The per-channel constants are computed in the same float32 / float64 steps as the numpy path
  * (cpu_numpy.py), and the elementwise formulas are evaluated in float32 in the documented order:
  *   forward:  out = (x - mean) * a + bias,            a = scale * invstd
