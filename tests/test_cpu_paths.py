@@ -173,6 +173,21 @@ def test_large_offset_keeps_variance(cpu_path, rng):
         _close(got["y"], y, atol=1e-3)
 
 
+@pytest.mark.parametrize("shape", [(4000, 3), (300, 4, 300), (600, 3, 7, 7)],
+                         ids=_ids([(4000, 3), (300, 4, 300), (600, 3, 7, 7)]))
+def test_awkward_data(cpu_path, shape, rng):
+    """Zero padding before data far from zero, and sorted data: tiles whose first values are far
+    from their mean must still give the right statistics."""
+    x = (1e4 + rng.normal(0, 1, shape)).astype(np.float32)
+    x[: shape[0] // 4] = 0.0  # leading rows of padding
+    scale, bias = np.ones(shape[1], np.float32), np.zeros(shape[1], np.float32)
+    for data in (x, np.sort(x, axis=0)):
+        got = _run_train(data, scale, bias)
+        _, mean, var, _, invstd = ref.forward_train(data, scale, bias, 1e-5)
+        _close(got["invstd"], invstd, rtol=1e-5)
+        _close(got["mean"], mean, rtol=1e-6)
+
+
 def test_constant_channel(cpu_path):
     x = np.full((5, 2, 33), 3.25, np.float32)
     x[:, 1] = -7.0
