@@ -44,6 +44,15 @@ def _ids(shapes):
     return ["x".join(map(str, s)) for s in shapes]
 
 
+@pytest.fixture
+def cpu_backend():
+    """Arrays made in the test are CPU arrays, whatever backend the process started with."""
+    previous = config.get_backend()
+    config.set_backend("cpu")
+    yield
+    config.set_backend(previous)
+
+
 @pytest.fixture(params=cpu_kernels.PATHS)
 def cpu_path(request):
     name = request.param
@@ -250,7 +259,7 @@ def _native_or_skip():
 
 @pytest.mark.parametrize("shape", [(3000, 41), (64, 12, 7, 7), (9, 5, 61, 60), (40, 2, 6001)],
                          ids=_ids([(3000, 41), (64, 12, 7, 7), (9, 5, 61, 60), (40, 2, 6001)]))
-def test_paths_agree(shape, rng):
+def test_paths_agree(shape, rng, cpu_backend):
     _native_or_skip()
     x = rng.normal(0.2, 1.3, shape).astype(np.float32)
     dy = rng.normal(0, 1, shape).astype(np.float32)
@@ -271,7 +280,7 @@ def test_paths_agree(shape, rng):
 
 @pytest.mark.parametrize("shape", [(5000, 37), (40, 2, 6001), (1500, 40, 7), (30000, 9)],
                          ids=_ids([(5000, 37), (40, 2, 6001), (1500, 40, 7), (30000, 9)]))
-def test_native_result_independent_of_threads(shape, rng):
+def test_native_result_independent_of_threads(shape, rng, cpu_backend):
     """Partial results merge in a fixed order: bitwise the same on 1, 2 or 3 threads."""
     _native_or_skip()
     x = rng.normal(3, 2, shape).astype(np.float32)
