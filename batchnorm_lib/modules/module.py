@@ -66,9 +66,10 @@ class Module:
     def __call__(self, data):
         self._checkArray(data, "data")
         self.checkDataShape(data.shape)
+        # the checks passed: drop the last results first, so their memory can serve this pass
+        self.data = self.grad = None
         out = self.updateData(data)
         self.inData, self.data = data, out
-        self.grad = None
         return out
 
     def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
@@ -79,6 +80,7 @@ class Module:
         scale = check_finite(self, "scale", scale)
         momentum = check_finite(self, "momentum", momentum)
 
+        self.grad = None
         newgrad = self.updateGrad(grad) if updGrad else None
         if updParamGrads and self.train:
             self.accGradParams(grad, scale=scale, momentum=momentum)

@@ -6,6 +6,8 @@ is never silently shared. ``reshape``/``ravel`` return views of the same buffer,
 
 import numpy as np
 
+from batchnorm_lib.backend.cpu.pool import POOL
+
 
 def _shape_tuple(shape):
     if isinstance(shape, (int, np.integer)):
@@ -18,7 +20,7 @@ class GPUArray:
 
     def __init__(self, shape, dtype=np.float32, _ary=None):
         if _ary is None:
-            _ary = np.empty(_shape_tuple(shape), dtype=dtype)
+            _ary = POOL.empty(_shape_tuple(shape), dtype)
         self._ary = _ary
 
     # -- pycuda's surface ------------------------------------------------------------------
@@ -74,7 +76,9 @@ class GPUArray:
         return self
 
     def copy(self):
-        return GPUArray(None, _ary=self._ary.copy())
+        out = GPUArray(self.shape, self.dtype)
+        np.copyto(out._ary, self._ary)
+        return out
 
     def reshape(self, *shape, order="C"):
         if order != "C":
@@ -105,7 +109,10 @@ def as_ndarray(a):
 
 
 def to_gpu(ary):
-    return GPUArray(None, _ary=np.array(ary, copy=True, order="C"))
+    ary = np.asarray(ary)
+    out = GPUArray(ary.shape, ary.dtype)
+    np.copyto(out._ary, ary)
+    return out
 
 
 def empty(shape, dtype=np.float32):
@@ -113,4 +120,4 @@ def empty(shape, dtype=np.float32):
 
 
 def zeros(shape, dtype=np.float32):
-    return GPUArray(None, _ary=np.zeros(_shape_tuple(shape), dtype=dtype))
+    return GPUArray(_shape_tuple(shape), dtype).fill(0)
