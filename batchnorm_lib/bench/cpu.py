@@ -79,8 +79,8 @@ def add_arguments(p):
                    help="passes to time (repeatable; default: all of %s)" % ", ".join(PASSES))
     p.add_argument("--threads", type=int, default=None,
                    help="threads for both libraries (default: the cores this process may use)")
-    p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (default 7)")
-    p.add_argument("--per-round", type=int, default=3, help="calls per side per round (default 3)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (default 5)")
+    p.add_argument("--per-round", type=int, default=10, help="timed calls per side per round, after a pause and one untimed call (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per side first, for at least 0.25 s too (default 2)")
     p.add_argument("--cpu-path", choices=("auto", "native", "numpy"), default=None,
                    help="our CPU kernel path (default: BATCHNORM_LIB_CPU_KERNELS or auto)")
@@ -161,6 +161,9 @@ def import_torch():
 
 # -- timing ----------------------------------------------------------------------------------------
 
+SWITCH_PAUSE_SECONDS = 0.02
+
+
 def compare(fns, rounds, per_round, warmup):
     """Median seconds per call of each function in ``fns`` (name -> callable), timed in
     interleaved rounds so that load from elsewhere on the machine hits every side alike."""
@@ -175,6 +178,10 @@ def compare(fns, rounds, per_round, warmup):
             fn()
     for _ in range(rounds):
         for name, fn in fns.items():
+            # the other side's OpenMP threads spin for a while after its last call and would take
+            # these two cores: let them go idle, and make one untimed call, before timing
+            time.sleep(SWITCH_PAUSE_SECONDS)
+            fn()
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 fn()
