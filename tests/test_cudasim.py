@@ -691,9 +691,9 @@ def test_a_wrong_index_is_caught(monkeypatch, tmp_path):
 def _dense_ok(monkeypatch, tmp_path):
     """bias_grad and softmax cross-entropy from the dense.cu copy in tmp_path against numpy."""
     from batchnorm_lib.backend.cuda import core
-    from batchnorm_lib.kernels import dense, dense_cuda
+    from batchnorm_lib.kernels import dense
 
-    monkeypatch.setattr(dense_cuda, "KERNEL_DIR", str(tmp_path))
+    monkeypatch.setattr(core, "KERNEL_DIR", str(tmp_path))
     monkeypatch.setattr(cudasim, "_runtime", core.CudaBackend(cudasim.api, "cudasim"))
     previous = config.get_backend()
     config.set_backend("cudasim")

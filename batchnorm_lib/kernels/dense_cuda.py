@@ -2,22 +2,18 @@
 
 The contract is in :mod:`batchnorm_lib.kernels.dense`. Elementwise work, the bias gradient,
 softmax cross-entropy and the optimizer updates run in ``kernels/dense.cu``, compiled once per
-backend runtime with the runtime's own compiler (``runtime().api.compiler.SourceModule``, the
-options the batch-norm kernels use) and launched with BLOCK threads per block.
+backend runtime through the runtime's ``functions_of`` (the compiler and options the batch-norm
+kernels use) and launched with BLOCK threads per block.
 
 GEMM goes to cuBLAS through :mod:`batchnorm_lib.backend.cublas` on ``cuda``. The simulator has no
 cuBLAS: there GEMM is a host matmul on the arrays (simulated device memory is host memory), which
 keeps Linear usable and testable on ``cudasim``; its results are compared with the CPU backend's.
 """
 
-import os
-import re
-import threading
-
 import numpy as np
 
 from batchnorm_lib import config
-from batchnorm_lib.backend.cuda.core import BLOCK, KERNEL_DIR, KernelCompileError
+from batchnorm_lib.backend.cuda.core import BLOCK
 from batchnorm_lib.kernels.dense import ACTIVATIONS
 
 SOURCE = "dense.cu"
@@ -25,9 +21,6 @@ ELEMENTWISE_BLOCKS = 4096
 MAX_GRID_X = 65535  # softmax rows per launch stride (grid-stride over rows above this)
 COL_TILE = 32  # columns per block of dense_bias_grad (dense::kColTile)
 
-_ENTRY = re.compile(r'^extern "C" __global__ void (\w+)\(', re.M)
-_compiled = {}
-_lock = threading.Lock()
 
 
 def _runtime():
@@ -40,26 +33,7 @@ def _is_simulator(rt):
 
 def _functions(rt):
     """dense.cu's entries for runtime ``rt``, compiled on first use."""
-    key = id(rt)
-    with _lock:
-        if key in _compiled:
-            return _compiled[key][1]
-        rt.start()
-        with open(os.path.join(KERNEL_DIR, SOURCE)) as f:
-            source = f.read()
-        compiler = rt.api.compiler
-        compile_error = getattr(compiler, "CompileError", None) or rt.api.driver.CompileError
-        try:
-            module = compiler.SourceModule(source, options=["-std=c++17"], no_extern_c=True,
-                                           arch=rt.arch(), include_dirs=[KERNEL_DIR])
-        except compile_error as e:
-            log = "\n".join(str(p) for p in (getattr(e, "stderr", None),
-                                              getattr(e, "stdout", None)) if p)
-            raise KernelCompileError("compiling %s for %s failed: %s\n%s"
-                                     % (SOURCE, rt.arch(), e, log or "(no compiler output)")) from e
-        functions = {name: module.get_function(name) for name in _ENTRY.findall(source)}
-        _compiled[key] = (rt, functions)  # keep rt alive so its id is not reused
-        return functions
+    return rt.functions_of(SOURCE)
 
 
 def _launch(name, grid, args):

@@ -57,6 +57,7 @@ class CudaBackend:
         self._context = None
         self._pool = None
         self._functions = None
+        self._extra_functions = {}
         self._compile_note = None
         self._dtypes = None
         self._lock = threading.RLock()
@@ -166,6 +167,19 @@ class CudaBackend:
                 _cache_note(cache_dir, before, _listing(cache_dir)))
             self._functions = functions
             return functions
+
+    def functions_of(self, filename):
+        """Entries of ``kernels/<filename>`` (a source outside the batch-norm set, e.g. dense.cu),
+        compiled once per process for this device."""
+        with self._lock:
+            if filename not in self._extra_functions:
+                self.start()
+                with open(os.path.join(KERNEL_DIR, filename)) as f:
+                    source = f.read()
+                module = self.source_module(filename, source, self.arch())
+                self._extra_functions[filename] = {
+                    entry: module.get_function(entry) for entry in _ENTRY.findall(source)}
+            return self._extra_functions[filename]
 
     def source_module(self, name, source, arch):
         compiler = self.api.compiler
