@@ -235,13 +235,20 @@ def _check_range(addr, nbytes, what):
 
 
 def _host_buffer(ary, writable):
+    if isinstance(ary, np.ndarray):
+        # viewed as bytes without a buffer format, as pycuda does, so dtypes that the buffer
+        # protocol cannot describe (ml_dtypes' bfloat16) copy too
+        if not ary.flags.c_contiguous:
+            raise ValueError("host buffer must be contiguous")
+        if writable and not ary.flags.writeable:
+            raise ValueError("host buffer is read-only")
+        return ary.reshape(-1).view(np.uint8) if ary.nbytes else np.empty(0, np.uint8)
     mv = memoryview(ary)
     if not mv.c_contiguous:
         raise ValueError("host buffer must be contiguous")
     if writable and mv.readonly:
         raise ValueError("host buffer is read-only")
-    arr = np.frombuffer(mv, dtype=np.uint8) if mv.nbytes else np.empty(0, np.uint8)
-    return arr
+    return np.frombuffer(mv, dtype=np.uint8) if mv.nbytes else np.empty(0, np.uint8)
 
 
 def memcpy_htod(dest, src):
