@@ -1,6 +1,8 @@
 """Every test that takes the ``backend`` fixture runs once per backend; a backend that cannot work
 here is skipped with its reason shown (``pytest -rs``)."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -13,16 +15,25 @@ TOLERANCES = {  # (rtol, atol) of float32 results against the float64 reference
 }
 
 
-@pytest.fixture(params=config.BACKENDS)
-def backend(request):
-    name = request.param
+@contextlib.contextmanager
+def active_backend(name):
+    """Make ``name`` the active backend for the block (skipping the test, with the reason, when it
+    cannot work here), then restore the previous one."""
     ok, reason = config.probe(name)
     if not ok:
         pytest.skip("backend %s unavailable: %s" % (name, reason))
     previous = config.get_backend()
     config.set_backend(name)
-    yield name
-    config.set_backend(previous)
+    try:
+        yield name
+    finally:
+        config.set_backend(previous)
+
+
+@pytest.fixture(params=config.BACKENDS)
+def backend(request):
+    with active_backend(request.param) as name:
+        yield name
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import active_backend
 
 from batchnorm_lib import BatchNorm, BatchNorm1D, BatchNorm2D, config, kernels
 from batchnorm_lib.backend import gpuarray
@@ -47,10 +48,8 @@ def _ids(shapes):
 @pytest.fixture
 def cpu_backend():
     """Arrays made in the test are CPU arrays, whatever backend the process started with."""
-    previous = config.get_backend()
-    config.set_backend("cpu")
-    yield
-    config.set_backend(previous)
+    with active_backend("cpu"):
+        yield
 
 
 @pytest.fixture(params=cpu_kernels.PATHS)

@@ -7,7 +7,7 @@ import pytest
 
 from batchnorm_lib import BatchNorm2D, config, kernels
 from batchnorm_lib.backend import gpuarray
-from conftest import TOLERANCES
+from conftest import TOLERANCES, active_backend
 
 import reference as ref
 
@@ -16,14 +16,8 @@ CUDA_BACKENDS = ("cuda", "cudasim")
 
 @pytest.fixture(params=CUDA_BACKENDS)
 def cuda_backend(request):
-    name = request.param
-    ok, reason = config.probe(name)
-    if not ok:
-        pytest.skip("backend %s unavailable: %s" % (name, reason))
-    previous = config.get_backend()
-    config.set_backend(name)
-    yield name
-    config.set_backend(previous)
+    with active_backend(request.param) as name:
+        yield name
 
 
 def runtime():

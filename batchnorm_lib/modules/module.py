@@ -154,13 +154,17 @@ class Module:
                      if a is not None})
         return spec
 
-    def save(self, path):
-        """Write parameters and attributes (running statistics) to ``path`` as an .npz archive."""
+    def stateArrays(self):
+        """Host copies of everything ``save`` writes, by key."""
         arrays = {"vars." + n: v.data.get() for n, v in self.vars.items()}
         arrays.update({"attrs." + n: a.get() for n, a in self.attrs.items() if a is not None})
         arrays.update({"meta." + k: np.asarray(v) for k, v in self.saveMeta().items()})
+        return arrays
+
+    def save(self, path):
+        """Write parameters and attributes (running statistics) to ``path`` as an .npz archive."""
         with open(path, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **self.stateArrays())
 
     def load(self, path):
         """Read what ``save`` wrote; the file is checked whole before anything is changed."""
@@ -169,35 +173,44 @@ class Module:
                 contents = {k: archive[k] for k in archive.files}
         except (OSError, ValueError) as e:
             raise ModuleError("%s: cannot read %s: %s" % (self, path, e)) from None
+        for apply in self.stageState(contents, "", path):
+            apply()
 
+    def stageState(self, contents, prefix, path):
+        """Check this module's entries of ``contents`` (keys under ``prefix``) against
+        ``stateSpec``, raising ModuleError on any mismatch; return the steps that apply them."""
         spec = self.stateSpec()
-        missing = sorted(set(spec) - set(contents))
+        missing = sorted(prefix + k for k in spec if prefix + k not in contents)
         if missing:
             raise ModuleError("%s: %s lacks %s" % (self, path, ", ".join(missing)))
         staged = {}
         for key, (shape, dtype) in spec.items():
-            value = contents[key]
-            if tuple(value.shape) != shape:
+            value = contents[prefix + key]
+            if tuple(value.shape) != tuple(shape):
                 raise ModuleError("%s: %s in %s has shape %s, expected %s"
-                                  % (self, key, path, value.shape, shape))
+                                  % (self, prefix + key, path, value.shape, tuple(shape)))
             if not np.can_cast(value.dtype, dtype, casting="same_kind"):
                 raise ModuleError("%s: %s in %s has dtype %s, expected %s"
-                                  % (self, key, path, value.dtype, dtype))
+                                  % (self, prefix + key, path, value.dtype, dtype))
             staged[key] = np.ascontiguousarray(value, dtype=dtype)
-        meta = {k[len("meta."):]: v for k, v in contents.items() if k.startswith("meta.")}
+        meta = {k[len(prefix) + len("meta."):]: v for k, v in contents.items()
+                if k.startswith(prefix + "meta.")}
         self.loadMeta(meta, check=True)
 
-        for key, value in staged.items():
-            kind, name = key.split(".", 1)
-            current = self.vars[name].data if kind == "vars" and name in self.vars else \
-                self.attrs.get(name)
-            if current is not None:
-                current.set(value)
-            elif kind == "vars":
-                self.setVar(name, Variable(gpuarray.to_gpu(value)))
-            else:
-                self.setAttr(name, gpuarray.to_gpu(value))
-        self.loadMeta(meta, check=False)
+        def apply():
+            for key, value in staged.items():
+                kind, name = key.split(".", 1)
+                current = self.vars[name].data if kind == "vars" and name in self.vars else \
+                    self.attrs.get(name)
+                if current is not None:
+                    current.set(value)
+                elif kind == "vars":
+                    self.setVar(name, Variable(gpuarray.to_gpu(value)))
+                else:
+                    self.setAttr(name, gpuarray.to_gpu(value))
+            self.loadMeta(meta, check=False)
+
+        return [apply]
 
     def saveMeta(self):
         return {}

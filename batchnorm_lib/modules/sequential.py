@@ -2,9 +2,7 @@
 
 import numpy as np
 
-from batchnorm_lib.backend import gpuarray
 from batchnorm_lib.modules.module import Module, ModuleError, check_finite
-from batchnorm_lib.variable import Variable
 
 
 class Sequential(Module):
@@ -129,76 +127,16 @@ class Sequential(Module):
     def stateArrays(self):
         arrays = {}
         for i, mod in enumerate(self.modules):
-            arrays.update({"%d.%s" % (i, k): v for k, v in _arrays_of(mod).items()})
+            arrays.update({"%d.%s" % (i, k): v for k, v in mod.stateArrays().items()})
         return arrays
 
-    def save(self, path):
-        """Write every child's parameters, attributes and metadata to ``path`` (.npz)."""
-        with open(path, "wb") as f:
-            np.savez(f, **self.stateArrays())
-
-    def load(self, path):
-        """Read what ``save`` wrote; the whole file is checked before any child is changed."""
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                contents = {k: archive[k] for k in archive.files}
-        except (OSError, ValueError) as e:
-            raise ModuleError("%s: cannot read %s: %s" % (self, path, e)) from None
-        apply = _stage(self, contents, "", path)
-        for step in apply:
-            step()
+    def stageState(self, contents, prefix, path):
+        steps = []
+        for i, mod in enumerate(self.modules):
+            steps += mod.stageState(contents, "%s%d." % (prefix, i), path)
+        return steps
 
     def __str__(self):
         count = len(getattr(self, "modules", ()))
         return "Sequential of %d modules (name: %s)" % (count, self.name)
 
-
-def _arrays_of(mod):
-    if isinstance(mod, Sequential):
-        return mod.stateArrays()
-    arrays = {"vars." + n: v.data.get() for n, v in mod.vars.items()}
-    arrays.update({"attrs." + n: a.get() for n, a in mod.attrs.items() if a is not None})
-    arrays.update({"meta." + k: np.asarray(v) for k, v in mod.saveMeta().items()})
-    return arrays
-
-
-def _stage(mod, contents, prefix, path):
-    """Check ``mod``'s part of ``contents`` (keys under ``prefix``); return steps that apply it."""
-    if isinstance(mod, Sequential):
-        steps = []
-        for i, child in enumerate(mod.modules):
-            steps += _stage(child, contents, "%s%d." % (prefix, i), path)
-        return steps
-
-    spec = mod.stateSpec()
-    missing = sorted(prefix + k for k in spec if prefix + k not in contents)
-    if missing:
-        raise ModuleError("%s: %s lacks %s" % (mod, path, ", ".join(missing)))
-    staged = {}
-    for key, (shape, dtype) in spec.items():
-        value = contents[prefix + key]
-        if tuple(value.shape) != tuple(shape):
-            raise ModuleError("%s: %s in %s has shape %s, expected %s"
-                              % (mod, prefix + key, path, value.shape, tuple(shape)))
-        if not np.can_cast(value.dtype, dtype, casting="same_kind"):
-            raise ModuleError("%s: %s in %s has dtype %s, expected %s"
-                              % (mod, prefix + key, path, value.dtype, dtype))
-        staged[key] = np.ascontiguousarray(value, dtype=dtype)
-    meta = {k[len(prefix) + len("meta."):]: v for k, v in contents.items()
-            if k.startswith(prefix + "meta.")}
-    mod.loadMeta(meta, check=True)
-
-    def apply():
-        for key, value in staged.items():
-            kind, name = key.split(".", 1)
-            current = mod.vars[name].data if kind == "vars" and name in mod.vars else \
-                mod.attrs.get(name)
-            if current is not None:
-                current.set(value)
-            elif kind == "vars":
-                mod.setVar(name, Variable(gpuarray.to_gpu(value)))
-            else:
-                mod.setAttr(name, gpuarray.to_gpu(value))
-        mod.loadMeta(meta, check=False)
-
-    return [apply]

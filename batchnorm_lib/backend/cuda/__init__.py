@@ -7,7 +7,7 @@ without it, and ``probe()`` says why the backend cannot work.
 import os
 import types
 
-from batchnorm_lib.backend.cuda.core import CudaBackend, KernelCompileError
+from batchnorm_lib.backend.cuda.core import CudaBackend, KernelCompileError, backend_functions
 
 NAME = "cuda"
 
@@ -72,25 +72,4 @@ def __getattr__(name):
     raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
-def to_gpu(ary):
-    return runtime().to_gpu(ary)
-
-
-def empty(shape, dtype=None):
-    return runtime().empty(shape, dtype or "float32")
-
-
-def zeros(shape, dtype=None):
-    return runtime().zeros(shape, dtype or "float32")
-
-
-def device_name():
-    return runtime().device_name()
-
-
-def supported_dtypes():
-    return runtime().supported_dtypes()
-
-
-def kernel_report():
-    return runtime().kernel_report()
+to_gpu, empty, zeros, device_name, supported_dtypes, kernel_report = backend_functions(runtime)

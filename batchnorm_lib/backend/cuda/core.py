@@ -208,6 +208,31 @@ class CudaBackend:
         return "CUDA kernels (%s backend): %s" % (self.name, self._compile_note)
 
 
+def backend_functions(runtime):
+    """The functions a backend package exports (to_gpu, empty, zeros, device_name,
+    supported_dtypes, kernel_report), each forwarding to the CudaBackend that ``runtime()``
+    returns; shared by the cuda and cudasim packages."""
+    def to_gpu(ary):
+        return runtime().to_gpu(ary)
+
+    def empty(shape, dtype=None):
+        return runtime().empty(shape, dtype or "float32")
+
+    def zeros(shape, dtype=None):
+        return runtime().zeros(shape, dtype or "float32")
+
+    def device_name():
+        return runtime().device_name()
+
+    def supported_dtypes():
+        return runtime().supported_dtypes()
+
+    def kernel_report():
+        return runtime().kernel_report()
+
+    return to_gpu, empty, zeros, device_name, supported_dtypes, kernel_report
+
+
 def _shape(shape):
     if isinstance(shape, (int, np.integer)):
         return (int(shape),)

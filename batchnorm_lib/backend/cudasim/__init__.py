@@ -9,6 +9,7 @@ backend's, the kernels are the same sources compiled with the host C++ compiler 
 
 import types
 
+from batchnorm_lib.backend.cuda.core import backend_functions
 from batchnorm_lib.backend.cudasim import compiler, driver, gpuarray, tools
 
 NAME = "cudasim"
@@ -81,25 +82,4 @@ def probe():
     return _probe_result
 
 
-def to_gpu(ary):
-    return runtime().to_gpu(ary)
-
-
-def empty(shape, dtype=None):
-    return runtime().empty(shape, dtype or "float32")
-
-
-def zeros(shape, dtype=None):
-    return runtime().zeros(shape, dtype or "float32")
-
-
-def device_name():
-    return runtime().device_name()
-
-
-def supported_dtypes():
-    return runtime().supported_dtypes()
-
-
-def kernel_report():
-    return runtime().kernel_report()
+to_gpu, empty, zeros, device_name, supported_dtypes, kernel_report = backend_functions(runtime)
