@@ -17,7 +17,7 @@ def require_matplotlib():
 
 
 def save_curves(results, path, title=None):
-    """Two panels: loss (train solid, test dashed) and accuracy (train dashed, test solid) per epoch
+    """Two panels: loss and accuracy per epoch (train solid, test dashed in both)
     for each RunResult in ``results``; written to ``path``."""
     plt = require_matplotlib()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -27,9 +27,9 @@ def save_curves(results, path, title=None):
                      label="%s train" % result.name)
         ax_loss.plot(epochs, [h.test_loss for h in result.history], color=color, linestyle="--",
                      label="%s test" % result.name)
-        ax_acc.plot(epochs, [h.train_acc for h in result.history], color=color, linestyle="--",
+        ax_acc.plot(epochs, [h.train_acc for h in result.history], color=color,
                     label="%s train" % result.name)
-        ax_acc.plot(epochs, [h.test_acc for h in result.history], color=color,
+        ax_acc.plot(epochs, [h.test_acc for h in result.history], color=color, linestyle="--",
                     label="%s test" % result.name)
     ax_loss.set_yscale("log")
     ax_loss.set_title("cross-entropy loss")
