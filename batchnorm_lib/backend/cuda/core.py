@@ -257,5 +257,5 @@ def _cache_note(path, before, after):
     if after is None:
         return "compile cache %s not present" % path
     if after - (before or set()):
-        return "compile cache miss (nvcc ran; result stored in %s)" % path
+        return "compile cache miss (compiled; result stored in %s)" % path
     return "compile cache hit (%s)" % path
