@@ -126,6 +126,12 @@ class CudaBackend:
         self.start()
         self.api.driver.Context.synchronize()
 
+    def free_held(self):
+        """Give the memory pool's idle blocks back to the driver (e.g. before another library
+        allocates on the same device)."""
+        if self._pool is not None:
+            self._pool.free_held()
+
     # -- arrays ------------------------------------------------------------------------------------
     @property
     def allocator(self):
