@@ -128,5 +128,6 @@ step "test suite, BATCHNORM_LIB_BACKEND=cuda" tests.log \
 step "GPU benchmark" bench.log env BATCHNORM_LIB_BACKEND=cuda python benchmarks/gpu_bench.py --out "$out/gpu_bench.md"
 
 tail -n 3 "$out/tests.log" | sed 's/^/tests: /' >>"$summary"
+grep -E '^geomean' "$out/bench.log" | sed 's/^/bench: /' >>"$summary"
 note "done  status $status; logs in $out"
 exit $status
