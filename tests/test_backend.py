@@ -94,7 +94,7 @@ def test_cli_info():
     proc = _run(["-m", "batchnorm_lib", "info"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("batchnorm_lib ") and "active backend:" in proc.stdout
-    assert "CUDA kernels" in proc.stdout
+    assert "CUDA kernels" in proc.stdout and "cuBLAS (Linear on cuda):" in proc.stdout
 
 
 def test_cli_usage_errors():

@@ -51,4 +51,8 @@ def run(args):
         print(backend.kernel_report())
     ok, detail = nvcc_check()
     print("CUDA kernels (nvcc): %s" % ("ok, " + detail if ok else detail))
+    from batchnorm_lib.backend import cublas
+
+    ok, detail = cublas.status()
+    print("cuBLAS (Linear on cuda): %s" % ("ok, " + detail if ok else detail))
     return 0
