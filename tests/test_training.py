@@ -13,11 +13,12 @@ import sys
 import numpy as np
 import pytest
 
+from batchnorm_lib import config
 from batchnorm_lib.backend import gpuarray
 from batchnorm_lib.cost import CostError, CrossEntropy
 from batchnorm_lib.kernels import dense
-from batchnorm_lib.modules import (Activation, BatchNorm, Linear, ModuleError, Sequential, relu,
-                                   sigmoid, tanh)
+from batchnorm_lib.modules import (Activation, BatchNorm, Linear, Module, ModuleError, Sequential,
+                                   relu, sigmoid, tanh)
 from batchnorm_lib.optimizers import SGD, Adam, MomentumSGD, OptimizerError
 
 
@@ -371,6 +372,25 @@ def test_sequential_refusals():
         seq.append(lin)
     with pytest.raises(ModuleError, match="can only append Modules"):
         seq.append("relu")
+
+
+def test_sequential_calc_mode_is_all_or_nothing(backend):
+    """A child refusing the dtype leaves every child's calctype as it was."""
+    class AnyDtype(Module):
+        def calcMode(self, T):
+            self.calctype = np.dtype(T)
+
+    first = AnyDtype()
+    seq = Sequential([first, Linear(3, 2)])
+    with pytest.raises(ModuleError, match="float16"):
+        seq.calcMode(np.float16)
+    assert first.calctype == np.float32 and seq.calctype == np.float32
+    # the same with a real BatchNorm where the backend has float16 batch norm (cuda, cudasim)
+    if np.dtype(np.float16) in config.backend_module().supported_dtypes():
+        seq = Sequential([BatchNorm(3), Linear(3, 2)])
+        with pytest.raises(ModuleError, match="float16"):
+            seq.calcMode(np.float16)
+        assert [m.calctype for m in seq] == [np.float32, np.float32]
 
 
 # -- the training loop -----------------------------------------------------------------------------

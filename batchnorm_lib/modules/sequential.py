@@ -108,8 +108,15 @@ class Sequential(Module):
         self.reset()
 
     def calcMode(self, T):
-        for mod in self.modules:
-            mod.calcMode(T)
+        # all or nothing: a child that refuses T puts back the ones already switched
+        previous = [mod.calctype for mod in self.modules]
+        try:
+            for mod in self.modules:
+                mod.calcMode(T)
+        except Exception:
+            for mod, old in zip(self.modules, previous):
+                mod.calctype = old
+            raise
         self.calctype = np.dtype(T)
 
     def reset(self):
