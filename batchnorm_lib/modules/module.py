@@ -74,7 +74,8 @@ class Module:
 
     def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
         if self.inData is None:
-            raise ModuleError("%s: backward called before any forward pass" % self)
+            raise ModuleError("%s: backward called before any forward pass (trainMode, evalMode "
+                              "and reset forget the last one)" % self)
         self._checkArray(grad, "grad")
         self.checkGradShape(grad.shape)
         scale = check_finite(self, "scale", scale)

@@ -73,7 +73,8 @@ class Sequential(Module):
 
     def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
         if self.inData is None:
-            raise ModuleError("%s: backward called before any forward pass" % self)
+            raise ModuleError("%s: backward called before any forward pass (trainMode, evalMode "
+                              "and reset forget the last one)" % self)
         scale = check_finite(self, "scale", scale)
         momentum = check_finite(self, "momentum", momentum)
         last = len(self.modules) - 1
