@@ -9,7 +9,7 @@ Per shape and pass, on identical data in one process with the same thread count:
 ``fwd``    training forward alone (shown for the profile; not in the target geomean).
 
 Each side allocates its outputs as it does in use. Times are medians over interleaved rounds after
-warm-up. GB/s counts the fewest bytes each pass must move (float32, per element, DESIGN.md):
+warm-up. GB/s counts the fewest bytes each pass must move (float32, per element):
 inference 8 B, training forward 8 B (single read), forward + backward 20 B; the fraction is of
 the copy bandwidth measured at the same size with the same threads. The ratio is PyTorch's time
 over ours (above 1: we are faster); the geomeans are over shapes.

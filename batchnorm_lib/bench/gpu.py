@@ -1,5 +1,5 @@
 """GPU benchmark: our CUDA kernels against PyTorch's batch norm with cuDNN on and with cuDNN off,
-in one process, on the same data, following DESIGN.md's performance method.
+in one process, on the same data.
 
 For every shape, dtype and pass (inference, training forward, training backward) each side is timed
 with CUDA events, one call per event pair, median of the repeats after warm-up. Inputs rotate over
