@@ -368,6 +368,20 @@ def test_unknown_choice_is_refused():
 
 # -- the benchmark runs ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("option, value, bound", [("--rounds", "0", ">= 1"),
+                                                   ("--per-round", "-1", ">= 1"),
+                                                   ("--threads", "0", ">= 1"),
+                                                   ("--warmup", "-1", ">= 0")])
+def test_cpu_benchmark_refuses_counts_out_of_range(option, value, bound, capsys):
+    """A count that would leave nothing to time is refused by the parser, naming the option."""
+    from batchnorm_lib.bench import cpu as bench_cpu
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench_cpu.build_parser().parse_args([option, value])
+    assert exit_info.value.code == 2
+    assert "argument %s: must be an integer %s" % (option, bound) in capsys.readouterr().err
+
+
 def test_cpu_benchmark_smoke(capsys):
     from batchnorm_lib.bench import cpu as bench_cpu
 

@@ -56,3 +56,12 @@ def test_refuses_without_the_cuda_backend(capsys):
     with active_backend("cpu"):
         assert gpu.main([]) == 2
     assert "needs the cuda backend" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value, bound", [("--repeats", "0", ">= 1"),
+                                                   ("--warmup", "-1", ">= 0")])
+def test_counts_out_of_range_are_refused_by_the_parser(option, value, bound, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gpu.parse_args([option, value])
+    assert exit_info.value.code == 2
+    assert "argument %s: must be an integer %s" % (option, bound) in capsys.readouterr().err

@@ -28,6 +28,8 @@ import time
 
 import numpy as np
 
+from batchnorm_lib.bench import int_at_least
+
 DEFAULT_SHAPES = (
     (32, 64, 56, 56),
     (64, 128, 28, 28),
@@ -77,11 +79,11 @@ def add_arguments(p):
                         % " ".join(",".join(map(str, s)) for s in QUICK_SHAPES))
     p.add_argument("--pass", dest="passes", choices=PASSES, action="append",
                    help="passes to time (repeatable; default: all of %s)" % ", ".join(PASSES))
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=int_at_least(1), default=None,
                    help="threads for both libraries (default: the cores this process may use)")
-    p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (default 5)")
-    p.add_argument("--per-round", type=int, default=10, help="timed calls per side per round, after a pause and one untimed call (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls per side first, for at least 0.25 s too (default 2)")
+    p.add_argument("--rounds", type=int_at_least(1), default=5, help="alternating timing rounds (default 5)")
+    p.add_argument("--per-round", type=int_at_least(1), default=10, help="timed calls per side per round, after a pause and one untimed call (default 10)")
+    p.add_argument("--warmup", type=int_at_least(0), default=2, help="untimed calls per side first, for at least 0.25 s too (default 2)")
     p.add_argument("--cpu-path", choices=("auto", "native", "numpy"), default=None,
                    help="our CPU kernel path (default: BATCHNORM_LIB_CPU_KERNELS or auto)")
     p.add_argument("--settle", type=float, default=0.0, metavar="SECONDS",

@@ -26,6 +26,8 @@ import sys
 
 import numpy as np
 
+from batchnorm_lib.bench import int_at_least
+
 RESNET50 = [(256, 64, 112, 112), (256, 256, 56, 56), (256, 512, 28, 28), (256, 1024, 14, 14),
             (256, 2048, 7, 7)]
 SMALL_BATCH = [(8, 64, 56, 56), (32, 512, 7, 7)]
@@ -44,8 +46,8 @@ def add_arguments(p):
                    help="three shapes (%s)" % " ".join("x".join(map(str, s)) for s in QUICK_SHAPES))
     p.add_argument("--dtype", action="append", choices=DTYPES,
                    help="data type to time (repeatable; default both)")
-    p.add_argument("--repeats", type=int, default=30, help="timed calls per side (default 30)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed calls per side first (default 5)")
+    p.add_argument("--repeats", type=int_at_least(1), default=30, help="timed calls per side (default 30)")
+    p.add_argument("--warmup", type=int_at_least(0), default=5, help="untimed calls per side first (default 5)")
     p.add_argument("--out", help="also write the Markdown report to this file")
 
 
