@@ -10,8 +10,8 @@ checks numpy argument types against.
 
 Builds are cached by a hash of everything that goes into them (source, included files, options,
 runtime header, compiler version) under ``BATCHNORM_LIB_CUDASIM_CACHE`` (default
-``~/.cache/batchnorm_lib/cudasim``). ``BATCHNORM_LIB_CUDASIM_DEBUG=1`` builds with ``-O0 -g`` for
-gdb.
+``$XDG_CACHE_HOME/batchnorm_lib/cudasim``, ``~/.cache/batchnorm_lib/cudasim`` when that is unset).
+``BATCHNORM_LIB_CUDASIM_DEBUG=1`` builds with ``-O0 -g3`` for gdb.
 """
 
 import ctypes
