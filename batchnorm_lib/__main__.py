@@ -24,8 +24,16 @@ def build_parser():
 
 
 def main(argv=None):
+    from batchnorm_lib.config import BackendError
+
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except BackendError as e:
+        # a backend that cannot work here (BATCHNORM_LIB_BACKEND, BATCHNORM_LIB_CPU_KERNELS) is a
+        # usage error: say why in one line, as argparse does, rather than with a traceback
+        print("python -m batchnorm_lib %s: error: %s" % (args.command, e), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

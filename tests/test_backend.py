@@ -102,3 +102,12 @@ def test_cli_usage_errors():
     assert proc.returncode == 2 and "COMMAND" in proc.stderr
     proc = _run(["-m", "batchnorm_lib", "frobnicate"])
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_cli_bad_backend_is_a_one_line_usage_error():
+    proc = _run(["-m", "batchnorm_lib", "demo"], BATCHNORM_LIB_BACKEND="gpu0")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("python -m batchnorm_lib demo: error: "
+                                   "BATCHNORM_LIB_BACKEND='gpu0' is not a backend; choose one of %s"
+                                   % ", ".join(config.CHOICES))
