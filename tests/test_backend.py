@@ -111,3 +111,10 @@ def test_cli_bad_backend_is_a_one_line_usage_error():
     assert proc.stderr.strip() == ("python -m batchnorm_lib demo: error: "
                                    "BATCHNORM_LIB_BACKEND='gpu0' is not a backend; choose one of %s"
                                    % ", ".join(config.CHOICES))
+
+
+def test_cli_info_with_an_unusable_backend_still_reports():
+    proc = _run(["-m", "batchnorm_lib", "info"], BATCHNORM_LIB_BACKEND="gpu0")
+    assert proc.returncode == 2
+    assert "active backend: none" in proc.stdout and "not a backend" in proc.stdout
+    assert all(("  %-8s" % b) in proc.stdout for b in config.BACKENDS)

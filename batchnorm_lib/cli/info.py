@@ -40,19 +40,25 @@ def nvcc_check(arch="sm_80"):
 
 def run(args):
     print("batchnorm_lib %s" % batchnorm_lib.__version__)
-    name = config.get_backend()
-    print("active backend: %s (%s=%s)" % (name, config.ENV_VAR, os.environ.get(config.ENV_VAR, "auto")))
-    print("device: %s" % config.backend_module().device_name())
+    setting = os.environ.get(config.ENV_VAR, "auto")
+    try:
+        name = config.get_backend()
+    except config.BackendError as e:  # still report what is available, then fail
+        name, status = None, 2
+        print("active backend: none (%s=%s): %s" % (config.ENV_VAR, setting, e))
+    else:
+        status = 0
+        print("active backend: %s (%s=%s)" % (name, config.ENV_VAR, setting))
+        print("device: %s" % config.backend_module().device_name())
     for b in config.BACKENDS:
         ok, reason = config.probe(b)
         print("  %-8s %s" % (b, "available" if ok else "unavailable: " + reason))
-    backend = config.backend_module()
-    if hasattr(backend, "kernel_report"):
-        print(backend.kernel_report())
+    if name is not None and hasattr(config.backend_module(), "kernel_report"):
+        print(config.backend_module().kernel_report())
     ok, detail = nvcc_check()
     print("CUDA kernels (nvcc): %s" % ("ok, " + detail if ok else detail))
     from batchnorm_lib.backend import cublas
 
     ok, detail = cublas.status()
     print("cuBLAS (Linear on cuda): %s" % ("ok, " + detail if ok else detail))
-    return 0
+    return status
