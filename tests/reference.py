@@ -1,4 +1,5 @@
-"""Independent float64 reference for batch normalization, written from the formulas in DESIGN.md."""
+"""Independent float64 reference for batch normalization, written from the formulas in
+docs/modules/BatchNormND.md."""
 
 import numpy as np
 
