@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from batchnorm_lib.bench import int_at_least
+from batchnorm_lib.cli import int_at_least
 
 DEFAULT_SHAPES = (
     (32, 64, 56, 56),

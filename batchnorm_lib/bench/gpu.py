@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-from batchnorm_lib.bench import int_at_least
+from batchnorm_lib.cli import int_at_least
 
 RESNET50 = [(256, 64, 112, 112), (256, 256, 56, 56), (256, 512, 28, 28), (256, 1024, 14, 14),
             (256, 2048, 7, 7)]

@@ -11,25 +11,12 @@ import os
 import sys
 
 from batchnorm_lib import config
+from batchnorm_lib.cli import int_at_least
 
 DEFAULTS = {"epochs": 20, "batch_size": 64, "lr": 0.3, "seed": 0, "out": "train_output",
             "optimizer": "momentum"}
 HIDDEN = (128, 128)
 INSTALL_HINT = 'pip install "batchnorm_lib[examples]"'
-
-
-def _int_at_least(low):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError("must be an integer, got %r" % text) from None
-        if value < low:
-            raise argparse.ArgumentTypeError("must be an integer >= %d, got %d" % (low, value))
-        return value
-
-    parse.__name__ = "integer"
-    return parse
 
 
 def _positive_float(text):
@@ -50,9 +37,9 @@ def add_parser(sub):
                     "backend (BATCHNORM_LIB_BACKEND). Shows a progress bar per run and a per-epoch "
                     "table, writes loss/accuracy curves to DIR/train_curves.png, and ends with a "
                     "one-line summary. Needs: %s" % ("-".join(map(str, HIDDEN)), INSTALL_HINT))
-    p.add_argument("--epochs", type=_int_at_least(1), default=DEFAULTS["epochs"], metavar="N",
+    p.add_argument("--epochs", type=int_at_least(1), default=DEFAULTS["epochs"], metavar="N",
                    help="passes over the training set (default %(default)s)")
-    p.add_argument("--batch-size", type=_int_at_least(2), default=DEFAULTS["batch_size"],
+    p.add_argument("--batch-size", type=int_at_least(2), default=DEFAULTS["batch_size"],
                    metavar="B", help="samples per batch, >= 2 because batch statistics need two "
                                      "(default %(default)s)")
     p.add_argument("--lr", type=_positive_float, default=DEFAULTS["lr"], metavar="X",
@@ -61,7 +48,7 @@ def add_parser(sub):
                    default=DEFAULTS["optimizer"],
                    help="momentum: MomentumSGD(momRate=0.9); sgd: SGD; adam: Adam(alpha=lr) "
                         "(default %(default)s)")
-    p.add_argument("--seed", type=_int_at_least(0), default=DEFAULTS["seed"], metavar="S",
+    p.add_argument("--seed", type=int_at_least(0), default=DEFAULTS["seed"], metavar="S",
                    help="seed for the data split, the initial weights and the batch order "
                         "(default %(default)s)")
     p.add_argument("--out", default=DEFAULTS["out"], metavar="DIR",
