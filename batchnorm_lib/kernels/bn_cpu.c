@@ -704,6 +704,36 @@ static i64 elementwise_group(i64 C, i64 S)
     return G > C ? C : G;
 }
 
+/* Tasks of the short-row elementwise passes: lane groups of G whole channels (L = G * S floats)
+   times row blocks of B rows, about ELEMWISE_CHUNK floats each. */
+typedef struct {
+    i64 G, L, B, nrb, ntask;
+} lane_plan;
+
+static lane_plan plan_lanes(i64 N, i64 C, i64 S)
+{
+    lane_plan p;
+    p.G = elementwise_group(C, S);
+    p.L = p.G * S;
+    p.B = ELEMWISE_CHUNK / p.L;
+    if (p.B < 1)
+        p.B = 1;
+    p.nrb = ceil_div(N, p.B);
+    p.ntask = ceil_div(C, p.G) * p.nrb;
+    return p;
+}
+
+/* Channels [*c0, *c0 + *g) and rows [*n0, *n1) of task t; returns its lane group's index. */
+static i64 lane_task(const lane_plan *p, i64 t, i64 N, i64 C, i64 *c0, i64 *g, i64 *n0, i64 *n1)
+{
+    i64 gi = t / p->nrb, rb = t % p->nrb;
+    *c0 = gi * p->G;
+    *g = *c0 + p->G <= C ? p->G : C - *c0;
+    *n0 = rb * p->B;
+    *n1 = *n0 + p->B < N ? *n0 + p->B : N;
+    return gi;
+}
+
 /* out = (x - m[c]) * a[c] + b[c], or out = x * a[c] when m is NULL; out may be x */
 static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S, const float *m,
                        const float *a, const float *b)
@@ -723,12 +753,8 @@ static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S, const fl
         return 0;
     }
     /* lane groups of whole channels, row blocks of about ELEMWISE_CHUNK floats */
-    i64 G = elementwise_group(C, S);
-    i64 L = G * S, ngroups = ceil_div(C, G);
-    i64 B = ELEMWISE_CHUNK / L;
-    if (B < 1)
-        B = 1;
-    i64 nrb = ceil_div(N, B), ntask = ngroups * nrb;
+    lane_plan plan = plan_lanes(N, C, S);
+    i64 L = plan.L;
     int failed = 0;
 #pragma omp parallel num_threads(nt)
     {
@@ -739,10 +765,9 @@ static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S, const fl
             failed = 1;
         } else {
 #pragma omp for schedule(static)
-            for (i64 t = 0; t < ntask; t++) {
-                i64 gi = t / nrb, rb = t % nrb;
-                i64 c0 = gi * G, g = c0 + G <= C ? G : C - c0;
-                i64 n0 = rb * B, n1 = n0 + B < N ? n0 + B : N;
+            for (i64 t = 0; t < plan.ntask; t++) {
+                i64 c0, g, n0, n1;
+                i64 gi = lane_task(&plan, t, N, C, &c0, &g, &n0, &n1);
                 if (gi != cur) {
                     expand(a, c0, g, S, lanes + L);
                     if (m) {
@@ -938,12 +963,8 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                 row_dx(x + t * S, dy + t * S, dx + t * S, S, b.m, b.k, b.c0, b.c1);
             }
         } else {
-            i64 G = elementwise_group(C, S);
-            i64 L = G * S, ngroups = ceil_div(C, G);
-            i64 B = ELEMWISE_CHUNK / L;
-            if (B < 1)
-                B = 1;
-            i64 nrb = ceil_div(N, B), ntask = ngroups * nrb;
+            lane_plan plan = plan_lanes(N, C, S);
+            i64 L = plan.L;
 #pragma omp parallel num_threads(nt)
             {
                 float *lanes = malloc(sizeof(float) * (size_t)L * 4);
@@ -953,10 +974,9 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                     failed = 1;
                 } else {
 #pragma omp for schedule(static)
-                    for (i64 t = 0; t < ntask; t++) {
-                        i64 gi = t / nrb, rb = t % nrb;
-                        i64 c0 = gi * G, g = c0 + G <= C ? G : C - c0;
-                        i64 n0 = rb * B, n1 = n0 + B < N ? n0 + B : N;
+                    for (i64 t = 0; t < plan.ntask; t++) {
+                        i64 c0, g, n0, n1;
+                        i64 gi = lane_task(&plan, t, N, C, &c0, &g, &n0, &n1);
                         i64 Lg = g * S;
                         float *ml = lanes, *kl = lanes + L, *c0l = lanes + 2 * L, *c1l = lanes + 3 * L;
                         if (gi != cur) {
