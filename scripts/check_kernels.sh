@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Compile every CUDA source under batchnorm_lib/kernels/ with nvcc for each target architecture and
+# Compile every CUDA source under batchnorm_lib/kernels/<operation>/ with nvcc for each target architecture and
 # fail on any error, any warning, any register spill or local-memory use, and any double-precision
 # instruction (every kernel computes in float32).
 #
@@ -20,7 +20,7 @@ if [ -z "$nvcc" ]; then
 fi
 
 shopt -s nullglob
-sources=("$kernels"/*.cu)
+sources=("$kernels"/*/*.cu)
 if [ ${#sources[@]} -eq 0 ]; then
     echo "check_kernels: no .cu sources in $kernels" >&2
     exit 1
@@ -33,7 +33,7 @@ for src in "${sources[@]}"; do
     name=$(basename "$src")
     for arch in $archs; do
         log="$tmp/$name.$arch.log"
-        if ! "$nvcc" -cubin -arch="$arch" -I"$kernels" -Werror all-warnings \
+        if ! "$nvcc" -cubin -arch="$arch" -I"$(dirname "$src")" -Werror all-warnings \
                 -Xptxas -v,-warn-spills,-warn-lmem-usage,-warn-double-usage,-Werror \
                 -o "$tmp/$name.$arch.cubin" "$src" >"$log" 2>&1; then
             echo "FAIL $name $arch: nvcc failed" >&2

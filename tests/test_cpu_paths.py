@@ -16,8 +16,8 @@ from conftest import active_backend
 
 from batchnorm_lib import BatchNorm, BatchNorm1D, BatchNorm2D, config, kernels
 from batchnorm_lib.backend import gpuarray
-from batchnorm_lib.kernels import cpu as cpu_kernels
-from batchnorm_lib.kernels import cpu_native
+from batchnorm_lib.kernels.norm import cpu as cpu_kernels
+from batchnorm_lib.kernels.norm import cpu_native
 
 import reference as ref
 
@@ -75,7 +75,7 @@ def _params(C, rng):
 def _run_train(x, scale, bias, eps=1e-5, factor=0.25, rm0=None, rv0=None):
     """forward_train through the dispatch; returns host copies of everything it wrote."""
     C = x.shape[1]
-    ops = kernels.ops("cpu")
+    ops = kernels.norm.ops("cpu")
     ps = (1, C, 1, 1)
     rm = gpuarray.to_gpu((np.zeros(C) if rm0 is None else rm0).astype(np.float32).reshape(ps))
     rv = gpuarray.to_gpu((np.ones(C) if rv0 is None else rv0).astype(np.float32).reshape(ps))
@@ -90,7 +90,7 @@ def _run_train(x, scale, bias, eps=1e-5, factor=0.25, rm0=None, rv0=None):
 
 def _run_backward(x, dy, scale, mean, invstd, with_dx=True):
     C = x.shape[1]
-    ops = kernels.ops("cpu")
+    ops = kernels.norm.ops("cpu")
     ps = (1, C, 1, 1)
     dx = gpuarray.empty(x.shape, np.float32) if with_dx else None
     ds, db = gpuarray.empty(ps, np.float32), gpuarray.empty(ps, np.float32)
@@ -150,7 +150,7 @@ def test_inference(cpu_path, shape, rng):
     mean = rng.normal(0, 1, C).astype(np.float32)
     var = rng.uniform(0.2, 4.0, C).astype(np.float32)
     ps = (1, C, 1, 1)
-    ops = kernels.ops("cpu")
+    ops = kernels.norm.ops("cpu")
     args = [gpuarray.to_gpu(v.reshape(ps)) for v in (scale, bias, mean, var)]
     xd = gpuarray.to_gpu(x)
     out = gpuarray.empty(shape, np.float32)
@@ -206,7 +206,7 @@ def test_constant_channel(cpu_path):
 
 
 def test_axpby(cpu_path, rng):
-    ops = kernels.ops("cpu")
+    ops = kernels.norm.ops("cpu")
     x = rng.normal(0, 1, 37).astype(np.float32)
     y0 = rng.normal(0, 1, 37).astype(np.float32)
     y = gpuarray.to_gpu(y0)
@@ -319,7 +319,7 @@ import logging, numpy as np
 logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
 from batchnorm_lib import BatchNorm, config
 from batchnorm_lib.backend import gpuarray
-from batchnorm_lib.kernels import cpu
+from batchnorm_lib.kernels.norm import cpu
 config.set_backend("cpu")
 bn = BatchNorm(6)
 y = bn(gpuarray.to_gpu(np.arange(18, dtype=np.float32).reshape(3, 6)))

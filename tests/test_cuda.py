@@ -1,4 +1,4 @@
-"""CUDA-only cases: the kernels of kernels/batchnorm.cu through kernels/cuda.py, on the ``cuda``
+"""CUDA-only cases: the kernels of kernels/norm/batchnorm.cu through kernels/norm/cuda.py, on the ``cuda``
 backend (real GPU) and the ``cudasim`` backend (the same sources compiled for the host), against the
 independent float64 reference. Shapes are small and odd so they also run on the simulator."""
 
@@ -46,7 +46,7 @@ def run_forward_train(x_dev, scale, bias, eps=1e-5, factor=0.3, run_mean=None, r
     rv = channel(np.ones(c) if run_var is None else run_var)
     out = gpuarray.empty(x_dev.shape, x_dev.dtype)
     savemean, saveinvvar = gpuarray.empty((1, c), np.float32), gpuarray.empty((1, c), np.float32)
-    kernels.ops().forward_train(x_dev, channel(scale), channel(bias), rm, rv, eps, factor, out,
+    kernels.norm.ops().forward_train(x_dev, channel(scale), channel(bias), rm, rv, eps, factor, out,
                                 savemean, saveinvvar)
     return out, savemean, saveinvvar, rm, rv
 
@@ -74,7 +74,7 @@ def check_backward(x, dy, scale, dtype=np.float32, with_dx=True):
     _, savemean, saveinvvar, _, _ = run_forward_train(x_dev, scale, np.zeros(c, np.float32))
     dx = gpuarray.empty(x.shape, x_dev.dtype) if with_dx else None
     dscale, dbias = gpuarray.empty((1, c), np.float32), gpuarray.empty((1, c), np.float32)
-    kernels.ops().backward_train(x_dev, gpuarray.to_gpu(dyd), channel(scale), savemean, saveinvvar,
+    kernels.norm.ops().backward_train(x_dev, gpuarray.to_gpu(dyd), channel(scale), savemean, saveinvvar,
                                  dx, dscale, dbias)
     rdx, rdscale, rdbias = ref.backward_train(xd.astype(np.float64), dyd.astype(np.float64),
                                               scale, 1e-5)
@@ -134,7 +134,7 @@ def test_forward_infer(cuda_backend, rng, shape, inplace):
     x = rng.normal(0, 2, shape).astype(np.float32)
     xd = gpuarray.to_gpu(x)
     out = xd if inplace else gpuarray.empty(shape, np.float32)
-    kernels.ops().forward_infer(xd, channel(scale), channel(bias), channel(mean), channel(var),
+    kernels.norm.ops().forward_infer(xd, channel(scale), channel(bias), channel(mean), channel(var),
                                 1e-5, out)
     expect = ref.forward_eval(x, scale, bias, mean.astype(np.float32), var.astype(np.float32), 1e-5)
     np.testing.assert_allclose(out.get(), expect, rtol=2e-5, atol=2e-5)
@@ -152,7 +152,7 @@ def test_infer_matches_cpu_bitwise(cuda_backend, rng):
     for name in ("cpu", cuda_backend):
         config.set_backend(name)
         out, dx = gpuarray.empty(shape, np.float32), gpuarray.empty(shape, np.float32)
-        ops = kernels.ops()
+        ops = kernels.norm.ops()
         ops.forward_infer(gpuarray.to_gpu(x), channel(scale), channel(bias), channel(mean),
                           channel(var), 1e-5, out)
         ops.backward_infer(gpuarray.to_gpu(x), channel(scale), channel(var), 1e-5, dx)
@@ -167,7 +167,7 @@ def test_backward_infer(cuda_backend, rng):
     var = rng.uniform(0.5, 2, c)
     dy = rng.normal(0, 1, shape).astype(np.float32)
     dx = gpuarray.empty(shape, np.float32)
-    kernels.ops().backward_infer(gpuarray.to_gpu(dy), channel(scale), channel(var), 1e-5, dx)
+    kernels.norm.ops().backward_infer(gpuarray.to_gpu(dy), channel(scale), channel(var), 1e-5, dx)
     expect = dy * (scale / np.sqrt(var.astype(np.float32) + 1e-5)).reshape(1, c, 1)
     np.testing.assert_allclose(dx.get(), expect, rtol=2e-6)
 
@@ -179,7 +179,7 @@ def test_axpby(cuda_backend, rng, beta):
     if beta == 0.0:
         y0[::7] = np.nan  # stale values must not survive an overwrite
     y = gpuarray.to_gpu(y0)
-    kernels.ops().axpby(gpuarray.to_gpu(x), y, 0.5, beta)
+    kernels.norm.ops().axpby(gpuarray.to_gpu(x), y, 0.5, beta)
     expect = np.float32(0.5) * x if beta == 0 else np.float32(beta) * y0 + np.float32(0.5) * x
     np.testing.assert_array_equal(y.get(), expect)
 
@@ -258,7 +258,7 @@ def test_determinism(cuda_backend, rng):
         out, savemean, saveinvvar, rm, rv = run_forward_train(xd, scale, bias)
         dx = gpuarray.empty(shape, np.float32)
         dscale, dbias = gpuarray.empty((1, 3), np.float32), gpuarray.empty((1, 3), np.float32)
-        kernels.ops().backward_train(xd, gpuarray.to_gpu(dy), channel(scale), savemean,
+        kernels.norm.ops().backward_train(xd, gpuarray.to_gpu(dy), channel(scale), savemean,
                                      saveinvvar, dx, dscale, dbias)
         return [a.get() for a in (out, savemean, saveinvvar, rm, rv, dx, dscale, dbias)]
 
@@ -327,7 +327,7 @@ def test_over_2_31_elements(cuda_backend, rng):
     np.testing.assert_allclose(tail, expect, rtol=2e-3, atol=2e-3)
     dx = gpuarray.empty(shape, np.float16)
     dscale, dbias = gpuarray.empty((1, 2), np.float32), gpuarray.empty((1, 2), np.float32)
-    kernels.ops().backward_train(xd, out, channel(scale), savemean, saveinvvar, dx, dscale, dbias)
+    kernels.norm.ops().backward_train(xd, out, channel(scale), savemean, saveinvvar, dx, dscale, dbias)
     # dy = y gives dbias = sum(y) ~ 0, dscale = sum(y * xhat) ~ m, and dx ~ 0
     m = shape[2]
     np.testing.assert_allclose(dscale.get().ravel(), m, rtol=1e-3)

@@ -581,7 +581,7 @@ def test_backend_surface_and_kernel_report():
     rt = cudasim.runtime()
     assert rt.api.driver is driver and rt.name == "cudasim"
     report = cudasim.kernel_report()
-    assert "kernels from batchnorm.cu" in report, report
+    assert "kernels from norm/batchnorm.cu" in report, report
     assert np.dtype(np.float16) in cudasim.supported_dtypes()
     a = cudasim.to_gpu(np.ones((2, 3), np.float32))
     assert isinstance(a, cudasim.GPUArray) and a.get().sum() == 6
@@ -599,9 +599,9 @@ def _reference(x, scale, bias, eps=1e-5):
 def _copy_kernels(tmp_path):
     from batchnorm_lib.backend.cuda import core
 
-    for name in os.listdir(core.KERNEL_DIR):
-        if name.endswith((".cu", ".cuh", ".h")):
-            shutil.copy(os.path.join(core.KERNEL_DIR, name), tmp_path / name)
+    shutil.copytree(core.KERNEL_DIR, tmp_path, dirs_exist_ok=True,
+                    ignore=lambda d, names: [n for n in names if n.endswith((".py", ".c", ".pyc"))
+                                             or n == "__pycache__"])
     return core
 
 
@@ -612,7 +612,7 @@ def _run_copy(monkeypatch, tmp_path, core, shapes=COPY_SHAPES):
     """Train-mode forward and backward on a CudaBackend compiled from tmp_path; True when every
     result matches the float64 reference for every shape, False when one differs or a launch
     fails."""
-    from batchnorm_lib.kernels import ops
+    from batchnorm_lib.kernels.norm import ops
 
     monkeypatch.setattr(core, "KERNEL_DIR", str(tmp_path))
     monkeypatch.setattr(cudasim, "_runtime", core.CudaBackend(cudasim.api, "cudasim"))
@@ -654,9 +654,10 @@ def test_unmodified_copy_passes(monkeypatch, tmp_path):
 
 def _barrier_sites(tmp_path):
     sites = []
-    for name in sorted(os.listdir(tmp_path)):
-        if not name.startswith(("batchnorm", "bn_")):
+    for name in sorted(os.listdir(tmp_path / "norm")):
+        if not name.endswith((".cu", ".cuh")):
             continue
+        name = os.path.join("norm", name)
         text = (tmp_path / name).read_text()
         sites += [(name, m.start()) for m in re.finditer(r"__syncthreads\(\);", text)]
     return sites
@@ -679,7 +680,7 @@ def test_deleting_a_syncthreads_from_a_reduction_is_caught(monkeypatch, tmp_path
 
 def test_a_wrong_index_is_caught(monkeypatch, tmp_path):
     core = _copy_kernels(tmp_path)
-    path = tmp_path / "batchnorm.cu"
+    path = tmp_path / "norm" / "batchnorm.cu"
     text = path.read_text()
     good = "(walk.row * c + ch) * s + walk.col * VEC"
     assert good in text
@@ -721,9 +722,7 @@ def _dense_ok(monkeypatch, tmp_path):
 
 def test_deleting_a_syncthreads_from_a_dense_reduction_is_caught(monkeypatch, tmp_path):
     _copy_kernels(tmp_path)
-    path = tmp_path / "dense.cu"
-    if not path.exists():
-        pytest.skip("no dense.cu")
+    path = tmp_path / "dense" / "dense.cu"
     pristine = path.read_text()
     assert _dense_ok(monkeypatch, tmp_path)
     sites = [m.start() for m in re.finditer(r"__syncthreads\(\);", pristine)]
@@ -750,7 +749,7 @@ def _decode(bits, kind):
 @pytest.mark.parametrize("kind", ["f16", "bf16"])
 @pytest.mark.parametrize("layout", ["", "_vec", "cols"])
 def test_every_16bit_kernel_against_reference(kind, layout):
-    """The launch sequence of kernels/cuda.py, written out so bfloat16 runs without ml_dtypes."""
+    """The launch sequence of kernels/norm/cuda.py, written out so bfloat16 runs without ml_dtypes."""
     rt = cudasim.runtime()
     n, c, s = (37, 45, 1) if layout == "cols" else (3, 5, 16)
     eps, factor, nsplit = 1e-5, 0.5, 2

@@ -197,7 +197,7 @@ def copy_bandwidth(nbytes, threads, rounds=9):
     src = np.ones(n, dtype=np.float32)
     dst = np.zeros(n, dtype=np.float32)
     try:
-        from batchnorm_lib.kernels import cpu_native
+        from batchnorm_lib.kernels.norm import cpu_native
 
         if not cpu_native.probe()[0]:
             raise RuntimeError
@@ -333,7 +333,7 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
     """Time every (shape, pass); returns a dict with the environment and one row per pair.
     ``progress(done, total, label)`` is called before each step when given."""
     from batchnorm_lib import config
-    from batchnorm_lib.kernels import cpu as cpu_kernels
+    from batchnorm_lib.kernels.norm import cpu as cpu_kernels
 
     config.set_backend("cpu")
     path = cpu_kernels.active_path()
@@ -347,7 +347,7 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
         "threads_ours": threads_ours if path == "native" else 1,
         "threads_torch": torch.get_num_threads() if torch is not None else None,
         "cpu_path": path,
-        "cpu_path_detail": __import__("batchnorm_lib.kernels.cpu_native", fromlist=["x"]).describe()
+        "cpu_path_detail": __import__("batchnorm_lib.kernels.norm.cpu_native", fromlist=["x"]).describe()
         if path == "native" else "numpy",
         "torch": torch.__version__ if torch is not None else None,
         "numpy": np.__version__, "python": platform.python_version(),
@@ -495,12 +495,12 @@ def kernel_profile(shapes, threads, repeats=60, markdown=False):
     module-level table. Returns the printed text."""
     from batchnorm_lib import config
     from batchnorm_lib.backend import gpuarray
-    from batchnorm_lib.kernels import cpu as cpu_kernels
+    from batchnorm_lib.kernels.norm import cpu as cpu_kernels
 
     config.set_backend("cpu")
     path = cpu_kernels.active_path()
     cpu_kernels.set_num_threads(threads)
-    ops = __import__("batchnorm_lib.kernels", fromlist=["ops"]).ops("cpu")
+    ops = __import__("batchnorm_lib.kernels.norm", fromlist=["ops"]).ops("cpu")
     rng = np.random.default_rng(1234)
     head = ["shape", "copy ms", "infer ms", "of copy", "fwd ms", "of copy x1", "bwd ms",
             "of copy x1.5", "bwd sums ms"]
@@ -517,7 +517,7 @@ def kernel_profile(shapes, threads, repeats=60, markdown=False):
         sm, si, ds, db = (gpuarray.empty(ps, np.float32) for _ in range(4))
         src, dst = np.ones(x.size, np.float32), np.zeros(x.size, np.float32)
         try:
-            from batchnorm_lib.kernels import cpu_native
+            from batchnorm_lib.kernels.norm import cpu_native
 
             copy = (lambda: cpu_native.copy(src, dst)) if cpu_native.probe()[0] \
                 else (lambda: np.copyto(dst, src))
@@ -563,7 +563,7 @@ def kernel_profile(shapes, threads, repeats=60, markdown=False):
 
 def run_from_args(args, progress=None):
     if args.cpu_path:
-        from batchnorm_lib.kernels import cpu as cpu_kernels
+        from batchnorm_lib.kernels.norm import cpu as cpu_kernels
 
         cpu_kernels.use(args.cpu_path)
     shapes = args.shape or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)

@@ -110,7 +110,7 @@ def ours(x_host, dy_host, scale, bias, copies):
     from batchnorm_lib import kernels
     from batchnorm_lib.backend import gpuarray
 
-    ops = kernels.ops()
+    ops = kernels.norm.ops()
     c = x_host.shape[1]
     xs = [gpuarray.to_gpu(x_host) for _ in range(copies)]
     dys = [gpuarray.to_gpu(dy_host) for _ in range(copies)]

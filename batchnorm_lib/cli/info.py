@@ -21,8 +21,8 @@ def add_parser(sub):
 
 
 def nvcc_check(arch="sm_80"):
-    """Compile every kernels/*.cu with nvcc; returns (ok, one-line detail)."""
-    sources = sorted(glob.glob(os.path.join(KERNEL_DIR, "*.cu")))
+    """Compile every kernels/<operation>/*.cu with nvcc; returns (ok, one-line detail)."""
+    sources = sorted(glob.glob(os.path.join(KERNEL_DIR, "*", "*.cu")))
     nvcc = shutil.which("nvcc")
     if not sources:
         return False, "no .cu sources found in %s" % KERNEL_DIR

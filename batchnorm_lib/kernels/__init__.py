@@ -1,42 +1,32 @@
-"""One dispatch for every batch-norm operation.
+"""The arithmetic of every module, one package per operation.
 
-``ops()`` returns the implementation for the active backend; every implementation module exports
-the same functions with the same contract (all arrays are arrays of that backend, C-contiguous):
+Each operation package holds its CUDA source, its CPU source and its dispatch side by side:
 
-``forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar)``
-    ``x``/``out``: (N, C, *spatial) data; the other arrays hold C float32 values each. Computes the
-    per-channel batch mean and biased variance, writes ``out = (x - mean) * invstd * scale + bias``,
-    ``savemean = mean``, ``saveinvvar = 1 / sqrt(var + eps)``, and updates the running statistics in
-    place: ``run = (1 - factor) * run + factor * batch`` with the *unbiased* batch variance.
-``forward_infer(x, scale, bias, run_mean, run_var, eps, out)``
-    Normalizes with the running statistics; ``out`` may be ``x`` itself.
+``norm/``
+    the normalization engine: ``batchnorm.cu`` (+ ``bn_common.cuh``, the Welford and reduction
+    helpers) for CUDA, ``bn_cpu.c`` (C/OpenMP) and ``cpu_numpy.py`` for the CPU, ``cuda.py`` and
+    ``cpu.py`` launching them; the contract is in :mod:`batchnorm_lib.kernels.norm`.
+``dense/``
+    Linear, activations, costs and optimizer updates: ``dense.cu``, ``cuda.py``, ``cpu.py``; the
+    contract is in :mod:`batchnorm_lib.kernels.dense`.
 
-Both forwards compute ``out = (x - mean) * a + bias`` with ``a = scale * invstd`` in float32, in
-that order on every backend (values equal to the mean come out exactly as ``bias``).
-``backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias)``
-    ``dbias = sum(dy)``, ``dscale = sum(dy * xhat)`` per channel, and, unless ``dx`` is None,
-    ``dx = scale * invstd * (dy - dbias / m - xhat * dscale / m)``.
-``backward_infer(dy, scale, run_var, eps, dx)``
-    ``dx = dy * scale / sqrt(run_var + eps)`` (frozen statistics).
-``axpby(x, y, alpha, beta)``
-    ``y = alpha * x + beta * y`` elementwise, in place (parameter-gradient accumulation and updates);
-    ``beta == 0`` overwrites ``y``.
-
-Data may be float32 on every backend and float16/bfloat16 where the backend lists it in
-``supported_dtypes()``; statistics, parameters and accumulation are float32.
+``<operation>.ops()`` returns the implementation module for the active backend; modules call only
+that, never a backend directly.
 """
 
 import importlib
 
 from batchnorm_lib import config
 
-_IMPL_FOR_BACKEND = {
-    "cpu": "batchnorm_lib.kernels.cpu",
-    "cuda": "batchnorm_lib.kernels.cuda",
-    "cudasim": "batchnorm_lib.kernels.cuda",
-}
+# The implementation module, inside an operation package, that serves each backend.
+_IMPL_FOR_BACKEND = {"cpu": "cpu", "cuda": "cuda", "cudasim": "cuda"}
 
 
-def ops(backend=None):
-    """The kernel implementation module of ``backend`` (default: the active one)."""
-    return importlib.import_module(_IMPL_FOR_BACKEND[backend or config.get_backend()])
+def implementation(operation, backend=None):
+    """The implementation module of ``operation`` (a package name under ``kernels/``) for
+    ``backend`` (default: the active one)."""
+    return importlib.import_module("batchnorm_lib.kernels.%s.%s" % (
+        operation, _IMPL_FOR_BACKEND[backend or config.get_backend()]))
+
+
+from batchnorm_lib.kernels import dense, norm  # noqa: E402  (the operation packages)

@@ -85,7 +85,7 @@ class BatchNormND(Module):
 
     # -- forward ---------------------------------------------------------------------------------
     def updateData(self, data):
-        ops = kernels.ops()
+        ops = kernels.norm.ops()
         if self.train:
             factor = max(self.initFactor / (self.numOfProps + 1), self.minFactor)
             out = gpuarray.empty(data.shape, data.dtype)
@@ -108,13 +108,13 @@ class BatchNormND(Module):
         if self._fwdTrain:
             self._paramGrads(grad, dx)
         else:
-            kernels.ops().backward_infer(grad, self.scale, self.var, self.epsilon, dx)
+            kernels.norm.ops().backward_infer(grad, self.scale, self.var, self.epsilon, dx)
         return dx
 
     def _paramGrads(self, grad, dx=None):
         dscale = gpuarray.empty(self.paramShape, np.float32)
         dbias = gpuarray.empty(self.paramShape, np.float32)
-        kernels.ops().backward_train(self.inData, grad, self.scale, self.savemean, self.saveinvvar,
+        kernels.norm.ops().backward_train(self.inData, grad, self.scale, self.savemean, self.saveinvvar,
                                      dx, dscale, dbias)
         self.scalegrad, self.biasgrad = dscale, dbias
 
@@ -123,7 +123,7 @@ class BatchNormND(Module):
             return
         if self.scalegrad is None:  # backward ran with updGrad=False
             self._paramGrads(grad)
-        ops = kernels.ops()
+        ops = kernels.norm.ops()
         ops.axpby(self.scalegrad.ravel(), self.vars["scale"].grad.ravel(), scale, momentum)
         ops.axpby(self.biasgrad.ravel(), self.vars["bias"].grad.ravel(), scale, momentum)
 

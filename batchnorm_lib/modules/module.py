@@ -127,7 +127,7 @@ class Module:
         learnRate = check_finite(self, "learnRate", learnRate)
         for var in self.vars.values():
             if var.grad is not None:
-                kernels.ops().axpby(var.grad.ravel(), var.data.ravel(), learnRate, 1.0)
+                kernels.norm.ops().axpby(var.grad.ravel(), var.data.ravel(), learnRate, 1.0)
 
     # -- modes -----------------------------------------------------------------------------------
     def trainMode(self):

@@ -23,7 +23,7 @@ import numpy as np
 
 KERNEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__)))), "kernels")
-SOURCES = ("batchnorm.cu",)
+SOURCES = ("norm/batchnorm.cu",)  # relative to KERNEL_DIR; each compiles with its folder included
 BLOCK = 256  # threads per block of every kernel (bn::kBlock in bn_common.cuh)
 
 DEVICE_ENV = "BATCHNORM_LIB_DEVICE"  # device ordinal, default 0
@@ -164,7 +164,7 @@ class CudaBackend:
                 path = os.path.join(KERNEL_DIR, name)
                 with open(path) as f:
                     source = f.read()
-                module = self.source_module(name, source, arch)
+                module = self.source_module(name, source, arch, os.path.dirname(path))
                 for entry in _ENTRY.findall(source):
                     functions[entry] = module.get_function(entry)
             seconds = time.perf_counter() - start
@@ -175,24 +175,26 @@ class CudaBackend:
             return functions
 
     def functions_of(self, filename):
-        """Entries of ``kernels/<filename>`` (a source outside the batch-norm set, e.g. dense.cu),
+        """Entries of ``kernels/<filename>`` (a source outside the batch-norm set, e.g.
+        ``dense/dense.cu``),
         compiled once per process for this device."""
         with self._lock:
             if filename not in self._extra_functions:
                 self.start()
-                with open(os.path.join(KERNEL_DIR, filename)) as f:
+                path = os.path.join(KERNEL_DIR, filename)
+                with open(path) as f:
                     source = f.read()
-                module = self.source_module(filename, source, self.arch())
+                module = self.source_module(filename, source, self.arch(), os.path.dirname(path))
                 self._extra_functions[filename] = {
                     entry: module.get_function(entry) for entry in _ENTRY.findall(source)}
             return self._extra_functions[filename]
 
-    def source_module(self, name, source, arch):
+    def source_module(self, name, source, arch, include_dir=KERNEL_DIR):
         compiler = self.api.compiler
         compile_error = getattr(compiler, "CompileError", None) or self.api.driver.CompileError
         try:
             return compiler.SourceModule(source, options=["-std=c++17"], no_extern_c=True,
-                                         arch=arch, include_dirs=[KERNEL_DIR])
+                                         arch=arch, include_dirs=[include_dir])
         except compile_error as e:
             log = "\n".join(str(part) for part in (getattr(e, "stderr", None),
                                                     getattr(e, "stdout", None)) if part)

@@ -1,5 +1,5 @@
 """Batch normalization on the CUDA backends (``cuda`` and ``cudasim``): the kernel contract of
-:mod:`batchnorm_lib.kernels`, launched from ``kernels/batchnorm.cu``.
+:mod:`batchnorm_lib.kernels`, launched from ``kernels/norm/batchnorm.cu``.
 
 Each call takes the active backend's runtime (``config.backend_module().runtime()``), so both
 backends can be used in one process; each compiles the sources once, on first use (the active one
@@ -176,7 +176,7 @@ def _compile_active():
         return
     from batchnorm_lib import kernels
 
-    if kernels._IMPL_FOR_BACKEND.get(name) == __name__:
+    if name in kernels._IMPL_FOR_BACKEND and kernels.implementation("norm", name).__name__ == __name__:
         _runtime().compile()
 
 

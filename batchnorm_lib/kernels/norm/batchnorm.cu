@@ -1,5 +1,5 @@
 // Batch normalization over NCHW data (N, C, S): statistics, normalization, backward and the
-// parameter-gradient update. Compiles standalone with nvcc; the Python side (kernels/cuda.py)
+// parameter-gradient update. Compiles standalone with nvcc; the Python side (kernels/norm/cuda.py)
 // compiles it once per process with pycuda's SourceModule and launches the extern "C" entries.
 //
 // Layout: element (n, ch, s) lives at (n * C + ch) * S + s. Every index is 64-bit. Data is T

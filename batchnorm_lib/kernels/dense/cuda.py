@@ -1,7 +1,7 @@
 """Dense-network operations on the CUDA backends (``cuda`` and ``cudasim``).
 
 The contract is in :mod:`batchnorm_lib.kernels.dense`. Elementwise work, the bias gradient,
-softmax cross-entropy and the optimizer updates run in ``kernels/dense.cu``, compiled once per
+softmax cross-entropy and the optimizer updates run in ``kernels/dense/dense.cu``, compiled once per
 backend runtime through the runtime's ``functions_of`` (the compiler and options the batch-norm
 kernels use) and launched with BLOCK threads per block.
 
@@ -16,7 +16,7 @@ from batchnorm_lib import config
 from batchnorm_lib.backend.cuda.core import BLOCK
 from batchnorm_lib.kernels.dense import ACTIVATIONS
 
-SOURCE = "dense.cu"
+SOURCE = "dense/dense.cu"
 ELEMENTWISE_BLOCKS = 4096
 MAX_GRID_X = 65535  # softmax rows per launch stride (grid-stride over rows above this)
 COL_TILE = 32  # columns per block of dense_bias_grad (dense::kColTile)

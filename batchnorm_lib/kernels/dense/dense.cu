@@ -1,7 +1,7 @@
 // Dense-network kernels (float32): bias add and bias gradient, activations, softmax cross-entropy
 // and the optimizer updates. GEMM is not here: it goes to cuBLAS (backend/cublas.py).
-// Compiles standalone with nvcc; kernels/dense_cuda.py compiles it once per process and launches
-// the extern "C" entries. The contract is in kernels/dense.py.
+// Compiles standalone with nvcc; kernels/dense/cuda.py compiles it once per process and launches
+// the extern "C" entries. The contract is in kernels/dense/__init__.py.
 //
 // Elementwise entries use grid-stride loops with 64-bit indices, so any launch size covers any n.
 // Reductions (bias gradient, softmax rows) combine partial results in a fixed order through shared
@@ -23,7 +23,7 @@ __device__ __forceinline__ long long grid_stride()
     return static_cast<long long>(gridDim.x) * blockDim.x;
 }
 
-// Activation kinds, in the order of kernels/dense.py ACTIVATIONS.
+// Activation kinds, in the order of kernels/dense/__init__.py ACTIVATIONS.
 enum Act { kRelu = 0, kSigmoid = 1, kTanh = 2 };
 
 __device__ __forceinline__ float act_forward(int kind, float x)

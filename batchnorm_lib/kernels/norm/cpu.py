@@ -34,10 +34,10 @@ _name = None
 
 def _load(name):
     if name == "numpy":
-        from batchnorm_lib.kernels import cpu_numpy
+        from batchnorm_lib.kernels.norm import cpu_numpy
 
         return cpu_numpy
-    from batchnorm_lib.kernels import cpu_native
+    from batchnorm_lib.kernels.norm import cpu_native
 
     ok, reason = cpu_native.probe()
     if not ok:
@@ -48,7 +48,7 @@ def _load(name):
 
 def available_paths():
     """The CPU kernel paths that work in this process (``numpy`` always does)."""
-    from batchnorm_lib.kernels import cpu_native
+    from batchnorm_lib.kernels.norm import cpu_native
 
     return [p for p in PATHS if p == "numpy" or cpu_native.probe()[0]]
 
@@ -61,7 +61,7 @@ def use(choice="auto", quiet=False):
         raise BackendError("%s=%r is not a CPU kernel path; choose one of %s"
                            % (ENV_VAR, choice, ", ".join(CHOICES)))
     if choice == "auto":
-        from batchnorm_lib.kernels import cpu_native
+        from batchnorm_lib.kernels.norm import cpu_native
 
         ok, reason = cpu_native.probe()
         impl = cpu_native if ok else _load("numpy")
@@ -95,7 +95,7 @@ def _active():
 
 def set_num_threads(n):
     """Threads for the compiled kernels (0: the OpenMP default); returns the count in effect."""
-    from batchnorm_lib.kernels import cpu_native
+    from batchnorm_lib.kernels.norm import cpu_native
 
     if cpu_native.probe()[0]:
         return cpu_native.set_num_threads(n)

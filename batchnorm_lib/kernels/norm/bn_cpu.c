@@ -1,6 +1,6 @@
 /* Batch normalization on the CPU: float32 data (N, C, S), C-contiguous.
  *
- * Built at first use by batchnorm_lib/kernels/cpu_native.py with the system C compiler
+ * Built at first use by batchnorm_lib/kernels/norm/cpu_native.py with the system C compiler
  * (-O3 -ffp-contract=off, OpenMP when it links) and called through ctypes.
  *
  * Memory traffic is what limits these kernels, so the work is split into tiles sized to stay in

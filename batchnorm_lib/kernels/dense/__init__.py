@@ -34,19 +34,11 @@ Descent is built into the optimizer kernels: gradients are true gradients (dL/dp
 updates subtract them.
 """
 
-import importlib
-
-from batchnorm_lib import config
-
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
-
-_IMPL_FOR_BACKEND = {
-    "cpu": "batchnorm_lib.kernels.dense_cpu",
-    "cuda": "batchnorm_lib.kernels.dense_cuda",
-    "cudasim": "batchnorm_lib.kernels.dense_cuda",
-}
 
 
 def ops(backend=None):
     """The dense-kernel implementation module of ``backend`` (default: the active one)."""
-    return importlib.import_module(_IMPL_FOR_BACKEND[backend or config.get_backend()])
+    from batchnorm_lib.kernels import implementation
+
+    return implementation("dense", backend)

@@ -21,7 +21,7 @@ import threading
 import numpy as np
 
 from batchnorm_lib.backend.cpu import as_ndarray
-from batchnorm_lib.kernels import cpu_numpy
+from batchnorm_lib.kernels.norm import cpu_numpy
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bn_cpu.c")
 CACHE_ENV = "BATCHNORM_LIB_CACHE"
