@@ -299,3 +299,6 @@ def backward_infer(dy, scale, run_var, eps, dx):
 
 # parameter-sized arrays: numpy is as fast as a call into the library
 axpby = cpu_numpy.axpby
+
+rows_forward = cpu_numpy.rows_forward
+rows_backward = cpu_numpy.rows_backward
