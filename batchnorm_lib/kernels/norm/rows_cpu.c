@@ -33,7 +33,10 @@ typedef int64_t i64;
 #define BLOCK_FLOATS 1024                /* float terms per lane block before they go into double */
 #endif
 #ifndef ROW_TASKS
-#define ROW_TASKS 64                     /* row blocks of the S = 1 parameter-gradient partials */
+#define ROW_TASKS 16                     /* row blocks (at most) of the S = 1 gradient partials */
+#endif
+#ifndef TASK_ROWS
+#define TASK_ROWS 32                     /* rows (at least) per such block, unless fewer in all */
 #endif
 #ifndef ROWS_SERIAL_BELOW
 #define ROWS_SERIAL_BELOW (64 * 1024)    /* elements: smaller tensors run on one thread */
@@ -242,7 +245,11 @@ static int backward_columns(const float *x, const float *dy, float *dx, i64 R, i
                             const float *scale, const float *savemean, const float *saveinvstd,
                             float *dscale, float *dbias)
 {
-    const i64 tasks = R < ROW_TASKS ? R : ROW_TASKS;
+    /* from the shape alone, so the merge order never depends on the thread count; few blocks,
+     * so merging their partials costs little next to the rows */
+    i64 tasks = (R + TASK_ROWS - 1) / TASK_ROWS;
+    if (tasks > ROW_TASKS)
+        tasks = ROW_TASKS;
     const i64 per = (R + tasks - 1) / tasks;
     const i64 c = G * L;  /* channels; row r holds (r % G) * L ... */
     float *part = (float *)calloc((size_t)(2 * tasks * c), sizeof(float));
