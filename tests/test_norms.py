@@ -242,7 +242,7 @@ def test_half_precision_on_cuda(rng, name, dtype):
 
 def test_repeatable_and_threads_independent(where, rng):
     """Bitwise equal results on repeated runs (and, on the native path, with 1 or 2 threads)."""
-    shape = (6, 40, 33)  # 79 200 values: above the single-thread threshold of the C kernels
+    shape = (6, 40, 330)  # 79 200 values: above the single-thread threshold of the C kernels
     x = rng.normal(0.0, 1.0, shape).astype(np.float32)
     dy = rng.normal(0.0, 1.0, shape).astype(np.float32)
     if where[0] != "cpu":
