@@ -75,7 +75,8 @@ def reference(module, x, dy, scale, bias):
     var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
     invstd = 1.0 / np.sqrt(var + module.epsilon)
     xhat = (x - mean) * invstd
-    sc, bi = np.asarray(scale, np.float64).reshape(pshape), np.asarray(bias, np.float64).reshape(pshape)
+    sc = np.asarray(scale, np.float64).reshape(pshape)
+    bi = np.asarray(bias, np.float64).reshape(pshape)
     g = dy * sc
     dx = invstd * (g - g.mean(axis=axes, keepdims=True)
                    - xhat * (g * xhat).mean(axis=axes, keepdims=True))

@@ -99,7 +99,8 @@ def add_arguments(p):
     p.add_argument("--warmup", type=int_at_least(0), default=2, help="untimed calls per side first, for at least 0.25 s too (default 2)")
     p.add_argument("--family", action="store_true",
                    help="time LayerNorm, GroupNorm (%d groups) and InstanceNorm2D against "
-                        "PyTorch instead of batch norm, on %s (instead of the --shape or --quick shapes)"
+                        "PyTorch instead of batch norm, on %s (these replace the --shape or "
+                        "--quick shapes)"
                         % (FAMILY_GROUPS, ", ".join("%s %s" % (k, "x".join(map(str, s)))
                                                     for k, s in FAMILY_CASES)))
     p.add_argument("--cpu-path", choices=("auto", "native", "numpy"), default=None,
@@ -459,7 +460,8 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
                 # slow and single-threaded: a few calls are enough to place it
                 t["naive"] = compare({"naive": naive_fns[idx]}, 1, 3, 1)["naive"]
             nbytes = FEWEST_BYTES[p] * x.size
-            row = {"shape": list(shape), "module": kind, "pass": p, "ms": {k: v * 1e3 for k, v in t.items()},
+            row = {"shape": list(shape), "module": kind, "pass": p,
+                   "ms": {k: v * 1e3 for k, v in t.items()},
                    "gbs": nbytes / t["ours"] / 1e9, "copy_gbs": copy_gbs,
                    "frac": nbytes / t["ours"] / 1e9 / copy_gbs,
                    "torch_gbs": nbytes / t["torch"] / 1e9 if "torch" in t else None,

@@ -61,8 +61,8 @@ class RowNorm(Module):
         out = gpuarray.empty(data.shape, data.dtype)
         savemean = gpuarray.empty((rows,), np.float32)
         saveinvvar = gpuarray.empty((rows,), np.float32)
-        kernels.norm.ops().rows_forward(data, self.scale, self.bias, groups, spatial,
-                                        self.epsilon, out, savemean, saveinvvar)
+        kernels.norm.ops().per_row_forward(data, self.scale, self.bias, groups, spatial,
+                                           self.epsilon, out, savemean, saveinvvar)
         self.savemean, self.saveinvvar = savemean, saveinvvar
         return out
 
@@ -75,8 +75,8 @@ class RowNorm(Module):
         rows, groups, spatial = self.rowPlan(grad.shape)
         dscale = gpuarray.empty(self.paramShape, np.float32)
         dbias = gpuarray.empty(self.paramShape, np.float32)
-        kernels.norm.ops().rows_backward(self.inData, grad, self.scale, self.savemean,
-                                         self.saveinvvar, groups, spatial, dx, dscale, dbias)
+        kernels.norm.ops().per_row_backward(self.inData, grad, self.scale, self.savemean,
+                                            self.saveinvvar, groups, spatial, dx, dscale, dbias)
         self.scalegrad, self.biasgrad = dscale, dbias
 
     def accGradParams(self, grad, scale=1.0, momentum=0.0):

@@ -28,10 +28,10 @@ of ``spatial`` values each; row r holds channels ``(r % groups) * (L / spatial) 
 per-channel ``scale`` and ``bias`` (``groups * L / spatial`` float32 values each). LayerNorm:
 groups = spatial = 1; InstanceNorm2D: groups = C, spatial = H * W; GroupNorm: groups, spatial = S.
 
-``rows_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinvstd)``
+``per_row_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinvstd)``
     Per-row mean and biased variance; ``savemean = mean``, ``saveinvstd = 1 / sqrt(var + eps)``
     (R float32 values each); ``out = (x - mean) * a + bias``, ``a = scale * invstd``, in float32.
-``rows_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, dscale, dbias)``
+``per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, dscale, dbias)``
     ``dbias = sum(dy)``, ``dscale = sum(dy * xhat)`` per channel (over rows and positions) and,
     unless ``dx`` is None, per row with ``g = dy * scale``:
     ``dx = invstd * (g - mean(g) - xhat * mean(g * xhat))``, evaluated in float32 as

@@ -136,7 +136,7 @@ def row_stats(x4):
     return mean, var
 
 
-def rows_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinvstd):
+def per_row_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinvstd):
     rows = savemean.size
     x4, o4 = _rows4(x, rows, groups, spatial), _rows4(out, rows, groups, spatial)
     mean, var = row_stats(x4)
@@ -151,7 +151,7 @@ def rows_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinvstd
     o4 += _row_channels(_flat(bias), groups)
 
 
-def rows_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, dscale, dbias):
+def per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, dscale, dbias):
     rows = savemean.size
     x4, dy4 = _rows4(x, rows, groups, spatial), _rows4(dy, rows, groups, spatial)
     length = x4.shape[2] * x4.shape[3]

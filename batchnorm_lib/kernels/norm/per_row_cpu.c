@@ -159,7 +159,7 @@ static inline void norm_const(const float *restrict x, float *restrict out, i64 
         out[j] = (x[j] - m) * a + b;
 }
 
-int rows_forward(const float *x, float *out, i64 R, i64 L, i64 G, i64 S, const float *scale,
+int per_row_forward(const float *x, float *out, i64 R, i64 L, i64 G, i64 S, const float *scale,
                  const float *bias, double eps, float *savemean, float *saveinvstd)
 {
     const i64 cg = L / S;
@@ -314,7 +314,7 @@ static int backward_columns(const float *x, const float *dy, float *dx, i64 R, i
     return 0;
 }
 
-int rows_backward(const float *x, const float *dy, float *dx, i64 R, i64 L, i64 G, i64 S,
+int per_row_backward(const float *x, const float *dy, float *dx, i64 R, i64 L, i64 G, i64 S,
                   const float *scale, const float *savemean, const float *saveinvstd,
                   float *dscale, float *dbias)
 {

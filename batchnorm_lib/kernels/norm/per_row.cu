@@ -16,7 +16,7 @@
 // batch-norm kernels. No atomics anywhere: results are bitwise repeatable.
 #include "bn_common.cuh"
 
-namespace rows {
+namespace per_row {
 
 using bn::kBlock;
 using bn::kWarps;
@@ -277,168 +277,168 @@ __device__ __forceinline__ void param_finalize(const float* __restrict__ part, i
     }
 }
 
-}  // namespace rows
+}  // namespace per_row
 
 // --- entry points ---------------------------------------------------------------------------------
 // Plain signatures only (pointers and int / long long / float scalars). All use 256-thread blocks.
 
-extern "C" __global__ void rows_param_finalize(const float* part, int c, int nsplit, float* dscale, float* dbias)
+extern "C" __global__ void per_row_param_finalize(const float* part, int c, int nsplit, float* dscale, float* dbias)
 {
-    rows::param_finalize(part, c, nsplit, dscale, dbias);
+    per_row::param_finalize(part, c, nsplit, dscale, dbias);
 }
 
 // --- float ---
 
-extern "C" __global__ void rows_stats_f32(const float* x, long long nrows, int len, float eps, float* savemean, float* saveinvstd)
+extern "C" __global__ void per_row_stats_f32(const float* x, long long nrows, int len, float eps, float* savemean, float* saveinvstd)
 {
-    rows::stats<float, 1>(x, nrows, len, eps, savemean, saveinvstd);
+    per_row::stats<float, 1>(x, nrows, len, eps, savemean, saveinvstd);
 }
 
-extern "C" __global__ void rows_normalize_f32(const float* x, float* y, const float* savemean, const float* saveinvstd, const float* scale, const float* bias, long long nrows, int len, int groups, int spatial)
+extern "C" __global__ void per_row_normalize_f32(const float* x, float* y, const float* savemean, const float* saveinvstd, const float* scale, const float* bias, long long nrows, int len, int groups, int spatial)
 {
-    rows::normalize<float, 1>(x, y, savemean, saveinvstd, scale, bias, nrows, len, groups, spatial);
+    per_row::normalize<float, 1>(x, y, savemean, saveinvstd, scale, bias, nrows, len, groups, spatial);
 }
 
-extern "C" __global__ void rows_backward_sums_f32(const float* x, const float* dy, const float* scale, const float* savemean, const float* saveinvstd, float* coef, long long nrows, int len, int groups, int spatial)
+extern "C" __global__ void per_row_backward_sums_f32(const float* x, const float* dy, const float* scale, const float* savemean, const float* saveinvstd, float* coef, long long nrows, int len, int groups, int spatial)
 {
-    rows::backward_sums<float, 1>(x, dy, scale, savemean, saveinvstd, coef, nrows, len, groups, spatial);
+    per_row::backward_sums<float, 1>(x, dy, scale, savemean, saveinvstd, coef, nrows, len, groups, spatial);
 }
 
-extern "C" __global__ void rows_backward_dx_f32(const float* x, const float* dy, const float* scale, const float* savemean, const float* saveinvstd, const float* coef, float* dx, long long nrows, int len, int groups, int spatial)
+extern "C" __global__ void per_row_backward_dx_f32(const float* x, const float* dy, const float* scale, const float* savemean, const float* saveinvstd, const float* coef, float* dx, long long nrows, int len, int groups, int spatial)
 {
-    rows::backward_dx<float, 1>(x, dy, scale, savemean, saveinvstd, coef, dx, nrows, len, groups, spatial);
+    per_row::backward_dx<float, 1>(x, dy, scale, savemean, saveinvstd, coef, dx, nrows, len, groups, spatial);
 }
 
-extern "C" __global__ void rows_stats_f32_vec(const float* x, long long nrows, int len, float eps, float* savemean, float* saveinvstd)
+extern "C" __global__ void per_row_stats_f32_vec(const float* x, long long nrows, int len, float eps, float* savemean, float* saveinvstd)
 {
-    rows::stats<float, 4>(x, nrows, len, eps, savemean, saveinvstd);
+    per_row::stats<float, 4>(x, nrows, len, eps, savemean, saveinvstd);
 }
 
-extern "C" __global__ void rows_normalize_f32_vec(const float* x, float* y, const float* savemean, const float* saveinvstd, const float* scale, const float* bias, long long nrows, int len, int groups, int spatial)
+extern "C" __global__ void per_row_normalize_f32_vec(const float* x, float* y, const float* savemean, const float* saveinvstd, const float* scale, const float* bias, long long nrows, int len, int groups, int spatial)
 {
-    rows::normalize<float, 4>(x, y, savemean, saveinvstd, scale, bias, nrows, len, groups, spatial);
+    per_row::normalize<float, 4>(x, y, savemean, saveinvstd, scale, bias, nrows, len, groups, spatial);
 }
 
-extern "C" __global__ void rows_backward_sums_f32_vec(const float* x, const float* dy, const float* scale, const float* savemean, const float* saveinvstd, float* coef, long long nrows, int len, int groups, int spatial)
+extern "C" __global__ void per_row_backward_sums_f32_vec(const float* x, const float* dy, const float* scale, const float* savemean, const float* saveinvstd, float* coef, long long nrows, int len, int groups, int spatial)
 {
-    rows::backward_sums<float, 4>(x, dy, scale, savemean, saveinvstd, coef, nrows, len, groups, spatial);
+    per_row::backward_sums<float, 4>(x, dy, scale, savemean, saveinvstd, coef, nrows, len, groups, spatial);
 }
 
-extern "C" __global__ void rows_backward_dx_f32_vec(const float* x, const float* dy, const float* scale, const float* savemean, const float* saveinvstd, const float* coef, float* dx, long long nrows, int len, int groups, int spatial)
+extern "C" __global__ void per_row_backward_dx_f32_vec(const float* x, const float* dy, const float* scale, const float* savemean, const float* saveinvstd, const float* coef, float* dx, long long nrows, int len, int groups, int spatial)
 {
-    rows::backward_dx<float, 4>(x, dy, scale, savemean, saveinvstd, coef, dx, nrows, len, groups, spatial);
+    per_row::backward_dx<float, 4>(x, dy, scale, savemean, saveinvstd, coef, dx, nrows, len, groups, spatial);
 }
 
-extern "C" __global__ void rows_param_partial_f32(const float* x, const float* dy, const float* savemean, const float* saveinvstd, float* part, long long n, int c, int cg, long long s)
+extern "C" __global__ void per_row_param_partial_f32(const float* x, const float* dy, const float* savemean, const float* saveinvstd, float* part, long long n, int c, int cg, long long s)
 {
-    rows::param_partial<float>(x, dy, savemean, saveinvstd, part, n, c, cg, s);
+    per_row::param_partial<float>(x, dy, savemean, saveinvstd, part, n, c, cg, s);
 }
 
-extern "C" __global__ void rows_param_partial_cols_f32(const float* x, const float* dy, const float* savemean, const float* saveinvstd, float* part, long long n, int c, int cg)
+extern "C" __global__ void per_row_param_partial_cols_f32(const float* x, const float* dy, const float* savemean, const float* saveinvstd, float* part, long long n, int c, int cg)
 {
-    rows::param_partial_cols<float>(x, dy, savemean, saveinvstd, part, n, c, cg);
+    per_row::param_partial_cols<float>(x, dy, savemean, saveinvstd, part, n, c, cg);
 }
 
 // --- __half ---
 
-extern "C" __global__ void rows_stats_f16(const __half* x, long long nrows, int len, float eps, float* savemean, float* saveinvstd)
+extern "C" __global__ void per_row_stats_f16(const __half* x, long long nrows, int len, float eps, float* savemean, float* saveinvstd)
 {
-    rows::stats<__half, 1>(x, nrows, len, eps, savemean, saveinvstd);
+    per_row::stats<__half, 1>(x, nrows, len, eps, savemean, saveinvstd);
 }
 
-extern "C" __global__ void rows_normalize_f16(const __half* x, __half* y, const float* savemean, const float* saveinvstd, const float* scale, const float* bias, long long nrows, int len, int groups, int spatial)
+extern "C" __global__ void per_row_normalize_f16(const __half* x, __half* y, const float* savemean, const float* saveinvstd, const float* scale, const float* bias, long long nrows, int len, int groups, int spatial)
 {
-    rows::normalize<__half, 1>(x, y, savemean, saveinvstd, scale, bias, nrows, len, groups, spatial);
+    per_row::normalize<__half, 1>(x, y, savemean, saveinvstd, scale, bias, nrows, len, groups, spatial);
 }
 
-extern "C" __global__ void rows_backward_sums_f16(const __half* x, const __half* dy, const float* scale, const float* savemean, const float* saveinvstd, float* coef, long long nrows, int len, int groups, int spatial)
+extern "C" __global__ void per_row_backward_sums_f16(const __half* x, const __half* dy, const float* scale, const float* savemean, const float* saveinvstd, float* coef, long long nrows, int len, int groups, int spatial)
 {
-    rows::backward_sums<__half, 1>(x, dy, scale, savemean, saveinvstd, coef, nrows, len, groups, spatial);
+    per_row::backward_sums<__half, 1>(x, dy, scale, savemean, saveinvstd, coef, nrows, len, groups, spatial);
 }
 
-extern "C" __global__ void rows_backward_dx_f16(const __half* x, const __half* dy, const float* scale, const float* savemean, const float* saveinvstd, const float* coef, __half* dx, long long nrows, int len, int groups, int spatial)
+extern "C" __global__ void per_row_backward_dx_f16(const __half* x, const __half* dy, const float* scale, const float* savemean, const float* saveinvstd, const float* coef, __half* dx, long long nrows, int len, int groups, int spatial)
 {
-    rows::backward_dx<__half, 1>(x, dy, scale, savemean, saveinvstd, coef, dx, nrows, len, groups, spatial);
+    per_row::backward_dx<__half, 1>(x, dy, scale, savemean, saveinvstd, coef, dx, nrows, len, groups, spatial);
 }
 
-extern "C" __global__ void rows_stats_f16_vec(const __half* x, long long nrows, int len, float eps, float* savemean, float* saveinvstd)
+extern "C" __global__ void per_row_stats_f16_vec(const __half* x, long long nrows, int len, float eps, float* savemean, float* saveinvstd)
 {
-    rows::stats<__half, 8>(x, nrows, len, eps, savemean, saveinvstd);
+    per_row::stats<__half, 8>(x, nrows, len, eps, savemean, saveinvstd);
 }
 
-extern "C" __global__ void rows_normalize_f16_vec(const __half* x, __half* y, const float* savemean, const float* saveinvstd, const float* scale, const float* bias, long long nrows, int len, int groups, int spatial)
+extern "C" __global__ void per_row_normalize_f16_vec(const __half* x, __half* y, const float* savemean, const float* saveinvstd, const float* scale, const float* bias, long long nrows, int len, int groups, int spatial)
 {
-    rows::normalize<__half, 8>(x, y, savemean, saveinvstd, scale, bias, nrows, len, groups, spatial);
+    per_row::normalize<__half, 8>(x, y, savemean, saveinvstd, scale, bias, nrows, len, groups, spatial);
 }
 
-extern "C" __global__ void rows_backward_sums_f16_vec(const __half* x, const __half* dy, const float* scale, const float* savemean, const float* saveinvstd, float* coef, long long nrows, int len, int groups, int spatial)
+extern "C" __global__ void per_row_backward_sums_f16_vec(const __half* x, const __half* dy, const float* scale, const float* savemean, const float* saveinvstd, float* coef, long long nrows, int len, int groups, int spatial)
 {
-    rows::backward_sums<__half, 8>(x, dy, scale, savemean, saveinvstd, coef, nrows, len, groups, spatial);
+    per_row::backward_sums<__half, 8>(x, dy, scale, savemean, saveinvstd, coef, nrows, len, groups, spatial);
 }
 
-extern "C" __global__ void rows_backward_dx_f16_vec(const __half* x, const __half* dy, const float* scale, const float* savemean, const float* saveinvstd, const float* coef, __half* dx, long long nrows, int len, int groups, int spatial)
+extern "C" __global__ void per_row_backward_dx_f16_vec(const __half* x, const __half* dy, const float* scale, const float* savemean, const float* saveinvstd, const float* coef, __half* dx, long long nrows, int len, int groups, int spatial)
 {
-    rows::backward_dx<__half, 8>(x, dy, scale, savemean, saveinvstd, coef, dx, nrows, len, groups, spatial);
+    per_row::backward_dx<__half, 8>(x, dy, scale, savemean, saveinvstd, coef, dx, nrows, len, groups, spatial);
 }
 
-extern "C" __global__ void rows_param_partial_f16(const __half* x, const __half* dy, const float* savemean, const float* saveinvstd, float* part, long long n, int c, int cg, long long s)
+extern "C" __global__ void per_row_param_partial_f16(const __half* x, const __half* dy, const float* savemean, const float* saveinvstd, float* part, long long n, int c, int cg, long long s)
 {
-    rows::param_partial<__half>(x, dy, savemean, saveinvstd, part, n, c, cg, s);
+    per_row::param_partial<__half>(x, dy, savemean, saveinvstd, part, n, c, cg, s);
 }
 
-extern "C" __global__ void rows_param_partial_cols_f16(const __half* x, const __half* dy, const float* savemean, const float* saveinvstd, float* part, long long n, int c, int cg)
+extern "C" __global__ void per_row_param_partial_cols_f16(const __half* x, const __half* dy, const float* savemean, const float* saveinvstd, float* part, long long n, int c, int cg)
 {
-    rows::param_partial_cols<__half>(x, dy, savemean, saveinvstd, part, n, c, cg);
+    per_row::param_partial_cols<__half>(x, dy, savemean, saveinvstd, part, n, c, cg);
 }
 
 // --- __nv_bfloat16 ---
 
-extern "C" __global__ void rows_stats_bf16(const __nv_bfloat16* x, long long nrows, int len, float eps, float* savemean, float* saveinvstd)
+extern "C" __global__ void per_row_stats_bf16(const __nv_bfloat16* x, long long nrows, int len, float eps, float* savemean, float* saveinvstd)
 {
-    rows::stats<__nv_bfloat16, 1>(x, nrows, len, eps, savemean, saveinvstd);
+    per_row::stats<__nv_bfloat16, 1>(x, nrows, len, eps, savemean, saveinvstd);
 }
 
-extern "C" __global__ void rows_normalize_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* savemean, const float* saveinvstd, const float* scale, const float* bias, long long nrows, int len, int groups, int spatial)
+extern "C" __global__ void per_row_normalize_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* savemean, const float* saveinvstd, const float* scale, const float* bias, long long nrows, int len, int groups, int spatial)
 {
-    rows::normalize<__nv_bfloat16, 1>(x, y, savemean, saveinvstd, scale, bias, nrows, len, groups, spatial);
+    per_row::normalize<__nv_bfloat16, 1>(x, y, savemean, saveinvstd, scale, bias, nrows, len, groups, spatial);
 }
 
-extern "C" __global__ void rows_backward_sums_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* scale, const float* savemean, const float* saveinvstd, float* coef, long long nrows, int len, int groups, int spatial)
+extern "C" __global__ void per_row_backward_sums_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* scale, const float* savemean, const float* saveinvstd, float* coef, long long nrows, int len, int groups, int spatial)
 {
-    rows::backward_sums<__nv_bfloat16, 1>(x, dy, scale, savemean, saveinvstd, coef, nrows, len, groups, spatial);
+    per_row::backward_sums<__nv_bfloat16, 1>(x, dy, scale, savemean, saveinvstd, coef, nrows, len, groups, spatial);
 }
 
-extern "C" __global__ void rows_backward_dx_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* scale, const float* savemean, const float* saveinvstd, const float* coef, __nv_bfloat16* dx, long long nrows, int len, int groups, int spatial)
+extern "C" __global__ void per_row_backward_dx_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* scale, const float* savemean, const float* saveinvstd, const float* coef, __nv_bfloat16* dx, long long nrows, int len, int groups, int spatial)
 {
-    rows::backward_dx<__nv_bfloat16, 1>(x, dy, scale, savemean, saveinvstd, coef, dx, nrows, len, groups, spatial);
+    per_row::backward_dx<__nv_bfloat16, 1>(x, dy, scale, savemean, saveinvstd, coef, dx, nrows, len, groups, spatial);
 }
 
-extern "C" __global__ void rows_stats_bf16_vec(const __nv_bfloat16* x, long long nrows, int len, float eps, float* savemean, float* saveinvstd)
+extern "C" __global__ void per_row_stats_bf16_vec(const __nv_bfloat16* x, long long nrows, int len, float eps, float* savemean, float* saveinvstd)
 {
-    rows::stats<__nv_bfloat16, 8>(x, nrows, len, eps, savemean, saveinvstd);
+    per_row::stats<__nv_bfloat16, 8>(x, nrows, len, eps, savemean, saveinvstd);
 }
 
-extern "C" __global__ void rows_normalize_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* savemean, const float* saveinvstd, const float* scale, const float* bias, long long nrows, int len, int groups, int spatial)
+extern "C" __global__ void per_row_normalize_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* savemean, const float* saveinvstd, const float* scale, const float* bias, long long nrows, int len, int groups, int spatial)
 {
-    rows::normalize<__nv_bfloat16, 8>(x, y, savemean, saveinvstd, scale, bias, nrows, len, groups, spatial);
+    per_row::normalize<__nv_bfloat16, 8>(x, y, savemean, saveinvstd, scale, bias, nrows, len, groups, spatial);
 }
 
-extern "C" __global__ void rows_backward_sums_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* scale, const float* savemean, const float* saveinvstd, float* coef, long long nrows, int len, int groups, int spatial)
+extern "C" __global__ void per_row_backward_sums_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* scale, const float* savemean, const float* saveinvstd, float* coef, long long nrows, int len, int groups, int spatial)
 {
-    rows::backward_sums<__nv_bfloat16, 8>(x, dy, scale, savemean, saveinvstd, coef, nrows, len, groups, spatial);
+    per_row::backward_sums<__nv_bfloat16, 8>(x, dy, scale, savemean, saveinvstd, coef, nrows, len, groups, spatial);
 }
 
-extern "C" __global__ void rows_backward_dx_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* scale, const float* savemean, const float* saveinvstd, const float* coef, __nv_bfloat16* dx, long long nrows, int len, int groups, int spatial)
+extern "C" __global__ void per_row_backward_dx_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* scale, const float* savemean, const float* saveinvstd, const float* coef, __nv_bfloat16* dx, long long nrows, int len, int groups, int spatial)
 {
-    rows::backward_dx<__nv_bfloat16, 8>(x, dy, scale, savemean, saveinvstd, coef, dx, nrows, len, groups, spatial);
+    per_row::backward_dx<__nv_bfloat16, 8>(x, dy, scale, savemean, saveinvstd, coef, dx, nrows, len, groups, spatial);
 }
 
-extern "C" __global__ void rows_param_partial_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, const float* saveinvstd, float* part, long long n, int c, int cg, long long s)
+extern "C" __global__ void per_row_param_partial_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, const float* saveinvstd, float* part, long long n, int c, int cg, long long s)
 {
-    rows::param_partial<__nv_bfloat16>(x, dy, savemean, saveinvstd, part, n, c, cg, s);
+    per_row::param_partial<__nv_bfloat16>(x, dy, savemean, saveinvstd, part, n, c, cg, s);
 }
 
-extern "C" __global__ void rows_param_partial_cols_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, const float* saveinvstd, float* part, long long n, int c, int cg)
+extern "C" __global__ void per_row_param_partial_cols_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, const float* saveinvstd, float* part, long long n, int c, int cg)
 {
-    rows::param_partial_cols<__nv_bfloat16>(x, dy, savemean, saveinvstd, part, n, c, cg);
+    per_row::param_partial_cols<__nv_bfloat16>(x, dy, savemean, saveinvstd, part, n, c, cg);
 }
