@@ -127,3 +127,13 @@ def backward_infer(dy, scale, run_var, eps, dx):
 
 def axpby(x, y, alpha, beta):
     return _active().axpby(x, y, alpha, beta)
+
+
+def per_row_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinvstd):
+    return _active().per_row_forward(x, scale, bias, groups, spatial, eps, out, savemean,
+                                     saveinvstd)
+
+
+def per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, dscale, dbias):
+    return _active().per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx,
+                                      dscale, dbias)
