@@ -22,6 +22,16 @@ that order on every backend (values equal to the mean come out exactly as ``bias
     ``y = alpha * x + beta * y`` elementwise, in place (parameter-gradient accumulation and updates);
     ``beta == 0`` overwrites ``y``.
 
+The rows x channels family: the same four operations on data whose channels are the last axis
+(C contiguous), with statistics per channel over all the leading axes: ``BatchNorm`` on (N, C) and
+every channels-last layout ((N, L, C), (N, H, W, C), (N, D, H, W, C)). Same arguments, results and
+rounding as above, with ``x`` (and ``out``, ``dy``, ``dx``) of shape (..., C):
+
+``rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar)``
+``rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out)``
+``rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias)``
+``rows_backward_infer(dy, scale, run_var, eps, dx)``
+
 Data may be float32 on every backend and float16/bfloat16 where the backend lists it in
 ``supported_dtypes()``; statistics, parameters and accumulation are float32.
 """
