@@ -175,6 +175,8 @@ ROWS = [
     (20000, 37),      # many parts
     (5, 4099),        # wider than one channel chunk, odd
     (3, 13, 7, 33),   # channels-last 4-D, seen as 273 rows
+    (301, 132),       # whole 16-byte packs of float32 along C (the CUDA _vec entries)
+    (9, 5, 3, 20),
 ]
 ROWS_CPU_ONLY = [(3, 65536), (130, 65536)]  # very wide rows (on the simulator: (5, 4099) above)
 
@@ -282,8 +284,23 @@ def test_rows_native_independent_of_threads(rng, shape):
             np.testing.assert_array_equal(runs[0][k], other[k], err_msg=k)
 
 
+def test_rows_simulator_vector_path_and_repeatable(rng):
+    """C a multiple of the pack width takes the 16-byte entries; two runs are bitwise equal."""
+    from batchnorm_lib.kernels.norm import cuda as cuda_kernels
+
+    with active_backend("cudasim"):
+        shape = (2001, 36)
+        x = rng.normal(3, 2, shape).astype(np.float32)
+        dy = rng.normal(0, 1, shape).astype(np.float32)
+        assert cuda_kernels._rows_vector(36, np.float32, gpuarray.to_gpu(x))[0] == "_vec"
+        scale, bias = rng.uniform(0.5, 1.5, 36), rng.normal(0, 1, 36)
+        runs = [_rows_run(shape, x, dy, scale, bias) for _ in range(2)]
+        for k in runs[0]:
+            np.testing.assert_array_equal(runs[0][k], runs[1][k], err_msg=k)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("shape", [(37, 45), (3, 5, 7, 24), (6, 5, 11)])
+@pytest.mark.parametrize("shape", [(37, 45), (3, 5, 7, 24), (6, 5, 11), (301, 264)])
 def test_rows_16bit_on_simulator(rng, dtype, shape):
     """float16 / bfloat16 data, float32 statistics, on the simulated GPU."""
     with active_backend("cudasim"):
