@@ -156,6 +156,19 @@ class BatchNormND(Module):
         return {kind + ".scale": (shape, f32), kind + ".bias": (shape, f32),
                 "attrs.mean": (shape, f32), "attrs.var": (shape, f32)}
 
+    def stateEntries(self, name, prefix=""):
+        # PuzzleLib keeps scale and bias as variables even when affine=False: files say "vars"
+        for key, kind, entry, var in super().stateEntries(name, prefix):
+            fixed = kind == "attrs" and key.endswith(("attrs.scale", "attrs.bias"))
+            yield key, "vars" if fixed else kind, entry, var
+
+    def checkState(self, staged, path):
+        # without affine, scale and bias are the identity; other values belong to an affine model
+        if not self.affine and not (np.all(staged["attrs.scale"] == 1)
+                                    and np.all(staged["attrs.bias"] == 0)):
+            raise ModuleError("%s: %s holds a trained scale/bias, which affine=False cannot take"
+                              % (self, path))
+
     def saveMeta(self):
         return {"numOfProps": self.numOfProps}
 
