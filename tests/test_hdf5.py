@@ -206,6 +206,9 @@ def _damaged(tmp_path, good):
     for i in range(0, len(flipped), 7):
         flipped[i] ^= 0x5A
     raw["flipped"] = bytes(flipped)
+    archive = io.BytesIO()
+    np.savez(archive, **{"vars.scale": np.ones((1, 3, 1, 1), np.float32)})
+    raw["npz-truncated"] = archive.getvalue()[:-30]
     buf = io.BytesIO()
     with h5py.File(buf, "w") as f:
         f["data"] = np.arange(3)

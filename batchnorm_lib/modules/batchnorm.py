@@ -74,18 +74,23 @@ class BatchNormND(Module):
         if self.scale is None:
             raise ModuleError("%s: parameters are not initialized (built with empty=True); "
                               "load() them first" % self)
-        if any(s == 0 for s in shape):
-            raise ModuleError("%s: data has no elements, shape %s" % (self, tuple(shape)))
         if self.train:
             if self.inplace:
                 raise ModuleError("%s: inplace=True is allowed only in evaluation mode" % self)
-            if int(np.prod(shape, dtype=np.int64)) // self.maps < 2:
+            # an empty batch (a zero-length axis) is allowed: it has no statistics to take
+            if int(np.prod(shape, dtype=np.int64)) // self.maps == 1:
                 raise ModuleError("%s: training needs more than one value per channel, got shape %s"
                                   % (self, tuple(shape)))
 
     # -- forward ---------------------------------------------------------------------------------
     def updateData(self, data):
         ops = kernels.norm.ops()
+        if data.size == 0:
+            # nothing to normalize and no statistics: no kernel runs, running statistics and
+            # numOfProps stay; the backward gives an empty dx and zero parameter gradients
+            self._fwdTrain = self.train
+            return data if self.inplace and not self.train else gpuarray.empty(data.shape,
+                                                                                data.dtype)
         if self.train:
             factor = max(self.initFactor / (self.numOfProps + 1), self.minFactor)
             out = gpuarray.empty(data.shape, data.dtype)
@@ -105,13 +110,20 @@ class BatchNormND(Module):
     # -- backward --------------------------------------------------------------------------------
     def updateGrad(self, grad):
         dx = gpuarray.empty(grad.shape, grad.dtype)
-        if self._fwdTrain:
+        if grad.size == 0:
+            if self._fwdTrain:
+                self._paramGrads(grad)
+        elif self._fwdTrain:
             self._paramGrads(grad, dx)
         else:
             kernels.norm.ops().backward_infer(grad, self.scale, self.var, self.epsilon, dx)
         return dx
 
     def _paramGrads(self, grad, dx=None):
+        if grad.size == 0:  # an empty batch contributes nothing
+            self.scalegrad = gpuarray.zeros(self.paramShape, np.float32)
+            self.biasgrad = gpuarray.zeros(self.paramShape, np.float32)
+            return
         dscale = gpuarray.empty(self.paramShape, np.float32)
         dbias = gpuarray.empty(self.paramShape, np.float32)
         kernels.norm.ops().backward_train(self.inData, grad, self.scale, self.savemean, self.saveinvvar,
