@@ -22,6 +22,9 @@ that order on every backend (values equal to the mean come out exactly as ``bias
     ``y = alpha * x + beta * y`` elementwise, in place (parameter-gradient accumulation and updates);
     ``beta == 0`` overwrites ``y``.
 
+Per-channel partials for statistics merged across processes (synchronized batch norm) are
+composed from these entries in :mod:`batchnorm_lib.kernels.norm.partials`.
+
 Data may be float32 on every backend and float16/bfloat16 where the backend lists it in
 ``supported_dtypes()``; statistics, parameters and accumulation are float32.
 """
