@@ -23,6 +23,7 @@ class BatchNormND(Module):
     """
 
     layout = None  # what subclasses call the axes, for error messages
+    hdfVars = ("scale", "bias")  # variables in PuzzleLib even when affine=False
 
     def __init__(self, nd, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01,
                  affine=True, name=None, empty=False, inplace=False, comm=None):
@@ -85,6 +86,9 @@ class BatchNormND(Module):
         if self.train:
             if self.inplace:
                 raise ModuleError("%s: inplace=True is allowed only in evaluation mode" % self)
+            if self.comm is not None and self.calctype != np.float32:
+                raise ModuleError("%s: synchronized training (comm) runs in float32, not %s"
+                                  % (self, self.calctype))
             # an empty batch (a zero-length axis) is allowed: it has no statistics to take; with
             # comm, the count that matters is the whole batch's (checked once it is known)
             if self.comm is None and int(np.prod(shape, dtype=np.int64)) // self.maps == 1:
@@ -232,12 +236,6 @@ class BatchNormND(Module):
         kind = "vars" if self.affine else "attrs"
         return {kind + ".scale": (shape, f32), kind + ".bias": (shape, f32),
                 "attrs.mean": (shape, f32), "attrs.var": (shape, f32)}
-
-    def stateEntries(self, name, prefix=""):
-        # PuzzleLib keeps scale and bias as variables even when affine=False: files say "vars"
-        for key, kind, entry, var in super().stateEntries(name, prefix):
-            fixed = kind == "attrs" and key.endswith(("attrs.scale", "attrs.bias"))
-            yield key, "vars" if fixed else kind, entry, var
 
     def checkState(self, staged, path):
         # without affine, scale and bias are the identity; other values belong to an affine model
