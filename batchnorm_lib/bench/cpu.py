@@ -8,6 +8,11 @@ Per shape and pass, on identical data in one process with the same thread count:
 ``infer``  forward in evaluation mode (running statistics); PyTorch under ``torch.no_grad()``.
 ``fwd``    training forward alone (shown for the profile; not in the target geomean).
 
+``--family`` times the rest of the normalization family instead, on FAMILY_CASES: LayerNorm,
+GroupNorm (32 groups) and InstanceNorm2D modules against PyTorch's ``F.layer_norm``,
+``F.group_norm`` and ``F.instance_norm``. They keep no running statistics, so ``infer`` is the
+forward in evaluation mode, computing what ``fwd`` computes; the byte counts are the same.
+
 Each side allocates its outputs as it does in use. Times are medians over interleaved rounds after
 warm-up. GB/s counts the fewest bytes each pass must move (float32, per element):
 inference 8 B, training forward 8 B (single read), forward + backward 20 B; the fraction is of
@@ -41,6 +46,14 @@ DEFAULT_SHAPES = (
     (512, 2048),
 )
 QUICK_SHAPES = ((32, 64, 56, 56), (256, 512, 7, 7), (4096, 1024))
+FAMILY_CASES = (
+    ("LayerNorm", (4096, 1024)),
+    ("LayerNorm", (8192, 768)),
+    ("LayerNorm", (256, 4096)),
+    ("GroupNorm", (32, 256, 28, 28)),
+    ("InstanceNorm2D", (32, 64, 56, 56)),
+)
+FAMILY_GROUPS = 32
 PASSES = ("train", "infer", "fwd")
 TARGET_PASSES = ("train", "infer")
 FEWEST_BYTES = {"train": 20, "infer": 8, "fwd": 8}
@@ -84,6 +97,11 @@ def add_arguments(p):
     p.add_argument("--rounds", type=int_at_least(1), default=5, help="alternating timing rounds (default 5)")
     p.add_argument("--per-round", type=int_at_least(1), default=10, help="timed calls per side per round, after a pause and one untimed call (default 10)")
     p.add_argument("--warmup", type=int_at_least(0), default=2, help="untimed calls per side first, for at least 0.25 s too (default 2)")
+    p.add_argument("--family", action="store_true",
+                   help="time LayerNorm, GroupNorm (%d groups) and InstanceNorm2D against "
+                        "PyTorch instead of batch norm, on %s (instead of the --shape or --quick shapes)"
+                        % (FAMILY_GROUPS, ", ".join("%s %s" % (k, "x".join(map(str, s)))
+                                                    for k, s in FAMILY_CASES)))
     p.add_argument("--cpu-path", choices=("auto", "native", "numpy"), default=None,
                    help="our CPU kernel path (default: BATCHNORM_LIB_CPU_KERNELS or auto)")
     p.add_argument("--settle", type=float, default=0.0, metavar="SECONDS",
@@ -213,13 +231,29 @@ def copy_bandwidth(nbytes, threads, rounds=9):
 _MODULE_FOR_NDIM = {2: "BatchNorm", 3: "BatchNorm1D", 4: "BatchNorm2D", 5: "BatchNorm3D"}
 
 
-def ours(x, dy, scale, bias):
+def _family_module(kind, shape):
+    from batchnorm_lib import modules
+
+    if kind == "LayerNorm":
+        return modules.LayerNorm(shape[-1])
+    if kind == "GroupNorm":
+        return modules.GroupNorm(FAMILY_GROUPS, shape[1])
+    return getattr(modules, kind)(shape[1])
+
+
+def param_count(kind, shape):
+    """Length of the scale and bias vectors of module ``kind`` on data of ``shape``."""
+    return shape[-1] if kind == "LayerNorm" else shape[1]
+
+
+def ours(x, dy, scale, bias, kind="BatchNorm"):
     """(train, infer, fwd, results) closures over a batchnorm_lib module on the CPU backend."""
     from batchnorm_lib import modules
     from batchnorm_lib.backend import gpuarray
 
     C = x.shape[1]
-    mod = getattr(modules, _MODULE_FOR_NDIM[x.ndim])(C)
+    mod = getattr(modules, _MODULE_FOR_NDIM[x.ndim])(C) if kind == "BatchNorm" \
+        else _family_module(kind, x.shape)
     mod.scale.set(scale.reshape(mod.scale.shape))
     mod.bias.set(bias.reshape(mod.bias.shape))
     data, grad = gpuarray.to_gpu(x), gpuarray.to_gpu(dy)
@@ -247,7 +281,16 @@ def ours(x, dy, scale, bias):
     return train, infer, fwd, results
 
 
-def pytorch(torch, x, dy, scale, bias):
+def _torch_family(F, kind, shape):
+    """PyTorch's functional form of module ``kind``: forward(x, weight, bias)."""
+    if kind == "LayerNorm":
+        return lambda x, w, b: F.layer_norm(x, (shape[-1],), w, b, eps=EPS)
+    if kind == "GroupNorm":
+        return lambda x, w, b: F.group_norm(x, FAMILY_GROUPS, w, b, eps=EPS)
+    return lambda x, w, b: F.instance_norm(x, weight=w, bias=b, use_input_stats=True, eps=EPS)
+
+
+def pytorch(torch, x, dy, scale, bias, kind="BatchNorm"):
     F = torch.nn.functional
     C = x.shape[1]
     xt = torch.from_numpy(x.copy()).requires_grad_()
@@ -255,6 +298,8 @@ def pytorch(torch, x, dy, scale, bias):
     w = torch.from_numpy(scale.copy()).requires_grad_()
     b = torch.from_numpy(bias.copy()).requires_grad_()
     rm, rv = torch.zeros(C), torch.ones(C)
+    if kind != "BatchNorm":
+        return _pytorch_family(torch, _torch_family(F, kind, x.shape), xt, dyt, w, b)
 
     def train():
         xt.grad = w.grad = b.grad = None
@@ -277,6 +322,25 @@ def pytorch(torch, x, dy, scale, bias):
                 "dbias": b.grad.numpy()}
 
     return train, infer, fwd, results
+
+
+def _pytorch_family(torch, forward, xt, dyt, w, b):
+    def train():
+        xt.grad = w.grad = b.grad = None
+        forward(xt, w, b).backward(dyt)
+
+    def fwd():
+        with torch.no_grad():
+            forward(xt, w, b)
+
+    def results():
+        xt.grad = w.grad = b.grad = None
+        y = forward(xt, w, b)
+        y.backward(dyt)
+        return {"y": y.detach().numpy(), "dx": xt.grad.numpy(), "dscale": w.grad.numpy(),
+                "dbias": b.grad.numpy()}
+
+    return train, fwd, fwd, results
 
 
 def naive(x, dy, scale, bias):
@@ -360,29 +424,31 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
     total = len(shapes) * (len(passes) + 1)
     done = 0
     rng = np.random.default_rng(1234)
-    for shape in shapes:
-        label = "x".join(map(str, shape))
+    for case in shapes:
+        # a case is a shape (batch norm) or (module name, shape) (the rest of the family)
+        kind, shape = case if isinstance(case[0], str) else ("BatchNorm", case)
+        label = ("" if kind == "BatchNorm" else kind + " ") + "x".join(map(str, shape))
         if settle > 0:
             if progress:
                 progress(done, total, "%s: waiting for a quiet machine" % label)
             wait_for_quiet(settle)
         if progress:
             progress(done, total, "%s: data, copy bandwidth, agreement" % label)
-        C = shape[1]
+        C = param_count(kind, shape)
         x = rng.standard_normal(shape, dtype=np.float32)
         dy = rng.standard_normal(shape, dtype=np.float32)
         scale = rng.uniform(0.5, 1.5, C).astype(np.float32)
         bias = rng.uniform(-0.5, 0.5, C).astype(np.float32)
         copy_gbs = copy_bandwidth(x.nbytes, threads)
-        contestants = {"ours": ours(x, dy, scale, bias)}
+        contestants = {"ours": ours(x, dy, scale, bias, kind)}
         if torch is not None:
-            contestants["torch"] = pytorch(torch, x, dy, scale, bias)
+            contestants["torch"] = pytorch(torch, x, dy, scale, bias, kind)
         agreement = None
         if torch is not None:
             a, b = contestants["ours"][3](), contestants["torch"][3]()
             agreement = max(_max_rel(a[k], b[k]) for k in a)
         done += 1
-        naive_fns = naive(x, dy, scale, bias) if use_naive else None
+        naive_fns = naive(x, dy, scale, bias) if use_naive and kind == "BatchNorm" else None
         for p in passes:
             if progress:
                 progress(done, total, "%s %s" % (label, p))
@@ -393,7 +459,7 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
                 # slow and single-threaded: a few calls are enough to place it
                 t["naive"] = compare({"naive": naive_fns[idx]}, 1, 3, 1)["naive"]
             nbytes = FEWEST_BYTES[p] * x.size
-            row = {"shape": list(shape), "pass": p, "ms": {k: v * 1e3 for k, v in t.items()},
+            row = {"shape": list(shape), "module": kind, "pass": p, "ms": {k: v * 1e3 for k, v in t.items()},
                    "gbs": nbytes / t["ours"] / 1e9, "copy_gbs": copy_gbs,
                    "frac": nbytes / t["ours"] / 1e9 / copy_gbs,
                    "torch_gbs": nbytes / t["torch"] / 1e9 if "torch" in t else None,
@@ -433,7 +499,8 @@ def format_table(result, markdown=False):
         head += ["torch GB/s", "torch/ours"]
     body = []
     for r in rows:
-        line = ["x".join(map(str, r["shape"])), r["pass"], "%.3f" % r["ms"]["ours"]]
+        line = [("" if r.get("module", "BatchNorm") == "BatchNorm" else r["module"] + " ")
+                + "x".join(map(str, r["shape"])), r["pass"], "%.3f" % r["ms"]["ours"]]
         if has_torch:
             line.append("%.3f" % r["ms"]["torch"])
         if has_naive:
@@ -573,6 +640,8 @@ def run_from_args(args, progress=None):
     if args.kernels:
         print(kernel_profile(shapes, threads, markdown=args.markdown))
         return 0
+    if getattr(args, "family", False):
+        shapes = FAMILY_CASES
     result = run_benchmark(shapes, passes, threads, rounds, args.per_round, args.warmup,
                            use_torch=not args.no_torch, use_naive=not args.no_naive,
                            progress=progress, settle=args.settle)

@@ -3,9 +3,11 @@
 from batchnorm_lib.modules.batchnorm import (BatchNorm, BatchNorm1D, BatchNorm2D, BatchNorm3D,
                                              BatchNormND)
 from batchnorm_lib.modules.module import Module, ModuleError
+from batchnorm_lib.modules.norm import GroupNorm, InstanceNorm2D, LayerNorm
 from batchnorm_lib.modules.activation import Activation, relu, sigmoid, tanh
 from batchnorm_lib.modules.linear import Linear
 from batchnorm_lib.modules.sequential import Sequential
 
 __all__ = ["Module", "ModuleError", "BatchNormND", "BatchNorm", "BatchNorm1D", "BatchNorm2D",
-           "BatchNorm3D", "Linear", "Activation", "relu", "sigmoid", "tanh", "Sequential"]
+           "BatchNorm3D", "Linear", "Activation", "relu", "sigmoid", "tanh", "Sequential",
+           "InstanceNorm2D", "LayerNorm", "GroupNorm"]

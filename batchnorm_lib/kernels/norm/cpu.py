@@ -127,3 +127,12 @@ def backward_infer(dy, scale, run_var, eps, dx):
 
 def axpby(x, y, alpha, beta):
     return _active().axpby(x, y, alpha, beta)
+
+
+def rows_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinvstd):
+    return _active().rows_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinvstd)
+
+
+def rows_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, dscale, dbias):
+    return _active().rows_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, dscale,
+                                   dbias)

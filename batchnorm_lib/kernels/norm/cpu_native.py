@@ -1,10 +1,10 @@
 """Batch normalization on the CPU backend, compiled path: bn_cpu.c built with the system compiler.
 
-The first use compiles ``bn_cpu.c`` into a shared library with ``$CC`` (else ``cc``, ``gcc``,
+The first use compiles ``SOURCES`` (``bn_cpu.c``, ``rows_cpu.c``) into one shared library with ``$CC`` (else ``cc``, ``gcc``,
 ``clang``): ``-O3 -ffp-contract=off``, plus ``-march=native`` (it is built on the machine that
 runs it) and ``-fopenmp`` when they work, dropping them one by one when they do not. The library is
 cached under ``$BATCHNORM_LIB_CACHE`` (default ``$XDG_CACHE_HOME/batchnorm_lib`` or
-``~/.cache/batchnorm_lib``), named by a hash of the source, the compiler and the flags, so a
+``~/.cache/batchnorm_lib``), named by a hash of the sources, the compiler and the flags, so a
 changed source rebuilds and concurrent processes never load a half-written file. It is loaded with
 ctypes. :func:`probe` says whether all this works here and, if not, why.
 """
@@ -23,7 +23,10 @@ import numpy as np
 from batchnorm_lib.backend.cpu import as_ndarray
 from batchnorm_lib.kernels.norm import cpu_numpy
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bn_cpu.c")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join(_HERE, "bn_cpu.c")
+# every C source of the library, compiled and linked together (rows_cpu.c: the row pattern)
+SOURCES = [SOURCE, os.path.join(_HERE, "rows_cpu.c")]
 CACHE_ENV = "BATCHNORM_LIB_CACHE"
 CFLAGS_ENV = "BATCHNORM_LIB_CFLAGS"  # extra compiler flags, e.g. -DTILE_BYTES=... for experiments
 BASE_FLAGS = ["-O3", "-ffp-contract=off", "-fPIC", "-shared", "-std=c99"]
@@ -71,7 +74,7 @@ def _compile(cc, flags, src_text, out_path):
     fd, tmp = tempfile.mkstemp(prefix=".bn_cpu-", suffix=".so", dir=d)
     os.close(fd)
     try:
-        proc = subprocess.run([cc] + BASE_FLAGS + flags + ["-o", tmp, SOURCE, "-lm"],
+        proc = subprocess.run([cc] + BASE_FLAGS + flags + ["-o", tmp] + SOURCES + ["-lm"],
                               capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             return False, (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["failed"]
@@ -133,6 +136,11 @@ def _declare(lib):
     lib.bn_has_openmp.restype = ctypes.c_int
     lib.bn_copy.argtypes = [_f32p, _f32p, _i64]
     lib.bn_copy.restype = None
+    lib.rows_forward.argtypes = [_f32p, _f32p, _i64, _i64, _i64, _i64, _f32p, _f32p, _dbl, _f32p,
+                                 _f32p]
+    lib.rows_backward.argtypes = [_f32p, _f32p, _f32p, _i64, _i64, _i64, _i64, _f32p, _f32p, _f32p,
+                                  _f32p, _f32p]
+    lib.rows_forward.restype = lib.rows_backward.restype = ctypes.c_int
 
 
 def _build():
@@ -140,8 +148,10 @@ def _build():
     if cc is None:
         return None, "no C compiler found (tried %s)" % (
             os.environ.get("CC") or "cc, gcc, clang")
-    with open(SOURCE, "rb") as f:
-        src = f.read()
+    src = b""
+    for name in SOURCES:
+        with open(name, "rb") as f:
+            src += f.read() + b"\0"
     ident = _compiler_id(cc)
     cpu = _cpu_id()
     out_dir = _writable_dir()
@@ -168,7 +178,8 @@ def _build():
         _build_info.update(compiler=cc, version=ident, flags=BASE_FLAGS + flags, path=path,
                            openmp=bool(lib.bn_has_openmp()))
         return lib, None
-    return None, "compiling bn_cpu.c failed: " + "; ".join(errors)
+    return None, "compiling %s failed: %s" % (", ".join(map(os.path.basename, SOURCES)),
+                                             "; ".join(errors))
 
 
 def probe():
@@ -299,3 +310,30 @@ def backward_infer(dy, scale, run_var, eps, dx):
 
 # parameter-sized arrays: numpy is as fast as a call into the library
 axpby = cpu_numpy.axpby
+
+
+def rows_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinvstd):
+    arys = [_f32(a) for a in (x, out, scale, bias, savemean, saveinvstd)]
+    if any(a is None for a in arys):
+        return cpu_numpy.rows_forward(x, scale, bias, groups, spatial, eps, out, savemean,
+                                      saveinvstd)
+    xa, oa, sc, bi, sm, si = arys
+    rows = sm.size
+    _check(_library().rows_forward(xa.ctypes.data, oa.ctypes.data, rows, xa.size // rows,
+                                   int(groups), int(spatial), sc.ctypes.data, bi.ctypes.data,
+                                   float(eps), sm.ctypes.data, si.ctypes.data))
+
+
+def rows_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, dscale, dbias):
+    arys = [_f32(a) for a in (x, dy, scale, savemean, saveinvstd, dscale, dbias)]
+    dxa = _f32(dx) if dx is not None else None
+    if any(a is None for a in arys) or (dx is not None and dxa is None):
+        return cpu_numpy.rows_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx,
+                                       dscale, dbias)
+    xa, ga, sc, sm, si, ds, db = arys
+    rows = sm.size
+    _check(_library().rows_backward(xa.ctypes.data, ga.ctypes.data,
+                                    None if dxa is None else dxa.ctypes.data, rows,
+                                    xa.size // rows, int(groups), int(spatial), sc.ctypes.data,
+                                    sm.ctypes.data, si.ctypes.data, ds.ctypes.data,
+                                    db.ctypes.data))

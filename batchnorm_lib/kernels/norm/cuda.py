@@ -168,6 +168,79 @@ def axpby(x, y, alpha, beta):
               (_ptr(x), _ptr(y), np.float32(alpha), np.float32(beta), np.int64(y.size)))
 
 
+# -- pattern (a): statistics per contiguous row (kernels/norm/rows.cu) ----------------------------
+
+ROWS_SOURCE = "norm/rows.cu"
+MAX_ROW_LENGTH = (1 << 24) - 1  # in-row indices are 32-bit and float counts stay exact
+MAX_ROW_BLOCKS = 65535  # blocks of a row kernel; more rows are walked grid-stride
+
+
+def _rows_launch(rt, name, grid, args):
+    fn = rt.functions_of(ROWS_SOURCE)[name]
+    fn(*args, block=(BLOCK, 1, 1), grid=tuple(grid) + (1,) * (3 - len(grid)), shared=0)
+    if rt.sync_each_launch:
+        rt.api.driver.Context.synchronize()
+
+
+def _rows_plan(x, rows, groups, spatial, *arrays):
+    """(length, vector suffix, row grid) of row-kernel launches."""
+    length = x.size // rows
+    if length > MAX_ROW_LENGTH:
+        raise ValueError("rows of %d elements are too long for the CUDA row kernels (at most %d)"
+                         % (length, MAX_ROW_LENGTH))
+    vec, width = _vector(length, x.dtype, x, *arrays)
+    if vec and spatial != 1 and spatial % width:
+        vec = ""  # a pack would straddle two channels
+    return length, vec, (min(rows, MAX_ROW_BLOCKS),)
+
+
+def rows_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinvstd):
+    rt = _runtime()
+    suffix = _suffix(rt, x.dtype, out)
+    rows = savemean.size
+    if rows < 1:
+        return
+    length, vec, grid = _rows_plan(x, rows, groups, spatial, out)
+    _rows_launch(rt, "rows_stats_" + suffix + vec, grid,
+                 (_ptr(x), np.int64(rows), np.int32(length), np.float32(eps), _ptr(savemean),
+                  _ptr(saveinvstd)))
+    _rows_launch(rt, "rows_normalize_" + suffix + vec, grid,
+                 (_ptr(x), _ptr(out), _ptr(savemean), _ptr(saveinvstd), _ptr(scale), _ptr(bias),
+                  np.int64(rows), np.int32(length), np.int32(groups), np.int32(spatial)))
+
+
+def rows_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, dscale, dbias):
+    rt = _runtime()
+    suffix = _suffix(rt, x.dtype, dy, dx)
+    rows = savemean.size
+    if rows < 1:
+        return
+    length, vec, grid = _rows_plan(x, rows, groups, spatial, dy, dx)
+    if dx is not None:
+        coef = rt.empty((2 * rows,), np.float32)
+        row_args = (np.int64(rows), np.int32(length), np.int32(groups), np.int32(spatial))
+        _rows_launch(rt, "rows_backward_sums_" + suffix + vec, grid,
+                     (_ptr(x), _ptr(dy), _ptr(scale), _ptr(savemean), _ptr(saveinvstd),
+                      _ptr(coef)) + row_args)
+        _rows_launch(rt, "rows_backward_dx_" + suffix + vec, grid,
+                     (_ptr(x), _ptr(dy), _ptr(scale), _ptr(savemean), _ptr(saveinvstd),
+                      _ptr(coef), _ptr(dx)) + row_args)
+    # parameter gradients: the data read as (N, C, S), reduced per channel in two phases
+    n, cg = rows // groups, length // spatial
+    c = groups * cg
+    if spatial == 1:
+        nsplit = _splits(-(-c // 32), n * 32, n)
+        name, pgrid, extra = "rows_param_partial_cols_" + suffix, (-(-c // 32), nsplit), ()
+    else:
+        nsplit = _splits(c, n * spatial, n * spatial)
+        name, pgrid, extra = "rows_param_partial_" + suffix, (c, nsplit), (np.int64(spatial),)
+    part = rt.empty((c * nsplit * 2,), np.float32)
+    _rows_launch(rt, name, pgrid, (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(saveinvstd),
+                                   _ptr(part), np.int64(n), np.int32(c), np.int32(cg)) + extra)
+    _rows_launch(rt, "rows_param_finalize", _channel_grid(c),
+                 (_ptr(part), np.int32(c), np.int32(nsplit), _ptr(dscale), _ptr(dbias)))
+
+
 def _compile_active():
     """Compile for the active backend when it is one of ours (the once-per-process compile)."""
     try:
