@@ -47,6 +47,9 @@ rounding as above, with ``x`` (and ``out``, ``dy``, ``dx``) of shape (..., C):
 ``rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias)``
 ``rows_backward_infer(dy, scale, run_var, eps, dx)``
 
+Per-channel partials for statistics merged across processes (synchronized batch norm) are
+composed from these entries in :mod:`batchnorm_lib.kernels.norm.partials`.
+
 Data may be float32 on every backend and float16/bfloat16 where the backend lists it in
 ``supported_dtypes()``; statistics, parameters and accumulation are float32.
 """
