@@ -461,6 +461,7 @@ class _Build:
         self.instrumented = bool(self.lib.cudasim_instrumented())
         self.static_shared = 0
         self.base = None
+        self.symbols = []
         self._set_poison(sym_path)
 
     def _set_poison(self, sym_path):
@@ -470,6 +471,7 @@ class _Build:
                 name, addr, size = line.split()
                 entries.append((name, int(addr), int(size)))
         anchor = [a for n, a, s in entries if n == "@anchor"]
+        self.symbols = [(n, a, s) for n, a, s in entries if n != "@anchor" and s > 0]
         regions = [(a, s) for n, a, s in entries if n != "@anchor" and s > 0]
         self.static_shared = int(self.lib.cudasim_static_shared_bytes()) + sum(
             s for n, a, s in entries if n.startswith("_ZZ") and s > 0)
@@ -666,7 +668,7 @@ class Function:
             found, more = instrument.findings(build.lib)
             if found:
                 where = checked.allocation_of if checked else driver.registry.find
-                lines = [instrument.describe(self.name, f, where, build.path, build.base)
+                lines = [instrument.describe(self.name, f, where, build)
                          for f in found]
                 if more:
                     lines.append("(and %d more findings)" % more)

@@ -37,8 +37,8 @@ struct Finding {  // mirrored in instrument.py
     uint32_t other_is_write, has_other;
     uint64_t pc, other_pc;
     const char* file;
-    uint32_t line, pad;
-    int64_t offset;  // in the shared array (shared); global offsets are found by the launcher
+    uint32_t line, dynamic;  // dynamic: in the launch's dynamic shared memory
+    int64_t offset;  // there (dynamic); other offsets are found by the launcher from the address
 };
 
 enum { MAX_FINDINGS = 16 };
@@ -107,6 +107,7 @@ __attribute__((visibility("hidden"))) CUDASIM_NOINSTR void __ubsan_handle_type_m
             f->offset = (int64_t)(a - st);
         } else if (dy && a >= dy && a < dy + g.dyn_shared_len + 256) {
             f->space = SP_SHARED;
+            f->dynamic = 1;
             f->offset = (int64_t)(a - dy);
         }
         for (int i = 0; i < g.npoison; ++i)
@@ -310,6 +311,7 @@ static CUDASIM_NOINSTR void report_race(int space, uint64_t addr, int64_t offset
     f->space = space;
     f->addr = addr;
     f->offset = offset;
+    f->dynamic = offset >= 0 && space == SP_SHARED;
     f->size = size;
     f->is_write = write;
     f->has_other = 1;
@@ -491,6 +493,7 @@ static CUDASIM_NOINSTR void access(uint64_t addr, uint32_t size, bool write, uin
                 fd->space = SP_SHARED;
                 fd->addr = addr;
                 fd->offset = (int64_t)off;
+                fd->dynamic = si == s.nsh - 1;
                 fd->size = size;
                 fd->is_write = write;
             }
@@ -505,6 +508,7 @@ static CUDASIM_NOINSTR void access(uint64_t addr, uint32_t size, bool write, uin
                         fd->space = SP_SHARED;
                         fd->addr = addr;
                         fd->offset = (int64_t)off;
+                        fd->dynamic = si == s.nsh - 1;
                         fd->size = size;
                     }
                     break;
@@ -513,7 +517,7 @@ static CUDASIM_NOINSTR void access(uint64_t addr, uint32_t size, bool write, uin
         if (write)
             for (uint32_t b = 0; b < size; ++b) init[off + b] = s.block;
         race_check(s.sh_cells[(size_t)si], 0, off, size, write, cur, SP_SHARED, addr,
-                   (int64_t)off);
+                   si == s.nsh - 1 ? (int64_t)off : -1);
         return;
     }
     const Alloc& al = s.allocs[ai];

@@ -11,6 +11,7 @@ import bisect
 import contextlib
 import ctypes
 import os
+import re
 import shutil
 import subprocess
 
@@ -85,7 +86,7 @@ class _Finding(ctypes.Structure):
                 ("other_block", ctypes.c_uint32 * 3), ("other_thread", ctypes.c_uint32 * 3),
                 ("other_is_write", ctypes.c_uint32), ("has_other", ctypes.c_uint32),
                 ("pc", ctypes.c_uint64), ("other_pc", ctypes.c_uint64),
-                ("file", ctypes.c_char_p), ("line", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("file", ctypes.c_char_p), ("line", ctypes.c_uint32), ("dynamic", ctypes.c_uint32),
                 ("offset", ctypes.c_int64)]
 
 
@@ -191,13 +192,33 @@ def _triple(v):
     return "(%d,%d,%d)" % (v[0], v[1], v[2])
 
 
-def describe(kernel, f, where, so_path, base):
+def _shared_name(symbol):
+    """`s` from a function-local static's mangled name (_ZZ10kernelE1s), else the name."""
+    m = re.match(r"_ZZ.*E(\d+)(\w+)$", symbol)
+    if m and len(m.group(2)) >= int(m.group(1)):
+        return m.group(2)[:int(m.group(1))]
+    return symbol
+
+
+def _shared_place(f, build):
+    if f.dynamic:
+        return "byte offset %d of dynamic shared memory" % f.offset
+    if build.base is not None:
+        rel = f.addr - build.base
+        for name, addr, size in build.symbols:
+            if addr <= rel < addr + size:
+                return "byte offset %d of __shared__ %s" % (rel - addr, _shared_name(name))
+    return "byte offset %d of shared memory" % f.offset
+
+
+def describe(kernel, f, where, build):
     """The message for one finding. where(addr) -> (start, size) of its allocation or None."""
+    so_path, base = build.path, build.base
     word = _KIND_WORDS.get(f.kind, "error")
     space = _SPACE_WORDS.get(f.space)
     located = None
     if f.space == 2:
-        located = "byte offset %d of shared memory" % f.offset
+        located = _shared_place(f, build)
     else:
         found = where(f.addr)
         if found is not None:
