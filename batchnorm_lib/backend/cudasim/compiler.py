@@ -82,6 +82,15 @@ def find_cuda_include():
 _cxx_version = {}
 
 
+def _runtime_sources():
+    """The runtime header and every header beside it that it includes (part of the cache key)."""
+    parts = []
+    for path in sorted(glob.glob(os.path.join(HERE, "*.h"))):
+        with open(path, "rb") as f:
+            parts.append(os.path.basename(path).encode() + b"\0" + f.read())
+    return b"\0".join(parts)
+
+
 def _sibling_includes(inc):
     """The other nvidia/*/include directories beside a pip-wheel include directory (the runtime
     wheel's cuda_fp16.h needs nv/target from the cccl wheel), else []."""
@@ -344,8 +353,7 @@ class SourceModule:
         flags += ["-I" + d for d in include_dirs] + ["-I" + cuda_inc]
         for extra in _sibling_includes(cuda_inc) + [SHIM_DIR]:
             flags += ["-idirafter", extra]
-        with open(RUNTIME_HEADER, "rb") as f:
-            runtime = f.read()
+        runtime = _runtime_sources()
         h = hashlib.sha256()
         for part in (BUILD_VERSION, _compiler_version(cxx), " ".join(flags), runtime, full):
             h.update(part if isinstance(part, bytes) else part.encode())
