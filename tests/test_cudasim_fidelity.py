@@ -622,3 +622,160 @@ def test_library_function_within_cuda_bound(name):
     # at least the bound; the host computes these in double, so it is far inside it
     assert np.max(err) <= max(ulps, 0.5), "%s: max %.2f ulp at %r" % (
         name, np.max(err), a[ok][np.argmax(err)])
+
+
+# -- warps ----------------------------------------------------------------------------------------
+ACTIVEMASK = r"""
+extern "C" __global__ void activemask(unsigned* out)
+{
+    const int t = threadIdx.x, lane = t % 32;
+    out[4 * t] = __activemask();
+    if (lane < 8) {
+        out[4 * t + 1] = __activemask();
+    } else if (lane % 3 == 0) {
+        out[4 * t + 1] = __activemask();
+    } else {
+        out[4 * t + 1] = __activemask();
+    }
+    __syncwarp();
+    if (lane >= 20) return;
+    out[4 * t + 2] = __activemask();
+    out[4 * t + 3] = __ballot_sync(__activemask(), lane % 2);
+}
+"""
+
+
+def _activemask_model(nthreads):
+    want = np.zeros((nthreads, 4), np.uint64)
+    for t in range(nthreads):
+        lane, first = t % 32, t - t % 32
+        present = [lane_ for lane_ in range(32) if first + lane_ < nthreads]
+
+        def mask(lanes):
+            return sum(1 << x for x in lanes)
+
+        want[t, 0] = mask(present)
+        group = ([x for x in present if x < 8] if lane < 8 else
+                 [x for x in present if x >= 8 and x % 3 == 0] if lane % 3 == 0 else
+                 [x for x in present if x >= 8 and x % 3 != 0])
+        want[t, 1] = mask(group)
+        if lane < 20:
+            alive = [x for x in present if x < 20]
+            want[t, 2] = mask(alive)
+            want[t, 3] = mask([x for x in alive if x % 2])
+    return want
+
+
+@needs_cudasim
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_activemask_is_the_converged_set(monkeypatch, seed):
+    monkeypatch.setenv("BATCHNORM_LIB_CUDASIM_SEED", str(seed))
+    f = module(ACTIVEMASK).get_function("activemask")
+    for nthreads in (64, 45):  # the second warp of 45 threads has 13 lanes
+        out = gpuarray.zeros(4 * nthreads, np.uint32)
+        f(out.gpudata, block=(nthreads, 1, 1), grid=(1, 1))
+        got = out.get().reshape(nthreads, 4).astype(np.uint64)
+        want = _activemask_model(nthreads)
+        alive = (np.arange(nthreads) % 32) < 20
+        np.testing.assert_array_equal(got[:, :2], want[:, :2])
+        np.testing.assert_array_equal(got[alive, 2:], want[alive, 2:])
+
+
+SHUFFLE_OFFSETS = r"""
+extern "C" __global__ void shuffles(const int* v, int* out, int arg, int width)
+{
+    const int t = threadIdx.x;
+    const int x = v[t];
+    out[4 * t + 0] = __shfl_sync(0xffffffffu, x, arg, width);
+    out[4 * t + 1] = __shfl_up_sync(0xffffffffu, x, (unsigned)arg, width);
+    out[4 * t + 2] = __shfl_down_sync(0xffffffffu, x, (unsigned)arg, width);
+    out[4 * t + 3] = __shfl_xor_sync(0xffffffffu, x, arg, width);
+}
+"""
+
+
+def _shuffle_reference(v, arg, width):
+    """CUDA's documented shuffles on 32-lane warps; the hardware reads the low 5 bits of the lane
+    or offset operand (PTX ISA, shfl.sync: b[4:0])."""
+    n = len(v)
+    out = np.zeros((n, 4), np.int64)
+    k = arg & 31
+    for t in range(n):
+        lane = t % 32
+        seg = lane - lane % width
+        base = t - lane
+        out[t, 0] = v[base + seg + k % width]
+        out[t, 1] = v[t - k] if lane - seg >= k else v[t]
+        out[t, 2] = v[t + k] if lane - seg + k < width else v[t]
+        partner = lane ^ k
+        out[t, 3] = v[base + partner] if partner < seg + width else v[t]
+    return out
+
+
+@needs_cudasim
+@pytest.mark.parametrize("arg", [1, 3, 33, 37, -1, 64 + 5])
+@pytest.mark.parametrize("width", [32, 16, 4])
+def test_shuffle_operands_as_ptx_defines_them(arg, width):
+    f = module(SHUFFLE_OFFSETS).get_function("shuffles")
+    v = (np.arange(64, dtype=np.int32) * 7 + 3)
+    out = gpuarray.zeros(4 * 64, np.int32)
+    f(arr(v).gpudata, out.gpudata, np.int32(arg), np.int32(width), block=(64, 1, 1), grid=(1, 1))
+    np.testing.assert_array_equal(out.get().reshape(64, 4), _shuffle_reference(v, arg, width))
+
+
+REJECTED = {
+    "float2 shuffle": ("float2 v = make_float2(p[0], p[1]); v = __shfl_sync(0xffffffffu, v, 0); "
+                       "p[0] = v.x;", "__shfl_sync"),
+    "struct shuffle": ("struct S { float a; int b; } s = {p[0], 1}; "
+                       "s = __shfl_xor_sync(0xffffffffu, s, 1); p[0] = s.a;", "__shfl_sync"),
+    "atomicSub(float*)": ("atomicSub(p, 1.0f);", "atomicSub(float*"),
+    "atomicMax(float*)": ("atomicMax(p, 1.0f);", "atomicMax(float*"),
+    "atomicMin(double*)": ("atomicMin((double*)p, 1.0);", "atomicMin(double*"),
+    "atomicAdd(long long*)": ("atomicAdd((long long*)p, 1ll);", "atomicAdd(long long*"),
+    "atomicCAS(float*)": ("atomicCAS(p, 1.0f, 2.0f);", "atomicCAS(float*"),
+}
+ACCEPTED = ("atomicAdd(p, 1.0f); atomicSub((int*)p, 1); atomicMax((unsigned*)p, 2u); "
+            "atomicMin((long long*)p, 3ll); atomicExch(p, 1.0f); "
+            "atomicCAS((unsigned long long*)p, 1ull, 2ull); "
+            "p[1] = __shfl_sync(0xffffffffu, p[1], 0) + (float)__shfl_sync(0xffffffffu, 2.0, 0) "
+            "+ __half2float(__shfl_down_sync(0xffffffffu, __float2half(p[2]), 1)) "
+            "+ (float)__shfl_xor_sync(0xffffffffu, (short)3, 1);")
+CONSTRUCT = r"""
+#include <cuda_fp16.h>
+extern "C" __global__ void construct(float* p)
+{
+    BODY
+}
+"""
+
+
+@needs_cudasim
+@pytest.mark.parametrize("what", sorted(REJECTED))
+def test_constructs_nvcc_rejects_do_not_compile(what):
+    body, named = REJECTED[what]
+    with pytest.raises(compiler.CompileError) as info:
+        module(CONSTRUCT.replace("BODY", body))
+    assert named in info.value.stderr
+
+
+@needs_cudasim
+def test_constructs_nvcc_accepts_compile_and_run():
+    f = module(CONSTRUCT.replace("BODY", ACCEPTED)).get_function("construct")
+    p = arr(np.zeros(4, np.float32))
+    f(p.gpudata, block=(32, 1, 1), grid=(1, 1))
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+def test_nvcc_agrees_on_rejected_and_accepted_constructs(tmp_path):
+    """The same bodies through nvcc: the rejected ones fail there too, the accepted ones build."""
+    def builds(body):
+        src = tmp_path / "c.cu"
+        src.write_text(CONSTRUCT.replace("BODY", body))
+        proc = subprocess.run([NVCC, "-ptx", "-arch=sm_90"] + list(core.NVCC_OPTIONS)
+                              + [str(src), "-o", str(tmp_path / "c.ptx")],
+                              capture_output=True, timeout=300)
+        return proc.returncode == 0
+
+    assert builds(ACCEPTED)
+    for what, (body, _) in REJECTED.items():
+        assert not builds(body), what

@@ -91,7 +91,7 @@
 
 namespace cudasim {
 
-enum { RUNNABLE = 0, AT_BARRIER = 1, AT_WARP = 2, EXITED = 3 };
+enum { RUNNABLE = 0, AT_BARRIER = 1, AT_WARP = 2, EXITED = 3, AT_ACTIVEMASK = 4 };
 enum { OP_SYNCWARP = 1, OP_SHFL, OP_SHFL_UP, OP_SHFL_DOWN, OP_SHFL_XOR, OP_BALLOT, OP_ALL, OP_ANY,
        OP_MATCH_ANY, OP_REDUCE_ADD, OP_REDUCE_MIN, OP_REDUCE_MAX, OP_REDUCE_AND, OP_REDUCE_OR,
        OP_REDUCE_XOR, OP_REDUCE_UMIN, OP_REDUCE_UMAX };
@@ -309,8 +309,11 @@ static inline Fiber* pick_ready() {
     return f;
 }
 
+static void activemask_settle(const Fiber* self);
+
 // Give up the processor: resume a randomly chosen runnable thread, or the launcher when none is.
 static inline void yield_from(Fiber* self) {
+    if (self->state != RUNNABLE) activemask_settle(self);
     Fiber* next = pick_ready();
     if (next == self) {
         g.cur = self;
@@ -341,6 +344,7 @@ static void thread_exit() {
     Warp& w = g.warps[self->warp];
     w.exited |= 1u << self->lane;
     warp_try_complete(w, self - self->lane);
+    activemask_settle(self);
     Fiber* next = pick_ready();
     switch_to(self, next);
     abort();
@@ -520,6 +524,14 @@ static inline T from_bits(uint64_t b) {
     return v;
 }
 
+template <class T>
+struct shfl_type_ok {
+    static constexpr bool value =
+        (std::is_arithmetic<T>::value && !std::is_same<T, long double>::value) ||
+        std::is_same<T, __half>::value || std::is_same<T, __half2>::value ||
+        std::is_same<T, __nv_bfloat16>::value || std::is_same<T, __nv_bfloat162>::value;
+};
+
 static inline bool valid_width(int width) {
     return width >= 1 && width <= 32 && (width & (width - 1)) == 0;
 }
@@ -531,6 +543,45 @@ static inline void check_width(int width, const char* what, const char* file, in
         fail("%s calls %s with width %d (must be a power of two from 1 to 32) at %s:%d", who, what,
              width, file, line);
     }
+}
+
+// __activemask(): the lanes that reach the same call together. Lanes run independently here, so a
+// lane asking waits until no lane of its warp can run any further (every one waits somewhere or
+// has exited); the lanes then waiting at the same __activemask() call are the converged set (all
+// 32 in converged code, 0x000000ff inside `if (lane < 8)`), as on the GPU.
+static void activemask_settle(const Fiber* self) {
+    Fiber* base = g.fibers + self->warp * 32;
+    const Warp& w = g.warps[self->warp];
+    const unsigned live = w.exists & ~w.exited;
+    unsigned asking = 0;
+    for (int l = 0; l < 32; ++l) {
+        if (!(live >> l & 1u)) continue;
+        if (base[l].state == RUNNABLE) return;
+        if (base[l].state == AT_ACTIVEMASK) asking |= 1u << l;
+    }
+    while (asking) {
+        const Fiber* first = &base[__builtin_ctz(asking)];
+        unsigned group = 0;
+        for (int l = 0; l < 32; ++l)
+            if ((asking >> l & 1u) && base[l].line == first->line && base[l].file == first->file)
+                group |= 1u << l;
+        for (int l = 0; l < 32; ++l)
+            if (group >> l & 1u) {
+                base[l].out = group;
+                make_ready(&base[l]);
+            }
+        asking &= ~group;
+    }
+}
+
+static unsigned activemask_impl(const char* file, int line) {
+    Fiber* self = g.cur;
+    self->state = AT_ACTIVEMASK;
+    self->file = file;
+    self->line = line;
+    self->op = 0;
+    yield_from(self);
+    return (unsigned)self->out;
 }
 
 // ---- launch ----------------------------------------------------------------------------------
@@ -794,20 +845,28 @@ static inline unsigned __cudasim_mask_or_full(unsigned m) { return m; }
 template <class T>
 static inline T __cudasim_shfl(int op, unsigned mask, T var, int arg, int width, const char* file,
                                int line) {
+    static_assert(cudasim::shfl_type_ok<T>::value,
+                  "__shfl_sync/__shfl_up_sync/__shfl_down_sync/__shfl_xor_sync: CUDA has overloads "
+                  "only for int, unsigned, long, long long (and unsigned forms), float, double, "
+                  "__half, __half2, __nv_bfloat16, __nv_bfloat162; nvcc rejects this type (a "
+                  "float2, a struct, a pointer): shuffle its members one by one");
     cudasim::check_width(width, cudasim::kOpNames[op], file, line);
-    int lane = (int)__cudasim_lane();
-    int seg = lane & ~(width - 1);
+    // PTX's shfl.sync: only the low 5 bits of the lane/offset operand count (an offset of 33 acts
+    // as 1); CUDA passes c = ((32 - width) << 8) | 0x1f (0 in the low bits for up).
+    const int lane = (int)__cudasim_lane();
+    const int b = arg & 31;
+    const int segmask = (32 - width) & 31;
+    const int clamp = op == cudasim::OP_SHFL_UP ? 0 : 31;
+    const int max_lane = (lane & segmask) | (clamp & ~segmask), min_lane = lane & segmask;
     int src;
+    bool in_range;
     switch (op) {
-        case cudasim::OP_SHFL: src = seg + (arg & (width - 1)); break;
-        case cudasim::OP_SHFL_UP: src = (lane - seg) < arg ? lane : lane - arg; break;
-        case cudasim::OP_SHFL_DOWN: src = (lane - seg) + arg >= width ? lane : lane + arg; break;
-        default: {  // xor: lanes of later segments are out of reach; reading one returns your own
-            src = lane ^ arg;
-            if (src >= seg + width || src > 31) src = lane;
-            break;
-        }
+        case cudasim::OP_SHFL: src = min_lane | (b & ~segmask); in_range = src <= max_lane; break;
+        case cudasim::OP_SHFL_UP: src = lane - b; in_range = src >= max_lane; break;
+        case cudasim::OP_SHFL_DOWN: src = lane + b; in_range = src <= max_lane; break;
+        default: src = lane ^ b; in_range = src <= max_lane; break;
     }
+    if (!in_range) src = lane;
     return cudasim::from_bits<T>(cudasim::warp_op(op, mask, cudasim::to_bits(var), src, file, line));
 }
 
@@ -862,12 +921,7 @@ static inline int __cudasim_reduce_max(unsigned mask, int v, const char* f, int 
 #define __reduce_min_sync(mask, v) __cudasim_reduce_min((mask), (v), __FILE__, __LINE__)
 #define __reduce_max_sync(mask, v) __cudasim_reduce_max((mask), (v), __FILE__, __LINE__)
 
-// Which lanes are active is not observable between barriers here; report every lane that exists
-// and has not exited.
-static inline unsigned __activemask() {
-    const cudasim::Warp& w = cudasim::g.warps[cudasim::g.cur->warp];
-    return w.exists & ~w.exited;
-}
+#define __activemask() cudasim::activemask_impl(__FILE__, __LINE__)
 static inline unsigned __lanemask_lt() { return (1u << __cudasim_lane()) - 1u; }
 
 static inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
@@ -937,6 +991,8 @@ static inline T atomicCAS(T* addr, U compare, V val) {
 
 // -- math: CUDA's device-only intrinsics and functions (IEEE-exact where CUDA's are)
 #include "cudasim_math.h"
+// -- what nvcc refuses: atomics CUDA has no overload for
+#include "cudasim_checks.h"
 
 // CUDA declares min/max for every pair of arithmetic types; std::min needs equal types.
 #define CUDASIM_MINMAX(A, B, R)                                                           \
