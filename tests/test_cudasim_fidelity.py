@@ -779,3 +779,302 @@ def test_nvcc_agrees_on_rejected_and_accepted_constructs(tmp_path):
     assert builds(ACCEPTED)
     for what, (body, _) in REJECTED.items():
         assert not builds(body), what
+
+
+# -- launches: shared memory, registers, device limits --------------------------------------------
+def _limits_cc(monkeypatch, cc):
+    monkeypatch.setenv("BATCHNORM_LIB_CUDASIM_CC", cc)
+
+
+LIMITS_SRC = r"""
+extern "C" __global__ void noop(int* p) { if (p) p[0] = 1; }
+"""
+
+
+@needs_cudasim
+@pytest.mark.parametrize("block, grid, ok_", [
+    ((1024, 1, 1), (1, 1), True), ((1025, 1, 1), (1, 1), False), ((32, 32, 1), (1, 1), True),
+    ((1, 1, 64), (1, 1), True), ((1, 1, 65), (1, 1), False), ((1, 1025, 1), (1, 1), False),
+    ((64, 1, 1), (1, 65535, 1), True), ((64, 1, 1), (1, 65536, 1), False),
+    ((64, 1, 1), (1, 1, 65536), False), ((64, 1, 1), (2 ** 31, 1, 1), False),
+])
+def test_device_limits_refused_as_the_driver_does(block, grid, ok_):
+    f = module(LIMITS_SRC).get_function("noop")
+    if ok_:
+        f(np.uintp(0), block=block, grid=grid)
+    else:
+        with pytest.raises(driver.LogicError, match="cuLaunchKernel failed: invalid argument"):
+            f(np.uintp(0), block=block, grid=grid)
+
+
+SHARED_SRC = r"""
+__device__ float helper(int i)
+{
+    __shared__ float table[100];
+    table[i % 100] = (float)i;
+    __syncthreads();
+    return table[99 - i % 100];
+}
+
+extern "C" __global__ void big_static(float* out)
+{
+    __shared__ float s[10240];   // 40 KiB
+    for (int i = threadIdx.x; i < 10240; i += blockDim.x) s[i] = (float)i;
+    __syncthreads();
+    out[threadIdx.x] = s[10239 - threadIdx.x] + helper(threadIdx.x);
+}
+
+extern "C" __global__ void other_big_static(float* out)
+{
+    __shared__ float t[10240];
+    for (int i = threadIdx.x; i < 10240; i += blockDim.x) t[i] = 2.0f * i;
+    __syncthreads();
+    out[threadIdx.x] = t[threadIdx.x] + helper(threadIdx.x);
+}
+
+extern "C" __global__ void only_helper(float* out)
+{
+    out[threadIdx.x] = helper(threadIdx.x);
+}
+
+extern "C" __global__ void dynamic(float* out, int n)
+{
+    extern __shared__ float d[];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) d[i] = (float)i;
+    __syncthreads();
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += d[n - 1 - i];
+    out[threadIdx.x] = s;
+}
+"""
+
+
+@needs_cudasim
+def test_static_shared_memory_per_kernel():
+    """Each kernel is charged the shared memory it uses, a function-local __shared__ once; two
+    kernels of 40 KiB each both launch (their sum would exceed 48 KiB)."""
+    mod = module(SHARED_SRC)
+    want = {"big_static": 10240 * 4 + 100 * 4, "other_big_static": 10240 * 4 + 100 * 4,
+            "only_helper": 100 * 4, "dynamic": 0}
+    assert {k: mod.get_function(k).shared_size_bytes for k in want} == want
+    if NVCC is not None:  # ptxas's numbers, and the host build's analysis used without nvcc
+        assert {k: mod.ptxas[k][1] for k in want} == want
+    assert {k: mod._host_shared[k] for k in want} == want
+    out = gpuarray.zeros(100, np.float32)
+    t = np.arange(100)
+    for k, first in (("big_static", 10239 - t), ("other_big_static", 2.0 * t)):
+        mod.get_function(k)(out.gpudata, block=(100, 1, 1), grid=(3, 1))
+        np.testing.assert_array_equal(out.get(), first + (99 - t))
+
+
+@needs_cudasim
+@pytest.mark.parametrize("cc, optin", [("9.0", 227 * 1024), ("8.0", 163 * 1024)])
+def test_max_dynamic_shared_attribute(monkeypatch, cc, optin):
+    _limits_cc(monkeypatch, cc)
+    f = module(SHARED_SRC).get_function("dynamic")
+    fa = driver.function_attribute
+    static = f.shared_size_bytes
+    assert f.get_attribute(fa.MAX_DYNAMIC_SHARED_SIZE_BYTES) == 48 * 1024 - static
+    n = 100 * 1024 // 4
+    out = gpuarray.zeros(64, np.float32)
+    with pytest.raises(driver.LogicError, match="MAX_DYNAMIC_SHARED_SIZE_BYTES"):
+        f(out.gpudata, np.int32(n), block=(64, 1, 1), grid=(1, 1), shared=4 * n)
+    with pytest.raises(driver.LogicError, match="cuFuncSetAttribute failed"):
+        f.set_attribute(fa.MAX_DYNAMIC_SHARED_SIZE_BYTES, optin - static + 1)
+    f.set_attribute(fa.MAX_DYNAMIC_SHARED_SIZE_BYTES, optin - static)
+    f(out.gpudata, np.int32(n), block=(64, 1, 1), grid=(1, 1), shared=4 * n)
+    idx = np.arange(n, dtype=np.float64)
+    want = [idx[n - 1 - np.arange(t, n, 64)].sum() for t in range(64)]
+    np.testing.assert_allclose(out.get(), want, rtol=1e-6)
+    with pytest.raises(driver.LogicError):
+        f(out.gpudata, np.int32(n), block=(64, 1, 1), grid=(1, 1), shared=optin - static + 4)
+
+
+REGS_SRC = r"""
+extern "C" __global__ void many_registers(const float* x, float* out, int n)
+{
+    float acc[96];
+#pragma unroll
+    for (int k = 0; k < 96; ++k) acc[k] = x[k * 7 % n];
+    for (int i = 0; i < n; ++i) {
+        const float v = x[(i + threadIdx.x) % n];
+#pragma unroll
+        for (int k = 0; k < 96; ++k) acc[k] = fmaf(acc[k], v, (float)k);
+    }
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 96; ++k) s += acc[k] * acc[(k * 5) % 96];
+    out[threadIdx.x] = s;
+}
+"""
+
+
+@needs_cudasim
+@pytest.mark.skipif(NVCC is None, reason="registers come from ptxas, and nvcc is not installed")
+def test_register_limit_refused_as_the_driver_does():
+    f = module(REGS_SRC).get_function("many_registers")
+    regs = f.num_regs
+    assert regs == f.get_attribute(driver.function_attribute.NUM_REGS) > 64
+    per_warp = -(-regs * 32 // 256) * 256
+    fits = 65536 // per_warp * 32  # the most threads whose registers fit in a block
+    x = arr(np.ones(5, np.float32))
+    out = gpuarray.zeros(1024, np.float32)
+    f(x.gpudata, out.gpudata, np.int32(5), block=(fits, 1, 1), grid=(1, 1))
+    with pytest.raises(driver.LaunchError, match="too many resources requested for launch"):
+        f(x.gpudata, out.gpudata, np.int32(5), block=(fits + 32, 1, 1), grid=(1, 1))
+
+
+# -- blocks that wait for each other --------------------------------------------------------------
+COOP_SRC = r"""
+#include <cooperative_groups.h>
+namespace cg = cooperative_groups;
+
+// Three rounds: every block publishes a value, the grid syncs, every block reads its right
+// neighbour's. A __shared__ value set before each sync must survive it (blocks share addresses).
+extern "C" __global__ void ring(int* slots, int* out, int rounds)
+{
+    cg::grid_group grid = cg::this_grid();
+    __shared__ int mine;
+    const int b = blockIdx.x, nb = gridDim.x;
+    int v = b;
+    for (int r = 0; r < rounds; ++r) {
+        if (threadIdx.x == 0) {
+            mine = v;
+            slots[r * nb + b] = v * 3 + 1;
+        }
+        __syncthreads();
+        grid.sync();
+        v = slots[r * nb + (b + 1) % nb] + mine;
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[b] = v;
+    out[nb + grid.thread_rank()] = (int)(grid.size() + grid.is_valid());
+}
+
+// Block 0 waits for a flag that block `setter` raises.
+extern "C" __global__ void flag_wait(int* flag, int* out, int setter)
+{
+    if (blockIdx.x == setter && threadIdx.x == 0) atomicExch(flag, 1);
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        while (atomicAdd(flag, 0) == 0) __nanosleep(100);
+        out[0] = 7;
+    }
+}
+
+// Every block's thread 0 spins on a plain volatile load: no atomic, fence or sleep in the loop.
+extern "C" __global__ void volatile_spin(int* flag)
+{
+    if (threadIdx.x == 0) while (*(volatile int*)flag == 0) { }
+}
+
+extern "C" __global__ void big_block(int* out)
+{
+    extern __shared__ int d[];
+    cg::this_grid().sync();
+    d[threadIdx.x] = 1;
+    out[blockIdx.x] = d[threadIdx.x];
+}
+"""
+
+
+def _ring_reference(nb, rounds):
+    v = list(range(nb))
+    for _ in range(rounds):
+        published = [x * 3 + 1 for x in v]
+        v = [published[(b + 1) % nb] + v[b] for b in range(nb)]
+    return v
+
+
+@needs_cudasim
+@pytest.mark.parametrize("nb", [2, 7])
+def test_cooperative_grid_sync(nb):
+    f = module(COOP_SRC).get_function("ring")
+    rounds, threads = 3, 64
+    slots = gpuarray.zeros(rounds * nb, np.int32)
+    out = gpuarray.zeros(nb + nb * threads, np.int32)
+    f(slots.gpudata, out.gpudata, np.int32(rounds), block=(threads, 1, 1), grid=(nb, 1),
+      cooperative=True)
+    got = out.get()
+    np.testing.assert_array_equal(got[:nb], _ring_reference(nb, rounds))
+    np.testing.assert_array_equal(got[nb:], nb * threads + 1)
+
+
+@needs_cudasim
+def test_grid_sync_without_cooperative_launch_is_an_error():
+    f = module(COOP_SRC).get_function("ring")
+    slots, out = gpuarray.zeros(6, np.int32), gpuarray.zeros(2 + 128, np.int32)
+    with pytest.raises(driver.LaunchError, match="not launched as a cooperative kernel"):
+        f(slots.gpudata, out.gpudata, np.int32(3), block=(64, 1, 1), grid=(2, 1))
+
+
+@needs_cudasim
+def test_cooperative_launch_refused_when_the_grid_does_not_fit(monkeypatch):
+    _limits_cc(monkeypatch, "9.0")
+    f = module(COOP_SRC).get_function("big_block")
+    f.set_attribute(driver.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, 200 * 1024)
+    assert f.blocks_per_sm(32, 200 * 1024) == 1  # 228 KiB per SM: one such block
+    out = gpuarray.zeros(200, np.int32)
+    with pytest.raises(driver.LaunchError, match="cooperative launch is too large"):
+        f(out.gpudata, block=(32, 1, 1), grid=(driver.SM_COUNT + 1, 1), shared=200 * 1024,
+          cooperative=True)
+    f(out.gpudata, block=(32, 1, 1), grid=(driver.SM_COUNT, 1), shared=200 * 1024,
+      cooperative=True)
+    np.testing.assert_array_equal(out.get()[:driver.SM_COUNT], 1)
+
+
+@needs_cudasim
+@pytest.mark.parametrize("setter", [1, 5])
+def test_block_waiting_for_a_resident_block(setter):
+    """Blocks that fit on the device together run side by side when one waits for another."""
+    f = module(COOP_SRC).get_function("flag_wait")
+    flag, out = gpuarray.zeros(1, np.int32), gpuarray.zeros(1, np.int32)
+    f(flag.gpudata, out.gpudata, np.int32(setter), block=(32, 1, 1), grid=(6, 1))
+    assert out.get()[0] == 7
+
+
+@needs_cudasim
+def test_wait_for_a_block_that_never_runs_is_a_deadlock(monkeypatch):
+    _limits_cc(monkeypatch, "9.0")
+    f = module(COOP_SRC).get_function("flag_wait")
+    flag, out = gpuarray.zeros(1, np.int32), gpuarray.zeros(1, np.int32)
+    # no block raises the flag
+    with pytest.raises(driver.LaunchError, match=r"deadlock in kernel flag_wait:(.|\n)*"
+                                                 r"block \(0,0,0\) spins at"):
+        f(flag.gpudata, out.gpudata, np.int32(-1), block=(32, 1, 1), grid=(3, 1))
+
+
+@needs_cudasim
+def test_volatile_spin_is_stopped_by_the_watchdog(monkeypatch):
+    monkeypatch.setenv("BATCHNORM_LIB_CUDASIM_WATCHDOG", "0.5")
+    f = module(COOP_SRC).get_function("volatile_spin")
+    flag = gpuarray.zeros(1, np.int32)
+    with pytest.raises(driver.LaunchError, match=r"deadlock in kernel volatile_spin: thread "
+                                                 r"\(0,0,0\) of block \(0,0,0\) ran for"):
+        f(flag.gpudata, block=(32, 1, 1), grid=(2, 1))
+    # and the simulator still works afterwards
+    g = module(LIMITS_SRC).get_function("noop")
+    out = gpuarray.zeros(1, np.int32)
+    g(out.gpudata, block=(32, 1, 1), grid=(1, 1))
+    assert out.get()[0] == 1
+
+
+# -- scripts/compare_cudasim.py (gpu_check.sh's bit-for-bit step) ---------------------------------
+@needs_cudasim
+def test_compare_script_covers_every_kernel(capsys):
+    """The comparison run against the simulator itself: every exact operation equal, and every
+    kernel of batchnorm.cu and dense.cu launched by some operation of the table."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "compare_cudasim", os.path.join(ROOT, "scripts", "compare_cudasim.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--against", "cudasim"]) == 0
+    table = capsys.readouterr().out
+    assert "DIFFER" not in table
+    for src in ("norm/batchnorm.cu", "dense/dense.cu"):
+        with open(os.path.join(ROOT, "batchnorm_lib", "kernels", src)) as f:
+            entries = core._ENTRY.findall(f.read())
+        launched = set(re.findall(r"\b(?:bn|dense)_\w+", table))
+        missing = [e for e in entries if e not in launched]
+        assert not missing, "%s kernels never compared: %s" % (src, missing)

@@ -312,14 +312,18 @@ static inline Fiber* pick_ready() {
 static void activemask_settle(const Fiber* self);
 
 // Give up the processor: resume a randomly chosen runnable thread, or the launcher when none is.
+static void note_wait_over();
+
 static inline void yield_from(Fiber* self) {
-    if (self->state != RUNNABLE) activemask_settle(self);
+    const bool waits = self->state != RUNNABLE;
+    if (waits) activemask_settle(self);
     Fiber* next = pick_ready();
     if (next == self) {
         g.cur = self;
-        return;
+    } else {
+        switch_to(self, next);
     }
-    switch_to(self, next);
+    if (waits) note_wait_over();
 }
 
 // The lanes a warp operation waits for: those named in its mask that exist and have not exited.
@@ -345,6 +349,7 @@ static void thread_exit() {
     w.exited |= 1u << self->lane;
     warp_try_complete(w, self - self->lane);
     activemask_settle(self);
+    note_wait_over();
     Fiber* next = pick_ready();
     switch_to(self, next);
     abort();
@@ -644,7 +649,7 @@ static bool ensure_stacks(int nthreads, size_t stack_bytes) {
     return g.fibers && g.ready;
 }
 
-static void run_block() {
+static void init_block() {
     size_t static_len = (size_t)(__stop_cudasim_shared - __start_cudasim_shared);
     if (__start_cudasim_shared && static_len) memset(__start_cudasim_shared, 0xff, static_len);
     if (g.dyn_shared_len) memset(g.dyn_shared, 0xff, g.dyn_shared_len);
@@ -676,18 +681,12 @@ static void run_block() {
         fiber_prepare(f, g.stacks + g.stack_stride * i + page, g.stack_bytes);
         make_ready(f);
     }
-    Fiber* first = pick_ready();
-    switch_to(nullptr, first);
-    // back on the launcher's stack: every thread has exited, or none can run, or one failed
-    if (!g.failed && g.live > 0) {
-        char state[3000];
-        state[0] = 0;
-        describe_waiters(state, sizeof state);
-        snprintf(g.err, sizeof g.err, "deadlock in block (%u,%u,%u): no thread can proceed:%s",
-                 g.block_idx.x, g.block_idx.y, g.block_idx.z, state);
-        g.failed = true;
-    }
 }
+
+}  // namespace cudasim
+// Blocks run one after another and, when they wait for each other, side by side (run_grid).
+#include "cudasim_grid.h"
+namespace cudasim {
 
 static int launch_grid(Thunk thunk, void* fn, const char* kernel, const LaunchConfig* cfg,
                        const unsigned char* args) {
@@ -714,8 +713,11 @@ static int launch_grid(Thunk thunk, void* fn, const char* kernel, const LaunchCo
     g.dyn_shared_len = cfg->shared_bytes;
     fflush(stdout);
     install_fault_handlers();
+    watchdog_arm();
     if (sigsetjmp(g.fault_jmp, 1)) {
         restore_fault_handlers();
+        if (watchdog_report()) return -1;
+        watchdog_disarm();
         char who[96] = "a thread";
         const Fiber* f = g.cur;
         if (f) describe_thread(who, sizeof who, f);
@@ -731,15 +733,12 @@ static int launch_grid(Thunk thunk, void* fn, const char* kernel, const LaunchCo
                                          : "illegal memory access";
         snprintf(g.err, sizeof g.err, "%s at address 0x%llx by %s", what, (unsigned long long)addr, who);
         g.failed = true;
+        release_extra_slots();
         fflush(stdout);
         return -1;
     }
-    for (unsigned bz = 0; bz < g.grid.z && !g.failed; ++bz)
-        for (unsigned by = 0; by < g.grid.y && !g.failed; ++by)
-            for (unsigned bx = 0; bx < g.grid.x && !g.failed; ++bx) {
-                g.block_idx = make_uint3(bx, by, bz);
-                run_block();
-            }
+    run_grid(cfg->stack_bytes);
+    watchdog_disarm();
     restore_fault_handlers();
     fflush(stdout);
     return g.failed ? -1 : 0;
@@ -938,7 +937,7 @@ static inline long long clock64() { return (long long)__builtin_ia32_rdtsc(); }
 #else
 static inline long long clock64() { return 0; }
 #endif
-static inline int clock() { return (int)clock64(); }
+#define clock() ((int)clock64())  // <time.h> declares clock() for the host
 
 // -- cached / streaming loads and stores: plain memory accesses on the host
 template <class T> static inline T __ldg(const T* p) { return *p; }
@@ -993,6 +992,8 @@ static inline T atomicCAS(T* addr, U compare, V val) {
 #include "cudasim_math.h"
 // -- what nvcc refuses: atomics CUDA has no overload for
 #include "cudasim_checks.h"
+// -- grid-wide sync, cooperative groups, spin points
+#include "cudasim_coop.h"
 
 // CUDA declares min/max for every pair of arithmetic types; std::min needs equal types.
 #define CUDASIM_MINMAX(A, B, R)                                                           \
