@@ -1078,3 +1078,24 @@ def test_compare_script_covers_every_kernel(capsys):
         launched = set(re.findall(r"\b(?:bn|dense)_\w+", table))
         missing = [e for e in entries if e not in launched]
         assert not missing, "%s kernels never compared: %s" % (src, missing)
+
+
+FTZ_SRC = r"""
+extern "C" __global__ void halve(const float* x, float* y) { y[threadIdx.x] = x[threadIdx.x] * 0.5f; }
+"""
+
+
+@needs_cudasim
+def test_fast_math_flushes_subnormals():
+    """-use_fast_math implies -ftz=true: subnormal results (and inputs) become zero."""
+    tiny = np.finfo(np.float32).tiny
+    x = np.array([tiny, -tiny, tiny * 3, 1.0, tiny / 4], np.float32)
+    exact = x * np.float32(0.5)
+    for options, want in (([], exact),
+                          (["-use_fast_math"], np.where(np.abs(exact) < tiny, 0, exact))):
+        f = module(FTZ_SRC, options=options).get_function("halve")
+        y = gpuarray.zeros(len(x), np.float32)
+        f(arr(x).gpudata, y.gpudata, block=(len(x), 1, 1), grid=(1, 1))
+        np.testing.assert_array_equal(y.get(), want.astype(np.float32))
+    # the host's own arithmetic is unaffected after the launch
+    assert np.float32(tiny) * np.float32(0.5) != 0

@@ -216,7 +216,33 @@ static int free_slot(size_t stack_bytes) {
     return g_loaded;
 }
 
+// -use_fast_math implies -ftz=true: single-precision subnormal inputs and results are flushed to
+// zero. The fibers take the FP control word of the launcher when a block starts, so setting the
+// host's flush-to-zero and denormals-are-zero bits for the launch applies them to every thread.
+static unsigned g_saved_csr;
+static bool g_csr_set;
+
+static void fast_math_enter() {
+#if defined(__USE_FAST_MATH__) && defined(__x86_64__)
+    unsigned csr;
+    __asm__ volatile("stmxcsr %0" : "=m"(csr));
+    g_saved_csr = csr;
+    csr |= 0x8040u;  // FTZ | DAZ
+    __asm__ volatile("ldmxcsr %0" : : "m"(csr));
+    g_csr_set = true;
+#endif
+}
+
+static void fast_math_leave() {
+    if (g_csr_set) {
+        unsigned csr = g_saved_csr;
+        __asm__ volatile("ldmxcsr %0" : : "m"(csr));
+        g_csr_set = false;
+    }
+}
+
 static void release_extra_slots() {  // slot 0 keeps the launcher's own stacks for the next launch
+    fast_math_leave();  // every way out of a launch comes through here
     if (g_slots.empty()) return;
     if (g_loaded != 0) {
         if (g_loaded > 0) save_slot(g_slots[g_loaded]);
@@ -342,6 +368,7 @@ static void init_block();
 // Run every block of the grid (see the top of this file).
 static void run_grid(size_t stack_bytes) {
     release_extra_slots();  // a launch stopped by a fault may have left some
+    fast_math_enter();
     const long total = (long)g.grid.x * g.grid.y * g.grid.z;
     long next = 0, finished = 0;
     int resident = 0;

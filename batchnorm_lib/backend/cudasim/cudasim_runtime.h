@@ -2,7 +2,7 @@
 //
 // Force-included (g++ -include) ahead of every CUDA C source the simulator compiles. Each thread of
 // a block is a fiber with its own small stack; one OS thread runs one block at a time, blocks run
-// in order. A fiber runs until it reaches a barrier (__syncthreads, __syncwarp, a warp shuffle,
+// in order (unless they wait for each other: cudasim_grid.h). Device math is in cudasim_math.h. A fiber runs until it reaches a barrier (__syncthreads, __syncwarp, a warp shuffle,
 // a vote) or returns; the scheduler then resumes a randomly chosen runnable fiber, so the order in
 // which threads pass every barrier is shuffled (seeded, reproducible). Code that reads another
 // thread's shared-memory write without a barrier in between therefore reads stale or poisoned data.
