@@ -48,6 +48,9 @@ DEBUG_ENV = "BATCHNORM_LIB_CUDASIM_DEBUG"
 SEED_ENV = "BATCHNORM_LIB_CUDASIM_SEED"
 STACK_ENV = "BATCHNORM_LIB_CUDASIM_STACK"  # bytes of stack per simulated thread
 CXX_ENV = "BATCHNORM_LIB_CUDASIM_CXX"
+WATCHDOG_ENV = "BATCHNORM_LIB_CUDASIM_WATCHDOG"  # seconds a thread may run without yielding
+DEFAULT_WATCHDOG = 60.0
+PTXAS_ENV = "BATCHNORM_LIB_CUDASIM_PTXAS"  # "0": do not ask nvcc for registers and shared memory
 DEFAULT_STACK = 64 * 1024
 BUILD_VERSION = "1"  # bump to invalidate every cached build
 
@@ -88,6 +91,15 @@ def find_cuda_include():
 
 
 _cxx_version = {}
+
+
+def _runtime_sources():
+    """The runtime header and every header beside it that it includes (part of the cache key)."""
+    parts = []
+    for path in sorted(glob.glob(os.path.join(HERE, "*.h"))):
+        with open(path, "rb") as f:
+            parts.append(os.path.basename(path).encode() + b"\0" + f.read())
+    return b"\0".join(parts)
 
 
 def _sibling_includes(inc):
@@ -288,12 +300,138 @@ def _symbols(cxx, so_path):
         name, size, section = parts[-1], parts[-2], parts[-3]
         if name == "cudasim_error" and section == ".text":
             result.append(("@anchor", int(parts[0], 16), 0))
-        elif name.startswith("_ZZ") and "cudasim" not in name and \
-                (section.startswith(".bss") or section == "cudasim_shared"):
+        elif name.startswith("_ZZ") and "cudasim" not in name and section.startswith(".bss"):
+            # (those in the cudasim_shared section are counted and reset with the section)
             try:
                 result.append((name, int(parts[0], 16), int(size, 16)))
             except ValueError:
                 pass
+    return result
+
+
+# -- what ptxas says of each kernel (registers, static shared memory), where nvcc is installed ------
+_PTXAS_ENTRY = re.compile(r"Compiling entry function '([^']+)'")
+_PTXAS_USED = re.compile(r"Used (\d+) registers")
+_PTXAS_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def _start_ptxas(source, options, include_dirs, arch_number, directory):
+    """Start nvcc -cubin -Xptxas -v on the unmodified source (in parallel with the host build), or
+    return None when nvcc is absent or disabled."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None or os.environ.get(PTXAS_ENV, "1") == "0":
+        return None
+    work = tempfile.mkdtemp(prefix="ptxas-", dir=directory)
+    src = os.path.join(work, "kernel.cu")
+    with open(src, "w") as f:
+        f.write(source)
+    cmd = [nvcc, "-cubin", "-arch=sm_%d" % (arch_number // 10), "-Xptxas", "-v",
+           "-o", os.path.join(work, "kernel.cubin")] + list(options or []) \
+        + ["-I" + d for d in include_dirs] + [src]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=work)
+    except OSError:
+        shutil.rmtree(work, ignore_errors=True)
+        return None
+    return proc, work
+
+
+def _finish_ptxas(started, path):
+    """Write ``name registers smem`` per kernel to path (empty when ptxas could not say)."""
+    lines = []
+    if started is not None:
+        proc, work = started
+        try:
+            out, _ = proc.communicate(timeout=600)
+            if proc.returncode == 0:
+                name = None
+                for line in out.splitlines():
+                    m = _PTXAS_ENTRY.search(line)
+                    if m:
+                        name = m.group(1)
+                        continue
+                    m = _PTXAS_USED.search(line)
+                    if m and name:
+                        smem = _PTXAS_SMEM.search(line)
+                        lines.append("%s %s %s\n" % (name, m.group(1), smem.group(1) if smem else 0))
+                        name = None
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    tmp = path + ".%d.tmp" % os.getpid()
+    with open(tmp, "w") as f:
+        f.writelines(lines)
+    os.replace(tmp, path)
+
+
+def _read_ptxas(path):
+    info = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                name, regs, smem = line.split()
+                info[name] = (int(regs), int(smem))
+    except (OSError, ValueError):
+        pass
+    return info
+
+
+# -- without nvcc: each kernel's static shared memory from the host build ----------------------------
+_FUNC_HEADER = re.compile(r"^[0-9a-f]+ <([^>]+)>:$")
+_REFERENCE = re.compile(r"<([^>+]+)(?:\+0x[0-9a-f]+)?>")
+
+
+def _shared_by_kernel(so_path, kernels):
+    """{kernel: bytes} of the ``__shared__`` variables each kernel reaches, directly or through the
+    functions it calls, each variable once (what ptxas counts), from objdump's symbol table and
+    disassembly; {} when objdump is missing."""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        return {}
+    try:
+        table = subprocess.run([objdump, "-t", so_path], capture_output=True, text=True,
+                               timeout=120).stdout
+        code = subprocess.run([objdump, "-d", "--no-show-raw-insn", so_path],
+                              capture_output=True, text=True, timeout=300).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    shared = {}
+    for line in table.splitlines():
+        parts = line.split()
+        if len(parts) < 5:
+            continue
+        name, size, section = parts[-1], parts[-2], parts[-3]
+        try:
+            nbytes = int(size, 16)
+        except ValueError:
+            continue
+        if nbytes and (section == "cudasim_shared" or (
+                section.startswith(".bss") and name.startswith("_ZZ") and "cudasim" not in name)):
+            shared[name] = nbytes
+    refs, current = {}, None
+    for line in code.splitlines():
+        m = _FUNC_HEADER.match(line)
+        if m:
+            current = refs.setdefault(m.group(1), set())
+        elif current is not None and "<" in line:
+            current.update(_REFERENCE.findall(line))
+    result = {}
+    for kernel in kernels:
+        seen, todo, used = set(), [kernel], set()
+        while todo:
+            fn = todo.pop()
+            if fn in seen:
+                continue
+            seen.add(fn)
+            for name in refs.get(fn, ()):
+                if name in shared:
+                    used.add(name)
+                elif name in refs and "cudasim" not in name and not name.startswith("__ubsan"):
+                    todo.append(name)  # (the runtime, and its misaligned-access handler, are not)
+        if kernel in refs:
+            result[kernel] = sum(shared[n] for n in used)
     return result
 
 
@@ -314,6 +452,14 @@ def _base_seed():
         return int(text, 0)
     except ValueError:
         raise driver.LogicError("%s=%r is not an integer" % (SEED_ENV, text))
+
+
+def _watchdog_seconds():
+    text = os.environ.get(WATCHDOG_ENV, "")
+    try:
+        return float(text) if text else DEFAULT_WATCHDOG
+    except ValueError:
+        raise driver.LogicError("%s=%r is not a number of seconds" % (WATCHDOG_ENV, text))
 
 
 def _stack_bytes():
@@ -355,6 +501,8 @@ class SourceModule:
             flags += ["-idirafter", extra]
         self._cxx, self._flags, self._full = cxx, flags, full
         self._included = sorted(_included_files(source, include_dirs).items())
+        self._source, self._options = source, options
+        self._include_dirs, self.arch_number = include_dirs, arch_number
 
         if cache_dir is False:
             directory = tempfile.mkdtemp(prefix="cudasim-")
@@ -369,19 +517,39 @@ class SourceModule:
         self._directory = directory
         self._builds = {}
         self._functions = {}
-        plain = self._load(False)
+        so_path = os.path.join(directory, "cudasim-%s.so" % self._key(flags))
+        ptxas_path = so_path[:-3] + ".ptxas"
+        ptxas = None
+        if not os.path.isfile(ptxas_path):  # nvcc runs beside the host build
+            ptxas = _start_ptxas(source, options, include_dirs, arch_number, directory)
+        try:
+            plain = self._load(False)
+        except BaseException:
+            if ptxas is not None:
+                ptxas[0].kill()
+                ptxas[0].wait()
+                shutil.rmtree(ptxas[1], ignore_errors=True)
+            raise
+        if not os.path.isfile(ptxas_path):
+            _finish_ptxas(ptxas, ptxas_path)
+        # registers and static shared memory per kernel as ptxas counts them ({} without nvcc)
+        self.ptxas = _read_ptxas(ptxas_path)
+        smem_path = so_path[:-3] + ".smem"
+        if not os.path.isfile(smem_path):
+            tmp = smem_path + ".%d.tmp" % os.getpid()
+            with open(tmp, "w") as f:
+                for name, nbytes in _shared_by_kernel(plain.path, self.kernels).items():
+                    f.write("%s 0 %d\n" % (name, nbytes))
+            os.replace(tmp, smem_path)
+        self._host_shared = {k: v[1] for k, v in _read_ptxas(smem_path).items()}
         self.path = plain.path
         self._lib = plain.lib
         self._static_shared = plain.static_shared
 
     def _key(self, flags):
         h = hashlib.sha256()
-        headers = []
-        for path in (RUNTIME_HEADER, INSTRUMENT_HEADER):
-            with open(path, "rb") as f:
-                headers.append(f.read())
-        for part in [BUILD_VERSION, _compiler_version(self._cxx), " ".join(flags)] + headers + [
-                self._full]:
+        for part in (BUILD_VERSION, _compiler_version(self._cxx), " ".join(flags),
+                     _runtime_sources(), self._full):
             h.update(part if isinstance(part, bytes) else part.encode())
             h.update(b"\0")
         for path, data in self._included:
@@ -449,6 +617,13 @@ class SourceModule:
         """Static shared memory of all the module's kernels together (an upper bound for one)."""
         return self._static_shared
 
+    def kernel_static_shared(self, name):
+        """Static shared memory of kernel ``name``: ptxas's count where nvcc is installed, else the
+        ``__shared__`` variables the host build shows it reaching, else the module's total."""
+        if name in self.ptxas:
+            return self.ptxas[name][1]
+        return self._host_shared.get(name, self._static_shared)
+
 
 class _Build:
     """One loaded build of a module: the library, its static shared memory, its load address."""
@@ -458,6 +633,7 @@ class _Build:
         self.lib = ctypes.CDLL(so_path, mode=getattr(os, "RTLD_LOCAL", 0))
         self.lib.cudasim_error.restype = ctypes.c_char_p
         self.lib.cudasim_static_shared_bytes.restype = ctypes.c_size_t
+        self.lib.cudasim_set_grid.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_double]
         self.instrumented = bool(self.lib.cudasim_instrumented())
         self.static_shared = 0
         self.base = None
@@ -519,14 +695,66 @@ class Function:
         sig.restype = ctypes.c_char_p
         self.params = _parse_signature(sig().decode())
         self.max_threads_per_block = max_threads or driver.MAX_THREADS_PER_BLOCK
-        self.num_regs = 0
+        # registers per thread as ptxas allocates them (0: unknown, nvcc is not installed)
+        self.num_regs = module.ptxas.get(name, (0, 0))[0]
         self.local_size_bytes = 0
         self.const_size_bytes = 0
         self._prepared = None
+        self._max_dynamic_shared = None  # cuFuncSetAttribute's MAX_DYNAMIC_SHARED_SIZE_BYTES
 
     @property
     def shared_size_bytes(self):
-        return self.module.static_shared_bytes
+        return self.module.kernel_static_shared(self.name)
+
+    @property
+    def max_dynamic_shared_size_bytes(self):
+        if self._max_dynamic_shared is not None:
+            return self._max_dynamic_shared
+        return max(0, driver.MAX_SHARED_PER_BLOCK - self.shared_size_bytes)
+
+    def get_attribute(self, attr):
+        fa = driver.function_attribute
+        values = {fa.MAX_THREADS_PER_BLOCK: self.max_threads_per_block,
+                  fa.SHARED_SIZE_BYTES: self.shared_size_bytes,
+                  fa.CONST_SIZE_BYTES: 0, fa.LOCAL_SIZE_BYTES: 0, fa.NUM_REGS: self.num_regs,
+                  fa.MAX_DYNAMIC_SHARED_SIZE_BYTES: self.max_dynamic_shared_size_bytes}
+        if attr not in values:
+            raise driver.LogicError("cuFuncGetAttribute: attribute %r is not simulated" % (attr,))
+        return values[attr]
+
+    def set_attribute(self, attr, value):
+        """pycuda's ``Function.set_attribute``; MAX_DYNAMIC_SHARED_SIZE_BYTES opts in to more than
+        48 KiB of shared memory per block, up to the device's limit (227 KiB on sm_90)."""
+        if attr == driver.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES:
+            value = int(value)
+            limit = driver.device_limits()["smem_block_optin"] - self.shared_size_bytes
+            if not 0 <= value <= limit:
+                raise driver.LogicError(
+                    "cuFuncSetAttribute failed: invalid value (kernel %s: %d bytes of dynamic "
+                    "shared memory; at most %d with its %d bytes of static shared memory on "
+                    "compute capability %d.%d)" % ((self.name, value, limit,
+                                                    self.shared_size_bytes)
+                                                   + driver.compute_capability()))
+            self._max_dynamic_shared = value
+        elif attr == driver.function_attribute.PREFERRED_SHARED_MEMORY_CARVEOUT:
+            pass  # a hint for the hardware's L1/shared split: nothing to simulate
+        else:
+            raise driver.LogicError("cuFuncSetAttribute: attribute %r cannot be set" % (attr,))
+
+    def blocks_per_sm(self, threads, dynamic_shared):
+        """Resident blocks per SM for this kernel (the occupancy calculator's rule: threads,
+        blocks, registers in 256-register warp allocations, shared memory with 1 KiB reserved per
+        block)."""
+        lim = driver.device_limits()
+        warps = -(-threads // 32)
+        n = min(lim["blocks_sm"], lim["threads_sm"] // (warps * 32))
+        if self.num_regs:
+            per_warp = -(-self.num_regs * 32 // 256) * 256
+            n = min(n, (lim["regs_sm"] // per_warp) // warps)
+        smem = self.shared_size_bytes + dynamic_shared
+        if smem:
+            n = min(n, lim["smem_sm"] // (smem + lim["smem_reserved"]))
+        return max(0, n)
 
     def _pack(self, args):
         if len(args) != len(self.params):
@@ -617,11 +845,12 @@ class Function:
         kwargs.pop("stream", None)
         kwargs.pop("texrefs", None)
         time_kernel = kwargs.pop("time_kernel", False)
+        cooperative = bool(kwargs.pop("cooperative", False))
         if kwargs:
             raise ValueError("extra keyword arguments: %s" % (",".join(kwargs.keys())))
-        return self._run(args, grid, block, shared, time_kernel)
+        return self._run(args, grid, block, shared, time_kernel, cooperative)
 
-    def _run(self, args, grid, block, shared, time_kernel=False):
+    def _run(self, args, grid, block, shared, time_kernel=False, cooperative=False):
         block = self._dims(block, "block", driver.MAX_BLOCK_DIM)
         grid = self._dims(grid, "grid", driver.MAX_GRID_DIM)
         threads = block[0] * block[1] * block[2]
@@ -634,11 +863,29 @@ class Function:
                 "cuLaunchKernel failed: too many resources requested for launch (kernel %s: block "
                 "of %d threads exceeds its __launch_bounds__ of %d)"
                 % (self.name, threads, self.max_threads_per_block))
-        if shared < 0 or shared + self.module.static_shared_bytes > driver.MAX_SHARED_PER_BLOCK:
+        if shared < 0 or shared > self.max_dynamic_shared_size_bytes:
             raise driver.LogicError(
                 "cuLaunchKernel failed: invalid argument (kernel %s: %d bytes of dynamic shared "
-                "memory; at most %d per block with the static shared memory of the module)"
-                % (self.name, shared, driver.MAX_SHARED_PER_BLOCK))
+                "memory with %d bytes static; at most %d dynamic unless raised with "
+                "set_attribute(function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, n))"
+                % (self.name, shared, self.shared_size_bytes, self.max_dynamic_shared_size_bytes))
+        if self.num_regs:
+            per_warp = -(-self.num_regs * 32 // 256) * 256
+            regs = per_warp * -(-threads // 32)
+            if regs > driver.device_limits()["regs_block"]:
+                raise driver.LaunchError(
+                    "cuLaunchKernel failed: too many resources requested for launch (kernel %s: "
+                    "%d threads x %d registers need %d registers, a block has %d)"
+                    % (self.name, threads, self.num_regs, regs,
+                       driver.device_limits()["regs_block"]))
+        resident = driver.device_limits()["sms"] * self.blocks_per_sm(threads, shared)
+        blocks = grid[0] * grid[1] * grid[2]
+        if cooperative and blocks > resident:
+            raise driver.LaunchError(
+                "cuLaunchCooperativeKernel failed: cooperative launch is too large (kernel %s: %d "
+                "blocks, at most %d resident at once: %d SMs x %d blocks of %d threads each)"
+                % (self.name, blocks, resident, driver.device_limits()["sms"],
+                   self.blocks_per_sm(threads, shared), threads))
         self._pointers = []
         buf = self._pack(args)
         cbuf = (ctypes.c_ubyte * len(buf)).from_buffer(buf)
@@ -653,6 +900,8 @@ class Function:
                                 shared, seed, _stack_bytes())
             checked = instrument.Launch(build.lib, sanitize, profile, shared) \
                 if build.instrumented else None
+            build.lib.cudasim_set_grid(max(1, min(resident, blocks)), int(cooperative),
+                                       _watchdog_seconds())
             start = time.perf_counter()
             try:
                 rc = self._launcher(build)(ctypes.byref(cfg), ctypes.addressof(cbuf))
