@@ -343,4 +343,7 @@ def test_save_errors(tmp_path):
         bn.save(f)
         with pytest.raises(ModuleError, match="already holds links/.scale"):
             bn.save(f)
+    with h5py.File(str(tmp_path / "f.h5"), "r") as f:
+        with pytest.raises(ModuleError, match="cannot write to .*f.h5"):
+            BatchNorm2D(3, name="other").save(f)
     assert os.listdir(str(tmp_path)) == ["f.h5"]

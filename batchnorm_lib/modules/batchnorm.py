@@ -50,7 +50,6 @@ class BatchNormND(Module):
         self.savemean = self.saveinvvar = None
         self.scalegrad = self.biasgrad = None
         self._fwdTrain = None
-        self.syncedCount = None
         self.comm = None
         self._synced = None  # merged statistics of this training pass (with comm)
         self.syncedCount = None  # values per channel in the whole batch of the last synced pass
