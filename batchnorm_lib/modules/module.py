@@ -122,8 +122,8 @@ class Module:
                 var.grad.fill(0)
 
     def updateParams(self, learnRate):
-        """``data += learnRate * grad`` for every variable (PuzzleLib's convention: a descent step
-        passes a negative rate)."""
+        """``data += learnRate * grad`` for every variable. With PuzzleLib's convention (the costs
+        return the negative gradient) a positive rate descends."""
         learnRate = check_finite(self, "learnRate", learnRate)
         for var in self.vars.values():
             if var.grad is not None:

@@ -49,6 +49,11 @@ class GPUArray:
         return self._ary.strides
 
     @property
+    def flags(self):
+        """numpy's flags of the buffer (``c_contiguous``, ``f_contiguous``), as pycuda's."""
+        return self._ary.flags
+
+    @property
     def ptr(self):
         """Address of the first element (pycuda's ``ptr``)."""
         return self._ary.ctypes.data
