@@ -16,6 +16,11 @@ from batchnorm_lib.backend import gpuarray
 from batchnorm_lib.modules.module import ModuleError
 
 
+def _contiguous(ary):
+    # the kernels index dense buffers: a strided view is copied once
+    return ary if ary.flags.c_contiguous else ary.copy()
+
+
 class CostError(ModuleError):
     """Raised for every refused cost call (wrong shapes, dtypes or label values)."""
 
@@ -33,6 +38,7 @@ class Cost:
         self._checkArray(pred, "pred")
         self._checkArray(target, "target")
         self.checkDataShape(pred, target)
+        pred, target = _contiguous(pred), _contiguous(target)
         error, grad = self.calcGrad(pred, target)
         self.reset()
         self.error, self.grad = error, grad
@@ -47,6 +53,7 @@ class Cost:
         self._checkArray(pred, "pred")
         self._checkArray(target, "target")
         self.checkValDataShape(pred, target)
+        pred, target = _contiguous(pred), _contiguous(target)
         self.valError = self.calcVal(pred, target)
         return self.valError
 
@@ -90,9 +97,6 @@ class Cost:
             raise CostError("%s: %s must be an array of the active %r backend (make one with "
                             "gpuarray.to_gpu), got %s"
                             % (self, what, config.get_backend(), type(ary).__name__))
-        if not ary.flags.c_contiguous:
-            raise CostError("%s: %s is a non-contiguous view; pass a contiguous array (copy() "
-                            "makes one)" % (self, what))
 
     def __str__(self):
         return type(self).__name__

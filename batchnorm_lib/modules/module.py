@@ -66,6 +66,7 @@ class Module:
     def __call__(self, data):
         self._checkArray(data, "data")
         self.checkDataShape(data.shape)
+        data = self._contiguous(data, "data")
         # the checks passed: drop the last results first, so their memory can serve this pass
         self.data = self.grad = None
         out = self.updateData(data)
@@ -80,6 +81,7 @@ class Module:
         self.checkGradShape(grad.shape)
         scale = check_finite(self, "scale", scale)
         momentum = check_finite(self, "momentum", momentum)
+        grad = self._contiguous(grad, "grad")
 
         self.grad = None
         newgrad = self.updateGrad(grad) if updGrad else None
@@ -114,6 +116,17 @@ class Module:
         if ary.dtype != self.calctype:
             raise ModuleError("%s: expected %s dtype %s, got %s (see calcMode)"
                               % (self, what, self.calctype, ary.dtype))
+
+    def _contiguous(self, ary, what):
+        """A strided view (``x[:, ::2]``, ``x.T``) is copied once into a contiguous array: every
+        kernel indexes its operands as dense C-ordered buffers. An in-place module cannot write
+        its output into a view's memory that way, so it refuses one."""
+        if ary.flags.c_contiguous:
+            return ary
+        if getattr(self, "inplace", False):
+            raise ModuleError("%s: inplace=True needs a contiguous %s; got a strided view of shape "
+                              "%s (pass view.copy())" % (self, what, tuple(ary.shape)))
+        return ary.copy()
 
     # -- parameter updates -----------------------------------------------------------------------
     def zeroGradParams(self):
