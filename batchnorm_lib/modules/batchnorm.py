@@ -25,7 +25,7 @@ class BatchNormND(Module):
     layout = None  # what subclasses call the axes, for error messages
 
     def __init__(self, nd, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01,
-                 affine=True, name=None, empty=False, inplace=False):
+                 affine=True, name=None, empty=False, inplace=False, comm=None):
         super().__init__(name)
         self.nd = _positive_int(self, "nd", nd, low=0)
         self.maps = _positive_int(self, "maps", maps)
@@ -41,6 +41,14 @@ class BatchNormND(Module):
         self.savemean = self.saveinvvar = None
         self.scalegrad = self.biasgrad = None
         self._fwdTrain = None
+        self.syncedCount = None
+        self.comm = None
+        self._synced = None  # merged statistics of this training pass (with comm)
+        self.syncedCount = None  # values per channel in the whole batch of the last synced pass
+        if comm is not None:
+            from batchnorm_lib import distributed
+
+            self.comm = distributed.check_comm(self, comm)
 
         if empty:
             return
@@ -74,18 +82,39 @@ class BatchNormND(Module):
         if self.scale is None:
             raise ModuleError("%s: parameters are not initialized (built with empty=True); "
                               "load() them first" % self)
-        if any(s == 0 for s in shape):
-            raise ModuleError("%s: data has no elements, shape %s" % (self, tuple(shape)))
         if self.train:
             if self.inplace:
                 raise ModuleError("%s: inplace=True is allowed only in evaluation mode" % self)
-            if int(np.prod(shape, dtype=np.int64)) // self.maps < 2:
+            # an empty batch (a zero-length axis) is allowed: it has no statistics to take; with
+            # comm, the count that matters is the whole batch's (checked once it is known)
+            if self.comm is None and int(np.prod(shape, dtype=np.int64)) // self.maps == 1:
                 raise ModuleError("%s: training needs more than one value per channel, got shape %s"
                                   % (self, tuple(shape)))
 
     # -- forward ---------------------------------------------------------------------------------
+    def __call__(self, data):
+        if self.comm is None or not self.train:
+            return super().__call__(data)
+        from batchnorm_lib.distributed import sync_forward_statistics
+
+        # every rank checks its shard, then all exchange partials (or a refusal) in one collective
+        self._synced = sync_forward_statistics(self, data)
+        try:
+            return super().__call__(data)
+        finally:
+            self._synced = None
+
     def updateData(self, data):
         ops = kernels.norm.ops()
+        if self._synced is not None:
+            return self._syncedForward(data, ops)
+        self.syncedCount = None
+        if data.size == 0:
+            # nothing to normalize and no statistics: no kernel runs, running statistics and
+            # numOfProps stay; the backward gives an empty dx and zero parameter gradients
+            self._fwdTrain = self.train
+            return data if self.inplace and not self.train else gpuarray.empty(data.shape,
+                                                                                data.dtype)
         if self.train:
             factor = max(self.initFactor / (self.numOfProps + 1), self.minFactor)
             out = gpuarray.empty(data.shape, data.dtype)
@@ -102,16 +131,52 @@ class BatchNormND(Module):
             self._fwdTrain = False
         return out
 
+    def _syncedForward(self, data, ops):
+        """Training forward with the whole batch's statistics (``self._synced``)."""
+        count, mean, m2 = self._synced
+        var = m2 / count
+        factor = max(self.initFactor / (self.numOfProps + 1), self.minFactor)
+        shape = self.paramShape
+        savemean = gpuarray.to_gpu(mean.astype(np.float32).reshape(shape))
+        batchvar = gpuarray.to_gpu(var.astype(np.float32).reshape(shape))
+        saveinvvar = gpuarray.to_gpu((1.0 / np.sqrt(var + self.epsilon)).astype(np.float32)
+                                     .reshape(shape))
+        out = gpuarray.empty(data.shape, data.dtype)
+        if data.size:
+            ops.forward_infer(data, self.scale, self.bias, savemean, batchvar, self.epsilon, out)
+        runmean = self.mean.get().astype(np.float64).reshape(shape)
+        runvar = self.var.get().astype(np.float64).reshape(shape)
+        self.mean.set(((1 - factor) * runmean + factor * mean.reshape(shape)).astype(np.float32))
+        self.var.set(((1 - factor) * runvar + factor * (m2 / (count - 1)).reshape(shape))
+                     .astype(np.float32))
+        self.numOfProps += 1
+        self.savemean, self.saveinvvar = savemean, saveinvvar
+        self._fwdTrain = True
+        self.syncedCount = count
+        return out
+
     # -- backward --------------------------------------------------------------------------------
     def updateGrad(self, grad):
         dx = gpuarray.empty(grad.shape, grad.dtype)
-        if self._fwdTrain:
+        if grad.size == 0:
+            if self._fwdTrain:
+                self._paramGrads(grad)
+        elif self._fwdTrain:
             self._paramGrads(grad, dx)
         else:
             kernels.norm.ops().backward_infer(grad, self.scale, self.var, self.epsilon, dx)
         return dx
 
     def _paramGrads(self, grad, dx=None):
+        if self.syncedCount is not None:
+            from batchnorm_lib.distributed import sync_backward
+
+            sync_backward(self, grad, dx)
+            return
+        if grad.size == 0:  # an empty batch contributes nothing
+            self.scalegrad = gpuarray.zeros(self.paramShape, np.float32)
+            self.biasgrad = gpuarray.zeros(self.paramShape, np.float32)
+            return
         dscale = gpuarray.empty(self.paramShape, np.float32)
         dbias = gpuarray.empty(self.paramShape, np.float32)
         kernels.norm.ops().backward_train(self.inData, grad, self.scale, self.savemean, self.saveinvvar,
@@ -128,6 +193,17 @@ class BatchNormND(Module):
         ops.axpby(self.biasgrad.ravel(), self.vars["bias"].grad.ravel(), scale, momentum)
 
     def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
+        if self.syncedCount is not None and (updGrad or (updParamGrads and self.affine)):
+            # the other ranks are about to exchange sums: a refusal here must reach them
+            try:
+                self._checkArray(grad, "grad")
+                self.checkGradShape(grad.shape)
+                check_finite(self, "scale", scale)
+                check_finite(self, "momentum", momentum)
+            except ModuleError as e:
+                from batchnorm_lib.distributed import refuse_everywhere
+
+                refuse_everywhere(self, "the backward", e)
         previous = self.scalegrad, self.biasgrad
         self.scalegrad = self.biasgrad = None  # this pass's gradients, computed at most once
         try:
@@ -142,6 +218,7 @@ class BatchNormND(Module):
         self.savemean = self.saveinvvar = None
         self.scalegrad = self.biasgrad = None
         self._fwdTrain = None
+        self.syncedCount = None
 
     def calcMode(self, T):
         T = np.dtype(T)
@@ -155,6 +232,19 @@ class BatchNormND(Module):
         kind = "vars" if self.affine else "attrs"
         return {kind + ".scale": (shape, f32), kind + ".bias": (shape, f32),
                 "attrs.mean": (shape, f32), "attrs.var": (shape, f32)}
+
+    def stateEntries(self, name, prefix=""):
+        # PuzzleLib keeps scale and bias as variables even when affine=False: files say "vars"
+        for key, kind, entry, var in super().stateEntries(name, prefix):
+            fixed = kind == "attrs" and key.endswith(("attrs.scale", "attrs.bias"))
+            yield key, "vars" if fixed else kind, entry, var
+
+    def checkState(self, staged, path):
+        # without affine, scale and bias are the identity; other values belong to an affine model
+        if not self.affine and not (np.all(staged["attrs.scale"] == 1)
+                                    and np.all(staged["attrs.bias"] == 0)):
+            raise ModuleError("%s: %s holds a trained scale/bias, which affine=False cannot take"
+                              % (self, path))
 
     def saveMeta(self):
         return {"numOfProps": self.numOfProps}
@@ -176,9 +266,9 @@ class BatchNorm(BatchNormND):
     layout = "(N, size)"
 
     def __init__(self, size, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
-                 name=None, empty=False, inplace=False):
+                 name=None, empty=False, inplace=False, comm=None):
         super().__init__(0, size, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace)
+                         inplace, comm)
 
 
 class BatchNorm1D(BatchNormND):
@@ -187,9 +277,9 @@ class BatchNorm1D(BatchNormND):
     layout = "(N, C, L)"
 
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
-                 name=None, empty=False, inplace=False):
+                 name=None, empty=False, inplace=False, comm=None):
         super().__init__(1, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace)
+                         inplace, comm)
 
 
 class BatchNorm2D(BatchNormND):
@@ -198,9 +288,9 @@ class BatchNorm2D(BatchNormND):
     layout = "(N, C, H, W)"
 
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
-                 name=None, empty=False, inplace=False):
+                 name=None, empty=False, inplace=False, comm=None):
         super().__init__(2, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace)
+                         inplace, comm)
 
 
 class BatchNorm3D(BatchNormND):
@@ -209,6 +299,6 @@ class BatchNorm3D(BatchNormND):
     layout = "(N, C, D, H, W)"
 
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
-                 name=None, empty=False, inplace=False):
+                 name=None, empty=False, inplace=False, comm=None):
         super().__init__(3, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace)
+                         inplace, comm)
