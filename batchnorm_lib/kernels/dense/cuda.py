@@ -45,6 +45,10 @@ def _launch(name, grid, args):
 
 
 def _ptr(a):
+    # the kernels index dense C-ordered buffers; modules copy strided views before they get here
+    if not a.flags.c_contiguous:
+        raise ValueError("dense kernels take C-contiguous arrays, got strides %s for shape %s"
+                         % (a.strides, a.shape))
     return np.uintp(int(a.ptr))
 
 

@@ -30,6 +30,8 @@ def _grid(n):
 
 
 def _p(a):
+    if not a.flags.c_contiguous:  # arraymath refuses views first; this guards the kernels
+        raise RuntimeError("only contiguous arrays may be used as arguments to this operation")
     return np.uintp(a.ptr)
 
 
