@@ -10,6 +10,7 @@ the weights::
 """
 
 import enum
+import io
 import json
 
 import numpy as np
@@ -61,29 +62,35 @@ def dumps(module):
 
 
 def save(module, hdf=None, name=None, compress="gzip"):
-    """``Module.save(..., withBlueprint=True)``: the weights as ``Module.save`` writes them plus
-    the ``blueprint`` dataset."""
+    """``Module.save(..., withBlueprint=True)``: the file ``Module.save`` writes, plus the
+    ``blueprint`` dataset."""
     from batchnorm_lib.modules import hdf5
 
     text = dumps(module)  # refused before any file is touched
-
-    def write(f):
-        hdf5.write_module(module, f, name, compress)
-        if "blueprint" in f:
-            raise ModuleError("%s: %s already holds a blueprint" % (module, hdf5.describe(f)))
-        import h5py
-
-        f.create_dataset("blueprint", data=text, dtype=h5py.string_dtype())
-
     if hdf is not None and hdf5.is_h5(hdf):
-        write(hdf)
+        if "blueprint" in hdf:
+            raise ModuleError("%s: %s already holds a blueprint" % (module, hdf5.describe(hdf)))
+        hdf5.save(module, hdf, name, compress)
+        _write_text(hdf, text)
         return None
-    image = hdf5.file_image(write)
+    buffer = io.BytesIO(hdf5.save(module, None, name, compress))
+    with _h5py().File(buffer, "r+") as f:
+        _write_text(f, text)
     if hdf is None:
-        return image
-    with open(hdf, "wb") as f:
-        f.write(image)
+        return buffer.getvalue()
+    with open(hdf, "wb") as f:  # written whole: a refused save leaves no partial file
+        f.write(buffer.getvalue())
     return None
+
+
+def _h5py():
+    import h5py
+
+    return h5py
+
+
+def _write_text(group, text):
+    group.create_dataset("blueprint", data=text, dtype=_h5py().string_dtype())
 
 
 def build(blueprint):

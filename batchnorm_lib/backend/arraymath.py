@@ -13,6 +13,8 @@ A backend's array class inherits :class:`ArrayMath` and provides ``backend_name`
 ``astype`` and ``copy``; the arithmetic itself runs in ``kernels.elementwise.ops(array)``.
 """
 
+import numbers
+
 import numpy as np
 
 from batchnorm_lib.kernels import elementwise
@@ -62,6 +64,30 @@ def as_dtype(ary, dtype):
     return ary if ary.dtype == dtype else ary.astype(dtype)
 
 
+def _operator(kind, reverse=False, out=False):
+    def method(self, other):
+        return self._binary(other, kind, reverse=reverse, out=self if out else None)
+
+    return method
+
+
+def _comparison(op):
+    def method(self, other):
+        return self._compare(other, op)
+
+    return method
+
+
+def check_basic_index(index):
+    """pycuda's GPUArray takes integers, slices, Ellipsis and None only."""
+    for i, entry in enumerate(index if isinstance(index, tuple) else (index,)):
+        ok = (isinstance(entry, (slice, numbers.Integral)) and not isinstance(entry, bool)) \
+            or entry is Ellipsis or entry is None
+        if not ok:
+            raise IndexError("invalid subindex in axis %d: gpuarray takes integers, slices, "
+                             "'...' and None (basic indexing), got %r" % (i, entry))
+
+
 class ArrayMath:
     __slots__ = ()
 
@@ -69,14 +95,21 @@ class ArrayMath:
     # usable as dict keys and in sets, as pycuda's arrays are not
     __hash__ = object.__hash__
 
-    def _binary(self, other, kind, reverse=False, out=None):
-        """``self <kind> other`` (or ``other <kind> self`` when ``reverse``) into ``out``."""
+    def _operand(self, other):
+        """Check an operand against self (shape, contiguity); False when it is neither an array
+        nor a scalar (the operator then returns NotImplemented)."""
         if isinstance(other, ArrayMath):
             check_same_shape(self, other)
             check_contiguous(self, other)
         elif is_scalar(other):
             check_contiguous(self)
         else:
+            return False
+        return True
+
+    def _binary(self, other, kind, reverse=False, out=None):
+        """``self <kind> other`` (or ``other <kind> self`` when ``reverse``) into ``out``."""
+        if not self._operand(other):
             return NotImplemented
         dtype = check_computable(result_dtype(self, other), "'%s'" % kind)
         if out is not None and out.dtype != dtype:
@@ -122,51 +155,13 @@ class ArrayMath:
         _ops(full).fill(full, value)
         return full
 
-    # -- arithmetic --------------------------------------------------------------------------------
-    def __add__(self, other):
-        return self._binary(other, "+")
-
-    def __radd__(self, other):
-        return self._binary(other, "+", reverse=True)
-
-    def __sub__(self, other):
-        return self._binary(other, "-")
-
-    def __rsub__(self, other):
-        return self._binary(other, "-", reverse=True)
-
-    def __mul__(self, other):
-        return self._binary(other, "*")
-
-    def __rmul__(self, other):
-        return self._binary(other, "*", reverse=True)
-
-    def __truediv__(self, other):
-        return self._binary(other, "/")
-
-    def __rtruediv__(self, other):
-        return self._binary(other, "/", reverse=True)
-
-    def __pow__(self, other):
-        return self._binary(other, "**")
-
-    def __rpow__(self, other):
-        return self._binary(other, "**", reverse=True)
-
-    def __iadd__(self, other):
-        return self._binary(other, "+", out=self)
-
-    def __isub__(self, other):
-        return self._binary(other, "-", out=self)
-
-    def __imul__(self, other):
-        return self._binary(other, "*", out=self)
-
-    def __itruediv__(self, other):
-        return self._binary(other, "/", out=self)
-
-    def __ipow__(self, other):
-        return self._binary(other, "**", out=self)
+    # -- arithmetic: the operators, their reflected and in-place forms ----------------------------
+    __add__, __radd__, __iadd__ = _operator("+"), _operator("+", True), _operator("+", out=True)
+    __sub__, __rsub__, __isub__ = _operator("-"), _operator("-", True), _operator("-", out=True)
+    __mul__, __rmul__, __imul__ = _operator("*"), _operator("*", True), _operator("*", out=True)
+    __truediv__, __rtruediv__ = _operator("/"), _operator("/", True)
+    __itruediv__ = _operator("/", out=True)
+    __pow__, __rpow__, __ipow__ = _operator("**"), _operator("**", True), _operator("**", out=True)
 
     def __pos__(self):
         return self
@@ -198,12 +193,7 @@ class ArrayMath:
 
     # -- comparisons: an array of self's dtype holding 1 and 0, as pycuda's -------------------------
     def _compare(self, other, op):
-        if isinstance(other, ArrayMath):
-            check_same_shape(self, other)
-            check_contiguous(self, other)
-        elif is_scalar(other):
-            check_contiguous(self)
-        else:
+        if not self._operand(other):
             return NotImplemented
         check_computable(self.dtype, "comparison")
         common = check_computable(result_dtype(self, other), "comparison")
@@ -212,23 +202,9 @@ class ArrayMath:
         _ops(z).compare(op, as_dtype(self, common), y, z)
         return as_dtype(z, self.dtype)
 
-    def __eq__(self, other):
-        return self._compare(other, "==")
-
-    def __ne__(self, other):
-        return self._compare(other, "!=")
-
-    def __lt__(self, other):
-        return self._compare(other, "<")
-
-    def __le__(self, other):
-        return self._compare(other, "<=")
-
-    def __gt__(self, other):
-        return self._compare(other, ">")
-
-    def __ge__(self, other):
-        return self._compare(other, ">=")
+    __eq__, __ne__ = _comparison("=="), _comparison("!=")
+    __lt__, __le__ = _comparison("<"), _comparison("<=")
+    __gt__, __ge__ = _comparison(">"), _comparison(">=")
 
     def __bool__(self):
         if self.size != 1:

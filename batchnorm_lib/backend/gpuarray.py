@@ -143,26 +143,30 @@ def dot(a, b, dtype=None):
     return _math().reduction("dot", a, b)
 
 
+def _extreme(a, b, isMax):
+    name = "maximum" if isMax else "minimum"
+    _check(a, name)
+    pycuda = _pycuda_gpuarray()
+    if b is None:
+        if pycuda is not None:
+            return pycuda.max(a) if isMax else pycuda.min(a)
+        return _math().reduction("max" if isMax else "min", a)
+    _check(b, name)
+    if pycuda is not None:
+        return pycuda.maximum(a, b) if isMax else pycuda.minimum(a, b)
+    return _math().maxmin(a, b, isMax)
+
+
 def maximum(a, b=None):
     """pycuda's ``maximum(a, b)``: elementwise; PuzzleLib's ``maximum(a)``: the largest element
     (a 0-d array)."""
-    _check(a, "maximum")
-    pycuda = _pycuda_gpuarray()
-    if b is None:
-        return pycuda.max(a) if pycuda is not None else _math().reduction("max", a)
-    _check(b, "maximum")
-    return pycuda.maximum(a, b) if pycuda is not None else _math().maxmin(a, b, True)
+    return _extreme(a, b, True)
 
 
 def minimum(a, b=None):
     """pycuda's ``minimum(a, b)``: elementwise; PuzzleLib's ``minimum(a)``: the smallest element
     (a 0-d array)."""
-    _check(a, "minimum")
-    pycuda = _pycuda_gpuarray()
-    if b is None:
-        return pycuda.min(a) if pycuda is not None else _math().reduction("min", a)
-    _check(b, "minimum")
-    return pycuda.minimum(a, b) if pycuda is not None else _math().maxmin(a, b, False)
+    return _extreme(a, b, False)
 
 
 def max(a):

@@ -6,11 +6,10 @@ is never silently shared. ``reshape``/``ravel``, basic indexing (``a[i]``, ``a[i
 follows pycuda's rules (:mod:`batchnorm_lib.backend.arraymath`).
 """
 
-import numbers
-
 import numpy as np
 
-from batchnorm_lib.backend.arraymath import ArrayMath, check_contiguous, check_computable
+from batchnorm_lib.backend.arraymath import (ArrayMath, check_basic_index, check_computable,
+                                             check_contiguous)
 from batchnorm_lib.backend.cpu.pool import POOL
 
 
@@ -18,16 +17,6 @@ def _shape_tuple(shape):
     if isinstance(shape, (int, np.integer)):
         return (int(shape),)
     return tuple(int(s) for s in shape)
-
-
-def check_basic_index(index):
-    """pycuda's GPUArray takes integers, slices, Ellipsis and None only."""
-    for i, entry in enumerate(index if isinstance(index, tuple) else (index,)):
-        ok = (isinstance(entry, (slice, numbers.Integral)) and not isinstance(entry, bool)) \
-            or entry is Ellipsis or entry is None
-        if not ok:
-            raise IndexError("invalid subindex in axis %d: gpuarray takes integers, slices, "
-                             "'...' and None (basic indexing), got %r" % (i, entry))
 
 
 class GPUArray(ArrayMath):

@@ -8,11 +8,10 @@ Basic indexing returns strided views that share memory (``gpudata`` is then an a
 base allocation, which the view keeps alive through ``base``).
 """
 
-import numbers
-
 import numpy as np
 
-from batchnorm_lib.backend.arraymath import ArrayMath, check_contiguous, check_computable
+from batchnorm_lib.backend.arraymath import (ArrayMath, check_basic_index, check_computable,
+                                             check_contiguous)
 from batchnorm_lib.backend.cudasim import driver
 from batchnorm_lib.kernels import elementwise
 
@@ -52,15 +51,6 @@ class _Flags:
 
     def __getitem__(self, key):  # numpy's flags["C_CONTIGUOUS"] spelling
         return {"C_CONTIGUOUS": self.c_contiguous, "F_CONTIGUOUS": self.f_contiguous}[key]
-
-
-def _check_basic_index(index):
-    for i, entry in enumerate(index):
-        ok = (isinstance(entry, (slice, numbers.Integral)) and not isinstance(entry, bool)) \
-            or entry is Ellipsis or entry is None
-        if not ok:
-            raise IndexError("invalid subindex in axis %d: gpuarray takes integers, slices, "
-                             "'...' and None (basic indexing), got %r" % (i, entry))
 
 
 class GPUArray(ArrayMath):
@@ -257,7 +247,7 @@ class GPUArray(ArrayMath):
     # -- basic indexing: views, as pycuda's ---------------------------------------------------------
     def __getitem__(self, index):
         index = index if isinstance(index, tuple) else (index,)
-        _check_basic_index(index)
+        check_basic_index(index)
         if sum(1 for e in index if e is Ellipsis) > 1:
             raise IndexError("more than one ellipsis not allowed in index")
         used = sum(1 for e in index if e is not None and e is not Ellipsis)
