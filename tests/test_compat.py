@@ -286,3 +286,36 @@ def test_blueprint_round_trip(backend, rng, tmp_path):
         blueprint.load(plain)
     with pytest.raises(ModuleError, match="cannot build a module of class 'Nope'"):
         blueprint.build({"classname": "Nope", "scheme": {}})
+
+
+# -- float16 where dtypesSupported lists it ---------------------------------------------------------
+def test_dtypes_supported_and_float16_network(backend, rng):
+    dtypes = dict((np.dtype(d), atol) for d, atol in gpuarray.dtypesSupported())
+    assert dtypes[np.dtype(np.float32)] == 1e-5
+    net = Sequential().append(Linear(6, 5)).append(BatchNorm(5)).append(Activation(elu))
+    net.append(Linear(5, 3)).append(Cast(np.float16, np.float32))
+    if np.dtype(np.float16) not in dtypes:
+        assert backend == "cpu"
+        with pytest.raises(ModuleError, match="unsupported dtype float16"):
+            Linear(3, 2).calcMode(np.float16)
+        return
+    assert dtypes[np.dtype(np.float16)] == 1e-2
+    x = rng.standard_normal((9, 6)).astype(np.float16)
+    reference = Sequential()  # the same modules in float32 on the float16-rounded data
+    reference.modules = list(net.modules)[:-1]
+    expected = reference(g(x.astype(np.float32))).get()
+    dy = rng.standard_normal(expected.shape).astype(np.float16).astype(np.float32)
+    expected_dx = reference.backward(g(dy)).get()
+    for mod in list(net)[:-1]:
+        mod.calcMode(np.float16)
+    y = net(g(x, np.float16))
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y.get(), expected, atol=1e-2, rtol=1e-2)
+    dx = net.backward(g(dy))
+    assert dx.dtype == np.float16 and dx.shape == x.shape
+    np.testing.assert_allclose(dx.get().astype(np.float32), expected_dx, atol=1e-2, rtol=1e-2)
+    for mod in (Activation(relu, inplace=True),):
+        mod.calcMode(np.float16)
+        data = g(x, np.float16)
+        assert mod(data) is data
+        np.testing.assert_array_equal(data.get(), np.maximum(x, 0))

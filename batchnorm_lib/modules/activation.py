@@ -2,8 +2,10 @@
 
 from enum import Enum
 
+import numpy as np
+
 from batchnorm_lib.backend import gpuarray
-from batchnorm_lib.kernels import dense
+from batchnorm_lib.kernels import dense, elementwise
 from batchnorm_lib.modules.module import Module, ModuleError, check_finite
 
 
@@ -65,16 +67,30 @@ class Activation(Module):
     def _params(self):
         return (self.actArgs + (0.0, 0.0))[:2]
 
+    # float16 (calcMode): the kernels compute in float32 between conversions at the boundaries,
+    # which is what a half kernel does per element (load, compute in float, round once)
     def updateData(self, data):
-        out = data if self.inplace else gpuarray.empty(data.shape, data.dtype)
-        dense.ops().activation_forward(self.activation.value, data, out, *self._params())
-        return out
+        x = elementwise.to_dtype(data, np.float32)
+        out = x if self.inplace or x is not data else gpuarray.empty(x.shape, np.float32)
+        dense.ops().activation_forward(self.activation.value, x, out, *self._params())
+        if x is data:
+            return out
+        if self.inplace:
+            elementwise.ops(data).convert(out, data)
+            return data
+        return elementwise.to_dtype(out, data.dtype)
 
     def updateGrad(self, grad):
-        dx = grad if self.inplace else gpuarray.empty(grad.shape, grad.dtype)
-        dense.ops().activation_backward(self.activation.value, grad, self.data, dx,
-                                        *self._params())
-        return dx
+        g = elementwise.to_dtype(grad, np.float32)
+        y = elementwise.to_dtype(self.data, np.float32)
+        dx = g if self.inplace or g is not grad else gpuarray.empty(g.shape, np.float32)
+        dense.ops().activation_backward(self.activation.value, g, y, dx, *self._params())
+        if g is grad:
+            return dx
+        if self.inplace:
+            elementwise.ops(grad).convert(dx, grad)
+            return grad
+        return elementwise.to_dtype(dx, grad.dtype)
 
     def __str__(self):
         act = getattr(self, "activation", None)

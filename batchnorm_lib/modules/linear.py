@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from batchnorm_lib.backend import gpuarray
-from batchnorm_lib.kernels import dense
+from batchnorm_lib.kernels import dense, elementwise
 from batchnorm_lib.modules.module import Module, ModuleError, check_finite
 from batchnorm_lib.variable import Variable
 
@@ -127,22 +127,26 @@ class Linear(Module):
         if tuple(shape) != expected:
             raise ModuleError("%s: grad shape %s, expected %s" % (self, tuple(shape), expected))
 
+    # float16 data (calcMode) is converted to float32 at the boundaries: parameters, products and
+    # accumulation stay float32, as the batch norms keep theirs
     def updateData(self, data):
         ops = dense.ops()
         out = gpuarray.empty((data.shape[0], self.outsize), np.float32)
-        ops.gemm(data, self.W, out)
+        ops.gemm(elementwise.to_dtype(data, np.float32), self.W, out)
         if self.useBias:
             ops.add_bias(out, self.b)
-        return out
+        return elementwise.to_dtype(out, data.dtype)
 
     def updateGrad(self, grad):
         dx = gpuarray.empty(self.inData.shape, np.float32)
-        dense.ops().gemm(grad, self.W, dx, transB=True)
-        return dx
+        dense.ops().gemm(elementwise.to_dtype(grad, np.float32), self.W, dx, transB=True)
+        return elementwise.to_dtype(dx, grad.dtype)
 
     def accGradParams(self, grad, scale=1.0, momentum=0.0):
         ops = dense.ops()
-        ops.gemm(self.inData, grad, self.vars["W"].grad, transA=True, alpha=scale, beta=momentum)
+        grad = elementwise.to_dtype(grad, np.float32)
+        ops.gemm(elementwise.to_dtype(self.inData, np.float32), grad, self.vars["W"].grad,
+                 transA=True, alpha=scale, beta=momentum)
         if self.useBias:
             ops.bias_grad(grad, self.vars["b"].grad, scale, momentum)
 

@@ -167,9 +167,12 @@ class Module:
         self.reset()
 
     def calcMode(self, T):
+        """The dtype of data and gradients: one of ``gpuarray.dtypesSupported()`` (float32; float16
+        on the CUDA backends, with parameters and arithmetic kept in float32)."""
         T = np.dtype(T)
-        if T != np.float32:
-            raise ModuleError("%s: unsupported dtype %s" % (self, T))
+        if T not in [np.dtype(d) for d, _ in gpuarray.dtypesSupported()]:
+            raise ModuleError("%s: unsupported dtype %s on the %r backend (see "
+                              "gpuarray.dtypesSupported())" % (self, T, config.get_backend()))
         self.calctype = T
 
     def reset(self):

@@ -32,7 +32,21 @@ REDUCTIONS = ("sum", "dot", "max", "min")
 
 
 def ops(ary):
-    """The implementation module for ``ary``'s backend."""
+    """The implementation module for ``ary``'s backend (the active one for pycuda's arrays)."""
     from batchnorm_lib.kernels import implementation
 
-    return implementation("elementwise", ary.backend_name)
+    return implementation("elementwise", getattr(ary, "backend_name", None))
+
+
+def to_dtype(ary, dtype):
+    """``ary`` converted to ``dtype`` (float32, int32, float16) in a new array, or ``ary`` itself
+    when it has that dtype already. Runs ``convert`` on every backend, pycuda's arrays included
+    (whose own ``astype`` has no float16 kernel)."""
+    dtype = np.dtype(dtype)
+    if ary.dtype == dtype:
+        return ary
+    from batchnorm_lib.backend import gpuarray
+
+    out = gpuarray.empty(ary.shape, dtype)
+    ops(ary).convert(ary, out)
+    return out

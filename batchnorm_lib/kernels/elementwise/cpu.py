@@ -18,6 +18,7 @@ def _a(x):
     return as_ndarray(x) if hasattr(x, "backend_name") else x
 
 
+
 def _s(z, v):
     """A scalar as z's dtype, so numpy computes in T as the kernels do."""
     return as_ndarray(z).dtype.type(v)

@@ -18,7 +18,7 @@ _SCALAR = {"f32": np.float32, "i32": np.int32}
 
 
 def _launch(z, name, grid, args):
-    rt = config.backend_module(z.backend_name).runtime()
+    rt = config.backend_module(getattr(z, "backend_name", None)).runtime()
     fn = rt.functions_of(SOURCE)[name]
     fn(*args, block=(BLOCK, 1, 1), grid=(grid, 1, 1), shared=0)
     if rt.sync_each_launch:
@@ -45,7 +45,7 @@ def _run(kind, z, arrays, scalars=(), ints=()):
 
 
 def _is_array(y):
-    return hasattr(y, "backend_name")
+    return not np.isscalar(y)
 
 
 def axpbyz(a, x, b, y, z):
