@@ -112,11 +112,13 @@ def softmax_cross_entropy(scores, labels, grad, losses, weights=None):
         loss *= W[L]
     as_ndarray(losses).reshape(n, -1)[...] = loss
     G = as_ndarray(grad).reshape(n, c, -1)
-    onehot = np.arange(c, dtype=np.int32)[None, :, None] == L[:, None, :]
-    g = onehot - e / z
+    # p / n - onehot / n, then negated: the same float32 roundings as the true gradient had
+    np.divide(e, z * _f32(n), out=G)
+    np.put_along_axis(G, L[:, None, :],
+                      np.take_along_axis(G, L[:, None, :], axis=1) - _f32(1.0 / n), axis=1)
+    np.negative(G, out=G)
     if W is not None:
-        g *= W[None, :, None]
-    np.multiply(g, _f32(1.0 / n), out=G, casting="same_kind")
+        G *= W[None, :, None]
 
 
 def mse(pred, target, grad, scale):
