@@ -40,9 +40,36 @@ def check_comm(owner, comm):
 
 
 def exchange(owner, comm, what, payload, error=None):
-    """One ``allgather`` of ``(channels, payload)`` from every rank, or of this rank's refusal.
-    A refusal anywhere, or ranks that disagree on the channel count, raises the same ModuleError
-    on every rank (every rank has taken part, so none is left waiting)."""
+    """One collective gathering every rank's ``payload`` = ``(count, a, b)`` (a, b: C float64
+    values), or this rank's refusal; returns the payloads in rank order. A refusal anywhere, or
+    ranks that disagree on the channel count, raises a ModuleError on every rank (every rank has
+    taken part, so none is left waiting).
+
+    The first exchange of a module on a communicator gathers Python objects, so that ranks with
+    different channel counts (buffers of different sizes) are told apart safely; once they agree,
+    later ones gather one fixed-size float64 buffer per rank, several times cheaper."""
+    if getattr(owner, "_syncAgreed", None) is not comm:
+        parts = _exchange_objects(owner, comm, what, payload, error)
+        owner._syncAgreed = comm
+        return parts
+    c = owner.maps
+    row = np.zeros(2 + 2 * c, np.float64)
+    if error is not None:
+        row[0] = 1.0
+    else:
+        row[1] = payload[0]
+        row[2:2 + c], row[2 + c:] = payload[1], payload[2]
+    rows = np.empty((comm.Get_size(), row.size), np.float64)
+    comm.Allgather(row, rows)
+    failed = [r for r in range(len(rows)) if rows[r, 0] != 0]
+    if failed:
+        if error is not None:
+            raise error
+        raise ModuleError("%s: %s refused on rank %s" % (owner, what, ", ".join(map(str, failed))))
+    return [(int(r[1]), r[2:2 + c], r[2 + c:]) for r in rows]
+
+
+def _exchange_objects(owner, comm, what, payload, error):
     mine = ("error", str(error)) if error is not None else (owner.maps, payload)
     gathered = comm.allgather(mine)
     failed = ["rank %d: %s" % (r, g[1]) for r, g in enumerate(gathered) if g[0] == "error"]
@@ -115,16 +142,17 @@ def sync_backward(bn, grad, dx):
     from batchnorm_lib.kernels.norm import partials
 
     c, shape = bn.maps, bn.paramShape
-    sums = (np.zeros(c), np.zeros(c))
+    sums = (0, np.zeros(c), np.zeros(c))
     if grad.size:
         dscale = gpuarray.empty(shape, np.float32)
         dbias = gpuarray.empty(shape, np.float32)
         norm.ops().backward_train(bn.inData, grad, bn.scale, bn.savemean, bn.saveinvvar, None,
                                   dscale, dbias)
-        sums = (dbias.get().ravel().astype(np.float64), dscale.get().ravel().astype(np.float64))
+        sums = (grad.size // c, dbias.get().ravel().astype(np.float64),
+                dscale.get().ravel().astype(np.float64))
     parts = exchange(bn, bn.comm, "the backward", sums)
-    sum_dy = sum_in_order([p[0] for p in parts])
-    sum_dy_xhat = sum_in_order([p[1] for p in parts])
+    sum_dy = sum_in_order([p[1] for p in parts])
+    sum_dy_xhat = sum_in_order([p[2] for p in parts])
     bn.scalegrad = gpuarray.to_gpu(sum_dy_xhat.astype(np.float32).reshape(shape))
     bn.biasgrad = gpuarray.to_gpu(sum_dy.astype(np.float32).reshape(shape))
     if dx is not None and grad.size:

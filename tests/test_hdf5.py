@@ -105,6 +105,47 @@ def test_puzzlelib_batchnorm_file_loads_unnamed(rng, tmp_path, cls, nd):
         np.testing.assert_array_equal(getattr(bn, k).get(), v)
 
 
+def test_puzzlelib_instancenorm_file_loads(rng, tmp_path):
+    """PuzzleLib's InstanceNorm2D: variables scale and bias of shape (1, C, 1, 1), no attributes."""
+    from batchnorm_lib import interop
+
+    cls = interop._family("InstanceNorm2D")
+    if cls is None:
+        pytest.skip("InstanceNorm2D is not part of this version")
+    scale, bias = f32(rng, 1, 4, 1, 1, loc=1.0), f32(rng, 1, 4, 1, 1)
+    path = str(tmp_path / "inorm.hdf")
+    puzzlelib_file(path, [("inorm", {"scale": scale, "bias": bias}, {})], container="seq")
+    net = Sequential([cls(4, name="inorm")], name="seq")
+    net.load(path)
+    x = rng.standard_normal((2, 4, 3, 5))
+    mean = x.mean(axis=(2, 3), keepdims=True)
+    var = x.var(axis=(2, 3), keepdims=True)
+    expect = (x - mean) / np.sqrt(var + 1e-5) * scale + bias
+    np.testing.assert_allclose(net(gpuarray.to_gpu(x.astype(np.float32))).get(), expect,
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,args", [("InstanceNorm2D", (3,)), ("LayerNorm", ((4, 2),)),
+                                       ("GroupNorm", (2, 4))])
+def test_other_norms_round_trip(rng, name, args):
+    """The generic mechanism carries modules it has never heard of."""
+    from batchnorm_lib import interop
+
+    cls = interop._family(name)
+    if cls is None:
+        pytest.skip("%s is not part of this version" % name)
+    mod = cls(*args, name="n")
+    for var in mod.vars.values():
+        var.data.set(rng.standard_normal(var.data.shape).astype(np.float32))
+    other = cls(*args, name="n")
+    image = mod.save()
+    other.load(image)
+    with h5py.File(io.BytesIO(image), "r") as f:
+        assert sorted(f["links"]) == sorted("n." + k for k in mod.vars)
+    for k, var in mod.vars.items():
+        np.testing.assert_array_equal(other.vars[k].data.get(), var.data.get())
+
+
 def test_our_file_reads_as_puzzlelib_reads_it(backend, rng):
     np.random.seed(3)
     net = Sequential([Linear(4, 6), BatchNorm(6, name="norm"), Activation(relu), Linear(6, 2)],

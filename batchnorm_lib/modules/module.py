@@ -49,6 +49,10 @@ def check_state_entry(owner, label, value, shape, dtype, where):
 
 
 class Module:
+    # attributes that PuzzleLib keeps as variables (e.g. a fixed scale and bias): in HDF5 files
+    # they go under params/links, where PuzzleLib's loader looks for them
+    hdfVars = ()
+
     def __init__(self, name=None):
         self.name = name
         self.vars = {}
@@ -200,6 +204,8 @@ class Module:
         Variable object for ``vars`` (so a shared one is stored once)."""
         for key in self.stateSpec():
             kind, item = key.split(".", 1)
+            if kind == "attrs" and item in self.hdfVars:
+                kind = "vars"
             yield prefix + key, kind, "%s.%s" % (name, item), self.vars.get(item)
         for item in self.saveMeta():
             yield prefix + "meta." + item, "meta", "%s.%s" % (name, item), None

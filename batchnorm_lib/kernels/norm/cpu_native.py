@@ -1,10 +1,10 @@
-"""Batch normalization on the CPU backend, compiled path: bn_cpu.c built with the system compiler.
+"""Batch normalization on the CPU backend, compiled path: bn_cpu.c and rows_channels_cpu.c built with the system compiler.
 
-The first use compiles ``bn_cpu.c`` into a shared library with ``$CC`` (else ``cc``, ``gcc``,
+The first use compiles ``SOURCES`` into one shared library with ``$CC`` (else ``cc``, ``gcc``,
 ``clang``): ``-O3 -ffp-contract=off``, plus ``-march=native`` (it is built on the machine that
 runs it) and ``-fopenmp`` when they work, dropping them one by one when they do not. The library is
 cached under ``$BATCHNORM_LIB_CACHE`` (default ``$XDG_CACHE_HOME/batchnorm_lib`` or
-``~/.cache/batchnorm_lib``), named by a hash of the source, the compiler and the flags, so a
+``~/.cache/batchnorm_lib``), named by a hash of the sources, the compiler and the flags, so a
 changed source rebuilds and concurrent processes never load a half-written file. It is loaded with
 ctypes. :func:`probe` says whether all this works here and, if not, why.
 """
@@ -23,7 +23,14 @@ import numpy as np
 from batchnorm_lib.backend.cpu import as_ndarray
 from batchnorm_lib.kernels.norm import cpu_numpy
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bn_cpu.c")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join(_HERE, "bn_cpu.c")
+# every C source of the one shared library: batch norm over (N, C, S), then the other families
+SOURCES = [
+    SOURCE,
+    os.path.join(_HERE, "per_row_cpu.c"),
+    os.path.join(_HERE, "rows_channels_cpu.c"),
+]
 CACHE_ENV = "BATCHNORM_LIB_CACHE"
 CFLAGS_ENV = "BATCHNORM_LIB_CFLAGS"  # extra compiler flags, e.g. -DTILE_BYTES=... for experiments
 BASE_FLAGS = ["-O3", "-ffp-contract=off", "-fPIC", "-shared", "-std=c99"]
@@ -71,7 +78,7 @@ def _compile(cc, flags, src_text, out_path):
     fd, tmp = tempfile.mkstemp(prefix=".bn_cpu-", suffix=".so", dir=d)
     os.close(fd)
     try:
-        proc = subprocess.run([cc] + BASE_FLAGS + flags + ["-o", tmp, SOURCE, "-lm"],
+        proc = subprocess.run([cc] + BASE_FLAGS + flags + ["-o", tmp] + SOURCES + ["-lm"],
                               capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             return False, (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["failed"]
@@ -133,6 +140,12 @@ def _declare(lib):
     lib.bn_has_openmp.restype = ctypes.c_int
     lib.bn_copy.argtypes = [_f32p, _f32p, _i64]
     lib.bn_copy.restype = None
+    lib.per_row_forward.argtypes = [_f32p, _f32p, _i64, _i64, _i64, _i64, _f32p, _f32p, _dbl,
+                                    _f32p, _f32p]
+    lib.per_row_backward.argtypes = [_f32p, _f32p, _f32p, _i64, _i64, _i64, _i64, _f32p, _f32p,
+                                     _f32p, _f32p, _f32p]
+    lib.per_row_forward.restype = lib.per_row_backward.restype = ctypes.c_int
+    _declare_rows(lib)
 
 
 def _build():
@@ -140,8 +153,10 @@ def _build():
     if cc is None:
         return None, "no C compiler found (tried %s)" % (
             os.environ.get("CC") or "cc, gcc, clang")
-    with open(SOURCE, "rb") as f:
-        src = f.read()
+    src = b""
+    for path in SOURCES:
+        with open(path, "rb") as f:
+            src += f.read() + b"\0"
     ident = _compiler_id(cc)
     cpu = _cpu_id()
     out_dir = _writable_dir()
@@ -168,7 +183,8 @@ def _build():
         _build_info.update(compiler=cc, version=ident, flags=BASE_FLAGS + flags, path=path,
                            openmp=bool(lib.bn_has_openmp()))
         return lib, None
-    return None, "compiling bn_cpu.c failed: " + "; ".join(errors)
+    return None, "compiling %s failed: %s" % (
+        ", ".join(os.path.basename(p) for p in SOURCES), "; ".join(errors))
 
 
 def probe():
@@ -299,3 +315,96 @@ def backward_infer(dy, scale, run_var, eps, dx):
 
 # parameter-sized arrays: numpy is as fast as a call into the library
 axpby = cpu_numpy.axpby
+
+
+def per_row_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinvstd):
+    arys = [_f32(a) for a in (x, out, scale, bias, savemean, saveinvstd)]
+    if any(a is None for a in arys):
+        return cpu_numpy.per_row_forward(x, scale, bias, groups, spatial, eps, out, savemean,
+                                         saveinvstd)
+    xa, oa, sc, bi, sm, si = arys
+    rows = sm.size
+    _check(_library().per_row_forward(xa.ctypes.data, oa.ctypes.data, rows, xa.size // rows,
+                                      int(groups), int(spatial), sc.ctypes.data, bi.ctypes.data,
+                                      float(eps), sm.ctypes.data, si.ctypes.data))
+
+
+def per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, dscale, dbias):
+    arys = [_f32(a) for a in (x, dy, scale, savemean, saveinvstd, dscale, dbias)]
+    dxa = _f32(dx) if dx is not None else None
+    if any(a is None for a in arys) or (dx is not None and dxa is None):
+        return cpu_numpy.per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial,
+                                          dx, dscale, dbias)
+    xa, ga, sc, sm, si, ds, db = arys
+    rows = sm.size
+    _check(_library().per_row_backward(xa.ctypes.data, ga.ctypes.data,
+                                       None if dxa is None else dxa.ctypes.data, rows,
+                                       xa.size // rows, int(groups), int(spatial), sc.ctypes.data,
+                                       sm.ctypes.data, si.ctypes.data, ds.ctypes.data,
+                                       db.ctypes.data))
+
+
+# -- rows x channels (rows_channels_cpu.c): (..., C) data as R rows of C channels ----------------
+
+def _declare_rows(lib):
+    lib.rc_forward_train.argtypes = [_f32p, _f32p, _i64, _i64, _f32p, _f32p, _f32p, _f32p, _dbl,
+                                     _dbl, _f32p, _f32p]
+    lib.rc_forward_infer.argtypes = [_f32p, _f32p, _i64, _i64, _f32p, _f32p, _f32p, _f32p, _dbl]
+    lib.rc_backward_train.argtypes = [_f32p, _f32p, _f32p, _i64, _i64, _f32p, _f32p, _f32p,
+                                      _f32p, _f32p]
+    lib.rc_backward_infer.argtypes = [_f32p, _f32p, _i64, _i64, _f32p, _f32p, _dbl]
+    for fn in (lib.rc_forward_train, lib.rc_forward_infer, lib.rc_backward_train,
+               lib.rc_backward_infer):
+        fn.restype = ctypes.c_int
+
+
+def _rc(ary):
+    """(R, C) of a (..., C) array."""
+    c = ary.shape[-1]
+    return ary.size // c, c
+
+
+def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
+    arys = [_f32(a) for a in (x, out, scale, bias, run_mean, run_var, savemean, saveinvvar)]
+    if any(a is None for a in arys):
+        return cpu_numpy.rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out,
+                                            savemean, saveinvvar)
+    xa, oa, sc, bi, rm, rv, sm, si = arys
+    r, c = _rc(xa)
+    _check(_library().rc_forward_train(xa.ctypes.data, oa.ctypes.data, r, c, sc.ctypes.data,
+                                       bi.ctypes.data, rm.ctypes.data, rv.ctypes.data, float(eps),
+                                       float(factor), sm.ctypes.data, si.ctypes.data))
+
+
+def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out):
+    arys = [_f32(a) for a in (x, out, scale, bias, run_mean, run_var)]
+    if any(a is None for a in arys):
+        return cpu_numpy.rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out)
+    xa, oa, sc, bi, rm, rv = arys
+    r, c = _rc(xa)
+    _check(_library().rc_forward_infer(xa.ctypes.data, oa.ctypes.data, r, c, sc.ctypes.data,
+                                       bi.ctypes.data, rm.ctypes.data, rv.ctypes.data, float(eps)))
+
+
+def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
+    arys = [_f32(a) for a in (x, dy, scale, savemean, saveinvvar, dscale, dbias)]
+    dxa = _f32(dx) if dx is not None else None
+    if any(a is None for a in arys) or (dx is not None and dxa is None):
+        return cpu_numpy.rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale,
+                                             dbias)
+    xa, ga, sc, sm, si, ds, db = arys
+    r, c = _rc(xa)
+    _check(_library().rc_backward_train(xa.ctypes.data, ga.ctypes.data,
+                                        None if dxa is None else dxa.ctypes.data, r, c,
+                                        sc.ctypes.data, sm.ctypes.data, si.ctypes.data,
+                                        ds.ctypes.data, db.ctypes.data))
+
+
+def rows_backward_infer(dy, scale, run_var, eps, dx):
+    arys = [_f32(a) for a in (dy, dx, scale, run_var)]
+    if any(a is None for a in arys):
+        return cpu_numpy.rows_backward_infer(dy, scale, run_var, eps, dx)
+    ga, da, sc, rv = arys
+    r, c = _rc(ga)
+    _check(_library().rc_backward_infer(ga.ctypes.data, da.ctypes.data, r, c, sc.ctypes.data,
+                                        rv.ctypes.data, float(eps)))

@@ -112,3 +112,94 @@ def axpby(x, y, alpha, beta):
         return
     yv *= np.float32(beta)
     yv += np.float32(alpha) * as_ndarray(x)
+
+
+# -- pattern (a): statistics per contiguous row (LayerNorm, InstanceNorm2D, GroupNorm) -------------
+
+def _rows4(a, rows, groups, spatial):
+    """(R, L) data -> (R / groups, groups, L / spatial, spatial) view: sample, group, channel of
+    the group, position."""
+    ary = as_ndarray(a)
+    return ary.reshape(rows // groups, groups, -1, spatial)
+
+
+def _row_channels(v, groups):
+    """Per-channel vector -> (1, groups, channels per group, 1), broadcasting over _rows4."""
+    return v.reshape(1, groups, -1, 1)
+
+
+def row_stats(x4):
+    """Per-row mean and biased variance of a _rows4 view, in float64 (shifted two-pass)."""
+    mean = x4.mean(axis=(2, 3), dtype=np.float64)
+    dev = x4 - mean[:, :, None, None]
+    var = np.einsum("ngcs,ngcs->ng", dev, dev) / (x4.shape[2] * x4.shape[3])
+    return mean, var
+
+
+def per_row_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinvstd):
+    rows = savemean.size
+    x4, o4 = _rows4(x, rows, groups, spatial), _rows4(out, rows, groups, spatial)
+    mean, var = row_stats(x4)
+    invstd = _invstd(var, eps)
+    mean32 = mean.astype(np.float32)
+    _flat(savemean)[:] = mean32.ravel()
+    _flat(saveinvstd)[:] = invstd.ravel()
+    # o = (x - mean) * a + bias with a = scale * invstd, each step in float32 as the kernels do
+    a = _row_channels(_flat(scale), groups) * invstd[:, :, None, None]
+    np.subtract(x4, mean32[:, :, None, None], out=o4)
+    o4 *= a
+    o4 += _row_channels(_flat(bias), groups)
+
+
+def per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, dscale, dbias):
+    rows = savemean.size
+    x4, dy4 = _rows4(x, rows, groups, spatial), _rows4(dy, rows, groups, spatial)
+    length = x4.shape[2] * x4.shape[3]
+    mean32 = _flat(savemean).reshape(x4.shape[:2])
+    invstd = _flat(saveinvstd).reshape(x4.shape[:2]).astype(np.float64)
+    sc = _row_channels(_flat(scale), groups)
+
+    xmu = x4 - mean32[:, :, None, None]  # float32, exact near the mean (Sterbenz)
+    sum_dy = dy4.sum(axis=3, dtype=np.float64)  # per (sample, group, channel)
+    sum_dy_xmu = np.einsum("ngcs,ngcs->ngc", dy4, xmu, dtype=np.float64)
+    _flat(dbias)[:] = sum_dy.sum(axis=0).ravel()
+    _flat(dscale)[:] = (sum_dy_xmu * invstd[:, :, None]).sum(axis=0).ravel()
+
+    if dx is not None:
+        # g = dy * scale; dx = invstd * (g - mean(g) - xhat * mean(g * xhat)) per row
+        #    = (dy * k - c0) - (x - mean) * c1, k = scale * invstd, in float32
+        s2 = sc[..., 0].astype(np.float64)
+        sum_g = (sum_dy * s2).sum(axis=2)
+        sum_g_xmu = (sum_dy_xmu * s2).sum(axis=2)
+        c0 = (invstd * sum_g / length).astype(np.float32)[:, :, None, None]
+        c1 = (invstd ** 3 * sum_g_xmu / length).astype(np.float32)[:, :, None, None]
+        k = sc * invstd.astype(np.float32)[:, :, None, None]
+        dx4 = _rows4(dx, rows, groups, spatial)
+        np.multiply(dy4, k, out=dx4)
+        dx4 -= c0
+        xmu *= c1
+        dx4 -= xmu
+
+
+# -- rows x channels: (..., C) data is the (R, C, 1) case of the functions above ---------------------
+
+def _rows(a):
+    """(..., C) array -> (R, C, 1) view of it (None stays None)."""
+    return None if a is None else a.reshape(-1, a.shape[-1], 1)
+
+
+def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
+    forward_train(_rows(x), scale, bias, run_mean, run_var, eps, factor, _rows(out), savemean,
+                  saveinvvar)
+
+
+def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out):
+    forward_infer(_rows(x), scale, bias, run_mean, run_var, eps, _rows(out))
+
+
+def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
+    backward_train(_rows(x), _rows(dy), scale, savemean, saveinvvar, _rows(dx), dscale, dbias)
+
+
+def rows_backward_infer(dy, scale, run_var, eps, dx):
+    backward_infer(_rows(dy), scale, run_var, eps, _rows(dx))
