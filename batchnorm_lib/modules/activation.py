@@ -69,28 +69,25 @@ class Activation(Module):
 
     # float16 (calcMode): the kernels compute in float32 between conversions at the boundaries,
     # which is what a half kernel does per element (load, compute in float, round once)
-    def updateData(self, data):
-        x = elementwise.to_dtype(data, np.float32)
-        out = x if self.inplace or x is not data else gpuarray.empty(x.shape, np.float32)
-        dense.ops().activation_forward(self.activation.value, x, out, *self._params())
-        if x is data:
+    def _elementwise(self, kernel, src, *others):
+        """``kernel(x32, *others32, out32)`` on float32 copies of float16 operands, the result
+        back in ``src``'s dtype: written over ``src`` when in place."""
+        x = elementwise.to_dtype(src, np.float32)
+        out = x if self.inplace or x is not src else gpuarray.empty(x.shape, np.float32)
+        kernel(self.activation.value, x,
+               *[elementwise.to_dtype(o, np.float32) for o in others], out, *self._params())
+        if x is src:
             return out
         if self.inplace:
-            elementwise.ops(data).convert(out, data)
-            return data
-        return elementwise.to_dtype(out, data.dtype)
+            elementwise.ops(src).convert(out, src)
+            return src
+        return elementwise.to_dtype(out, src.dtype)
+
+    def updateData(self, data):
+        return self._elementwise(dense.ops().activation_forward, data)
 
     def updateGrad(self, grad):
-        g = elementwise.to_dtype(grad, np.float32)
-        y = elementwise.to_dtype(self.data, np.float32)
-        dx = g if self.inplace or g is not grad else gpuarray.empty(g.shape, np.float32)
-        dense.ops().activation_backward(self.activation.value, g, y, dx, *self._params())
-        if g is grad:
-            return dx
-        if self.inplace:
-            elementwise.ops(grad).convert(dx, grad)
-            return grad
-        return elementwise.to_dtype(dx, grad.dtype)
+        return self._elementwise(dense.ops().activation_backward, grad, self.data)
 
     def __str__(self):
         act = getattr(self, "activation", None)
