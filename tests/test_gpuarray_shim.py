@@ -213,3 +213,27 @@ def test_modules_and_costs_copy_strided_views_once(backend, rng):
     with pytest.raises(ModuleError, match="contiguous"):
         inplace(view)
     assert inplace.inData is None
+
+
+def test_elementwise_kernels_clean_under_the_sanitizer(monkeypatch, rng):
+    """Every elementwise.cu entry the shim launches, in the simulator's instrumented build (races,
+    uninitialized loads, out-of-bounds accesses raise LaunchError), on odd sizes."""
+    from tests.conftest import active_backend
+    from batchnorm_lib.backend.cudasim import instrument
+
+    with active_backend("cudasim"):
+        monkeypatch.setenv(instrument.SANITIZE_ENV, "1")
+        a = rng.standard_normal(1031).astype(np.float32)
+        b = rng.standard_normal(1031).astype(np.float32) + 3
+        x, y = gpuarray.to_gpu(a), gpuarray.to_gpu(b)
+        results = [x + y, x - 2.0, 3.0 - x, x * y, x / y, x / 4.0, 2.0 / y, abs(x) ** 1.5,
+                   2.0 ** x, -x, x > y, x <= 0.5, x.mul_add(2.0, y, 3.0),
+                   gpuarray.maximum(x, y), gpuarray.if_positive(x, x, y)]
+        sums = [gpuarray.sum(x), gpuarray.dot(x, y), gpuarray.maximum(x), gpuarray.minimum(y)]
+        i = x.astype(np.int32)
+        ints = [i + 1, i * i, i / 3, i > 0, gpuarray.sum(i), gpuarray.arange(37, dtype=np.int32),
+                i.astype(np.float32), x.astype(np.float16).astype(np.float32),
+                gpuarray.zeros((5, 7), np.float32)]
+        assert float(sums[0].get()) == pytest.approx(a.astype(np.float64).sum(), abs=1e-3)
+        np.testing.assert_allclose(results[3].get(), a * b, rtol=1e-6)
+        assert len(results) + len(ints) == 24
