@@ -109,6 +109,35 @@ def check_class(label, factory, tail, sizes, affine, seed):
     close(synced(g(x)).get(), local(g(x)).get(), "%s eval" % label)
 
 
+def check_channels_last(sizes, seed):
+    """A channels-last BatchNorm2D synchronized over the ranks against one process's channels-first
+    module on the whole batch (the same values, axes moved)."""
+    rng = np.random.default_rng(seed)
+    total, c = sum(sizes), 4
+    np.random.seed(seed)  # the same random scales in both
+    local = BatchNorm2D(c, initFactor=0.6, minFactor=0.2)
+    np.random.seed(seed)
+    synced = BatchNorm2D(c, initFactor=0.6, minFactor=0.2, layout="channels_last", comm=comm)
+    lo = sum(sizes[:RANK])
+    mine = slice(lo, lo + sizes[RANK])
+    last = lambda a: np.moveaxis(a, 1, -1)  # noqa: E731
+    for step in range(2):
+        x = rng.standard_normal((total, c, 3, 5)) * 2 + step
+        dy = rng.standard_normal(x.shape)
+        y_one = last(local(g(x)).get())
+        dx_one = last(local.backward(g(dy)).get())
+        y = synced(g(last(x)[mine])).get()
+        dx = synced.backward(g(last(dy)[mine])).get()
+        close(y, y_one[mine], "channels-last y")
+        close(dx, dx_one[mine], "channels-last dx")
+        for k in ("scale", "bias"):
+            close(synced.vars[k].grad.get(), local.vars[k].grad.get(), "channels-last d" + k)
+        close(synced.mean.get(), local.mean.get(), "channels-last running mean")
+        close(synced.var.get(), local.var.get(), "channels-last running var")
+        same_on_every_rank([synced.mean.get(), synced.var.get(), synced.savemean.get(),
+                            synced.saveinvvar.get()], "channels-last state")
+
+
 def check_refusals():
     # ranks disagreeing on C: every rank raises, none hangs, nothing changes
     c = 3 + (RANK % 2)
@@ -188,6 +217,9 @@ def main():
             for affine in (True, False):
                 seed += 1
                 check_class(label, factory, tail, sizes, affine, seed)
+    for sizes in shard_sizes(7):
+        seed += 1
+        check_channels_last(sizes, seed)
     check_refusals()
     check_helpers()
     comm.Barrier()
