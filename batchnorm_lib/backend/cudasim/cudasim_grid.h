@@ -154,38 +154,39 @@ static void copy_shared(unsigned char* image, bool save) {
     }
 }
 
-static void save_slot(Slot& s) {
-    s.fibers = g.fibers; s.ready = g.ready; s.nready = g.nready; s.live = g.live;
-    s.exited = g.exited; s.arrivals = g.arrivals; s.barrier_count = g.barrier_count;
-    s.barrier_line = g.barrier_line; s.first_exited = g.first_exited;
-    s.barrier_file = g.barrier_file;
-    memcpy(s.warps, g.warps, sizeof s.warps);
-    s.block_idx = g.block_idx;
-    s.stacks = g.stacks; s.stacks_len = g.stacks_len; s.stack_bytes = g.stack_bytes;
-    s.stack_stride = g.stack_stride; s.stacks_threads = g.stacks_threads;
-    s.dyn_shared = g.dyn_shared;
-    s.spins = g_block_spins; s.grid_waiting = g_grid_waiting;
-    s.spin_file = g_spin_file; s.spin_line = g_spin_line;
-    if (s.used) {
-        if (!s.shared_copy) s.shared_copy = (unsigned char*)malloc(shared_image_bytes() + 1);
-        copy_shared(s.shared_copy, true);
-    }
+// Move the per-block state between `g` and a slot, one way or the other.
+template <class T>
+static inline void move(T& slot_field, T& live_field, bool save) {
+    if (save) slot_field = live_field;
+    else live_field = slot_field;
+}
+template <class T, size_t N>
+static inline void move(T (&slot_field)[N], T (&live_field)[N], bool save) {
+    if (save) memcpy(slot_field, live_field, sizeof slot_field);
+    else memcpy(live_field, slot_field, sizeof slot_field);
 }
 
-static void load_slot(Slot& s) {
-    g.fibers = s.fibers; g.ready = s.ready; g.nready = s.nready; g.live = s.live;
-    g.exited = s.exited; g.arrivals = s.arrivals; g.barrier_count = s.barrier_count;
-    g.barrier_line = s.barrier_line; g.first_exited = s.first_exited;
-    g.barrier_file = s.barrier_file;
-    memcpy(g.warps, s.warps, sizeof s.warps);
-    g.block_idx = s.block_idx;
-    g.stacks = s.stacks; g.stacks_len = s.stacks_len; g.stack_bytes = s.stack_bytes;
-    g.stack_stride = s.stack_stride; g.stacks_threads = s.stacks_threads;
-    g.dyn_shared = s.dyn_shared;
-    g_block_spins = s.spins; g_grid_waiting = s.grid_waiting;
-    g_spin_file = s.spin_file; g_spin_line = s.spin_line;
-    if (s.used && s.shared_copy) copy_shared(s.shared_copy, false);
+static void transfer(Slot& s, bool save) {
+#define CUDASIM_SLOT_FIELD(F) move(s.F, g.F, save);
+    CUDASIM_SLOT_FIELD(fibers) CUDASIM_SLOT_FIELD(ready) CUDASIM_SLOT_FIELD(nready)
+    CUDASIM_SLOT_FIELD(live) CUDASIM_SLOT_FIELD(exited) CUDASIM_SLOT_FIELD(arrivals)
+    CUDASIM_SLOT_FIELD(barrier_count) CUDASIM_SLOT_FIELD(barrier_line)
+    CUDASIM_SLOT_FIELD(first_exited) CUDASIM_SLOT_FIELD(barrier_file) CUDASIM_SLOT_FIELD(warps)
+    CUDASIM_SLOT_FIELD(block_idx) CUDASIM_SLOT_FIELD(stacks) CUDASIM_SLOT_FIELD(stacks_len)
+    CUDASIM_SLOT_FIELD(stack_bytes) CUDASIM_SLOT_FIELD(stack_stride)
+    CUDASIM_SLOT_FIELD(stacks_threads) CUDASIM_SLOT_FIELD(dyn_shared)
+#undef CUDASIM_SLOT_FIELD
+    move(s.spins, g_block_spins, save);
+    move(s.grid_waiting, g_grid_waiting, save);
+    move(s.spin_file, g_spin_file, save);
+    move(s.spin_line, g_spin_line, save);
+    if (!s.used) return;  // a finished or fresh block's shared memory need not survive
+    if (save && !s.shared_copy) s.shared_copy = (unsigned char*)malloc(shared_image_bytes() + 1);
+    if (s.shared_copy) copy_shared(s.shared_copy, save);
 }
+
+static void save_slot(Slot& s) { transfer(s, true); }
+static void load_slot(Slot& s) { transfer(s, false); }
 
 static void switch_slot(int i) {
     if (g_loaded == i) return;
