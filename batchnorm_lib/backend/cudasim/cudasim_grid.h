@@ -63,14 +63,12 @@ static volatile int g_in_launch;
 
 static inline void note_progress() {
     ++g_progress;
+    ++g_epoch;
     g_block_spins = 0;
 }
 
 // A thread resumes after a barrier or warp operation, or exits.
-static void note_wait_over() {
-    note_progress();
-    ++g_epoch;
-}
+static void note_wait_over() { note_progress(); }
 
 // A thread reaches an atomic, a fence or __nanosleep. Now and then let the block's other threads
 // run (a thread may wait for another of its block); after too many without progress the block is
@@ -294,8 +292,13 @@ static void report_grid_deadlock(long started, long total, long finished, int re
 }
 
 // ---- the watchdog: a thread that never reaches a scheduling point ------------------------------
+// One thread per loaded module, asleep on a condition variable between launches; during a launch
+// it looks at g_epoch every 50 ms. The mutex makes "still in the launch" and "signal it" one step,
+// so the signal never arrives after the launch has put the old SIGUSR2 handler back.
 static pthread_t g_launcher;
 static volatile int g_watchdog_fired;
+static pthread_mutex_t g_watch_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_watch_cond = PTHREAD_COND_INITIALIZER;
 
 static void watchdog_signal(int) {
     g_watchdog_fired = 1;
@@ -304,18 +307,25 @@ static void watchdog_signal(int) {
 }
 
 static void* watchdog_main(void*) {
-    uint64_t seen = ~0ull;
-    double still = 0.0;
+    pthread_mutex_lock(&g_watch_mutex);
     for (;;) {
-        usleep(50000);
-        if (!g_in_launch || g_grid.watchdog <= 0) { still = 0.0; seen = ~0ull; continue; }
-        const uint64_t now = g_epoch;
-        if (now != seen) { seen = now; still = 0.0; continue; }
-        still += 0.05;
-        if (still >= g_grid.watchdog) {
-            still = 0.0;
-            g_in_launch = 0;
-            pthread_kill(g_launcher, SIGUSR2);
+        while (!g_in_launch) pthread_cond_wait(&g_watch_cond, &g_watch_mutex);
+        uint64_t seen = g_epoch;
+        double still = 0.0;
+        while (g_in_launch) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += 50000000L;
+            if (until.tv_nsec >= 1000000000L) { until.tv_sec += 1; until.tv_nsec -= 1000000000L; }
+            pthread_cond_timedwait(&g_watch_cond, &g_watch_mutex, &until);
+            if (!g_in_launch || g_grid.watchdog <= 0) continue;
+            const uint64_t now = g_epoch;
+            if (now != seen) { seen = now; still = 0.0; continue; }
+            still += 0.05;
+            if (still >= g_grid.watchdog) {
+                g_in_launch = 0;
+                pthread_kill(g_launcher, SIGUSR2);
+            }
         }
     }
     return nullptr;
@@ -338,12 +348,18 @@ static void watchdog_arm() {
     sa.sa_flags = SA_ONSTACK | SA_NODEFER;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGUSR2, &sa, &g_old_usr2);
+    pthread_mutex_lock(&g_watch_mutex);
     ++g_epoch;
     g_in_launch = 1;
+    pthread_cond_signal(&g_watch_cond);
+    pthread_mutex_unlock(&g_watch_mutex);
 }
 
 static void watchdog_disarm() {
+    pthread_mutex_lock(&g_watch_mutex);
     g_in_launch = 0;
+    pthread_cond_signal(&g_watch_cond);
+    pthread_mutex_unlock(&g_watch_mutex);
     sigaction(SIGUSR2, &g_old_usr2, nullptr);
 }
 
