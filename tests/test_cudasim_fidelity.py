@@ -468,11 +468,12 @@ def _round_to_format(q, dt):
 
 
 def _ulp_error(got, ref):
-    """|got - ref| in units of the float32 spacing at ref (ref float64)."""
-    ref32 = np.abs(ref).astype(np.float32)
-    spacing = np.spacing(np.where(np.isfinite(ref32), ref32, np.finfo(np.float32).max))
-    spacing = np.maximum(spacing.astype(np.float64), 2.0 ** -149)
-    with np.errstate(invalid="ignore"):  # inf - inf where both overflow: masked by the callers
+    """|got - ref| in units of the float32 spacing at ref (ref float64). Where ref overflows
+    float32 the result is not meaningful; the callers mask those places."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        ref32 = np.abs(ref).astype(np.float32)
+        spacing = np.spacing(np.where(np.isfinite(ref32), ref32, np.finfo(np.float32).max))
+        spacing = np.maximum(spacing.astype(np.float64), 2.0 ** -149)
         return np.abs(got.astype(np.float64) - ref) / spacing
 
 
