@@ -25,13 +25,14 @@
 #define atomicDec(p, ...) CUDASIM_WATCH(atomicDec, p, __VA_ARGS__)
 #define atomicCAS(p, ...) CUDASIM_WATCH(atomicCAS, p, __VA_ARGS__)
 
-static inline void __cudasim_fence(const char* file, int line) {
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+// (the runtime's fences themselves still run: a parenthesised name is not a macro call)
+static inline void __cudasim_fence(void (*fence)(), const char* file, int line) {
+    fence();
     cudasim::spin_point(file, line);
 }
-#define __threadfence() __cudasim_fence(__FILE__, __LINE__)
-#define __threadfence_block() __cudasim_fence(__FILE__, __LINE__)
-#define __threadfence_system() __cudasim_fence(__FILE__, __LINE__)
+#define __threadfence() __cudasim_fence((__threadfence), __FILE__, __LINE__)
+#define __threadfence_block() __cudasim_fence((__threadfence_block), __FILE__, __LINE__)
+#define __threadfence_system() __cudasim_fence((__threadfence_system), __FILE__, __LINE__)
 #undef __nanosleep
 #define __nanosleep(ns) ((void)(ns), cudasim::spin_point(__FILE__, __LINE__))
 

@@ -63,14 +63,12 @@ static volatile int g_in_launch;
 
 static inline void note_progress() {
     ++g_progress;
+    ++g_epoch;
     g_block_spins = 0;
 }
 
 // A thread resumes after a barrier or warp operation, or exits.
-static void note_wait_over() {
-    note_progress();
-    ++g_epoch;
-}
+static void note_wait_over() { note_progress(); }
 
 // A thread reaches an atomic, a fence or __nanosleep. Now and then let the block's other threads
 // run (a thread may wait for another of its block); after too many without progress the block is
@@ -154,38 +152,39 @@ static void copy_shared(unsigned char* image, bool save) {
     }
 }
 
-static void save_slot(Slot& s) {
-    s.fibers = g.fibers; s.ready = g.ready; s.nready = g.nready; s.live = g.live;
-    s.exited = g.exited; s.arrivals = g.arrivals; s.barrier_count = g.barrier_count;
-    s.barrier_line = g.barrier_line; s.first_exited = g.first_exited;
-    s.barrier_file = g.barrier_file;
-    memcpy(s.warps, g.warps, sizeof s.warps);
-    s.block_idx = g.block_idx;
-    s.stacks = g.stacks; s.stacks_len = g.stacks_len; s.stack_bytes = g.stack_bytes;
-    s.stack_stride = g.stack_stride; s.stacks_threads = g.stacks_threads;
-    s.dyn_shared = g.dyn_shared;
-    s.spins = g_block_spins; s.grid_waiting = g_grid_waiting;
-    s.spin_file = g_spin_file; s.spin_line = g_spin_line;
-    if (s.used) {
-        if (!s.shared_copy) s.shared_copy = (unsigned char*)malloc(shared_image_bytes() + 1);
-        copy_shared(s.shared_copy, true);
-    }
+// Move the per-block state between `g` and a slot, one way or the other.
+template <class T>
+static inline void move(T& slot_field, T& live_field, bool save) {
+    if (save) slot_field = live_field;
+    else live_field = slot_field;
+}
+template <class T, size_t N>
+static inline void move(T (&slot_field)[N], T (&live_field)[N], bool save) {
+    if (save) memcpy(slot_field, live_field, sizeof slot_field);
+    else memcpy(live_field, slot_field, sizeof slot_field);
 }
 
-static void load_slot(Slot& s) {
-    g.fibers = s.fibers; g.ready = s.ready; g.nready = s.nready; g.live = s.live;
-    g.exited = s.exited; g.arrivals = s.arrivals; g.barrier_count = s.barrier_count;
-    g.barrier_line = s.barrier_line; g.first_exited = s.first_exited;
-    g.barrier_file = s.barrier_file;
-    memcpy(g.warps, s.warps, sizeof s.warps);
-    g.block_idx = s.block_idx;
-    g.stacks = s.stacks; g.stacks_len = s.stacks_len; g.stack_bytes = s.stack_bytes;
-    g.stack_stride = s.stack_stride; g.stacks_threads = s.stacks_threads;
-    g.dyn_shared = s.dyn_shared;
-    g_block_spins = s.spins; g_grid_waiting = s.grid_waiting;
-    g_spin_file = s.spin_file; g_spin_line = s.spin_line;
-    if (s.used && s.shared_copy) copy_shared(s.shared_copy, false);
+static void transfer(Slot& s, bool save) {
+#define CUDASIM_SLOT_FIELD(F) move(s.F, g.F, save);
+    CUDASIM_SLOT_FIELD(fibers) CUDASIM_SLOT_FIELD(ready) CUDASIM_SLOT_FIELD(nready)
+    CUDASIM_SLOT_FIELD(live) CUDASIM_SLOT_FIELD(exited) CUDASIM_SLOT_FIELD(arrivals)
+    CUDASIM_SLOT_FIELD(barrier_count) CUDASIM_SLOT_FIELD(barrier_line)
+    CUDASIM_SLOT_FIELD(first_exited) CUDASIM_SLOT_FIELD(barrier_file) CUDASIM_SLOT_FIELD(warps)
+    CUDASIM_SLOT_FIELD(block_idx) CUDASIM_SLOT_FIELD(stacks) CUDASIM_SLOT_FIELD(stacks_len)
+    CUDASIM_SLOT_FIELD(stack_bytes) CUDASIM_SLOT_FIELD(stack_stride)
+    CUDASIM_SLOT_FIELD(stacks_threads) CUDASIM_SLOT_FIELD(dyn_shared)
+#undef CUDASIM_SLOT_FIELD
+    move(s.spins, g_block_spins, save);
+    move(s.grid_waiting, g_grid_waiting, save);
+    move(s.spin_file, g_spin_file, save);
+    move(s.spin_line, g_spin_line, save);
+    if (!s.used) return;  // a finished or fresh block's shared memory need not survive
+    if (save && !s.shared_copy) s.shared_copy = (unsigned char*)malloc(shared_image_bytes() + 1);
+    if (s.shared_copy) copy_shared(s.shared_copy, save);
 }
+
+static void save_slot(Slot& s) { transfer(s, true); }
+static void load_slot(Slot& s) { transfer(s, false); }
 
 static void switch_slot(int i) {
     if (g_loaded == i) return;
@@ -293,8 +292,13 @@ static void report_grid_deadlock(long started, long total, long finished, int re
 }
 
 // ---- the watchdog: a thread that never reaches a scheduling point ------------------------------
+// One thread per loaded module, asleep on a condition variable between launches; during a launch
+// it looks at g_epoch every 50 ms. The mutex makes "still in the launch" and "signal it" one step,
+// so the signal never arrives after the launch has put the old SIGUSR2 handler back.
 static pthread_t g_launcher;
 static volatile int g_watchdog_fired;
+static pthread_mutex_t g_watch_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_watch_cond = PTHREAD_COND_INITIALIZER;
 
 static void watchdog_signal(int) {
     g_watchdog_fired = 1;
@@ -303,18 +307,25 @@ static void watchdog_signal(int) {
 }
 
 static void* watchdog_main(void*) {
-    uint64_t seen = ~0ull;
-    double still = 0.0;
+    pthread_mutex_lock(&g_watch_mutex);
     for (;;) {
-        usleep(50000);
-        if (!g_in_launch || g_grid.watchdog <= 0) { still = 0.0; seen = ~0ull; continue; }
-        const uint64_t now = g_epoch;
-        if (now != seen) { seen = now; still = 0.0; continue; }
-        still += 0.05;
-        if (still >= g_grid.watchdog) {
-            still = 0.0;
-            g_in_launch = 0;
-            pthread_kill(g_launcher, SIGUSR2);
+        while (!g_in_launch) pthread_cond_wait(&g_watch_cond, &g_watch_mutex);
+        uint64_t seen = g_epoch;
+        double still = 0.0;
+        while (g_in_launch) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += 50000000L;
+            if (until.tv_nsec >= 1000000000L) { until.tv_sec += 1; until.tv_nsec -= 1000000000L; }
+            pthread_cond_timedwait(&g_watch_cond, &g_watch_mutex, &until);
+            if (!g_in_launch || g_grid.watchdog <= 0) continue;
+            const uint64_t now = g_epoch;
+            if (now != seen) { seen = now; still = 0.0; continue; }
+            still += 0.05;
+            if (still >= g_grid.watchdog) {
+                g_in_launch = 0;
+                pthread_kill(g_launcher, SIGUSR2);
+            }
         }
     }
     return nullptr;
@@ -337,12 +348,18 @@ static void watchdog_arm() {
     sa.sa_flags = SA_ONSTACK | SA_NODEFER;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGUSR2, &sa, &g_old_usr2);
+    pthread_mutex_lock(&g_watch_mutex);
     ++g_epoch;
     g_in_launch = 1;
+    pthread_cond_signal(&g_watch_cond);
+    pthread_mutex_unlock(&g_watch_mutex);
 }
 
 static void watchdog_disarm() {
+    pthread_mutex_lock(&g_watch_mutex);
     g_in_launch = 0;
+    pthread_cond_signal(&g_watch_cond);
+    pthread_mutex_unlock(&g_watch_mutex);
     sigaction(SIGUSR2, &g_old_usr2, nullptr);
 }
 

@@ -48,6 +48,7 @@ CUDASIM_DIRECTED(dmul, double, (double a, double b, int mode), vd(a) * vd(b))
 CUDASIM_DIRECTED(ddiv, double, (double a, double b, int mode), vd(a) / vd(b))
 CUDASIM_DIRECTED(dsqrt, double, (double a, int mode), sqrt(vd(a)))
 CUDASIM_DIRECTED(dfma, double, (double a, double b, double c, int mode), fma(vd(a), vd(b), vd(c)))
+CUDASIM_DIRECTED(d2f, float, (double a, int mode), (float)vd(a))
 CUDASIM_DIRECTED(i2f, float, (long long a, int mode), (float)(*(volatile long long*)&a))
 CUDASIM_DIRECTED(u2f, float, (unsigned long long a, int mode),
                  (float)(*(volatile unsigned long long*)&a))
@@ -169,6 +170,7 @@ CUDASIM_R4(__ddiv, double, ddiv, (double a, double b), a, b)
 CUDASIM_R4(__drcp, double, ddiv, (double a), 1.0, a)
 CUDASIM_R4(__dsqrt, double, dsqrt, (double a), a)
 CUDASIM_R4(__fma, double, dfma, (double a, double b, double c), a, b, c)
+CUDASIM_R4(__double2float, float, d2f, (double a), a)
 CUDASIM_R4(__int2float, float, i2f, (int a), (long long)a)
 CUDASIM_R4(__uint2float, float, u2f, (unsigned a), (unsigned long long)a)
 CUDASIM_R4(__ll2float, float, i2f, (long long a), a)
@@ -187,19 +189,6 @@ CUDASIM_R4(__double2ull, unsigned long long, to_int<unsigned long long>, (double
 static inline float __frsqrt_rn(float x) { return cudasim::math::rsqrt_rn(x); }
 static inline double __int2double_rn(int a) { return (double)a; }
 static inline double __uint2double_rn(unsigned a) { return (double)a; }
-static inline float __double2float_rn(double a) { return (float)a; }
-static inline float __double2float_rz(double a) {
-    const int saved = fegetround(); fesetround(FE_TOWARDZERO);
-    volatile float r = (float)cudasim::math::vd(a); fesetround(saved); return r;
-}
-static inline float __double2float_ru(double a) {
-    const int saved = fegetround(); fesetround(FE_UPWARD);
-    volatile float r = (float)cudasim::math::vd(a); fesetround(saved); return r;
-}
-static inline float __double2float_rd(double a) {
-    const int saved = fegetround(); fesetround(FE_DOWNWARD);
-    volatile float r = (float)cudasim::math::vd(a); fesetround(saved); return r;
-}
 // cvt.sat.f32.f32: clamp to [0, 1], NaN to 0
 static inline float __saturatef(float x) { return x < 0.0f ? 0.0f : x > 1.0f ? 1.0f : (x != x ? 0.0f : x); }
 
