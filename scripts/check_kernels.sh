@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compile every CUDA source under batchnorm_lib/kernels/<operation>/ with nvcc for each target architecture and
 # fail on any error, any warning, any register spill or local-memory use, and any double-precision
-# instruction (every kernel computes in float32).
+# instruction (every kernel computes in float32). The options are the backend's own
+# (NVCC_OPTIONS in backend/cuda/core.py): -fmad=false, so nothing is contracted into an FMA.
 #
 #   scripts/check_kernels.sh            # sm_80 and sm_90
 #   ARCHS="sm_90" scripts/check_kernels.sh
@@ -33,7 +34,7 @@ for src in "${sources[@]}"; do
     name=$(basename "$src")
     for arch in $archs; do
         log="$tmp/$name.$arch.log"
-        if ! "$nvcc" -cubin -arch="$arch" -I"$(dirname "$src")" -Werror all-warnings \
+        if ! "$nvcc" -cubin -arch="$arch" -std=c++17 -fmad=false -I"$(dirname "$src")" -Werror all-warnings \
                 -Xptxas -v,-warn-spills,-warn-lmem-usage,-warn-double-usage,-Werror \
                 -o "$tmp/$name.$arch.cubin" "$src" >"$log" 2>&1; then
             echo "FAIL $name $arch: nvcc failed" >&2

@@ -5,7 +5,8 @@
 #   scripts/gpu_check.sh OUTDIR [WHEELHOUSE]          # WHEELHOUSE defaults to .whl/
 #
 # Writes into OUTDIR: env.log (toolkit, driver, versions), install.log, kernels.log (nvcc check),
-# info.log, tests.log (pytest, BATCHNORM_LIB_BACKEND=cuda), bench.log and gpu_bench.md, and
+# info.log, tests.log (pytest, BATCHNORM_LIB_BACKEND=cuda), compare.log (the GPU's outputs against
+# cudasim's, bit for bit, per operation and kernel), bench.log and gpu_bench.md, and
 # summary.txt with one line per step. Exit status: 0 when every step passed.
 # Environment: CUDA_ROOT (toolkit; found from nvcc or /usr/local/cuda* when unset), LIBCUDA (the
 # driver's libcuda.so.1; searched for when unset), PYTHON
@@ -125,9 +126,12 @@ step "info (cuda backend)" info.log env BATCHNORM_LIB_BACKEND=cuda python -m bat
 # shellcheck disable=SC2086
 step "test suite, BATCHNORM_LIB_BACKEND=cuda" tests.log \
     env BATCHNORM_LIB_BACKEND=cuda python -m pytest ${PYTEST_ARGS:--rs -q tests}
+# The simulator must compute the GPU's bits: every operation's outputs, cuda against cudasim.
+step "cudasim bit for bit against the GPU" compare.log python scripts/compare_cudasim.py
 step "GPU benchmark" bench.log env BATCHNORM_LIB_BACKEND=cuda python benchmarks/gpu_bench.py --out "$out/gpu_bench.md"
 
 tail -n 3 "$out/tests.log" | sed 's/^/tests: /' >>"$summary"
 grep -E '^geomean' "$out/bench.log" | sed 's/^/bench: /' >>"$summary"
+grep -E 'operation\(s\) with exact arithmetic differ' "$out/compare.log" | sed 's/^/compare: /' >>"$summary"
 note "done  status $status; logs in $out"
 exit $status

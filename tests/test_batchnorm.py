@@ -316,7 +316,6 @@ REFUSALS = {
     "wrong dtype": lambda bn, rng: bn(gpuarray.to_gpu(rand(rng, (3, 4, 5, 3)).astype(np.float64))),
     "host ndarray": lambda bn, rng: bn(rand(rng, (3, 4, 5, 3))),
     "one value per channel": lambda bn, rng: bn(gpuarray.to_gpu(rand(rng, (1, 4, 1, 1)))),
-    "empty data": lambda bn, rng: bn(gpuarray.to_gpu(rand(rng, (0, 4, 5, 3)))),
     "grad shape": lambda bn, rng: bn.backward(gpuarray.to_gpu(rand(rng, (3, 4, 5, 2)))),
     "grad dtype": lambda bn, rng: bn.backward(
         gpuarray.to_gpu(rand(rng, (3, 4, 5, 3)).astype(np.float64))),
@@ -413,17 +412,17 @@ def test_calc_mode(backend):
 def test_save_load_round_trip(backend, rng, tmp_path):
     bn = _trained(rng, name="bn1")
     bn(gpuarray.to_gpu(rand(rng, (3, 4, 5, 3))))
-    path = tmp_path / "bn.npz"
+    path = tmp_path / "bn.h5"
     bn.save(str(path))
 
-    other = BatchNorm2D(4)
+    other = BatchNorm2D(4, name="bn1")
     other.load(str(path))
     for attr in ("scale", "bias", "mean", "var"):
         np.testing.assert_array_equal(getattr(other, attr).get(), getattr(bn, attr).get())
     assert other.numOfProps == bn.numOfProps == 2
 
     empty = BatchNorm2D(4, empty=True)
-    empty.load(str(path))
+    empty.load(str(path), name="bn1")
     np.testing.assert_array_equal(empty.var.get(), bn.var.get())
     assert set(empty.vars) == {"scale", "bias"} and empty.vars["scale"].grad is not None
     x = rand(rng, (2, 4, 3, 3))
@@ -433,7 +432,7 @@ def test_save_load_round_trip(backend, rng, tmp_path):
 
 
 def test_load_refuses_mismatch(backend, rng, tmp_path):
-    path = tmp_path / "bn.npz"
+    path = tmp_path / "bn.h5"
     _trained(rng).save(str(path))
     for target in (BatchNorm2D(5), BatchNorm3D(4), BatchNorm2D(4, affine=False)):
         before = snapshot(target)

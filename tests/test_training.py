@@ -343,7 +343,7 @@ def test_sequential_modes_save_load(backend, rng, tmp_path):
     net.evalMode()
     assert not net.train and not net[1].train
     before = net(x).get()
-    path = str(tmp_path / "net.npz")
+    path = str(tmp_path / "net.h5")
     net.save(path)
 
     np.random.seed(99)

@@ -13,6 +13,10 @@ GroupNorm (32 groups) and InstanceNorm2D modules against PyTorch's ``F.layer_nor
 ``F.group_norm`` and ``F.instance_norm``. They keep no running statistics, so ``infer`` is the
 forward in evaluation mode, computing what ``fwd`` computes; the byte counts are the same.
 
+Each row has a layout: channels first (NCHW, the default; (N, C) data has one layout) or channels
+last (NHWC and the other channels-last layouts: our module with ``layout="channels_last"`` on the
+channels-last array, PyTorch on the same values in ``torch.channels_last`` memory format).
+
 Each side allocates its outputs as it does in use. Times are medians over interleaved rounds after
 warm-up. GB/s counts the fewest bytes each pass must move (float32, per element):
 inference 8 B, training forward 8 B (single read), forward + backward 20 B; the fraction is of
@@ -45,6 +49,8 @@ DEFAULT_SHAPES = (
     (4096, 1024),
     (512, 2048),
 )
+# the ResNet shapes again, channels last (what PyTorch users train with on the CPU)
+DEFAULT_LAST = ((32, 64, 56, 56), (64, 128, 28, 28), (128, 256, 14, 14), (256, 512, 7, 7))
 QUICK_SHAPES = ((32, 64, 56, 56), (256, 512, 7, 7), (4096, 1024))
 FAMILY_CASES = (
     ("LayerNorm", (4096, 1024)),
@@ -54,6 +60,8 @@ FAMILY_CASES = (
     ("InstanceNorm2D", (32, 64, 56, 56)),
 )
 FAMILY_GROUPS = 32
+QUICK_LAST = ((32, 64, 56, 56),)
+LAYOUTS = ("channels_first", "channels_last")
 PASSES = ("train", "infer", "fwd")
 TARGET_PASSES = ("train", "infer")
 FEWEST_BYTES = {"train": 20, "infer": 8, "fwd": 8}
@@ -87,6 +95,11 @@ def add_arguments(p):
     p.add_argument("--shape", type=parse_shape, action="append", metavar="N,C[,...]",
                    help="a shape to time (repeatable); default: %s"
                         % " ".join(",".join(map(str, s)) for s in DEFAULT_SHAPES))
+    p.add_argument("--layout", choices=LAYOUTS + ("both",), default=None,
+                   help="memory layout of the --shape shapes (given as N,C,...; default "
+                        "channels_first); without --shape the default rows are %s channels first "
+                        "and %s channels last"
+                        % (len(DEFAULT_SHAPES), len(DEFAULT_LAST)))
     p.add_argument("--quick", action="store_true",
                    help="three shapes and fewer repeats (%s)"
                         % " ".join(",".join(map(str, s)) for s in QUICK_SHAPES))
@@ -252,17 +265,44 @@ def param_count(kind, shape):
     return shape[-1] if kind == "LayerNorm" else shape[1]
 
 
-def ours(x, dy, scale, bias, kind="BatchNorm"):
-    """(train, infer, fwd, results) closures over a batchnorm_lib module on the CPU backend."""
+def _case(item):
+    """(module kind, shape, layout) of a benchmark case: a shape (batch norm, channels first), a
+    (shape, layout) pair, or a (module name, shape) pair of the rest of the family."""
+    if isinstance(item[0], str):
+        return item[0], tuple(item[1]), "channels_first"
+    if isinstance(item[0], (int, np.integer)):
+        return "BatchNorm", tuple(item), "channels_first"
+    return "BatchNorm", tuple(item[0]), item[1]
+
+
+def layout_name(shape, layout):
+    """NCHW, NHWC, (N, C), ... for the table."""
+    if len(shape) == 2:
+        return "NC"
+    spatial = {3: "L", 4: "HW", 5: "DHW"}[len(shape)]
+    return "N" + spatial + "C" if layout == "channels_last" else "NC" + spatial
+
+
+def to_last(a):
+    """(N, C, *spatial) -> the same values channels last, C-contiguous."""
+    return np.ascontiguousarray(np.moveaxis(a, 1, -1)) if a.ndim > 2 else a
+
+
+def ours(x, dy, scale, bias, layout="channels_first", kind="BatchNorm"):
+    """(train, infer, fwd, results) closures over a batchnorm_lib module on the CPU backend; x and
+    dy are (N, C, *spatial), stored channels last for ``layout="channels_last"``; ``kind`` names a
+    module of the normalization family other than batch norm."""
     from batchnorm_lib import modules
     from batchnorm_lib.backend import gpuarray
 
     C = x.shape[1]
-    mod = getattr(modules, _MODULE_FOR_NDIM[x.ndim])(C) if kind == "BatchNorm" \
+    mod = getattr(modules, _MODULE_FOR_NDIM[x.ndim])(C, layout=layout) if kind == "BatchNorm" \
         else _family_module(kind, x.shape)
     mod.scale.set(scale.reshape(mod.scale.shape))
     mod.bias.set(bias.reshape(mod.bias.shape))
-    data, grad = gpuarray.to_gpu(x), gpuarray.to_gpu(dy)
+    last = layout == "channels_last"
+    data, grad = gpuarray.to_gpu(to_last(x) if last else x), gpuarray.to_gpu(to_last(dy) if last else dy)
+    back = (lambda a: np.moveaxis(a, -1, 1)) if last else (lambda a: a)  # noqa: E731
 
     def train():
         mod.trainMode()
@@ -279,9 +319,9 @@ def ours(x, dy, scale, bias, kind="BatchNorm"):
 
     def results():
         mod.trainMode()
-        y = mod(data).get()
+        y = back(mod(data).get())
         mod.backward(grad)
-        return {"y": y, "dx": mod.grad.get(), "dscale": mod.vars["scale"].grad.get().ravel(),
+        return {"y": y, "dx": back(mod.grad.get()), "dscale": mod.vars["scale"].grad.get().ravel(),
                 "dbias": mod.vars["bias"].grad.get().ravel()}
 
     return train, infer, fwd, results
@@ -296,11 +336,20 @@ def _torch_family(F, kind, shape):
     return lambda x, w, b: F.instance_norm(x, weight=w, bias=b, use_input_stats=True, eps=EPS)
 
 
-def pytorch(torch, x, dy, scale, bias, kind="BatchNorm"):
+def pytorch(torch, x, dy, scale, bias, layout="channels_first", kind="BatchNorm"):
     F = torch.nn.functional
     C = x.shape[1]
-    xt = torch.from_numpy(x.copy()).requires_grad_()
-    dyt = torch.from_numpy(dy.copy())
+    if layout == "channels_last" and x.ndim > 2:
+        # the same logical (N, C, ...) tensor with channels-last strides: torch.channels_last
+        # (channels_last_3d) memory format for 4-D (5-D) data, a permuted view for (N, C, L)
+        perm = (0, x.ndim - 1) + tuple(range(1, x.ndim - 1))
+        xt = torch.from_numpy(to_last(x)).permute(*perm).detach().requires_grad_()
+        dyt = torch.from_numpy(to_last(dy)).permute(*perm)
+        fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.ndim)
+        assert fmt is None or xt.is_contiguous(memory_format=fmt)
+    else:
+        xt = torch.from_numpy(x.copy()).requires_grad_()
+        dyt = torch.from_numpy(dy.copy())
     w = torch.from_numpy(scale.copy()).requires_grad_()
     b = torch.from_numpy(bias.copy()).requires_grad_()
     rm, rv = torch.zeros(C), torch.ones(C)
@@ -349,10 +398,13 @@ def _pytorch_family(torch, forward, xt, dyt, w, b):
     return train, fwd, fwd, results
 
 
-def naive(x, dy, scale, bias):
+def naive(x, dy, scale, bias, layout="channels_first"):
     """The textbook formulas in numpy, one expression each (single-threaded, float32)."""
     ax = (0,) + tuple(range(2, x.ndim))
     cs = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    if layout == "channels_last" and x.ndim > 2:
+        x, dy = to_last(x), to_last(dy)
+        ax, cs = tuple(range(x.ndim - 1)), (1,) * (x.ndim - 1) + (x.shape[-1],)
     sc, bi = scale.reshape(cs), bias.reshape(cs)
     rm, rv = np.zeros(cs, np.float32), np.ones(cs, np.float32)
     m = x.size // x.shape[1]
@@ -401,6 +453,7 @@ def wait_for_quiet(max_seconds, threshold=5.0):
 def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=True,
                   use_naive=True, progress=None, settle=0.0, statistic="median"):
     """Time every (shape, pass); returns a dict with the environment and one row per pair.
+    ``shapes`` holds (N, C, ...) shapes (channels first) or (shape, layout) pairs.
     ``progress(done, total, label)`` is called before each step when given."""
     from batchnorm_lib import config
     from batchnorm_lib.kernels.norm import cpu as cpu_kernels
@@ -430,10 +483,10 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
     total = len(shapes) * (len(passes) + 1)
     done = 0
     rng = np.random.default_rng(1234)
-    for case in shapes:
-        # a case is a shape (batch norm) or (module name, shape) (the rest of the family)
-        kind, shape = case if isinstance(case[0], str) else ("BatchNorm", case)
-        label = ("" if kind == "BatchNorm" else kind + " ") + "x".join(map(str, shape))
+    for item in shapes:
+        kind, shape, layout = _case(item)
+        label = ("" if kind == "BatchNorm" else kind + " ") + "x".join(map(str, shape)) \
+            + ("" if kind != "BatchNorm" else " " + layout_name(shape, layout))
         if settle > 0:
             if progress:
                 progress(done, total, "%s: waiting for a quiet machine" % label)
@@ -446,15 +499,15 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
         scale = rng.uniform(0.5, 1.5, C).astype(np.float32)
         bias = rng.uniform(-0.5, 0.5, C).astype(np.float32)
         copy_gbs = copy_bandwidth(x.nbytes, threads)
-        contestants = {"ours": ours(x, dy, scale, bias, kind)}
+        contestants = {"ours": ours(x, dy, scale, bias, layout, kind)}
         if torch is not None:
-            contestants["torch"] = pytorch(torch, x, dy, scale, bias, kind)
+            contestants["torch"] = pytorch(torch, x, dy, scale, bias, layout, kind)
         agreement = None
         if torch is not None:
             a, b = contestants["ours"][3](), contestants["torch"][3]()
             agreement = max(_max_rel(a[k], b[k]) for k in a)
         done += 1
-        naive_fns = naive(x, dy, scale, bias) if use_naive and kind == "BatchNorm" else None
+        naive_fns = naive(x, dy, scale, bias, layout) if use_naive and kind == "BatchNorm" else None
         for p in passes:
             if progress:
                 progress(done, total, "%s %s" % (label, p))
@@ -465,8 +518,9 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
                 # slow and single-threaded: a few calls are enough to place it
                 t["naive"] = compare({"naive": naive_fns[idx]}, 1, 3, 1)["naive"]
             nbytes = FEWEST_BYTES[p] * x.size
-            row = {"shape": list(shape), "module": kind, "pass": p,
-                   "ms": {k: v * 1e3 for k, v in t.items()},
+            row = {"shape": list(shape), "module": kind,
+                   "layout": layout_name(shape, layout) if kind == "BatchNorm" else "",
+                   "pass": p, "ms": {k: v * 1e3 for k, v in t.items()},
                    "gbs": nbytes / t["ours"] / 1e9, "copy_gbs": copy_gbs,
                    "frac": nbytes / t["ours"] / 1e9 / copy_gbs,
                    "torch_gbs": nbytes / t["torch"] / 1e9 if "torch" in t else None,
@@ -496,7 +550,7 @@ def format_table(result, markdown=False):
     env, rows = result["env"], result["rows"]
     has_torch = any(r["ratio"] is not None for r in rows)
     has_naive = any("naive" in r["ms"] for r in rows)
-    head = ["shape", "pass", "ours ms"]
+    head = ["shape", "layout", "pass", "ours ms"]
     if has_torch:
         head += ["torch ms"]
     if has_naive:
@@ -507,7 +561,8 @@ def format_table(result, markdown=False):
     body = []
     for r in rows:
         line = [("" if r.get("module", "BatchNorm") == "BatchNorm" else r["module"] + " ")
-                + "x".join(map(str, r["shape"])), r["pass"], "%.3f" % r["ms"]["ours"]]
+                + "x".join(map(str, r["shape"])), r.get("layout", ""), r["pass"],
+                "%.3f" % r["ms"]["ours"]]
         if has_torch:
             line.append("%.3f" % r["ms"]["torch"])
         if has_naive:
@@ -535,13 +590,13 @@ def format_table(result, markdown=False):
     if markdown:
         out.append("")
         out.append("| " + " | ".join(head) + " |")
-        out.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|")
+        out.append("|" + "|".join("---" if i < 3 else "---:" for i in range(len(head))) + "|")
         for line in body:
             out.append("| " + " | ".join(line) + " |")
         out.append("")
     else:
         widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-        fmt = lambda cells: "  ".join(c.rjust(w) if i >= 2 else c.ljust(w)  # noqa: E731
+        fmt = lambda cells: "  ".join(c.rjust(w) if i >= 3 else c.ljust(w)  # noqa: E731
                                       for i, (c, w) in enumerate(zip(cells, widths)))
         out.append(fmt(head))
         out.extend(fmt(b) for b in body)
@@ -576,15 +631,19 @@ def kernel_profile(shapes, threads, repeats=60, markdown=False):
     cpu_kernels.set_num_threads(threads)
     ops = __import__("batchnorm_lib.kernels.norm", fromlist=["ops"]).ops("cpu")
     rng = np.random.default_rng(1234)
-    head = ["shape", "copy ms", "infer ms", "of copy", "fwd ms", "of copy x1", "bwd ms",
+    head = ["shape", "layout", "copy ms", "infer ms", "of copy", "fwd ms", "of copy x1", "bwd ms",
             "of copy x1.5", "bwd sums ms"]
     rows = []
-    for shape in shapes:
+    for shape, layout in shapes:
         C = shape[1]
         ps = (1, C, 1, 1)
-        x = gpuarray.to_gpu(rng.standard_normal(shape, dtype=np.float32))
-        dy = gpuarray.to_gpu(rng.standard_normal(shape, dtype=np.float32))
-        out, dx = gpuarray.empty(shape, np.float32), gpuarray.empty(shape, np.float32)
+        # (N, C) and channels-last data take the rows x channels kernels, as the modules do
+        rows_family = layout == "channels_last" or len(shape) == 2
+        op = lambda name: getattr(ops, ("rows_" if rows_family else "") + name)  # noqa: E731
+        store = to_last(np.empty(shape, np.float32)).shape if rows_family else shape
+        x = gpuarray.to_gpu(rng.standard_normal(store, dtype=np.float32))
+        dy = gpuarray.to_gpu(rng.standard_normal(store, dtype=np.float32))
+        out, dx = gpuarray.empty(store, np.float32), gpuarray.empty(store, np.float32)
         sc = gpuarray.to_gpu(rng.uniform(0.5, 1.5, ps).astype(np.float32))
         bi = gpuarray.to_gpu(np.zeros(ps, np.float32))
         rm, rv = gpuarray.zeros(ps, np.float32), gpuarray.to_gpu(np.ones(ps, np.float32))
@@ -599,10 +658,10 @@ def kernel_profile(shapes, threads, repeats=60, markdown=False):
             copy = lambda: np.copyto(dst, src)  # noqa: E731
         fns = {
             "copy": copy,
-            "infer": lambda: ops.forward_infer(x, sc, bi, rm, rv, EPS, out),
-            "fwd": lambda: ops.forward_train(x, sc, bi, rm, rv, EPS, 0.1, out, sm, si),
-            "bwd": lambda: ops.backward_train(x, dy, sc, sm, si, dx, ds, db),
-            "sums": lambda: ops.backward_train(x, dy, sc, sm, si, None, ds, db),
+            "infer": lambda: op("forward_infer")(x, sc, bi, rm, rv, EPS, out),
+            "fwd": lambda: op("forward_train")(x, sc, bi, rm, rv, EPS, 0.1, out, sm, si),
+            "bwd": lambda: op("backward_train")(x, dy, sc, sm, si, dx, ds, db),
+            "sums": lambda: op("backward_train")(x, dy, sc, sm, si, None, ds, db),
         }
         fns["fwd"]()  # savemean/saveinvvar for the backward
         best, med = {}, {}
@@ -616,7 +675,7 @@ def kernel_profile(shapes, threads, repeats=60, markdown=False):
                 ts.append(time.perf_counter() - t0)
             best[name], med[name] = min(ts) * 1e3, statistics.median(ts) * 1e3
         cell = lambda k: "%.3f / %.3f" % (best[k], med[k])  # noqa: E731
-        rows.append(["x".join(map(str, shape)), cell("copy"), cell("infer"),
+        rows.append(["x".join(map(str, shape)), layout_name(shape, layout), cell("copy"), cell("infer"),
                      "%.0f%%" % (100 * best["copy"] / best["infer"]), cell("fwd"),
                      "%.0f%%" % (100 * best["copy"] / best["fwd"]), cell("bwd"),
                      "%.0f%%" % (100 * 1.5 * best["copy"] / best["bwd"]), cell("sums")])
@@ -640,7 +699,13 @@ def run_from_args(args, progress=None):
         from batchnorm_lib.kernels.norm import cpu as cpu_kernels
 
         cpu_kernels.use(args.cpu_path)
-    shapes = args.shape or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
+    if args.shape:
+        layouts = LAYOUTS if args.layout == "both" else (args.layout or "channels_first",)
+        shapes = [(s, lay) for s in args.shape for lay in layouts
+                  if lay == "channels_first" or len(s) > 2]
+    else:
+        first, last = (QUICK_SHAPES, QUICK_LAST) if args.quick else (DEFAULT_SHAPES, DEFAULT_LAST)
+        shapes = [(s, "channels_first") for s in first] + [(s, "channels_last") for s in last]
     passes = tuple(dict.fromkeys(args.passes)) if args.passes else PASSES
     rounds = min(args.rounds, 3) if args.quick else args.rounds
     threads = args.threads or usable_cores()

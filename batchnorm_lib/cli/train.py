@@ -55,6 +55,11 @@ def add_parser(sub):
                    help="directory for train_curves.png and train_history.json "
                         "(default %(default)s)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (matplotlib not needed)")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI: launch with 'mpiexec -n P python -m batchnorm_lib "
+                        "train --distributed'; each rank trains on a shard of every batch with "
+                        "synchronized BatchNorm and summed gradients, rank 0 prints and writes "
+                        "the results (needs mpi4py: pip install \"batchnorm_lib[mpi]\")")
     p.set_defaults(run=run)
     return p
 
@@ -143,6 +148,19 @@ def run(args):
         return 2
     from tqdm import tqdm
 
+    comm = None
+    if args.distributed:
+        from batchnorm_lib import distributed
+        from batchnorm_lib.modules import ModuleError
+
+        try:
+            comm = distributed.require_mpi().COMM_WORLD
+        except ModuleError as e:
+            print("error: %s" % e, file=sys.stderr)
+            return 2
+        if comm.Get_rank() != 0:  # the other ranks train quietly
+            sys.stdout = open(os.devnull, "w")
+            tqdm = None
     from batchnorm_lib.training import data as datamod
     from batchnorm_lib.training.loop import train_run
 
@@ -162,17 +180,23 @@ def run(args):
     print("model: %d-%s-%d MLP, Linear -> [BatchNorm] -> relu; %s, batch %d, %d epochs, seed %d"
           % (data.features, "-".join(map(str, HIDDEN)), data.classes, opt, args.batch_size,
              args.epochs, args.seed))
+    if comm is not None:
+        print("distributed: %d ranks (MPI), each a shard of every batch; synchronized BatchNorm"
+              % comm.Get_size())
     sys.stdout.flush()
 
-    progress = _progress_factory(tqdm)
+    progress = _progress_factory(tqdm) if tqdm is not None else None
     results = []
     with _single_threaded_blas(backend):
         for batchnorm in (True, False):
             results.append(train_run(data, batchnorm=batchnorm, epochs=args.epochs,
                                      batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                     hidden=HIDDEN, optimizer=args.optimizer, progress=progress))
+                                     hidden=HIDDEN, optimizer=args.optimizer, progress=progress,
+                                     comm=comm))
             sys.stderr.flush()
 
+    if comm is not None and comm.Get_rank() != 0:
+        return 0
     print()
     print(format_table(results))
     print()
@@ -180,7 +204,7 @@ def run(args):
     history = {r.name: [vars(h) for h in r.history] for r in results}
     history["settings"] = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                            "optimizer": args.optimizer, "seed": args.seed, "hidden": list(HIDDEN),
-                           "backend": backend}
+                           "backend": backend, "ranks": comm.Get_size() if comm else 1}
     with open(os.path.join(args.out, "train_history.json"), "w") as f:
         json.dump(history, f, indent=1)
     if not args.no_plot:

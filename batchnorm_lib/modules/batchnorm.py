@@ -11,6 +11,9 @@ from batchnorm_lib.modules.module import Module, ModuleError, check_finite
 from batchnorm_lib.variable import Variable
 
 
+LAYOUTS = ("channels_first", "channels_last")
+
+
 def _positive_int(owner, name, value, low=1):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ModuleError("%s: %s must be an integer >= %d, got %r" % (owner, name, low, value))
@@ -22,11 +25,17 @@ class BatchNormND(Module):
     axes. Parameters and statistics have shape (1, C, 1, 1) for nd <= 2 and (1, C) + (1,) * nd above.
     """
 
-    layout = None  # what subclasses call the axes, for error messages
+    axes = None  # what subclasses call the axes (channels first), for error messages
+    hdfVars = ("scale", "bias")  # variables in PuzzleLib even when affine=False
 
     def __init__(self, nd, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01,
-                 affine=True, name=None, empty=False, inplace=False):
+                 affine=True, name=None, empty=False, inplace=False, layout="channels_first",
+                 comm=None):
         super().__init__(name)
+        if layout not in LAYOUTS:
+            raise ModuleError("%s: layout must be one of %s, got %r"
+                              % (self, ", ".join(map(repr, LAYOUTS)), layout))
+        self.layout = layout
         self.nd = _positive_int(self, "nd", nd, low=0)
         self.maps = _positive_int(self, "maps", maps)
         self.epsilon = check_finite(self, "epsilon", epsilon, low=0.0)
@@ -41,6 +50,14 @@ class BatchNormND(Module):
         self.savemean = self.saveinvvar = None
         self.scalegrad = self.biasgrad = None
         self._fwdTrain = None
+        self.syncedCount = None
+        self.comm = None
+        self._synced = None  # merged statistics of this training pass (with comm)
+        self.syncedCount = None  # values per channel in the whole batch of the last synced pass
+        if comm is not None:
+            from batchnorm_lib import distributed
+
+            self.comm = distributed.check_comm(self, comm)
 
         if empty:
             return
@@ -62,59 +79,139 @@ class BatchNormND(Module):
         return (1, self.maps) + (1,) * max(self.nd, 2)
 
     # -- checks ----------------------------------------------------------------------------------
+    @property
+    def rowsLayout(self):
+        """Whether the data is rows x channels (channels on the last axis): (N, C) data, or any
+        channels-last layout."""
+        return self.nd == 0 or self.layout == "channels_last"
+
+    def axesName(self):
+        """The expected data axes in this module's layout, e.g. '(N, H, W, C)'."""
+        axes = self.axes or "(N, C%s)" % "".join(", S%d" % i for i in range(self.nd))
+        if self.layout == "channels_last" and self.nd > 0:
+            names = axes.strip("()").split(", ")
+            axes = "(%s)" % ", ".join([names[0]] + names[2:] + [names[1]])
+        return "%s, layout=%r" % (axes, self.layout)
+
     def checkDataShape(self, shape):
         ndim = self.nd + 2
         if len(shape) != ndim:
-            layout = self.layout or "(N, C%s)" % "".join(", S%d" % i for i in range(self.nd))
             raise ModuleError("%s: expects %d-D data %s, got shape %s"
-                              % (self, ndim, layout, tuple(shape)))
-        if shape[1] != self.maps:
-            raise ModuleError("%s: expects %d channels on axis 1, got shape %s"
-                              % (self, self.maps, tuple(shape)))
+                              % (self, ndim, self.axesName(), tuple(shape)))
+        axis = -1 if self.rowsLayout else 1
+        if shape[axis] != self.maps:
+            raise ModuleError("%s: expects %d channels on axis %d (%s), got shape %s"
+                              % (self, self.maps, axis % ndim, self.axesName(), tuple(shape)))
         if self.scale is None:
             raise ModuleError("%s: parameters are not initialized (built with empty=True); "
                               "load() them first" % self)
-        if any(s == 0 for s in shape):
-            raise ModuleError("%s: data has no elements, shape %s" % (self, tuple(shape)))
         if self.train:
             if self.inplace:
                 raise ModuleError("%s: inplace=True is allowed only in evaluation mode" % self)
-            if int(np.prod(shape, dtype=np.int64)) // self.maps < 2:
+            if self.comm is not None and self.calctype != np.float32:
+                raise ModuleError("%s: synchronized training (comm) runs in float32, not %s"
+                                  % (self, self.calctype))
+            # an empty batch (a zero-length axis) is allowed: it has no statistics to take; with
+            # comm, the count that matters is the whole batch's (checked once it is known)
+            if self.comm is None and int(np.prod(shape, dtype=np.int64)) // self.maps == 1:
                 raise ModuleError("%s: training needs more than one value per channel, got shape %s"
                                   % (self, tuple(shape)))
 
     # -- forward ---------------------------------------------------------------------------------
+    def _op(self, name):
+        """The kernel ``name`` for this module's layout: the rows x channels family for (N, C) and
+        channels-last data."""
+        return getattr(kernels.norm.ops(), ("rows_" if self.rowsLayout else "") + name)
+
+    def __call__(self, data):
+        if self.comm is None or not self.train:
+            return super().__call__(data)
+        from batchnorm_lib.distributed import sync_forward_statistics
+
+        # every rank checks its shard, then all exchange partials (or a refusal) in one collective
+        self._synced = sync_forward_statistics(self, data)
+        try:
+            return super().__call__(data)
+        finally:
+            self._synced = None
+
     def updateData(self, data):
-        ops = kernels.norm.ops()
+        if self._synced is not None:
+            return self._syncedForward(data)
+        self.syncedCount = None
+        if data.size == 0:
+            # nothing to normalize and no statistics: no kernel runs, running statistics and
+            # numOfProps stay; the backward gives an empty dx and zero parameter gradients
+            self._fwdTrain = self.train
+            return data if self.inplace and not self.train else gpuarray.empty(data.shape,
+                                                                                data.dtype)
         if self.train:
             factor = max(self.initFactor / (self.numOfProps + 1), self.minFactor)
             out = gpuarray.empty(data.shape, data.dtype)
             savemean = gpuarray.empty(self.paramShape, np.float32)
             saveinvvar = gpuarray.empty(self.paramShape, np.float32)
-            ops.forward_train(data, self.scale, self.bias, self.mean, self.var, self.epsilon, factor,
-                              out, savemean, saveinvvar)
+            self._op("forward_train")(data, self.scale, self.bias, self.mean, self.var,
+                                      self.epsilon, factor, out, savemean, saveinvvar)
             self.numOfProps += 1
             self.savemean, self.saveinvvar = savemean, saveinvvar
             self._fwdTrain = True
         else:
             out = data if self.inplace else gpuarray.empty(data.shape, data.dtype)
-            ops.forward_infer(data, self.scale, self.bias, self.mean, self.var, self.epsilon, out)
+            self._op("forward_infer")(data, self.scale, self.bias, self.mean, self.var,
+                                      self.epsilon, out)
             self._fwdTrain = False
+        return out
+
+    def _syncedForward(self, data):
+        """Training forward with the whole batch's statistics (``self._synced``)."""
+        count, mean, m2 = self._synced
+        var = m2 / count
+        factor = max(self.initFactor / (self.numOfProps + 1), self.minFactor)
+        shape = self.paramShape
+        savemean = gpuarray.to_gpu(mean.astype(np.float32).reshape(shape))
+        batchvar = gpuarray.to_gpu(var.astype(np.float32).reshape(shape))
+        saveinvvar = gpuarray.to_gpu((1.0 / np.sqrt(var + self.epsilon)).astype(np.float32)
+                                     .reshape(shape))
+        out = gpuarray.empty(data.shape, data.dtype)
+        if data.size:
+            self._op("forward_infer")(data, self.scale, self.bias, savemean, batchvar,
+                                      self.epsilon, out)
+        runmean = self.mean.get().astype(np.float64).reshape(shape)
+        runvar = self.var.get().astype(np.float64).reshape(shape)
+        self.mean.set(((1 - factor) * runmean + factor * mean.reshape(shape)).astype(np.float32))
+        self.var.set(((1 - factor) * runvar + factor * (m2 / (count - 1)).reshape(shape))
+                     .astype(np.float32))
+        self.numOfProps += 1
+        self.savemean, self.saveinvvar = savemean, saveinvvar
+        self._fwdTrain = True
+        self.syncedCount = count
         return out
 
     # -- backward --------------------------------------------------------------------------------
     def updateGrad(self, grad):
         dx = gpuarray.empty(grad.shape, grad.dtype)
-        if self._fwdTrain:
+        if grad.size == 0:
+            if self._fwdTrain:
+                self._paramGrads(grad)
+        elif self._fwdTrain:
             self._paramGrads(grad, dx)
         else:
-            kernels.norm.ops().backward_infer(grad, self.scale, self.var, self.epsilon, dx)
+            self._op("backward_infer")(grad, self.scale, self.var, self.epsilon, dx)
         return dx
 
     def _paramGrads(self, grad, dx=None):
+        if self.syncedCount is not None:
+            from batchnorm_lib.distributed import sync_backward
+
+            sync_backward(self, grad, dx)
+            return
+        if grad.size == 0:  # an empty batch contributes nothing
+            self.scalegrad = gpuarray.zeros(self.paramShape, np.float32)
+            self.biasgrad = gpuarray.zeros(self.paramShape, np.float32)
+            return
         dscale = gpuarray.empty(self.paramShape, np.float32)
         dbias = gpuarray.empty(self.paramShape, np.float32)
-        kernels.norm.ops().backward_train(self.inData, grad, self.scale, self.savemean, self.saveinvvar,
+        self._op("backward_train")(self.inData, grad, self.scale, self.savemean, self.saveinvvar,
                                      dx, dscale, dbias)
         self.scalegrad, self.biasgrad = dscale, dbias
 
@@ -128,6 +225,17 @@ class BatchNormND(Module):
         ops.axpby(self.biasgrad.ravel(), self.vars["bias"].grad.ravel(), scale, momentum)
 
     def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
+        if self.syncedCount is not None and (updGrad or (updParamGrads and self.affine)):
+            # the other ranks are about to exchange sums: a refusal here must reach them
+            try:
+                self._checkArray(grad, "grad")
+                self.checkGradShape(grad.shape)
+                check_finite(self, "scale", scale)
+                check_finite(self, "momentum", momentum)
+            except ModuleError as e:
+                from batchnorm_lib.distributed import refuse_everywhere
+
+                refuse_everywhere(self, "the backward", e)
         previous = self.scalegrad, self.biasgrad
         self.scalegrad = self.biasgrad = None  # this pass's gradients, computed at most once
         try:
@@ -142,6 +250,7 @@ class BatchNormND(Module):
         self.savemean = self.saveinvvar = None
         self.scalegrad = self.biasgrad = None
         self._fwdTrain = None
+        self.syncedCount = None
 
     def calcMode(self, T):
         T = np.dtype(T)
@@ -155,6 +264,13 @@ class BatchNormND(Module):
         kind = "vars" if self.affine else "attrs"
         return {kind + ".scale": (shape, f32), kind + ".bias": (shape, f32),
                 "attrs.mean": (shape, f32), "attrs.var": (shape, f32)}
+
+    def checkState(self, staged, path):
+        # without affine, scale and bias are the identity; other values belong to an affine model
+        if not self.affine and not (np.all(staged["attrs.scale"] == 1)
+                                    and np.all(staged["attrs.bias"] == 0)):
+            raise ModuleError("%s: %s holds a trained scale/bias, which affine=False cannot take"
+                              % (self, path))
 
     def saveMeta(self):
         return {"numOfProps": self.numOfProps}
@@ -173,42 +289,42 @@ class BatchNormND(Module):
 class BatchNorm(BatchNormND):
     """Batch normalization of (batchsize, size) data, e.g. after a fully connected layer."""
 
-    layout = "(N, size)"
+    axes = "(N, size)"
 
     def __init__(self, size, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
-                 name=None, empty=False, inplace=False):
+                 name=None, empty=False, inplace=False, layout="channels_first", comm=None):
         super().__init__(0, size, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace)
+                         inplace, layout, comm)
 
 
 class BatchNorm1D(BatchNormND):
     """Batch normalization of (N, C, L) sequences."""
 
-    layout = "(N, C, L)"
+    axes = "(N, C, L)"
 
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
-                 name=None, empty=False, inplace=False):
+                 name=None, empty=False, inplace=False, layout="channels_first", comm=None):
         super().__init__(1, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace)
+                         inplace, layout, comm)
 
 
 class BatchNorm2D(BatchNormND):
     """Batch normalization of (N, C, H, W) images."""
 
-    layout = "(N, C, H, W)"
+    axes = "(N, C, H, W)"
 
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
-                 name=None, empty=False, inplace=False):
+                 name=None, empty=False, inplace=False, layout="channels_first", comm=None):
         super().__init__(2, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace)
+                         inplace, layout, comm)
 
 
 class BatchNorm3D(BatchNormND):
     """Batch normalization of (N, C, D, H, W) volumes."""
 
-    layout = "(N, C, D, H, W)"
+    axes = "(N, C, D, H, W)"
 
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
-                 name=None, empty=False, inplace=False):
+                 name=None, empty=False, inplace=False, layout="channels_first", comm=None):
         super().__init__(3, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace)
+                         inplace, layout, comm)

@@ -33,7 +33,24 @@ def check_finite(owner, name, value, low=None, high=None):
     return value
 
 
+def check_state_entry(owner, label, value, shape, dtype, where):
+    """``value`` as a contiguous array of ``dtype`` if its shape and dtype fit, else ModuleError
+    naming ``label`` and ``where`` (the file)."""
+    value = np.asarray(value)
+    if tuple(value.shape) != tuple(shape):
+        raise ModuleError("%s: %s in %s has shape %s, expected %s"
+                          % (owner, label, where, tuple(value.shape), tuple(shape)))
+    if value.dtype.kind not in "biuf" or not np.can_cast(value.dtype, dtype, casting="same_kind"):
+        raise ModuleError("%s: %s in %s has dtype %s, expected %s"
+                          % (owner, label, where, value.dtype, dtype))
+    return np.ascontiguousarray(value, dtype=dtype)
+
+
 class Module:
+    # attributes that PuzzleLib keeps as variables (e.g. a fixed scale and bias): in HDF5 files
+    # they go under params/links, where PuzzleLib's loader looks for them
+    hdfVars = ()
+
     def __init__(self, name=None):
         self.name = name
         self.vars = {}
@@ -162,20 +179,36 @@ class Module:
         arrays.update({"meta." + k: np.asarray(v) for k, v in self.saveMeta().items()})
         return arrays
 
-    def save(self, path):
-        """Write parameters and attributes (running statistics) to ``path`` as an .npz archive."""
-        with open(path, "wb") as f:
-            np.savez(f, **self.stateArrays())
+    def stateEntries(self, name, prefix=""):
+        """Where ``save`` puts each entry in an HDF5 file: ``(key, kind, entry, variable)`` with
+        ``key`` as in ``stateSpec``/``stateArrays`` (after ``prefix``), ``kind`` one of ``vars``
+        (``params``/``links``), ``attrs`` or ``meta``, ``entry`` = ``"<name>.<item>"``, and the
+        Variable object for ``vars`` (so a shared one is stored once)."""
+        for key in self.stateSpec():
+            kind, item = key.split(".", 1)
+            if kind == "attrs" and item in self.hdfVars:
+                kind = "vars"
+            yield prefix + key, kind, "%s.%s" % (name, item), self.vars.get(item)
+        for item in self.saveMeta():
+            yield prefix + "meta." + item, "meta", "%s.%s" % (name, item), None
 
-    def load(self, path):
-        """Read what ``save`` wrote; the file is checked whole before anything is changed."""
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                contents = {k: archive[k] for k in archive.files}
-        except (OSError, ValueError) as e:
-            raise ModuleError("%s: cannot read %s: %s" % (self, path, e)) from None
-        for apply in self.stageState(contents, "", path):
-            apply()
+    def save(self, hdf=None, name=None, compress="gzip"):
+        """Write parameters, attributes and counters as HDF5 in PuzzleLib's layout (see
+        :mod:`batchnorm_lib.modules.hdf5`) to a path or an open h5py File/Group; with no argument,
+        return the file's bytes. ``name`` replaces the module's own name in the file's keys. An
+        unwritable path raises the operating system's OSError."""
+        from batchnorm_lib.modules import hdf5
+
+        return hdf5.save(self, hdf, name, compress)
+
+    def load(self, hdf, name=None):
+        """Read a path, the bytes ``save()`` returned, or an open h5py File/Group (or a legacy
+        ``.npz`` archive); ``name`` is the module's name in the file when it differs from its own.
+        The file is checked whole before anything is changed, and every problem is a ModuleError
+        naming the file."""
+        from batchnorm_lib.modules import hdf5
+
+        hdf5.load(self, hdf, name)
 
     def stageState(self, contents, prefix, path):
         """Check this module's entries of ``contents`` (keys under ``prefix``) against
@@ -186,17 +219,15 @@ class Module:
             raise ModuleError("%s: %s lacks %s" % (self, path, ", ".join(missing)))
         staged = {}
         for key, (shape, dtype) in spec.items():
-            value = contents[prefix + key]
-            if tuple(value.shape) != tuple(shape):
-                raise ModuleError("%s: %s in %s has shape %s, expected %s"
-                                  % (self, prefix + key, path, value.shape, tuple(shape)))
-            if not np.can_cast(value.dtype, dtype, casting="same_kind"):
-                raise ModuleError("%s: %s in %s has dtype %s, expected %s"
-                                  % (self, prefix + key, path, value.dtype, dtype))
-            staged[key] = np.ascontiguousarray(value, dtype=dtype)
+            staged[key] = check_state_entry(self, prefix + key, contents[prefix + key], shape,
+                                            dtype, path)
+        self.checkState(staged, path)
         meta = {k[len(prefix) + len("meta."):]: v for k, v in contents.items()
                 if k.startswith(prefix + "meta.")}
-        self.loadMeta(meta, check=True)
+        try:
+            self.loadMeta(meta, check=True)
+        except ModuleError as e:
+            raise ModuleError("%s (in %s)" % (e, path)) from None
 
         def apply():
             for key, value in staged.items():
@@ -212,6 +243,9 @@ class Module:
             self.loadMeta(meta, check=False)
 
         return [apply]
+
+    def checkState(self, staged, path):
+        """Refuse (ModuleError) values that fit the spec but not this module; nothing changed yet."""
 
     def saveMeta(self):
         return {}

@@ -125,7 +125,21 @@ class Sequential(Module):
         for mod in self.modules:
             mod.reset()
 
-    # -- persistence: one .npz, keys "<index>.<child key>" ----------------------------------------
+    # -- persistence: keys "<index>.<child key>"; in HDF5 files a child is "<name>.<child name>" --
+    def childNames(self):
+        """The children's names in files: their own, or their index when unnamed (as PuzzleLib's
+        containers name them); two children with one name could not be told apart."""
+        names = [mod.name if mod.name is not None else str(i) for i, mod in enumerate(self.modules)]
+        clashes = sorted({n for n in names if names.count(n) > 1})
+        if clashes:
+            raise ModuleError("%s: several children are named %s; names must be unique to save "
+                              "or load" % (self, ", ".join(repr(n) for n in clashes)))
+        return names
+
+    def stateEntries(self, name, prefix=""):
+        for i, (mod, child) in enumerate(zip(self.modules, self.childNames())):
+            yield from mod.stateEntries("%s.%s" % (name, child), "%s%d." % (prefix, i))
+
     def stateSpec(self):
         spec = {}
         for i, mod in enumerate(self.modules):

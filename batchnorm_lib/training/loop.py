@@ -113,8 +113,24 @@ def warm_up(data, hidden, batchnorm, optimizer):
         np.random.set_state(state)
 
 
+def shard(idx, comm):
+    """This rank's part of a batch: consecutive slices in rank order, sizes differing by at most
+    one (``comm=None``: the whole batch)."""
+    if comm is None:
+        return idx
+    return np.array_split(idx, comm.Get_size())[comm.Get_rank()]
+
+
+def _global_sums(comm, *values):
+    """``values`` summed over the ranks in rank order (the same on every rank)."""
+    if comm is None:
+        return values
+    gathered = comm.allgather(values)
+    return tuple(sum(g[i] for g in gathered) for i in range(len(values)))
+
+
 def train_run(data, batchnorm=True, epochs=20, batch_size=32, lr=0.05, seed=0, hidden=(128, 128),
-              optimizer="momentum", progress=None, on_epoch=None, warmup=True):
+              optimizer="momentum", progress=None, on_epoch=None, warmup=True, comm=None):
     """Train ``build_mlp`` on ``data`` and return a RunResult with per-epoch statistics.
 
     The same ``seed`` gives the same initial Linear weights and the same batch order with and
@@ -122,11 +138,21 @@ def train_run(data, batchnorm=True, epochs=20, batch_size=32, lr=0.05, seed=0, h
     ``set_postfix``, ``close``); ``on_epoch(EpochStats)`` is called after each epoch. The timing
     (``RunResult.seconds``, ``EpochStats.seconds``) covers training and the per-epoch evaluation,
     after a ``warm_up`` step when ``warmup`` is set.
+
+    With ``comm`` (an mpi4py communicator) the run is data-parallel: every rank draws the same
+    batches and trains on its ``shard`` of each, the BatchNorm layers are synchronized, the
+    gradients (each rank's scaled by its share of the batch) are summed over the ranks, and the
+    statistics are the whole batches'. A batch with fewer samples than ranks is skipped.
     """
     if warmup:
         warm_up(data, hidden, batchnorm, optimizer)
     np.random.seed(seed)
     net = build_mlp(data.features, data.classes, hidden, batchnorm)
+    if comm is not None:
+        from batchnorm_lib import distributed
+
+        distributed.broadcast_params(net, comm)
+        distributed.convert_sync(net, comm)
     opt = make_optimizer(optimizer, lr)
     opt.setupOn(net, useGlobalState=True)
     cost = CrossEntropy(maxlabels=data.classes)
@@ -142,12 +168,19 @@ def train_run(data, batchnorm=True, epochs=20, batch_size=32, lr=0.05, seed=0, h
             cost.resetAccumulator()
             correct = seen = 0
             for idx in batches(len(data.ytrain), batch_size, rng):
+                if comm is not None and len(idx) < comm.Get_size():
+                    continue
+                whole, idx = len(idx), shard(idx, comm)
                 x = gpuarray.to_gpu(data.xtrain[idx])
                 y = gpuarray.to_gpu(data.ytrain[idx])
                 scores = net(x)
                 error, grad = cost(scores, y)
+                if comm is not None:  # the gradient of the whole batch's mean loss
+                    grad = gpuarray.to_gpu(grad.get() * np.float32(len(idx) / whole))
                 opt.zeroGradParams()
                 net.backward(grad, updGrad=False)
+                if comm is not None:
+                    distributed.allreduce_grads(net, comm, average=False)
                 opt.update()
                 correct += int(np.sum(np.argmax(scores.get(), axis=1) == data.ytrain[idx]))
                 seen += len(idx)
@@ -155,7 +188,9 @@ def train_run(data, batchnorm=True, epochs=20, batch_size=32, lr=0.05, seed=0, h
                     bar.update(1)
                     bar.set_postfix(epoch=epoch, loss="%.4f" % error, refresh=False)
             test_loss, test_acc = evaluate(net, data.xtest, data.ytest)
-            stats = EpochStats(epoch, cost.getMeanError(), correct / max(seen, 1), test_loss,
+            loss_sum, count, correct, seen = _global_sums(comm, cost.accumErr, cost.accumCount,
+                                                          correct, seen)
+            stats = EpochStats(epoch, loss_sum / max(count, 1), correct / max(seen, 1), test_loss,
                                test_acc, time.perf_counter() - start)
             result.history.append(stats)
             if on_epoch is not None:

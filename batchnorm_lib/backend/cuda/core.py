@@ -25,6 +25,10 @@ KERNEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.pat
     __file__)))), "kernels")
 SOURCES = ("norm/batchnorm.cu",)  # relative to KERNEL_DIR; each compiles with its folder included
 BLOCK = 256  # threads per block of every kernel (bn::kBlock in bn_common.cuh)
+# -fmad=false: nvcc contracts nothing, so every a * b + c rounds twice on the GPU as on the host
+# build of cudasim; kernels write fmaf where a fused multiply-add is meant (docs/cuda.md).
+# scripts/check_kernels.sh compiles with the same options.
+NVCC_OPTIONS = ("-std=c++17", "-fmad=false")
 
 DEVICE_ENV = "BATCHNORM_LIB_DEVICE"  # device ordinal, default 0
 SYNC_ENV = "BATCHNORM_LIB_CUDA_SYNC"  # "1": synchronize after every launch (debugging)
@@ -193,7 +197,7 @@ class CudaBackend:
         compiler = self.api.compiler
         compile_error = getattr(compiler, "CompileError", None) or self.api.driver.CompileError
         try:
-            return compiler.SourceModule(source, options=["-std=c++17"], no_extern_c=True,
+            return compiler.SourceModule(source, options=list(NVCC_OPTIONS), no_extern_c=True,
                                          arch=arch, include_dirs=[include_dir])
         except compile_error as e:
             log = "\n".join(str(part) for part in (getattr(e, "stderr", None),

@@ -29,17 +29,28 @@ import time
 
 import numpy as np
 
-from batchnorm_lib.backend.cudasim import driver
+from batchnorm_lib.backend.cudasim import driver, instrument
 from batchnorm_lib.backend.cudasim.driver import CompileError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNTIME_HEADER = os.path.join(HERE, "cudasim_runtime.h")
+INSTRUMENT_HEADER = os.path.join(HERE, "cudasim_instrument.h")
+# The sanitizer's and profiler's build: every load and store calls a hook (the thread
+# sanitizer's instrumentation, whose entry points cudasim_instrument.h defines; unlike the address
+# sanitizer's it reports a load and a store to one address separately); no vectorization or store
+# merging, so each access the source makes is one hook call of its own size; -g for source lines.
+INSTRUMENT_FLAGS = ["-DCUDASIM_INSTRUMENT=1", "-g", "-fsanitize=thread",
+                    "--param", "tsan-instrument-func-entry-exit=0", "-fno-tree-vectorize",
+                    "-fno-tree-slp-vectorize", "-fno-store-merging"]
 SHIM_DIR = os.path.join(HERE, "shim")  # crt/host_defines.h for header sets without crt/
 CACHE_ENV = "BATCHNORM_LIB_CUDASIM_CACHE"
 DEBUG_ENV = "BATCHNORM_LIB_CUDASIM_DEBUG"
 SEED_ENV = "BATCHNORM_LIB_CUDASIM_SEED"
 STACK_ENV = "BATCHNORM_LIB_CUDASIM_STACK"  # bytes of stack per simulated thread
 CXX_ENV = "BATCHNORM_LIB_CUDASIM_CXX"
+WATCHDOG_ENV = "BATCHNORM_LIB_CUDASIM_WATCHDOG"  # seconds a thread may run without yielding
+DEFAULT_WATCHDOG = 60.0
+PTXAS_ENV = "BATCHNORM_LIB_CUDASIM_PTXAS"  # "0": do not ask nvcc for registers and shared memory
 DEFAULT_STACK = 64 * 1024
 BUILD_VERSION = "1"  # bump to invalidate every cached build
 
@@ -80,6 +91,15 @@ def find_cuda_include():
 
 
 _cxx_version = {}
+
+
+def _runtime_sources():
+    """The runtime header and every header beside it that it includes (part of the cache key)."""
+    parts = []
+    for path in sorted(glob.glob(os.path.join(HERE, "*.h"))):
+        with open(path, "rb") as f:
+            parts.append(os.path.basename(path).encode() + b"\0" + f.read())
+    return b"\0".join(parts)
 
 
 def _sibling_includes(inc):
@@ -280,12 +300,138 @@ def _symbols(cxx, so_path):
         name, size, section = parts[-1], parts[-2], parts[-3]
         if name == "cudasim_error" and section == ".text":
             result.append(("@anchor", int(parts[0], 16), 0))
-        elif name.startswith("_ZZ") and "cudasim" not in name and \
-                (section.startswith(".bss") or section == "cudasim_shared"):
+        elif name.startswith("_ZZ") and "cudasim" not in name and section.startswith(".bss"):
+            # (those in the cudasim_shared section are counted and reset with the section)
             try:
                 result.append((name, int(parts[0], 16), int(size, 16)))
             except ValueError:
                 pass
+    return result
+
+
+# -- what ptxas says of each kernel (registers, static shared memory), where nvcc is installed ------
+_PTXAS_ENTRY = re.compile(r"Compiling entry function '([^']+)'")
+_PTXAS_USED = re.compile(r"Used (\d+) registers")
+_PTXAS_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def _start_ptxas(source, options, include_dirs, arch_number, directory):
+    """Start nvcc -cubin -Xptxas -v on the unmodified source (in parallel with the host build), or
+    return None when nvcc is absent or disabled."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None or os.environ.get(PTXAS_ENV, "1") == "0":
+        return None
+    work = tempfile.mkdtemp(prefix="ptxas-", dir=directory)
+    src = os.path.join(work, "kernel.cu")
+    with open(src, "w") as f:
+        f.write(source)
+    cmd = [nvcc, "-cubin", "-arch=sm_%d" % (arch_number // 10), "-Xptxas", "-v",
+           "-o", os.path.join(work, "kernel.cubin")] + list(options or []) \
+        + ["-I" + d for d in include_dirs] + [src]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=work)
+    except OSError:
+        shutil.rmtree(work, ignore_errors=True)
+        return None
+    return proc, work
+
+
+def _finish_ptxas(started, path):
+    """Write ``name registers smem`` per kernel to path (empty when ptxas could not say)."""
+    lines = []
+    if started is not None:
+        proc, work = started
+        try:
+            out, _ = proc.communicate(timeout=600)
+            if proc.returncode == 0:
+                name = None
+                for line in out.splitlines():
+                    m = _PTXAS_ENTRY.search(line)
+                    if m:
+                        name = m.group(1)
+                        continue
+                    m = _PTXAS_USED.search(line)
+                    if m and name:
+                        smem = _PTXAS_SMEM.search(line)
+                        lines.append("%s %s %s\n" % (name, m.group(1), smem.group(1) if smem else 0))
+                        name = None
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    tmp = path + ".%d.tmp" % os.getpid()
+    with open(tmp, "w") as f:
+        f.writelines(lines)
+    os.replace(tmp, path)
+
+
+def _read_ptxas(path):
+    info = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                name, regs, smem = line.split()
+                info[name] = (int(regs), int(smem))
+    except (OSError, ValueError):
+        pass
+    return info
+
+
+# -- without nvcc: each kernel's static shared memory from the host build ----------------------------
+_FUNC_HEADER = re.compile(r"^[0-9a-f]+ <([^>]+)>:$")
+_REFERENCE = re.compile(r"<([^>+]+)(?:\+0x[0-9a-f]+)?>")
+
+
+def _shared_by_kernel(so_path, kernels):
+    """{kernel: bytes} of the ``__shared__`` variables each kernel reaches, directly or through the
+    functions it calls, each variable once (what ptxas counts), from objdump's symbol table and
+    disassembly; {} when objdump is missing."""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        return {}
+    try:
+        table = subprocess.run([objdump, "-t", so_path], capture_output=True, text=True,
+                               timeout=120).stdout
+        code = subprocess.run([objdump, "-d", "--no-show-raw-insn", so_path],
+                              capture_output=True, text=True, timeout=300).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    shared = {}
+    for line in table.splitlines():
+        parts = line.split()
+        if len(parts) < 5:
+            continue
+        name, size, section = parts[-1], parts[-2], parts[-3]
+        try:
+            nbytes = int(size, 16)
+        except ValueError:
+            continue
+        if nbytes and (section == "cudasim_shared" or (
+                section.startswith(".bss") and name.startswith("_ZZ") and "cudasim" not in name)):
+            shared[name] = nbytes
+    refs, current = {}, None
+    for line in code.splitlines():
+        m = _FUNC_HEADER.match(line)
+        if m:
+            current = refs.setdefault(m.group(1), set())
+        elif current is not None and "<" in line:
+            current.update(_REFERENCE.findall(line))
+    result = {}
+    for kernel in kernels:
+        seen, todo, used = set(), [kernel], set()
+        while todo:
+            fn = todo.pop()
+            if fn in seen:
+                continue
+            seen.add(fn)
+            for name in refs.get(fn, ()):
+                if name in shared:
+                    used.add(name)
+                elif name in refs and "cudasim" not in name and not name.startswith("__ubsan"):
+                    todo.append(name)  # (the runtime, and its misaligned-access handler, are not)
+        if kernel in refs:
+            result[kernel] = sum(shared[n] for n in used)
     return result
 
 
@@ -306,6 +452,14 @@ def _base_seed():
         return int(text, 0)
     except ValueError:
         raise driver.LogicError("%s=%r is not an integer" % (SEED_ENV, text))
+
+
+def _watchdog_seconds():
+    text = os.environ.get(WATCHDOG_ENV, "")
+    try:
+        return float(text) if text else DEFAULT_WATCHDOG
+    except ValueError:
+        raise driver.LogicError("%s=%r is not a number of seconds" % (WATCHDOG_ENV, text))
 
 
 def _stack_bytes():
@@ -340,19 +494,15 @@ class SourceModule:
         flags += ["-fPIC", "-shared", "-fvisibility=hidden", "-fno-strict-aliasing",
                   "-U_FORTIFY_SOURCE", "-ffp-contract=off", "-fstack-clash-protection",
                   "-pthread", "-w"]
-        flags += ["-DCUDASIM_ARCH=%d" % arch_number]
+        # misaligned accesses fault on a GPU: checked in every build (cudasim_instrument.h)
+        flags += ["-fsanitize=alignment", "-DCUDASIM_ARCH=%d" % arch_number]
         flags += ["-I" + d for d in include_dirs] + ["-I" + cuda_inc]
         for extra in _sibling_includes(cuda_inc) + [SHIM_DIR]:
             flags += ["-idirafter", extra]
-        with open(RUNTIME_HEADER, "rb") as f:
-            runtime = f.read()
-        h = hashlib.sha256()
-        for part in (BUILD_VERSION, _compiler_version(cxx), " ".join(flags), runtime, full):
-            h.update(part if isinstance(part, bytes) else part.encode())
-            h.update(b"\0")
-        for path, data in sorted(_included_files(source, include_dirs).items()):
-            h.update(path.encode() + b"\0" + data + b"\0")
-        key = h.hexdigest()[:32]
+        self._cxx, self._flags, self._full = cxx, flags, full
+        self._included = sorted(_included_files(source, include_dirs).items())
+        self._source, self._options = source, options
+        self._include_dirs, self.arch_number = include_dirs, arch_number
 
         if cache_dir is False:
             directory = tempfile.mkdtemp(prefix="cudasim-")
@@ -364,18 +514,61 @@ class SourceModule:
                 directory = os.path.join(tempfile.gettempdir(),
                                          "batchnorm_lib-cudasim-%d" % os.getuid())
                 os.makedirs(directory, mode=0o700, exist_ok=True)
-        so_path = os.path.join(directory, "cudasim-%s.so" % key)
-        sym_path = so_path[:-3] + ".shared"
-        src_path = so_path[:-3] + ".cu"
-        if not (os.path.isfile(so_path) and os.path.isfile(sym_path) and os.path.isfile(src_path)):
-            self._build(cxx, flags, full, directory, so_path, sym_path, src_path)
-        self.path = so_path
-        self._lib = ctypes.CDLL(so_path, mode=getattr(os, "RTLD_LOCAL", 0))
-        self._lib.cudasim_error.restype = ctypes.c_char_p
-        self._lib.cudasim_static_shared_bytes.restype = ctypes.c_size_t
-        self._static_shared = 0
-        self._set_poison(sym_path)
+        self._directory = directory
+        self._builds = {}
         self._functions = {}
+        so_path = os.path.join(directory, "cudasim-%s.so" % self._key(flags))
+        ptxas_path = so_path[:-3] + ".ptxas"
+        ptxas = None
+        if not os.path.isfile(ptxas_path):  # nvcc runs beside the host build
+            ptxas = _start_ptxas(source, options, include_dirs, arch_number, directory)
+        try:
+            plain = self._load(False)
+        except BaseException:
+            if ptxas is not None:
+                ptxas[0].kill()
+                ptxas[0].wait()
+                shutil.rmtree(ptxas[1], ignore_errors=True)
+            raise
+        if not os.path.isfile(ptxas_path):
+            _finish_ptxas(ptxas, ptxas_path)
+        # registers and static shared memory per kernel as ptxas counts them ({} without nvcc)
+        self.ptxas = _read_ptxas(ptxas_path)
+        smem_path = so_path[:-3] + ".smem"
+        if not os.path.isfile(smem_path):
+            tmp = smem_path + ".%d.tmp" % os.getpid()
+            with open(tmp, "w") as f:
+                for name, nbytes in _shared_by_kernel(plain.path, self.kernels).items():
+                    f.write("%s 0 %d\n" % (name, nbytes))
+            os.replace(tmp, smem_path)
+        self._host_shared = {k: v[1] for k, v in _read_ptxas(smem_path).items()}
+        self.path = plain.path
+        self._lib = plain.lib
+        self._static_shared = plain.static_shared
+
+    def _key(self, flags):
+        h = hashlib.sha256()
+        for part in (BUILD_VERSION, _compiler_version(self._cxx), " ".join(flags),
+                     _runtime_sources(), self._full):
+            h.update(part if isinstance(part, bytes) else part.encode())
+            h.update(b"\0")
+        for path, data in self._included:
+            h.update(path.encode() + b"\0" + data + b"\0")
+        return h.hexdigest()[:32]
+
+    def _load(self, instrumented):
+        """The plain build, or the instrumented one (built on first use): a _Build."""
+        if instrumented not in self._builds:
+            flags = self._flags + (INSTRUMENT_FLAGS if instrumented else [])
+            so_path = os.path.join(self._directory, "cudasim-%s.so" % self._key(flags))
+            sym_path = so_path[:-3] + ".shared"
+            src_path = so_path[:-3] + ".cu"
+            if not (os.path.isfile(so_path) and os.path.isfile(sym_path)
+                    and os.path.isfile(src_path)):
+                self._build(self._cxx, flags, self._full, self._directory, so_path, sym_path,
+                            src_path)
+            self._builds[instrumented] = _Build(so_path, sym_path)
+        return self._builds[instrumented]
 
     @staticmethod
     def _build(cxx, flags, full, directory, so_path, sym_path, src_path):
@@ -386,11 +579,18 @@ class SourceModule:
             os.replace(os.path.join(work, "kernel.cu"), src_path)
             src = src_path
             tmp_so = os.path.join(work, "module.so")
-            cmd = [cxx] + flags + ["-include", RUNTIME_HEADER, "-x", "c++", src, "-o", tmp_so]
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
-            if proc.returncode != 0:
-                raise CompileError("cudasim compilation failed", cmd, stdout=proc.stdout,
-                                   stderr=proc.stderr)
+            tmp_o = os.path.join(work, "module.o")
+            # compiled and linked apart: the checks' handlers are the module's own
+            # (cudasim_instrument.h), so no sanitizer runtime library is linked into the process
+            compile_flags = [f for f in flags if f not in ("-shared",)]
+            link_flags = [f for f in flags if f in ("-shared", "-fPIC", "-pthread")]
+            cmd = [cxx] + compile_flags + ["-include", RUNTIME_HEADER, "-include",
+                                           INSTRUMENT_HEADER, "-x", "c++", "-c", src, "-o", tmp_o]
+            for step in (cmd, [cxx] + link_flags + ["-Wl,-z,defs", tmp_o, "-o", tmp_so]):
+                proc = subprocess.run(step, capture_output=True, text=True, cwd=work)
+                if proc.returncode != 0:
+                    raise CompileError("cudasim compilation failed", step, stdout=proc.stdout,
+                                       stderr=proc.stderr)
             symbols = _symbols(cxx, tmp_so)
             with open(os.path.join(work, "module.shared"), "w") as f:
                 for name, addr, size in symbols:
@@ -399,25 +599,6 @@ class SourceModule:
             os.replace(tmp_so, so_path)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-
-    def _set_poison(self, sym_path):
-        entries = []
-        with open(sym_path) as f:
-            for line in f:
-                name, addr, size = line.split()
-                entries.append((name, int(addr), int(size)))
-        anchor = [a for n, a, s in entries if n == "@anchor"]
-        regions = [(a, s) for n, a, s in entries if n != "@anchor" and s > 0]
-        self._static_shared = int(self._lib.cudasim_static_shared_bytes()) + sum(
-            s for n, a, s in entries if n.startswith("_ZZ") and s > 0)
-        if not anchor or not regions:
-            return
-        base = ctypes.cast(self._lib.cudasim_error, ctypes.c_void_p).value - anchor[0]
-        n = len(regions)
-        addrs = (ctypes.c_uint64 * n)(*[base + a for a, s in regions])
-        sizes = (ctypes.c_uint64 * n)(*[s for a, s in regions])
-        self._poison = (addrs, sizes)
-        self._lib.cudasim_set_poison(addrs, sizes, ctypes.c_int(n))
 
     def get_function(self, name):
         if name not in self._functions:
@@ -435,6 +616,51 @@ class SourceModule:
     def static_shared_bytes(self):
         """Static shared memory of all the module's kernels together (an upper bound for one)."""
         return self._static_shared
+
+    def kernel_static_shared(self, name):
+        """Static shared memory of kernel ``name``: ptxas's count where nvcc is installed, else the
+        ``__shared__`` variables the host build shows it reaching, else the module's total."""
+        if name in self.ptxas:
+            return self.ptxas[name][1]
+        return self._host_shared.get(name, self._static_shared)
+
+
+class _Build:
+    """One loaded build of a module: the library, its static shared memory, its load address."""
+
+    def __init__(self, so_path, sym_path):
+        self.path = so_path
+        self.lib = ctypes.CDLL(so_path, mode=getattr(os, "RTLD_LOCAL", 0))
+        self.lib.cudasim_error.restype = ctypes.c_char_p
+        self.lib.cudasim_static_shared_bytes.restype = ctypes.c_size_t
+        self.lib.cudasim_set_grid.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_double]
+        self.instrumented = bool(self.lib.cudasim_instrumented())
+        self.static_shared = 0
+        self.base = None
+        self.symbols = []
+        self._set_poison(sym_path)
+
+    def _set_poison(self, sym_path):
+        entries = []
+        with open(sym_path) as f:
+            for line in f:
+                name, addr, size = line.split()
+                entries.append((name, int(addr), int(size)))
+        anchor = [a for n, a, s in entries if n == "@anchor"]
+        self.symbols = [(n, a, s) for n, a, s in entries if n != "@anchor" and s > 0]
+        regions = [(a, s) for n, a, s in entries if n != "@anchor" and s > 0]
+        self.static_shared = int(self.lib.cudasim_static_shared_bytes()) + sum(
+            s for n, a, s in entries if n.startswith("_ZZ") and s > 0)
+        if anchor:
+            self.base = ctypes.cast(self.lib.cudasim_error, ctypes.c_void_p).value - anchor[0]
+        if not anchor or not regions:
+            return
+        base = self.base
+        n = len(regions)
+        addrs = (ctypes.c_uint64 * n)(*[base + a for a, s in regions])
+        sizes = (ctypes.c_uint64 * n)(*[s for a, s in regions])
+        self._poison = (addrs, sizes)
+        self.lib.cudasim_set_poison(addrs, sizes, ctypes.c_int(n))
 
 
 # -- launching ----------------------------------------------------------------------------------
@@ -463,21 +689,72 @@ class Function:
         self.module = module
         self.name = name
         lib = module._lib
-        self._launch = getattr(lib, "__cudasim_launch_" + name)
-        self._launch.restype = ctypes.c_int
-        self._launch.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p]
+        self._launchers = {}
+        self._pointers = []
         sig = getattr(lib, "__cudasim_sig_" + name)
         sig.restype = ctypes.c_char_p
         self.params = _parse_signature(sig().decode())
         self.max_threads_per_block = max_threads or driver.MAX_THREADS_PER_BLOCK
-        self.num_regs = 0
+        # registers per thread as ptxas allocates them (0: unknown, nvcc is not installed)
+        self.num_regs = module.ptxas.get(name, (0, 0))[0]
         self.local_size_bytes = 0
         self.const_size_bytes = 0
         self._prepared = None
+        self._max_dynamic_shared = None  # cuFuncSetAttribute's MAX_DYNAMIC_SHARED_SIZE_BYTES
 
     @property
     def shared_size_bytes(self):
-        return self.module.static_shared_bytes
+        return self.module.kernel_static_shared(self.name)
+
+    @property
+    def max_dynamic_shared_size_bytes(self):
+        if self._max_dynamic_shared is not None:
+            return self._max_dynamic_shared
+        return max(0, driver.MAX_SHARED_PER_BLOCK - self.shared_size_bytes)
+
+    def get_attribute(self, attr):
+        fa = driver.function_attribute
+        values = {fa.MAX_THREADS_PER_BLOCK: self.max_threads_per_block,
+                  fa.SHARED_SIZE_BYTES: self.shared_size_bytes,
+                  fa.CONST_SIZE_BYTES: 0, fa.LOCAL_SIZE_BYTES: 0, fa.NUM_REGS: self.num_regs,
+                  fa.MAX_DYNAMIC_SHARED_SIZE_BYTES: self.max_dynamic_shared_size_bytes}
+        if attr not in values:
+            raise driver.LogicError("cuFuncGetAttribute: attribute %r is not simulated" % (attr,))
+        return values[attr]
+
+    def set_attribute(self, attr, value):
+        """pycuda's ``Function.set_attribute``; MAX_DYNAMIC_SHARED_SIZE_BYTES opts in to more than
+        48 KiB of shared memory per block, up to the device's limit (227 KiB on sm_90)."""
+        if attr == driver.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES:
+            value = int(value)
+            limit = driver.device_limits()["smem_block_optin"] - self.shared_size_bytes
+            if not 0 <= value <= limit:
+                raise driver.LogicError(
+                    "cuFuncSetAttribute failed: invalid value (kernel %s: %d bytes of dynamic "
+                    "shared memory; at most %d with its %d bytes of static shared memory on "
+                    "compute capability %d.%d)" % ((self.name, value, limit,
+                                                    self.shared_size_bytes)
+                                                   + driver.compute_capability()))
+            self._max_dynamic_shared = value
+        elif attr == driver.function_attribute.PREFERRED_SHARED_MEMORY_CARVEOUT:
+            pass  # a hint for the hardware's L1/shared split: nothing to simulate
+        else:
+            raise driver.LogicError("cuFuncSetAttribute: attribute %r cannot be set" % (attr,))
+
+    def blocks_per_sm(self, threads, dynamic_shared):
+        """Resident blocks per SM for this kernel (the occupancy calculator's rule: threads,
+        blocks, registers in 256-register warp allocations, shared memory with 1 KiB reserved per
+        block)."""
+        lim = driver.device_limits()
+        warps = -(-threads // 32)
+        n = min(lim["blocks_sm"], lim["threads_sm"] // (warps * 32))
+        if self.num_regs:
+            per_warp = -(-self.num_regs * 32 // 256) * 256
+            n = min(n, (lim["regs_sm"] // per_warp) // warps)
+        smem = self.shared_size_bytes + dynamic_shared
+        if smem:
+            n = min(n, lim["smem_sm"] // (smem + lim["smem_reserved"]))
+        return max(0, n)
 
     def _pack(self, args):
         if len(args) != len(self.params):
@@ -528,7 +805,16 @@ class Function:
                         "(np.int32, np.float32, np.uintp, ...) as pycuda requires"
                         % (i, type(arg).__name__))
 
+    def _launcher(self, build):
+        if build.path not in self._launchers:
+            fn = getattr(build.lib, "__cudasim_launch_" + self.name)
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p]
+            self._launchers[build.path] = fn
+        return self._launchers[build.path]
+
     def _check_pointer(self, i, addr):
+        self._pointers.append(addr)
         if addr != 0 and driver.registry.find(addr) is None:
             raise driver.LaunchError(
                 "kernel %s parameter #%d: 0x%x is not inside any live device allocation (freed, "
@@ -559,11 +845,12 @@ class Function:
         kwargs.pop("stream", None)
         kwargs.pop("texrefs", None)
         time_kernel = kwargs.pop("time_kernel", False)
+        cooperative = bool(kwargs.pop("cooperative", False))
         if kwargs:
             raise ValueError("extra keyword arguments: %s" % (",".join(kwargs.keys())))
-        return self._run(args, grid, block, shared, time_kernel)
+        return self._run(args, grid, block, shared, time_kernel, cooperative)
 
-    def _run(self, args, grid, block, shared, time_kernel=False):
+    def _run(self, args, grid, block, shared, time_kernel=False, cooperative=False):
         block = self._dims(block, "block", driver.MAX_BLOCK_DIM)
         grid = self._dims(grid, "grid", driver.MAX_GRID_DIM)
         threads = block[0] * block[1] * block[2]
@@ -576,13 +863,34 @@ class Function:
                 "cuLaunchKernel failed: too many resources requested for launch (kernel %s: block "
                 "of %d threads exceeds its __launch_bounds__ of %d)"
                 % (self.name, threads, self.max_threads_per_block))
-        if shared < 0 or shared + self.module.static_shared_bytes > driver.MAX_SHARED_PER_BLOCK:
+        if shared < 0 or shared > self.max_dynamic_shared_size_bytes:
             raise driver.LogicError(
                 "cuLaunchKernel failed: invalid argument (kernel %s: %d bytes of dynamic shared "
-                "memory; at most %d per block with the static shared memory of the module)"
-                % (self.name, shared, driver.MAX_SHARED_PER_BLOCK))
+                "memory with %d bytes static; at most %d dynamic unless raised with "
+                "set_attribute(function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, n))"
+                % (self.name, shared, self.shared_size_bytes, self.max_dynamic_shared_size_bytes))
+        if self.num_regs:
+            per_warp = -(-self.num_regs * 32 // 256) * 256
+            regs = per_warp * -(-threads // 32)
+            if regs > driver.device_limits()["regs_block"]:
+                raise driver.LaunchError(
+                    "cuLaunchKernel failed: too many resources requested for launch (kernel %s: "
+                    "%d threads x %d registers need %d registers, a block has %d)"
+                    % (self.name, threads, self.num_regs, regs,
+                       driver.device_limits()["regs_block"]))
+        resident = driver.device_limits()["sms"] * self.blocks_per_sm(threads, shared)
+        blocks = grid[0] * grid[1] * grid[2]
+        if cooperative and blocks > resident:
+            raise driver.LaunchError(
+                "cuLaunchCooperativeKernel failed: cooperative launch is too large (kernel %s: %d "
+                "blocks, at most %d resident at once: %d SMs x %d blocks of %d threads each)"
+                % (self.name, blocks, resident, driver.device_limits()["sms"],
+                   self.blocks_per_sm(threads, shared), threads))
+        self._pointers = []
         buf = self._pack(args)
         cbuf = (ctypes.c_ubyte * len(buf)).from_buffer(buf)
+        sanitize, profile = instrument.sanitizing(), instrument.profiling()
+        build = self.module._load(sanitize or profile)
         with _launch_lock:
             _launch_count[0] += 1
             count = _launch_count[0]
@@ -590,11 +898,34 @@ class Function:
             seed = (_base_seed() * 1000003 + count) & ((1 << 64) - 1)
             cfg = _LaunchConfig((ctypes.c_uint32 * 3)(*grid), (ctypes.c_uint32 * 3)(*block),
                                 shared, seed, _stack_bytes())
+            checked = instrument.Launch(build.lib, sanitize, profile, shared) \
+                if build.instrumented else None
+            build.lib.cudasim_set_grid(max(1, min(resident, blocks)), int(cooperative),
+                                       _watchdog_seconds())
             start = time.perf_counter()
-            rc = self._launch(ctypes.byref(cfg), ctypes.addressof(cbuf))
-            elapsed = time.perf_counter() - start
+            try:
+                rc = self._launcher(build)(ctypes.byref(cfg), ctypes.addressof(cbuf))
+            finally:
+                elapsed = time.perf_counter() - start
+                if checked is not None:
+                    checked.end()
+            if checked is None:
+                for addr in self._pointers:
+                    instrument.mark_allocation_written(addr)
+            elif profile:
+                instrument.record(self.name, grid, block, shared, checked.counters)
+            found, more = instrument.findings(build.lib)
+            if found:
+                where = checked.allocation_of if checked else driver.registry.find
+                lines = [instrument.describe(self.name, f, where, build)
+                         for f in found]
+                if more:
+                    lines.append("(and %d more findings)" % more)
+                raise driver.LaunchError(
+                    "%s [launch #%d of this process, %s=%s]"
+                    % ("\n".join(lines), count, SEED_ENV, _base_seed()))
             if rc != 0:
-                msg = self.module._lib.cudasim_error().decode("utf-8", "replace")
+                msg = build.lib.cudasim_error().decode("utf-8", "replace")
                 raise driver.LaunchError(
                     "kernel %s<<<%s, %s, %d>>> failed: %s [launch #%d of this process, %s=%s]"
                     % (self.name, grid, block, shared, msg, count, SEED_ENV, _base_seed()))

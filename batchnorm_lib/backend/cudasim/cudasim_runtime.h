@@ -2,7 +2,7 @@
 //
 // Force-included (g++ -include) ahead of every CUDA C source the simulator compiles. Each thread of
 // a block is a fiber with its own small stack; one OS thread runs one block at a time, blocks run
-// in order. A fiber runs until it reaches a barrier (__syncthreads, __syncwarp, a warp shuffle,
+// in order (unless they wait for each other: cudasim_grid.h). Device math is in cudasim_math.h. A fiber runs until it reaches a barrier (__syncthreads, __syncwarp, a warp shuffle,
 // a vote) or returns; the scheduler then resumes a randomly chosen runnable fiber, so the order in
 // which threads pass every barrier is shuffled (seeded, reproducible). Code that reads another
 // thread's shared-memory write without a barrier in between therefore reads stale or poisoned data.
@@ -91,7 +91,7 @@
 
 namespace cudasim {
 
-enum { RUNNABLE = 0, AT_BARRIER = 1, AT_WARP = 2, EXITED = 3 };
+enum { RUNNABLE = 0, AT_BARRIER = 1, AT_WARP = 2, EXITED = 3, AT_ACTIVEMASK = 4 };
 enum { OP_SYNCWARP = 1, OP_SHFL, OP_SHFL_UP, OP_SHFL_DOWN, OP_SHFL_XOR, OP_BALLOT, OP_ALL, OP_ANY,
        OP_MATCH_ANY, OP_REDUCE_ADD, OP_REDUCE_MIN, OP_REDUCE_MAX, OP_REDUCE_AND, OP_REDUCE_OR,
        OP_REDUCE_XOR, OP_REDUCE_UMIN, OP_REDUCE_UMAX };
@@ -309,14 +309,21 @@ static inline Fiber* pick_ready() {
     return f;
 }
 
+static void activemask_settle(const Fiber* self);
+
 // Give up the processor: resume a randomly chosen runnable thread, or the launcher when none is.
+static void note_wait_over();
+
 static inline void yield_from(Fiber* self) {
+    const bool waits = self->state != RUNNABLE;
+    if (waits) activemask_settle(self);
     Fiber* next = pick_ready();
     if (next == self) {
         g.cur = self;
-        return;
+    } else {
+        switch_to(self, next);
     }
-    switch_to(self, next);
+    if (waits) note_wait_over();
 }
 
 // The lanes a warp operation waits for: those named in its mask that exist and have not exited.
@@ -341,6 +348,8 @@ static void thread_exit() {
     Warp& w = g.warps[self->warp];
     w.exited |= 1u << self->lane;
     warp_try_complete(w, self - self->lane);
+    activemask_settle(self);
+    note_wait_over();
     Fiber* next = pick_ready();
     switch_to(self, next);
     abort();
@@ -431,6 +440,13 @@ static uint64_t reduce_value(int op, unsigned mask) {
 static const uint64_t kPoison = 0xffffffffffffffffULL;
 
 
+// The instrumented build (cudasim_instrument.h) learns which lanes each warp operation ordered.
+#if defined(CUDASIM_INSTRUMENT)
+static void instr_warp_done(Fiber* base, unsigned need);
+#else
+static inline void instr_warp_done(Fiber*, unsigned) {}
+#endif
+
 // Complete the pending operation of warp `w` once every needed lane has arrived: compute each
 // lane's result and make them all runnable (they resume in shuffled order).
 static void warp_try_complete(Warp& w, Fiber* base) {
@@ -438,6 +454,7 @@ static void warp_try_complete(Warp& w, Fiber* base) {
     if (w.arrived == 0 || w.arrived != need) return;
     const int op = w.op;
     w.arrived = 0;
+    instr_warp_done(base, need);
     unsigned votes = 0;
     for (int l = 0; l < 32; ++l)
         if ((need >> l & 1u) && base[l].in) votes |= 1u << l;
@@ -520,6 +537,14 @@ static inline T from_bits(uint64_t b) {
     return v;
 }
 
+template <class T>
+struct shfl_type_ok {
+    static constexpr bool value =
+        (std::is_arithmetic<T>::value && !std::is_same<T, long double>::value) ||
+        std::is_same<T, __half>::value || std::is_same<T, __half2>::value ||
+        std::is_same<T, __nv_bfloat16>::value || std::is_same<T, __nv_bfloat162>::value;
+};
+
 static inline bool valid_width(int width) {
     return width >= 1 && width <= 32 && (width & (width - 1)) == 0;
 }
@@ -531,6 +556,45 @@ static inline void check_width(int width, const char* what, const char* file, in
         fail("%s calls %s with width %d (must be a power of two from 1 to 32) at %s:%d", who, what,
              width, file, line);
     }
+}
+
+// __activemask(): the lanes that reach the same call together. Lanes run independently here, so a
+// lane asking waits until no lane of its warp can run any further (every one waits somewhere or
+// has exited); the lanes then waiting at the same __activemask() call are the converged set (all
+// 32 in converged code, 0x000000ff inside `if (lane < 8)`), as on the GPU.
+static void activemask_settle(const Fiber* self) {
+    Fiber* base = g.fibers + self->warp * 32;
+    const Warp& w = g.warps[self->warp];
+    const unsigned live = w.exists & ~w.exited;
+    unsigned asking = 0;
+    for (int l = 0; l < 32; ++l) {
+        if (!(live >> l & 1u)) continue;
+        if (base[l].state == RUNNABLE) return;
+        if (base[l].state == AT_ACTIVEMASK) asking |= 1u << l;
+    }
+    while (asking) {
+        const Fiber* first = &base[__builtin_ctz(asking)];
+        unsigned group = 0;
+        for (int l = 0; l < 32; ++l)
+            if ((asking >> l & 1u) && base[l].line == first->line && base[l].file == first->file)
+                group |= 1u << l;
+        for (int l = 0; l < 32; ++l)
+            if (group >> l & 1u) {
+                base[l].out = group;
+                make_ready(&base[l]);
+            }
+        asking &= ~group;
+    }
+}
+
+static unsigned activemask_impl(const char* file, int line) {
+    Fiber* self = g.cur;
+    self->state = AT_ACTIVEMASK;
+    self->file = file;
+    self->line = line;
+    self->op = 0;
+    yield_from(self);
+    return (unsigned)self->out;
 }
 
 // ---- launch ----------------------------------------------------------------------------------
@@ -593,7 +657,7 @@ static bool ensure_stacks(int nthreads, size_t stack_bytes) {
     return g.fibers && g.ready;
 }
 
-static void run_block() {
+static void init_block() {
     size_t static_len = (size_t)(__stop_cudasim_shared - __start_cudasim_shared);
     if (__start_cudasim_shared && static_len) memset(__start_cudasim_shared, 0xff, static_len);
     if (g.dyn_shared_len) memset(g.dyn_shared, 0xff, g.dyn_shared_len);
@@ -625,18 +689,12 @@ static void run_block() {
         fiber_prepare(f, g.stacks + g.stack_stride * i + page, g.stack_bytes);
         make_ready(f);
     }
-    Fiber* first = pick_ready();
-    switch_to(nullptr, first);
-    // back on the launcher's stack: every thread has exited, or none can run, or one failed
-    if (!g.failed && g.live > 0) {
-        char state[3000];
-        state[0] = 0;
-        describe_waiters(state, sizeof state);
-        snprintf(g.err, sizeof g.err, "deadlock in block (%u,%u,%u): no thread can proceed:%s",
-                 g.block_idx.x, g.block_idx.y, g.block_idx.z, state);
-        g.failed = true;
-    }
 }
+
+}  // namespace cudasim
+// Blocks run one after another and, when they wait for each other, side by side (run_grid).
+#include "cudasim_grid.h"
+namespace cudasim {
 
 static int launch_grid(Thunk thunk, void* fn, const char* kernel, const LaunchConfig* cfg,
                        const unsigned char* args) {
@@ -663,8 +721,11 @@ static int launch_grid(Thunk thunk, void* fn, const char* kernel, const LaunchCo
     g.dyn_shared_len = cfg->shared_bytes;
     fflush(stdout);
     install_fault_handlers();
+    watchdog_arm();
     if (sigsetjmp(g.fault_jmp, 1)) {
         restore_fault_handlers();
+        if (watchdog_report()) return -1;
+        watchdog_disarm();
         char who[96] = "a thread";
         const Fiber* f = g.cur;
         if (f) describe_thread(who, sizeof who, f);
@@ -680,15 +741,12 @@ static int launch_grid(Thunk thunk, void* fn, const char* kernel, const LaunchCo
                                          : "illegal memory access";
         snprintf(g.err, sizeof g.err, "%s at address 0x%llx by %s", what, (unsigned long long)addr, who);
         g.failed = true;
+        release_extra_slots();
         fflush(stdout);
         return -1;
     }
-    for (unsigned bz = 0; bz < g.grid.z && !g.failed; ++bz)
-        for (unsigned by = 0; by < g.grid.y && !g.failed; ++by)
-            for (unsigned bx = 0; bx < g.grid.x && !g.failed; ++bx) {
-                g.block_idx = make_uint3(bx, by, bz);
-                run_block();
-            }
+    run_grid(cfg->stack_bytes);
+    watchdog_disarm();
     restore_fault_handlers();
     fflush(stdout);
     return g.failed ? -1 : 0;
@@ -794,20 +852,28 @@ static inline unsigned __cudasim_mask_or_full(unsigned m) { return m; }
 template <class T>
 static inline T __cudasim_shfl(int op, unsigned mask, T var, int arg, int width, const char* file,
                                int line) {
+    static_assert(cudasim::shfl_type_ok<T>::value,
+                  "__shfl_sync/__shfl_up_sync/__shfl_down_sync/__shfl_xor_sync: CUDA has overloads "
+                  "only for int, unsigned, long, long long (and unsigned forms), float, double, "
+                  "__half, __half2, __nv_bfloat16, __nv_bfloat162; nvcc rejects this type (a "
+                  "float2, a struct, a pointer): shuffle its members one by one");
     cudasim::check_width(width, cudasim::kOpNames[op], file, line);
-    int lane = (int)__cudasim_lane();
-    int seg = lane & ~(width - 1);
+    // PTX's shfl.sync: only the low 5 bits of the lane/offset operand count (an offset of 33 acts
+    // as 1); CUDA passes c = ((32 - width) << 8) | 0x1f (0 in the low bits for up).
+    const int lane = (int)__cudasim_lane();
+    const int b = arg & 31;
+    const int segmask = (32 - width) & 31;
+    const int clamp = op == cudasim::OP_SHFL_UP ? 0 : 31;
+    const int max_lane = (lane & segmask) | (clamp & ~segmask), min_lane = lane & segmask;
     int src;
+    bool in_range;
     switch (op) {
-        case cudasim::OP_SHFL: src = seg + (arg & (width - 1)); break;
-        case cudasim::OP_SHFL_UP: src = (lane - seg) < arg ? lane : lane - arg; break;
-        case cudasim::OP_SHFL_DOWN: src = (lane - seg) + arg >= width ? lane : lane + arg; break;
-        default: {  // xor: lanes of later segments are out of reach; reading one returns your own
-            src = lane ^ arg;
-            if (src >= seg + width || src > 31) src = lane;
-            break;
-        }
+        case cudasim::OP_SHFL: src = min_lane | (b & ~segmask); in_range = src <= max_lane; break;
+        case cudasim::OP_SHFL_UP: src = lane - b; in_range = src >= max_lane; break;
+        case cudasim::OP_SHFL_DOWN: src = lane + b; in_range = src <= max_lane; break;
+        default: src = lane ^ b; in_range = src <= max_lane; break;
     }
+    if (!in_range) src = lane;
     return cudasim::from_bits<T>(cudasim::warp_op(op, mask, cudasim::to_bits(var), src, file, line));
 }
 
@@ -862,12 +928,7 @@ static inline int __cudasim_reduce_max(unsigned mask, int v, const char* f, int 
 #define __reduce_min_sync(mask, v) __cudasim_reduce_min((mask), (v), __FILE__, __LINE__)
 #define __reduce_max_sync(mask, v) __cudasim_reduce_max((mask), (v), __FILE__, __LINE__)
 
-// Which lanes are active is not observable between barriers here; report every lane that exists
-// and has not exited.
-static inline unsigned __activemask() {
-    const cudasim::Warp& w = cudasim::g.warps[cudasim::g.cur->warp];
-    return w.exists & ~w.exited;
-}
+#define __activemask() cudasim::activemask_impl(__FILE__, __LINE__)
 static inline unsigned __lanemask_lt() { return (1u << __cudasim_lane()) - 1u; }
 
 static inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
@@ -884,7 +945,7 @@ static inline long long clock64() { return (long long)__builtin_ia32_rdtsc(); }
 #else
 static inline long long clock64() { return 0; }
 #endif
-static inline int clock() { return (int)clock64(); }
+#define clock() ((int)clock64())  // <time.h> declares clock() for the host
 
 // -- cached / streaming loads and stores: plain memory accesses on the host
 template <class T> static inline T __ldg(const T* p) { return *p; }
@@ -935,52 +996,12 @@ static inline T atomicCAS(T* addr, U compare, V val) {
 #define atomicAdd_block atomicAdd
 #define atomicAdd_system atomicAdd
 
-// -- math: CUDA's device-only spellings
-static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
-static inline double rsqrt(double x) { return 1.0 / sqrt(x); }
-static inline float rcbrtf(float x) { return 1.0f / cbrtf(x); }
-static inline float __fdividef(float a, float b) { return a / b; }
-static inline float fdividef(float a, float b) { return a / b; }
-static inline float __frcp_rn(float x) { return 1.0f / x; }
-static inline float __fsqrt_rn(float x) { return sqrtf(x); }
-static inline float __frsqrt_rn(float x) { return 1.0f / sqrtf(x); }
-static inline float __fadd_rn(float a, float b) { return a + b; }
-static inline float __fsub_rn(float a, float b) { return a - b; }
-static inline float __fmul_rn(float a, float b) { return a * b; }
-static inline float __fdiv_rn(float a, float b) { return a / b; }
-static inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
-static inline double __dadd_rn(double a, double b) { return a + b; }
-static inline double __dmul_rn(double a, double b) { return a * b; }
-static inline double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
-// __expf, __logf, __sinf, __cosf, __powf: glibc declares these itself.
-static inline float __saturatef(float x) { return x < 0.0f ? 0.0f : x > 1.0f ? 1.0f : (x != x ? 0.0f : x); }
-static inline float __int_as_float(int v) { float f; memcpy(&f, &v, 4); return f; }
-static inline int __float_as_int(float f) { int v; memcpy(&v, &f, 4); return v; }
-static inline float __uint_as_float(unsigned v) { float f; memcpy(&f, &v, 4); return f; }
-static inline unsigned __float_as_uint(float f) { unsigned v; memcpy(&v, &f, 4); return v; }
-static inline double __longlong_as_double(long long v) { double d; memcpy(&d, &v, 8); return d; }
-static inline long long __double_as_longlong(double d) { long long v; memcpy(&v, &d, 8); return v; }
-static inline int __float2int_rn(float x) { return (int)nearbyintf(x); }
-static inline int __float2int_rz(float x) { return (int)x; }
-static inline float __int2float_rn(int x) { return (float)x; }
-static inline float __uint2float_rn(unsigned x) { return (float)x; }
-static inline int __popc(unsigned v) { return __builtin_popcount(v); }
-static inline int __popcll(unsigned long long v) { return __builtin_popcountll(v); }
-static inline int __clz(int v) { return v == 0 ? 32 : __builtin_clz((unsigned)v); }
-static inline int __clzll(long long v) { return v == 0 ? 64 : __builtin_clzll((unsigned long long)v); }
-static inline int __ffs(int v) { return __builtin_ffs(v); }
-static inline int __ffsll(long long v) { return __builtin_ffsll(v); }
-static inline unsigned __brev(unsigned v) {
-    v = ((v >> 1) & 0x55555555u) | ((v & 0x55555555u) << 1);
-    v = ((v >> 2) & 0x33333333u) | ((v & 0x33333333u) << 2);
-    v = ((v >> 4) & 0x0F0F0F0Fu) | ((v & 0x0F0F0F0Fu) << 4);
-    v = ((v >> 8) & 0x00FF00FFu) | ((v & 0x00FF00FFu) << 8);
-    return (v >> 16) | (v << 16);
-}
-static inline int __mul24(int a, int b) { return (int)((long long)(a << 8 >> 8) * (b << 8 >> 8)); }
-static inline unsigned __umul24(unsigned a, unsigned b) { return (a & 0xffffffu) * (b & 0xffffffu); }
-static inline int __mulhi(int a, int b) { return (int)(((long long)a * b) >> 32); }
-static inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
+// -- math: CUDA's device-only intrinsics and functions (IEEE-exact where CUDA's are)
+#include "cudasim_math.h"
+// -- what nvcc refuses: atomics CUDA has no overload for
+#include "cudasim_checks.h"
+// -- grid-wide sync, cooperative groups, spin points
+#include "cudasim_coop.h"
 
 // CUDA declares min/max for every pair of arithmetic types; std::min needs equal types.
 #define CUDASIM_MINMAX(A, B, R)                                                           \

@@ -160,11 +160,13 @@ class _Block:
             self.ptr = -(-addr // ALIGNMENT) * ALIGNMENT
         ctypes.memset(self.ptr, 0xFF, rounded)
         registry.add(self.ptr, nbytes)
+        instrument.mark_fresh(self.ptr)
 
     def release(self):
         if self.ptr is None:
             return
         registry.remove(self.ptr)
+        instrument.mark_fresh(self.ptr)
         self.ptr = None
         if self.map is not None:
             _load_libc().munmap(self.map, self.maplen)
@@ -257,6 +259,7 @@ def memcpy_htod(dest, src):
     _check_range(addr, buf.nbytes, "cuMemcpyHtoD")
     if buf.nbytes:
         ctypes.memmove(addr, buf.ctypes.data, buf.nbytes)
+        instrument.mark_written(addr, buf.nbytes)
 
 
 def memcpy_dtoh(dest, src):
@@ -274,6 +277,7 @@ def memcpy_dtod(dest, src, size):
     _check_range(s, size, "cuMemcpyDtoD")
     if size:
         ctypes.memmove(d, s, size)
+        instrument.mark_written(d, size)
 
 
 def memcpy_htod_async(dest, src, stream=None):
@@ -296,6 +300,7 @@ def _memset(dest, value, count, width, what):
         dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32}[width]
         view = np.ctypeslib.as_array((ctypes.c_uint8 * (count * width)).from_address(addr))
         view.view(dtype)[:] = dtype(int(value) & ((1 << (8 * width)) - 1))
+        instrument.mark_written(addr, count * width)
 
 
 def memset_d8(dest, data, count):
@@ -336,14 +341,53 @@ class device_attribute:  # noqa: N801 - pycuda's name
     TOTAL_CONSTANT_MEMORY = 9
     WARP_SIZE = 10
     MULTIPROCESSOR_COUNT = 16
+    MAX_REGISTERS_PER_BLOCK = 12
+    MAX_THREADS_PER_MULTIPROCESSOR = 39
     COMPUTE_CAPABILITY_MAJOR = 75
     COMPUTE_CAPABILITY_MINOR = 76
+    MAX_SHARED_MEMORY_PER_MULTIPROCESSOR = 81
+    MAX_REGISTERS_PER_MULTIPROCESSOR = 82
+    COOPERATIVE_LAUNCH = 95
+    MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97
+    MAX_BLOCKS_PER_MULTIPROCESSOR = 106
+
+
+class function_attribute:  # noqa: N801 - pycuda's name (CUfunction_attribute)
+    MAX_THREADS_PER_BLOCK = 0
+    SHARED_SIZE_BYTES = 1
+    CONST_SIZE_BYTES = 2
+    LOCAL_SIZE_BYTES = 3
+    NUM_REGS = 4
+    PTX_VERSION = 5
+    BINARY_VERSION = 6
+    CACHE_MODE_CA = 7
+    MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
+    PREFERRED_SHARED_MEMORY_CARVEOUT = 9
 
 
 MAX_THREADS_PER_BLOCK = 1024
 MAX_BLOCK_DIM = (1024, 1024, 64)
 MAX_GRID_DIM = (2 ** 31 - 1, 65535, 65535)
-MAX_SHARED_PER_BLOCK = 48 * 1024
+MAX_SHARED_PER_BLOCK = 48 * 1024  # without opting in (function_attribute.MAX_DYNAMIC_SHARED_...)
+SM_COUNT = 132  # the simulated device's SMs (an H100 SXM's count): how many blocks are resident
+
+# Per-SM resources by compute capability (CUDA Programming Guide, "Technical Specifications per
+# Compute Capability"); others fall back to 8.0's.
+_LIMITS = {
+    (7, 0): dict(smem_sm=96 * 1024, smem_block_optin=96 * 1024, threads_sm=2048, blocks_sm=32),
+    (7, 5): dict(smem_sm=64 * 1024, smem_block_optin=64 * 1024, threads_sm=1024, blocks_sm=16),
+    (8, 0): dict(smem_sm=164 * 1024, smem_block_optin=163 * 1024, threads_sm=2048, blocks_sm=32),
+    (8, 6): dict(smem_sm=100 * 1024, smem_block_optin=99 * 1024, threads_sm=1536, blocks_sm=16),
+    (8, 9): dict(smem_sm=100 * 1024, smem_block_optin=99 * 1024, threads_sm=1536, blocks_sm=24),
+    (9, 0): dict(smem_sm=228 * 1024, smem_block_optin=227 * 1024, threads_sm=2048, blocks_sm=32),
+}
+
+
+def device_limits():
+    """The simulated device's launch limits for the current compute capability."""
+    limits = dict(_LIMITS.get(compute_capability(), _LIMITS[(8, 0)]))
+    limits.update(sms=SM_COUNT, regs_sm=65536, regs_block=65536, smem_reserved=1024)
+    return limits
 
 
 def compute_capability():
@@ -407,7 +451,15 @@ class Device:
             device_attribute.MAX_SHARED_MEMORY_PER_BLOCK: MAX_SHARED_PER_BLOCK,
             device_attribute.TOTAL_CONSTANT_MEMORY: 64 * 1024,
             device_attribute.WARP_SIZE: 32,
-            device_attribute.MULTIPROCESSOR_COUNT: 1,
+            device_attribute.MULTIPROCESSOR_COUNT: SM_COUNT,
+            device_attribute.MAX_REGISTERS_PER_BLOCK: 65536,
+            device_attribute.MAX_REGISTERS_PER_MULTIPROCESSOR: 65536,
+            device_attribute.MAX_THREADS_PER_MULTIPROCESSOR: device_limits()["threads_sm"],
+            device_attribute.MAX_BLOCKS_PER_MULTIPROCESSOR: device_limits()["blocks_sm"],
+            device_attribute.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR: device_limits()["smem_sm"],
+            device_attribute.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN:
+                device_limits()["smem_block_optin"],
+            device_attribute.COOPERATIVE_LAUNCH: 1,
             device_attribute.COMPUTE_CAPABILITY_MAJOR: cc[0],
             device_attribute.COMPUTE_CAPABILITY_MINOR: cc[1],
         }
@@ -494,3 +546,7 @@ class Event:
 
     def time_till(self, other):
         return (other._t - self._t) * 1e3
+
+
+# which device bytes were written, for the sanitizer's uninitialized-load check
+from batchnorm_lib.backend.cudasim import instrument  # noqa: E402

@@ -37,6 +37,18 @@ groups = spatial = 1; InstanceNorm2D: groups = C, spatial = H * W; GroupNorm: gr
     ``dx = invstd * (g - mean(g) - xhat * mean(g * xhat))``, evaluated in float32 as
     ``(dy * k - c0) - (x - mean) * c1`` with ``k = scale * invstd``, ``c0 = invstd * sum(g) / L``,
     ``c1 = invstd^3 * sum(g * (x - mean)) / L``.
+The rows x channels family: the same four operations on data whose channels are the last axis
+(C contiguous), with statistics per channel over all the leading axes: ``BatchNorm`` on (N, C) and
+every channels-last layout ((N, L, C), (N, H, W, C), (N, D, H, W, C)). Same arguments, results and
+rounding as above, with ``x`` (and ``out``, ``dy``, ``dx``) of shape (..., C):
+
+``rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar)``
+``rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out)``
+``rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias)``
+``rows_backward_infer(dy, scale, run_var, eps, dx)``
+
+Per-channel partials for statistics merged across processes (synchronized batch norm) are
+composed from these entries in :mod:`batchnorm_lib.kernels.norm.partials`.
 
 Data may be float32 on every backend and float16/bfloat16 where the backend lists it in
 ``supported_dtypes()``; statistics, parameters and accumulation are float32.

@@ -137,3 +137,18 @@ def per_row_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinv
 def per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, dscale, dbias):
     return _active().per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx,
                                       dscale, dbias)
+def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
+    return _active().rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out,
+                                        savemean, saveinvvar)
+
+
+def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out):
+    return _active().rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out)
+
+
+def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
+    return _active().rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias)
+
+
+def rows_backward_infer(dy, scale, run_var, eps, dx):
+    return _active().rows_backward_infer(dy, scale, run_var, eps, dx)

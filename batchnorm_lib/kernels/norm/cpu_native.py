@@ -1,4 +1,4 @@
-"""Batch normalization on the CPU backend, compiled path: bn_cpu.c built with the system compiler.
+"""Batch normalization on the CPU backend, compiled path: bn_cpu.c and rows_channels_cpu.c built with the system compiler.
 
 The first use compiles ``SOURCES`` into one shared library with ``$CC`` (else ``cc``, ``gcc``,
 ``clang``): ``-O3 -ffp-contract=off``, plus ``-march=native`` (it is built on the machine that
@@ -29,6 +29,7 @@ SOURCE = os.path.join(_HERE, "bn_cpu.c")
 SOURCES = [
     SOURCE,
     os.path.join(_HERE, "per_row_cpu.c"),
+    os.path.join(_HERE, "rows_channels_cpu.c"),
 ]
 CACHE_ENV = "BATCHNORM_LIB_CACHE"
 CFLAGS_ENV = "BATCHNORM_LIB_CFLAGS"  # extra compiler flags, e.g. -DTILE_BYTES=... for experiments
@@ -144,6 +145,7 @@ def _declare(lib):
     lib.per_row_backward.argtypes = [_f32p, _f32p, _f32p, _i64, _i64, _i64, _i64, _f32p, _f32p,
                                      _f32p, _f32p, _f32p]
     lib.per_row_forward.restype = lib.per_row_backward.restype = ctypes.c_int
+    _declare_rows(lib)
 
 
 def _build():
@@ -340,3 +342,69 @@ def per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, ds
                                        xa.size // rows, int(groups), int(spatial), sc.ctypes.data,
                                        sm.ctypes.data, si.ctypes.data, ds.ctypes.data,
                                        db.ctypes.data))
+
+
+# -- rows x channels (rows_channels_cpu.c): (..., C) data as R rows of C channels ----------------
+
+def _declare_rows(lib):
+    lib.rc_forward_train.argtypes = [_f32p, _f32p, _i64, _i64, _f32p, _f32p, _f32p, _f32p, _dbl,
+                                     _dbl, _f32p, _f32p]
+    lib.rc_forward_infer.argtypes = [_f32p, _f32p, _i64, _i64, _f32p, _f32p, _f32p, _f32p, _dbl]
+    lib.rc_backward_train.argtypes = [_f32p, _f32p, _f32p, _i64, _i64, _f32p, _f32p, _f32p,
+                                      _f32p, _f32p]
+    lib.rc_backward_infer.argtypes = [_f32p, _f32p, _i64, _i64, _f32p, _f32p, _dbl]
+    for fn in (lib.rc_forward_train, lib.rc_forward_infer, lib.rc_backward_train,
+               lib.rc_backward_infer):
+        fn.restype = ctypes.c_int
+
+
+def _rc(ary):
+    """(R, C) of a (..., C) array."""
+    c = ary.shape[-1]
+    return ary.size // c, c
+
+
+def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
+    arys = [_f32(a) for a in (x, out, scale, bias, run_mean, run_var, savemean, saveinvvar)]
+    if any(a is None for a in arys):
+        return cpu_numpy.rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out,
+                                            savemean, saveinvvar)
+    xa, oa, sc, bi, rm, rv, sm, si = arys
+    r, c = _rc(xa)
+    _check(_library().rc_forward_train(xa.ctypes.data, oa.ctypes.data, r, c, sc.ctypes.data,
+                                       bi.ctypes.data, rm.ctypes.data, rv.ctypes.data, float(eps),
+                                       float(factor), sm.ctypes.data, si.ctypes.data))
+
+
+def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out):
+    arys = [_f32(a) for a in (x, out, scale, bias, run_mean, run_var)]
+    if any(a is None for a in arys):
+        return cpu_numpy.rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out)
+    xa, oa, sc, bi, rm, rv = arys
+    r, c = _rc(xa)
+    _check(_library().rc_forward_infer(xa.ctypes.data, oa.ctypes.data, r, c, sc.ctypes.data,
+                                       bi.ctypes.data, rm.ctypes.data, rv.ctypes.data, float(eps)))
+
+
+def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
+    arys = [_f32(a) for a in (x, dy, scale, savemean, saveinvvar, dscale, dbias)]
+    dxa = _f32(dx) if dx is not None else None
+    if any(a is None for a in arys) or (dx is not None and dxa is None):
+        return cpu_numpy.rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale,
+                                             dbias)
+    xa, ga, sc, sm, si, ds, db = arys
+    r, c = _rc(xa)
+    _check(_library().rc_backward_train(xa.ctypes.data, ga.ctypes.data,
+                                        None if dxa is None else dxa.ctypes.data, r, c,
+                                        sc.ctypes.data, sm.ctypes.data, si.ctypes.data,
+                                        ds.ctypes.data, db.ctypes.data))
+
+
+def rows_backward_infer(dy, scale, run_var, eps, dx):
+    arys = [_f32(a) for a in (dy, dx, scale, run_var)]
+    if any(a is None for a in arys):
+        return cpu_numpy.rows_backward_infer(dy, scale, run_var, eps, dx)
+    ga, da, sc, rv = arys
+    r, c = _rc(ga)
+    _check(_library().rc_backward_infer(ga.ctypes.data, da.ctypes.data, r, c, sc.ctypes.data,
+                                        rv.ctypes.data, float(eps)))

@@ -179,3 +179,27 @@ def per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, ds
         dx4 -= c0
         xmu *= c1
         dx4 -= xmu
+
+
+# -- rows x channels: (..., C) data is the (R, C, 1) case of the functions above ---------------------
+
+def _rows(a):
+    """(..., C) array -> (R, C, 1) view of it (None stays None)."""
+    return None if a is None else a.reshape(-1, a.shape[-1], 1)
+
+
+def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
+    forward_train(_rows(x), scale, bias, run_mean, run_var, eps, factor, _rows(out), savemean,
+                  saveinvvar)
+
+
+def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out):
+    forward_infer(_rows(x), scale, bias, run_mean, run_var, eps, _rows(out))
+
+
+def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
+    backward_train(_rows(x), _rows(dy), scale, savemean, saveinvvar, _rows(dx), dscale, dbias)
+
+
+def rows_backward_infer(dy, scale, run_var, eps, dx):
+    backward_infer(_rows(dy), scale, run_var, eps, _rows(dx))

@@ -175,11 +175,16 @@ MAX_ROW_LENGTH = (1 << 24) - 1  # in-row indices are 32-bit and float counts sta
 MAX_ROWS = (1 << 31) - 1  # one block per row, on grid.x
 
 
-def _per_row_launch(rt, name, grid, args):
-    fn = rt.functions_of(PER_ROW_SOURCE)[name]
+def _launch_in(source, rt, name, grid, args):
+    """Launch entry ``name`` of ``source`` (compiled once per process) with BLOCK threads."""
+    fn = rt.functions_of(source)[name]
     fn(*args, block=(BLOCK, 1, 1), grid=tuple(grid) + (1,) * (3 - len(grid)), shared=0)
     if rt.sync_each_launch:
         rt.api.driver.Context.synchronize()
+
+
+def _per_row_launch(rt, name, grid, args):
+    _launch_in(PER_ROW_SOURCE, rt, name, grid, args)
 
 
 def _per_row_plan(x, rows, groups, spatial, *arrays):
@@ -239,6 +244,101 @@ def per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, ds
                                    _ptr(part), np.int64(n), np.int32(c), np.int32(cg)) + extra)
     _per_row_launch(rt, "per_row_param_finalize", _channel_grid(c),
                  (_ptr(part), np.int32(c), np.int32(nsplit), _ptr(dscale), _ptr(dbias)))
+
+
+# -- rows x channels: (..., C) data, kernels/norm/rows_channels.cu ----------------------------------
+
+ROWS_SOURCE = "norm/rows_channels.cu"
+
+
+def _rows_launch(rt, name, grid, args):
+    _launch_in(ROWS_SOURCE, rt, name, grid, args)
+
+
+def _rows_shape(shape):
+    """(R, C) of (..., C) data."""
+    c = int(shape[-1])
+    r = 1
+    for d in shape[:-1]:
+        r *= int(d)
+    return r, c
+
+
+def _rows_vector(c, dtype, *arrays):
+    """'_vec' (16-byte packs along C) when every data pointer is 16-byte aligned and C is a whole
+    number of packs, so no pack straddles two rows."""
+    return _vector(c, dtype, *arrays)
+
+
+def _rows_reduction(r, c, width):
+    """Grid and nsplit of a rows x channels reduction: channel tiles of 32 packs, row splits."""
+    tiles = -(-c // (32 * width))
+    nsplit = _splits(tiles, r * 32, r)
+    return (tiles, nsplit), nsplit
+
+
+def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
+    rt = _runtime()
+    suffix = _suffix(rt, x.dtype, out)
+    r, c = _rows_shape(x.shape)
+    if r < 1:
+        return
+    vec, width = _rows_vector(c, x.dtype, x, out)
+    grid, nsplit = _rows_reduction(r, c, width)
+    part = rt.empty((c * nsplit * 4,), np.float32)
+    _rows_launch(rt, "rc_stats_partial_" + suffix + vec, grid,
+                 (_ptr(x), _ptr(part), np.int64(r), np.int32(c)))
+    rt.launch("bn_stats_finalize", _channel_grid(c),
+              (_ptr(part), np.int32(c), np.int32(nsplit), np.float32(eps), np.float32(factor),
+               _ptr(savemean), _ptr(saveinvvar), _ptr(run_mean), _ptr(run_var)))
+    _rows_launch(rt, "rc_forward_train_" + suffix + vec, _elementwise_grid(r * (c // width)),
+                 (_ptr(x), _ptr(out), _ptr(savemean), _ptr(saveinvvar), _ptr(scale), _ptr(bias),
+                  np.int64(r), np.int32(c)))
+
+
+def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out):
+    rt = _runtime()
+    suffix = _suffix(rt, x.dtype, out)
+    r, c = _rows_shape(x.shape)
+    if r < 1:
+        return
+    vec, width = _rows_vector(c, x.dtype, x, out)
+    _rows_launch(rt, "rc_forward_infer_" + suffix + vec, _elementwise_grid(r * (c // width)),
+                 (_ptr(x), _ptr(out), _ptr(run_mean), _ptr(run_var), _ptr(scale), _ptr(bias),
+                  np.float32(eps), np.int64(r), np.int32(c)))
+
+
+def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
+    rt = _runtime()
+    suffix = _suffix(rt, x.dtype, dy, dx)
+    r, c = _rows_shape(x.shape)
+    if r < 1:
+        return
+    vec, width = _rows_vector(c, x.dtype, x, dy, dx)
+    grid, nsplit = _rows_reduction(r, c, width)
+    part = rt.empty((c * nsplit * 2,), np.float32)
+    coef = rt.empty((c * 3,), np.float32)
+    _rows_launch(rt, "rc_backward_partial_" + suffix + vec, grid,
+                 (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(part), np.int64(r), np.int32(c)))
+    rt.launch("bn_backward_finalize", _channel_grid(c),
+              (_ptr(part), np.int32(c), np.int32(nsplit), np.int64(r), _ptr(scale),
+               _ptr(saveinvvar), _ptr(dscale), _ptr(dbias), _ptr(coef)))
+    if dx is not None:
+        _rows_launch(rt, "rc_backward_train_" + suffix + vec, _elementwise_grid(r * (c // width)),
+                     (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(coef), _ptr(dx), np.int64(r),
+                      np.int32(c)))
+
+
+def rows_backward_infer(dy, scale, run_var, eps, dx):
+    rt = _runtime()
+    suffix = _suffix(rt, dy.dtype, dx)
+    r, c = _rows_shape(dy.shape)
+    if r < 1:
+        return
+    vec, width = _rows_vector(c, dy.dtype, dy, dx)
+    _rows_launch(rt, "rc_backward_infer_" + suffix + vec, _elementwise_grid(r * (c // width)),
+                 (_ptr(dy), _ptr(scale), _ptr(run_var), np.float32(eps), _ptr(dx), np.int64(r),
+                  np.int32(c)))
 
 
 def _compile_active():

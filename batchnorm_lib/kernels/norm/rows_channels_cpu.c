@@ -1,0 +1,375 @@
+/* Batch normalization of rows x channels data on the CPU: float32 (R, C), C-contiguous rows.
+ *
+ * BatchNorm on (N, C) and every channels-last layout ((N, L, C), (N, H, W, C), (N, D, H, W, C))
+ * are one problem: statistics per channel down R rows of C contiguous channels. Built into the
+ * same shared library as bn_cpu.c by cpu_native.py (same flags: -O3 -ffp-contract=off, and
+ * -march=native / -fopenmp where they work) and called through ctypes.
+ *
+ * Work split. The rows are cut into row parts by the shape alone (at most RC_MAX_PARTS, each of
+ * at least RC_PART_ELEMS elements); a reduction task is one row part times one chunk of at most
+ * RC_CHUNK channels, and the OpenMP threads share the tasks. Inside a task the rows go by in tiles
+ * of B rows (B x chunk floats stay in L2): the first pass over a tile streams it from memory row by
+ * row, the second re-reads it from cache. The parts are merged per channel in part order, so the
+ * results depend on the shape only: bitwise the same for every thread count.
+ *
+ * SIMD across channels: every inner loop runs along the channels with unit stride over
+ * restrict-qualified arrays, the form gcc and clang vectorize at -O3 (with -march=native, at the
+ * widest vector width the CPU has); per-channel constants are expanded once per call into arrays.
+ *
+ * Numerics, as in bn_cpu.c: a tile's statistics are a corrected two-pass around the tile's rough
+ * mean (float sums over at most RC_FBLOCK rows, then double); tiles and parts merge with Chan's
+ * formula in double. The per-channel constants are computed in bn_cpu.c's float32 / float64 steps
+ * and the elementwise formulas are evaluated in float32 in its order:
+ *   forward:  out = (x - mean) * a + bias,            a = scale * invstd
+ *   backward: dx  = (dy * k - c0) - (x - mean) * c1,  k = scale * invstd
+ * so the two layouts give the same results up to the order of the double sums.
+ */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int64_t i64;
+
+int bn_get_num_threads(void); /* bn_cpu.c, same library */
+
+#ifndef RC_FBLOCK
+#define RC_FBLOCK 64                  /* rows summed in float before the sums go into double */
+#endif
+#ifndef RC_CHUNK
+#define RC_CHUNK 1024                 /* channels per reduction task */
+#endif
+#ifndef RC_TILE_BYTES
+#define RC_TILE_BYTES (128 * 1024)    /* a tile of rows x chunk, re-read from cache */
+#endif
+#ifndef RC_PART_ELEMS
+#define RC_PART_ELEMS (128 * 1024)    /* a row part holds at least this many elements */
+#endif
+#ifndef RC_MIN_PART_ROWS
+#define RC_MIN_PART_ROWS 64           /* ... and this many rows (partials stay small for wide C) */
+#endif
+#ifndef RC_MAX_PARTS
+#define RC_MAX_PARTS 64
+#endif
+#ifndef RC_ELEMWISE_CHUNK
+#define RC_ELEMWISE_CHUNK (32 * 1024) /* elements per task of the elementwise passes */
+#endif
+#ifndef RC_SERIAL_BELOW
+#define RC_SERIAL_BELOW (64 * 1024)   /* elements: smaller tensors run on one thread */
+#endif
+
+static i64 rc_min(i64 a, i64 b) { return a < b ? a : b; }
+static i64 rc_max(i64 a, i64 b) { return a > b ? a : b; }
+static i64 rc_ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
+
+static int rc_threads(i64 total)
+{
+    return total < RC_SERIAL_BELOW ? 1 : bn_get_num_threads();
+}
+
+/* The reduction's decomposition; a function of (R, C) only. */
+typedef struct {
+    i64 W, nchunk;   /* channels per chunk, chunks */
+    i64 B;           /* rows per tile */
+    i64 P, PR;       /* row parts, rows per part */
+} rc_plan;
+
+static rc_plan rc_make_plan(i64 R, i64 C)
+{
+    rc_plan p;
+    p.W = rc_min(C, RC_CHUNK);
+    p.nchunk = rc_ceil_div(C, p.W);
+    p.B = rc_max(1, rc_min(RC_FBLOCK, RC_TILE_BYTES / ((i64)sizeof(float) * p.W)));
+    i64 parts = rc_min(R * C / RC_PART_ELEMS, R / RC_MIN_PART_ROWS);
+    parts = rc_max(1, rc_min(parts, RC_MAX_PARTS));
+    p.PR = rc_ceil_div(R, parts);
+    p.P = rc_ceil_div(R, p.PR);
+    return p;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* statistics                                                                                      */
+
+/* Mean and M2 of channels [0, w) of rows [r0, r1) (row r at x + r * C) into mean[], m2[]; ws holds
+ * 3 * w floats. Chan-merges tile after tile in row order. */
+static void part_stats(const float *x, i64 C, i64 r0, i64 r1, i64 w, i64 B, double *restrict mean,
+                       double *restrict m2, float *ws)
+{
+    float *restrict sum = ws, *restrict f1 = ws + w, *restrict f2 = ws + 2 * w;
+    double na = 0.0;
+    for (i64 j = 0; j < w; j++)
+        mean[j] = m2[j] = 0.0;
+    for (i64 t0 = r0; t0 < r1; t0 += B) {
+        i64 t1 = rc_min(t0 + B, r1);
+        double nb = (double)(t1 - t0);
+        /* pass 1, from memory row by row: the tile's rough mean, the shift of pass 2 */
+        memcpy(sum, x + t0 * C, sizeof(float) * (size_t)w);
+        for (i64 r = t0 + 1; r < t1; r++) {
+            const float *restrict row = x + r * C;
+            for (i64 j = 0; j < w; j++)
+                sum[j] += row[j];
+        }
+        float inv_nb = (float)(1.0 / nb);
+        for (i64 j = 0; j < w; j++) {
+            sum[j] *= inv_nb; /* now the shift */
+            f1[j] = 0.0f;
+            f2[j] = 0.0f;
+        }
+        /* pass 2, from cache: sums of deviations from the shift */
+        for (i64 r = t0; r < t1; r++) {
+            const float *restrict row = x + r * C;
+            for (i64 j = 0; j < w; j++) {
+                float d = row[j] - sum[j];
+                f1[j] += d;
+                f2[j] += d * d;
+            }
+        }
+        /* the tile's (mean, M2), merged into the part's (Chan; the weights are per tile) */
+        double n = na + nb, wb = nb / n, wab = na * wb;
+        for (i64 j = 0; j < w; j++) {
+            double s1 = (double)f1[j], dm = s1 / nb;
+            double tm = (double)sum[j] + dm;
+            double tm2 = (double)f2[j] - s1 * dm;
+            tm2 = tm2 > 0.0 ? tm2 : 0.0;
+            double d = tm - mean[j];
+            mean[j] += d * wb;
+            m2[j] += tm2 + d * d * wab;
+        }
+        na = n;
+    }
+}
+
+static float invstd_f32(double var, double eps)
+{
+    return 1.0f / sqrtf((float)var + (float)eps);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* elementwise passes, rows split among the threads                                                */
+
+/* out = (x - m) * a + b per channel, or out = x * a when m is NULL; out may be x */
+static void rc_affine(const float *x, float *out, i64 R, i64 C, const float *m, const float *a,
+                      const float *b)
+{
+    i64 rows = rc_max(1, RC_ELEMWISE_CHUNK / C);
+    i64 ntask = rc_ceil_div(R, rows);
+#pragma omp parallel for schedule(static) num_threads(rc_threads(R * C))
+    for (i64 t = 0; t < ntask; t++) {
+        i64 r1 = rc_min(R, (t + 1) * rows);
+        for (i64 r = t * rows; r < r1; r++) {
+            const float *xr = x + r * C;
+            float *o = out + r * C;
+            if (m) {
+                const float *restrict mm = m, *restrict aa = a, *restrict bb = b;
+                for (i64 j = 0; j < C; j++)
+                    o[j] = (xr[j] - mm[j]) * aa[j] + bb[j];
+            } else {
+                const float *restrict aa = a;
+                for (i64 j = 0; j < C; j++)
+                    o[j] = xr[j] * aa[j];
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* forward                                                                                         */
+
+int rc_forward_train(const float *x, float *out, i64 R, i64 C, const float *scale,
+                     const float *bias, float *run_mean, float *run_var, double eps,
+                     double factor, float *savemean, float *saveinvvar)
+{
+    rc_plan p = rc_make_plan(R, C);
+    double *pmean = malloc(sizeof(double) * (size_t)(p.P * C));
+    double *pm2 = malloc(sizeof(double) * (size_t)(p.P * C));
+    float *consts = malloc(sizeof(float) * (size_t)C * 2);
+    int failed = 0;
+    if (!pmean || !pm2 || !consts) {
+        free(pmean); free(pm2); free(consts);
+        return -1;
+    }
+    i64 ntask = p.P * p.nchunk;
+#pragma omp parallel num_threads(rc_threads(R * C))
+    {
+        float *ws = malloc(sizeof(float) * (size_t)p.W * 3);
+        if (!ws) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+#pragma omp for schedule(static)
+            for (i64 t = 0; t < ntask; t++) {
+                i64 part = t / p.nchunk, c0 = (t % p.nchunk) * p.W;
+                i64 w = rc_min(p.W, C - c0);
+                i64 r0 = part * p.PR, r1 = rc_min(R, r0 + p.PR);
+                part_stats(x + c0, C, r0, r1, w, p.B, pmean + part * C + c0, pm2 + part * C + c0,
+                           ws);
+            }
+        }
+        free(ws);
+    }
+    if (failed) {
+        free(pmean); free(pm2); free(consts);
+        return -1;
+    }
+    /* merge the parts in part order (every part but the last has PR rows), then the per-channel
+     * constants in bn_cpu.c's steps */
+    float *mean32 = consts, *a32 = consts + C;
+    float keep = (float)(1.0 - factor);
+    double unbias = (double)R / (double)(R - 1);
+    for (i64 c = 0; c < C; c++) {
+        double na = 0.0, mean = 0.0, m2 = 0.0;
+        for (i64 part = 0; part < p.P; part++) {
+            double nb = (double)(rc_min(R, (part + 1) * p.PR) - part * p.PR);
+            double n = na + nb, d = pmean[part * C + c] - mean, wb = nb / n;
+            mean += d * wb;
+            m2 += pm2[part * C + c] + d * d * (na * wb);
+            na = n;
+        }
+        double var = m2 / na;
+        float inv = invstd_f32(var, eps);
+        mean32[c] = (float)mean;
+        a32[c] = scale[c] * inv;
+        savemean[c] = (float)mean;
+        saveinvvar[c] = inv;
+        run_mean[c] = (float)((double)(keep * run_mean[c]) + factor * mean);
+        run_var[c] = (float)((double)(keep * run_var[c]) + factor * var * unbias);
+    }
+    free(pmean);
+    free(pm2);
+    rc_affine(x, out, R, C, mean32, a32, bias);
+    free(consts);
+    return 0;
+}
+
+int rc_forward_infer(const float *x, float *out, i64 R, i64 C, const float *scale,
+                     const float *bias, const float *run_mean, const float *run_var, double eps)
+{
+    float *a32 = malloc(sizeof(float) * (size_t)C);
+    if (!a32)
+        return -1;
+    for (i64 c = 0; c < C; c++)
+        a32[c] = scale[c] * invstd_f32(run_var[c], eps);
+    rc_affine(x, out, R, C, run_mean, a32, bias);
+    free(a32);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* backward                                                                                        */
+
+/* sum(dy) and sum(dy * (x - m)) of channels [0, w) over rows [r0, r1) into s1[], s2[]; ws holds
+ * 2 * w floats */
+static void part_sums(const float *x, const float *dy, i64 C, i64 r0, i64 r1, i64 w,
+                      const float *m, double *restrict s1, double *restrict s2, float *ws)
+{
+    float *restrict f1 = ws, *restrict f2 = ws + w;
+    const float *restrict mm = m;
+    for (i64 j = 0; j < w; j++)
+        s1[j] = s2[j] = 0.0;
+    for (i64 b0 = r0; b0 < r1; b0 += RC_FBLOCK) {
+        i64 b1 = rc_min(b0 + RC_FBLOCK, r1);
+        for (i64 j = 0; j < w; j++)
+            f1[j] = f2[j] = 0.0f;
+        for (i64 r = b0; r < b1; r++) {
+            const float *restrict xr = x + r * C, *restrict g = dy + r * C;
+            for (i64 j = 0; j < w; j++) {
+                f1[j] += g[j];
+                f2[j] += g[j] * (xr[j] - mm[j]);
+            }
+        }
+        for (i64 j = 0; j < w; j++) {
+            s1[j] += (double)f1[j];
+            s2[j] += (double)f2[j];
+        }
+    }
+}
+
+int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
+                      const float *scale, const float *savemean, const float *saveinvvar,
+                      float *dscale, float *dbias)
+{
+    rc_plan p = rc_make_plan(R, C);
+    double *ps = malloc(sizeof(double) * 2 * (size_t)(p.P * C));
+    float *consts = malloc(sizeof(float) * (size_t)C * 3);
+    int failed = 0;
+    if (!ps || !consts) {
+        free(ps); free(consts);
+        return -1;
+    }
+    double *ps1 = ps, *ps2 = ps + p.P * C;
+    i64 ntask = p.P * p.nchunk;
+    int nt = rc_threads(R * C);
+#pragma omp parallel num_threads(nt)
+    {
+        float *ws = malloc(sizeof(float) * (size_t)p.W * 2);
+        if (!ws) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+#pragma omp for schedule(static)
+            for (i64 t = 0; t < ntask; t++) {
+                i64 part = t / p.nchunk, c0 = (t % p.nchunk) * p.W;
+                i64 w = rc_min(p.W, C - c0);
+                i64 r0 = part * p.PR, r1 = rc_min(R, r0 + p.PR);
+                part_sums(x + c0, dy + c0, C, r0, r1, w, savemean + c0, ps1 + part * C + c0,
+                          ps2 + part * C + c0, ws);
+            }
+        }
+        free(ws);
+    }
+    if (failed) {
+        free(ps); free(consts);
+        return -1;
+    }
+    /* the numpy path's float64 steps: k = scale * invstd, c1 = k * invstd * gs / m,
+     * c0 = k * gb / m */
+    float *k32 = consts, *c032 = consts + C, *c132 = consts + 2 * C;
+    for (i64 c = 0; c < C; c++) {
+        double sdy = 0.0, sdyx = 0.0;
+        for (i64 part = 0; part < p.P; part++) {
+            sdy += ps1[part * C + c];
+            sdyx += ps2[part * C + c];
+        }
+        double inv = (double)saveinvvar[c];
+        double gs = sdyx * inv, k = (double)scale[c] * inv;
+        dbias[c] = (float)sdy;
+        dscale[c] = (float)gs;
+        k32[c] = (float)k;
+        c132[c] = (float)(k * inv * gs / (double)R);
+        c032[c] = (float)(k * sdy / (double)R);
+    }
+    free(ps);
+    if (dx != NULL) {
+        i64 rows = rc_max(1, RC_ELEMWISE_CHUNK / C);
+        i64 ntask2 = rc_ceil_div(R, rows);
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (i64 t = 0; t < ntask2; t++) {
+            i64 r1 = rc_min(R, (t + 1) * rows);
+            const float *restrict mm = savemean, *restrict kk = k32, *restrict a0 = c032,
+                                  *restrict a1 = c132;
+            for (i64 r = t * rows; r < r1; r++) {
+                const float *xr = x + r * C, *g = dy + r * C;
+                float *o = dx + r * C;
+                for (i64 j = 0; j < C; j++)
+                    o[j] = (g[j] * kk[j] - a0[j]) - (xr[j] - mm[j]) * a1[j];
+            }
+        }
+    }
+    free(consts);
+    return 0;
+}
+
+/* dx = dy * k per channel, k = scale * invstd(run_var) */
+int rc_backward_infer(const float *dy, float *dx, i64 R, i64 C, const float *scale,
+                      const float *run_var, double eps)
+{
+    float *k = malloc(sizeof(float) * (size_t)C);
+    if (!k)
+        return -1;
+    for (i64 c = 0; c < C; c++)
+        k[c] = scale[c] * invstd_f32(run_var[c], eps);
+    rc_affine(dy, dx, R, C, NULL, k, NULL);
+    free(k);
+    return 0;
+}
