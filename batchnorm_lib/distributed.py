@@ -123,7 +123,7 @@ def sync_forward_statistics(bn, data):
     except ModuleError as e:
         error = e
     if error is None:
-        payload = partials.channel_partials(data)
+        payload = partials.channel_partials(data, bn.rowsLayout)
     count, mean, m2 = merge_statistics(exchange(bn, bn.comm, "the training forward", payload,
                                                 error))
     if count == 0:
@@ -138,7 +138,6 @@ def sync_backward(bn, grad, dx):
     """Exchange this shard's sum(dy) and sum(dy * xhat), set the whole batch's as the module's
     parameter gradients, and (unless ``dx`` is None) write this shard's input gradient."""
     from batchnorm_lib.backend import gpuarray
-    from batchnorm_lib.kernels import norm
     from batchnorm_lib.kernels.norm import partials
 
     c, shape = bn.maps, bn.paramShape
@@ -146,8 +145,8 @@ def sync_backward(bn, grad, dx):
     if grad.size:
         dscale = gpuarray.empty(shape, np.float32)
         dbias = gpuarray.empty(shape, np.float32)
-        norm.ops().backward_train(bn.inData, grad, bn.scale, bn.savemean, bn.saveinvvar, None,
-                                  dscale, dbias)
+        bn._op("backward_train")(bn.inData, grad, bn.scale, bn.savemean, bn.saveinvvar, None,
+                                 dscale, dbias)
         sums = (grad.size // c, dbias.get().ravel().astype(np.float64),
                 dscale.get().ravel().astype(np.float64))
     parts = exchange(bn, bn.comm, "the backward", sums)
@@ -157,7 +156,7 @@ def sync_backward(bn, grad, dx):
     bn.biasgrad = gpuarray.to_gpu(sum_dy.astype(np.float32).reshape(shape))
     if dx is not None and grad.size:
         partials.input_grad(bn.inData, grad, bn.scale, bn.savemean, bn.saveinvvar, sum_dy,
-                            sum_dy_xhat, bn.syncedCount, dx)
+                            sum_dy_xhat, bn.syncedCount, dx, bn.rowsLayout)
 
 
 def refuse_everywhere(bn, what, error):

@@ -337,10 +337,15 @@ def test_save_errors(tmp_path):
         bn.save(str(tmp_path))
     with pytest.raises(ModuleError, match="nothing to save"):
         BatchNorm2D(3, empty=True).save()
+    clash = Sequential([BatchNorm2D(3, name="x"), BatchNorm2D(3, name="y")])
+    clash[1].name = "x"  # append renames a taken name (PuzzleLib's acquire); a later rename can clash
     with pytest.raises(ModuleError, match="several children are named 'x'"):
-        Sequential([BatchNorm2D(3, name="x"), BatchNorm2D(3, name="x")]).save()
+        clash.save()
     with h5py.File(str(tmp_path / "f.h5"), "w") as f:
         bn.save(f)
         with pytest.raises(ModuleError, match="already holds links/.scale"):
             bn.save(f)
+    with h5py.File(str(tmp_path / "f.h5"), "r") as f:
+        with pytest.raises(ModuleError, match="cannot write to .*f.h5"):
+            BatchNorm2D(3, name="other").save(f)
     assert os.listdir(str(tmp_path)) == ["f.h5"]

@@ -27,7 +27,7 @@ def g(a, dtype=np.float32):
 
 
 def softmax_ce_ref(scores, labels):
-    """float64 reference: mean loss and its gradient."""
+    """float64 reference: mean loss and its negative gradient (PuzzleLib's convention)."""
     s = scores.astype(np.float64)
     s = s - s.max(axis=1, keepdims=True)
     p = np.exp(s) / np.exp(s).sum(axis=1, keepdims=True)
@@ -35,7 +35,7 @@ def softmax_ce_ref(scores, labels):
     loss = -np.mean(np.log(p[np.arange(n), labels]))
     grad = p.copy()
     grad[np.arange(n), labels] -= 1
-    return loss, grad / n
+    return loss, -grad / n
 
 
 # -- Linear ----------------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ def test_cross_entropy_value_and_gradient(backend, rng):
             s = scores.astype(np.float64)
             s[idx] += sign * h
             num[idx] += sign * CrossEntropy()(g(s), g(labels, np.int32))[0] / (2 * h)
-    np.testing.assert_allclose(grad.get(), num, rtol=1e-2, atol=2e-4)
+    np.testing.assert_allclose(-grad.get(), num, rtol=1e-2, atol=2e-4)
 
 
 def test_cross_entropy_large_scores_and_validation(backend):
@@ -245,14 +245,14 @@ def test_optimizers_match_their_formulas(backend, rng):
     lr = 0.1
     ref = w0.astype(np.float64)
     for gr in grads:
-        ref = ref - lr * gr
+        ref = ref + lr * gr
     np.testing.assert_allclose(_steps(SGD(learnRate=lr), _one_var_module(w0, grads[0]), grads), ref,
                                rtol=1e-5, atol=1e-6)
 
     mr = 0.9
     ref, mom = w0.astype(np.float64), np.zeros_like(w0, dtype=np.float64)
     for gr in grads:
-        mom = mr * mom - lr * gr
+        mom = mr * mom + lr * gr
         ref = ref + mom
     np.testing.assert_allclose(_steps(MomentumSGD(learnRate=lr, momRate=mr),
                                       _one_var_module(w0, grads[0]), grads), ref, rtol=1e-5,
@@ -266,7 +266,7 @@ def test_optimizers_match_their_formulas(backend, rng):
         v = b2 * v + (1 - b2) * gr.astype(np.float64) ** 2
         mhat, vhat = m / (1 - b1 ** t), v / (1 - b2 ** t)
         # the bias correction folded into the step moves epsilon: eps / sqrt(1 - beta2^t) here
-        ref = ref - alpha * mhat / (np.sqrt(vhat) + eps / math.sqrt(1 - b2 ** t))
+        ref = ref + alpha * mhat / (np.sqrt(vhat) + eps / math.sqrt(1 - b2 ** t))
     np.testing.assert_allclose(_steps(Adam(alpha, b1, b2, eps), _one_var_module(w0, grads[0]),
                                       grads), ref, rtol=1e-4, atol=1e-5)
 
@@ -382,12 +382,17 @@ def test_sequential_calc_mode_is_all_or_nothing(backend):
 
     first = AnyDtype()
     seq = Sequential([first, Linear(3, 2)])
-    with pytest.raises(ModuleError, match="float16"):
-        seq.calcMode(np.float16)
+    with pytest.raises(ModuleError, match="float64"):
+        seq.calcMode(np.float64)
     assert first.calctype == np.float32 and seq.calctype == np.float32
-    # the same with a real BatchNorm where the backend has float16 batch norm (cuda, cudasim)
+
+    class Refuses(Module):
+        def calcMode(self, T):
+            raise ModuleError("%s: refuses %s" % (self, np.dtype(T)))
+
+    # the same with a real BatchNorm switched first where the backend has float16 (cuda, cudasim)
     if np.dtype(np.float16) in config.backend_module().supported_dtypes():
-        seq = Sequential([BatchNorm(3), Linear(3, 2)])
+        seq = Sequential([BatchNorm(3), Refuses()])
         with pytest.raises(ModuleError, match="float16"):
             seq.calcMode(np.float16)
         assert [m.calctype for m in seq] == [np.float32, np.float32]

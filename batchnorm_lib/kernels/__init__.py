@@ -10,6 +10,10 @@ Each operation package holds its CUDA source, its CPU source and its dispatch si
 ``dense/``
     Linear, activations, costs and optimizer updates: ``dense.cu``, ``cuda.py``, ``cpu.py``; the
     contract is in :mod:`batchnorm_lib.kernels.dense`.
+``elementwise/``
+    the gpuarray shim's arithmetic, comparisons and reductions: ``elementwise.cu`` (run on the
+    ``cudasim`` arrays), ``cpu.py`` (numpy); the contract is in
+    :mod:`batchnorm_lib.kernels.elementwise`.
 
 ``<operation>.ops()`` returns the implementation module for the active backend; modules call only
 that, never a backend directly.

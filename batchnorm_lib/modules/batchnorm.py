@@ -50,7 +50,6 @@ class BatchNormND(Module):
         self.savemean = self.saveinvvar = None
         self.scalegrad = self.biasgrad = None
         self._fwdTrain = None
-        self.syncedCount = None
         self.comm = None
         self._synced = None  # merged statistics of this training pass (with comm)
         self.syncedCount = None  # values per channel in the whole batch of the last synced pass
@@ -128,6 +127,8 @@ class BatchNormND(Module):
             return super().__call__(data)
         from batchnorm_lib.distributed import sync_forward_statistics
 
+        if gpuarray.is_array(data):  # the statistics exchange reads the data too: no views
+            data = self._contiguous(data, "data")
         # every rank checks its shard, then all exchange partials (or a refusal) in one collective
         self._synced = sync_forward_statistics(self, data)
         try:

@@ -47,6 +47,13 @@ def describe(group):
     return filename if group.name == "/" else "%s:%s" % (filename, group.name)
 
 
+def _name_of(group):
+    try:
+        return describe(group)
+    except Exception:  # a closed file has no name left to ask for
+        return repr(group)
+
+
 def root_name(module, name=None):
     if name is not None:
         return str(name)
@@ -98,7 +105,12 @@ def _dataset(group, name, data, compress):
 def save(module, hdf=None, name=None, compress="gzip"):
     """``Module.save``: into an open h5py File/Group, to a path, or (``hdf=None``) return bytes."""
     if hdf is not None and is_h5(hdf):
-        write_module(module, hdf, name, compress)
+        try:
+            write_module(module, hdf, name, compress)
+        except ModuleError:
+            raise
+        except Exception as e:  # h5py's refusals: a read-only file, a closed one, ...
+            raise ModuleError("%s: cannot write to %s: %s" % (module, _name_of(hdf), e)) from None
         return None
     image = file_image(lambda f: write_module(module, f, name, compress))
     if hdf is None:

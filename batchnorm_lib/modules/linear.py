@@ -7,11 +7,19 @@ import numbers
 import numpy as np
 
 from batchnorm_lib.backend import gpuarray
-from batchnorm_lib.kernels import dense
+from batchnorm_lib.kernels import dense, elementwise
 from batchnorm_lib.modules.module import Module, ModuleError, check_finite
 from batchnorm_lib.variable import Variable
 
-INIT_SCHEMES = ("xavier", "xavier_uniform", "xavier_normal", "he", "he_normal", "gaussian", "none")
+# scheme -> (distribution, its default fan factor); the factor is "in" (insize), "out" (outsize)
+# or "avg" ((insize + outsize) / 2). camelCase names are PuzzleLib's, with its defaults.
+INIT_SCHEMES = {
+    "xavier": ("uniform3", "avg"), "xavier_uniform": ("uniform3", "avg"),
+    "xavier_normal": ("normal1", "avg"), "he": ("normal2", "in"), "he_normal": ("normal2", "in"),
+    "xavierUniform": ("uniform3", "in"), "xavierNormal": ("normal1", "in"),
+    "gaussian": ("gaussian", "in"), "uniform": ("uniform", "in"), "none": ("zeros", "in"),
+}
+FACTORS = ("in", "out", "avg")
 
 
 def _size(owner, name, value):
@@ -20,25 +28,50 @@ def _size(owner, name, value):
     return int(value)
 
 
-def init_weights(insize, outsize, scheme, wscale):
+def parse_initscheme(owner, initscheme):
+    """``(scheme, factor)`` from a name or a PuzzleLib ``(name, "in"|"out"|"avg")`` pair."""
+    factor = None
+    if isinstance(initscheme, (tuple, list)):
+        if len(initscheme) != 2:
+            raise ModuleError("%s: initscheme pair must be (name, factor), got %r"
+                              % (owner, initscheme))
+        initscheme, factor = initscheme
+        factor = str(getattr(factor, "value", factor))
+        if factor not in FACTORS:
+            raise ModuleError("%s: initscheme factor must be one of %s, got %r"
+                              % (owner, ", ".join(FACTORS), factor))
+    name = "xavier" if initscheme is None else str(getattr(initscheme, "value", initscheme))
+    scheme = name if name in INIT_SCHEMES else name.lower()
+    if scheme not in INIT_SCHEMES:
+        raise ModuleError("%s: initscheme must be one of %s, got %r"
+                          % (owner, ", ".join(INIT_SCHEMES), initscheme))
+    return scheme, factor or INIT_SCHEMES[scheme][1]
+
+
+def init_weights(insize, outsize, scheme, wscale, factor=None):
     """Initial W of shape (insize, outsize) from numpy's global random state (seed it for repeatable
-    runs). ``xavier`` (the default): uniform in +-wscale*sqrt(6 / (insize + outsize));
-    ``xavier_normal``: normal with std wscale*sqrt(2 / (insize + outsize)); ``he``: normal with std
-    wscale*sqrt(2 / insize) (suits relu); ``gaussian``: normal with std wscale; ``none``: zeros."""
+    runs). With n the fan factor (insize, outsize or their mean, by ``factor``): ``xavier`` (the
+    default, factor avg): uniform in +-wscale*sqrt(3 / n), Glorot's uniform; ``xavier_normal``:
+    normal with std wscale*sqrt(1 / n); ``he`` (factor in): normal with std wscale*sqrt(2 / n)
+    (suits relu); ``gaussian``: normal with std wscale; ``uniform``: uniform in +-wscale; ``none``:
+    zeros."""
     shape = (insize, outsize)
-    if scheme in ("xavier", "xavier_uniform"):
-        a = wscale * math.sqrt(6.0 / (insize + outsize))
+    kind, default = INIT_SCHEMES[scheme]
+    factor = factor or default
+    n = {"in": insize, "out": outsize, "avg": (insize + outsize) / 2.0}[factor]
+    if kind == "uniform3":
+        a = wscale * math.sqrt(3.0 / n)
         w = np.random.uniform(-a, a, shape)
-    elif scheme == "xavier_normal":
-        w = np.random.normal(0.0, wscale * math.sqrt(2.0 / (insize + outsize)), shape)
-    elif scheme in ("he", "he_normal"):
-        w = np.random.normal(0.0, wscale * math.sqrt(2.0 / insize), shape)
-    elif scheme == "gaussian":
+    elif kind == "normal1":
+        w = np.random.normal(0.0, wscale * math.sqrt(1.0 / n), shape)
+    elif kind == "normal2":
+        w = np.random.normal(0.0, wscale * math.sqrt(2.0 / n), shape)
+    elif kind == "gaussian":
         w = np.random.normal(0.0, wscale, shape)
-    elif scheme == "none":
-        w = np.zeros(shape)
+    elif kind == "uniform":
+        w = np.random.uniform(-wscale, wscale, shape)
     else:
-        raise ValueError(scheme)
+        w = np.zeros(shape)
     return w.astype(np.float32)
 
 
@@ -56,11 +89,9 @@ class Linear(Module):
         self.outsize = _size(self, "outsize", outsize)
         self.wscale = check_finite(self, "wscale", wscale, low=0.0)
         self.useBias = bool(useBias)
-        scheme = "xavier" if initscheme is None else str(initscheme).lower()
-        if scheme not in INIT_SCHEMES:
-            raise ModuleError("%s: initscheme must be one of %s, got %r"
-                              % (self, ", ".join(INIT_SCHEMES), initscheme))
+        scheme, factor = parse_initscheme(self, initscheme)
         self.initscheme = scheme
+        self.initfactor = factor
 
         ok, reason = dense.ops().gemm_status()
         if not ok:
@@ -71,7 +102,7 @@ class Linear(Module):
         if empty:
             return
         self.setVar("W", Variable(gpuarray.to_gpu(init_weights(self.insize, self.outsize, scheme,
-                                                                self.wscale))))
+                                                                self.wscale, factor))))
         if self.useBias:
             self.setVar("b", Variable(gpuarray.zeros((self.outsize,), dtype=np.float32)))
 
@@ -85,27 +116,37 @@ class Linear(Module):
             raise ModuleError("%s: parameters are not initialized (built with empty=True); "
                               "load() them first" % self)
 
+    def dataShapeFrom(self, shape):
+        return (shape[0], self.outsize)
+
+    def gradShapeFrom(self, shape):
+        return (shape[0], self.insize)
+
     def checkGradShape(self, shape):
         expected = (self.inData.shape[0], self.outsize)
         if tuple(shape) != expected:
             raise ModuleError("%s: grad shape %s, expected %s" % (self, tuple(shape), expected))
 
+    # float16 data (calcMode) is converted to float32 at the boundaries: parameters, products and
+    # accumulation stay float32, as the batch norms keep theirs
     def updateData(self, data):
         ops = dense.ops()
         out = gpuarray.empty((data.shape[0], self.outsize), np.float32)
-        ops.gemm(data, self.W, out)
+        ops.gemm(elementwise.to_dtype(data, np.float32), self.W, out)
         if self.useBias:
             ops.add_bias(out, self.b)
-        return out
+        return elementwise.to_dtype(out, data.dtype)
 
     def updateGrad(self, grad):
         dx = gpuarray.empty(self.inData.shape, np.float32)
-        dense.ops().gemm(grad, self.W, dx, transB=True)
-        return dx
+        dense.ops().gemm(elementwise.to_dtype(grad, np.float32), self.W, dx, transB=True)
+        return elementwise.to_dtype(dx, grad.dtype)
 
     def accGradParams(self, grad, scale=1.0, momentum=0.0):
         ops = dense.ops()
-        ops.gemm(self.inData, grad, self.vars["W"].grad, transA=True, alpha=scale, beta=momentum)
+        grad = elementwise.to_dtype(grad, np.float32)
+        ops.gemm(elementwise.to_dtype(self.inData, np.float32), grad, self.vars["W"].grad,
+                 transA=True, alpha=scale, beta=momentum)
         if self.useBias:
             ops.bias_grad(grad, self.vars["b"].grad, scale, momentum)
 

@@ -5,6 +5,8 @@ Subclasses implement ``updateData(data) -> output`` and ``updateGrad(grad) -> in
 override ``accGradParams``, ``checkDataShape``, ``checkGradShape``.
 """
 
+import functools
+import inspect
 import math
 
 import numpy as np
@@ -83,6 +85,7 @@ class Module:
     def __call__(self, data):
         self._checkArray(data, "data")
         self.checkDataShape(data.shape)
+        data = self._contiguous(data, "data")
         # the checks passed: drop the last results first, so their memory can serve this pass
         self.data = self.grad = None
         out = self.updateData(data)
@@ -97,6 +100,7 @@ class Module:
         self.checkGradShape(grad.shape)
         scale = check_finite(self, "scale", scale)
         momentum = check_finite(self, "momentum", momentum)
+        grad = self._contiguous(grad, "grad")
 
         self.grad = None
         newgrad = self.updateGrad(grad) if updGrad else None
@@ -132,6 +136,17 @@ class Module:
             raise ModuleError("%s: expected %s dtype %s, got %s (see calcMode)"
                               % (self, what, self.calctype, ary.dtype))
 
+    def _contiguous(self, ary, what):
+        """A strided view (``x[:, ::2]``, ``x.T``) is copied once into a contiguous array: every
+        kernel indexes its operands as dense C-ordered buffers. An in-place module cannot write
+        its output into a view's memory that way, so it refuses one."""
+        if ary.flags.c_contiguous:
+            return ary
+        if getattr(self, "inplace", False):
+            raise ModuleError("%s: inplace=True needs a contiguous %s; got a strided view of shape "
+                              "%s (pass view.copy())" % (self, what, tuple(ary.shape)))
+        return ary.copy()
+
     # -- parameter updates -----------------------------------------------------------------------
     def zeroGradParams(self):
         for var in self.vars.values():
@@ -139,8 +154,8 @@ class Module:
                 var.grad.fill(0)
 
     def updateParams(self, learnRate):
-        """``data += learnRate * grad`` for every variable (PuzzleLib's convention: a descent step
-        passes a negative rate)."""
+        """``data += learnRate * grad`` for every variable. With PuzzleLib's convention (the costs
+        return the negative gradient) a positive rate descends."""
         learnRate = check_finite(self, "learnRate", learnRate)
         for var in self.vars.values():
             if var.grad is not None:
@@ -156,9 +171,12 @@ class Module:
         self.reset()
 
     def calcMode(self, T):
+        """The dtype of data and gradients: one of ``gpuarray.dtypesSupported()`` (float32; float16
+        on the CUDA backends, with parameters and arithmetic kept in float32)."""
         T = np.dtype(T)
-        if T != np.float32:
-            raise ModuleError("%s: unsupported dtype %s" % (self, T))
+        if T not in [np.dtype(d) for d, _ in gpuarray.dtypesSupported()]:
+            raise ModuleError("%s: unsupported dtype %s on the %r backend (see "
+                              "gpuarray.dtypesSupported())" % (self, T, config.get_backend()))
         self.calctype = T
 
     def reset(self):
@@ -192,11 +210,16 @@ class Module:
         for item in self.saveMeta():
             yield prefix + "meta." + item, "meta", "%s.%s" % (name, item), None
 
-    def save(self, hdf=None, name=None, compress="gzip"):
+    def save(self, hdf=None, name=None, compress="gzip", withBlueprint=False):
         """Write parameters, attributes and counters as HDF5 in PuzzleLib's layout (see
         :mod:`batchnorm_lib.modules.hdf5`) to a path or an open h5py File/Group; with no argument,
         return the file's bytes. ``name`` replaces the module's own name in the file's keys. An
-        unwritable path raises the operating system's OSError."""
+        unwritable path raises the operating system's OSError. ``withBlueprint=True`` also stores
+        ``getBlueprint()``, so ``batchnorm_lib.blueprint.load(file)`` rebuilds the module."""
+        if withBlueprint:
+            from batchnorm_lib import blueprint
+
+            return blueprint.save(self, hdf, name, compress)
         from batchnorm_lib.modules import hdf5
 
         return hdf5.save(self, hdf, name, compress)
@@ -255,3 +278,92 @@ class Module:
 
     def __str__(self):
         return "%s (name: %s)" % (type(self).__name__, self.name)
+
+    # == PuzzleLib's Module API: blueprints, sizes, variable tables, shape and dtype queries =======
+    def __init_subclass__(cls, **kwargs):
+        """Record the constructor arguments of every module (its blueprint) as PuzzleLib's modules
+        do with ``registerBlueprint(locals())``, without each class having to: the outermost
+        ``__init__`` of an instance binds its arguments once."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_recordsBlueprint", False):
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording(self, *args, **kw):
+            if "blueprint" not in self.__dict__:
+                try:
+                    bound = signature.bind(self, *args, **kw)
+                except TypeError:
+                    bound = None  # init raises the TypeError itself below
+                if bound is not None:
+                    bound.apply_defaults()
+                    scheme = {}
+                    for pname, value in list(bound.arguments.items())[1:]:
+                        kind = signature.parameters[pname].kind
+                        if kind is inspect.Parameter.VAR_KEYWORD:
+                            scheme.update(value)
+                        elif kind is not inspect.Parameter.VAR_POSITIONAL:
+                            scheme[pname] = value
+                    self.blueprint = scheme
+            init(self, *args, **kw)
+
+        recording._recordsBlueprint = True
+        cls.__init__ = recording
+
+    def registerBlueprint(self, args, exclude=None):
+        """PuzzleLib's explicit form: ``self.registerBlueprint(locals())`` in a constructor; names
+        in ``exclude`` are stored as None."""
+        exclude = set() if exclude is None else set(exclude)
+        self.blueprint = {key: None if key in exclude else value for key, value in args.items()
+                          if key not in ("self", "__class__")}
+
+    def getBlueprint(self):
+        """``{"classname": ..., "scheme": {constructor arguments}}``."""
+        scheme = dict(getattr(self, "blueprint", {}))
+        if "name" in scheme:
+            scheme["name"] = self.name  # a container may have named the module since
+        return {"classname": type(self).__name__, "scheme": scheme}
+
+    def paramSize(self, unit=None):
+        """Bytes of every parameter's data; ``unit`` "kb" or "mb" divides by 1024 or 1024**2."""
+        size = sum(var.data.nbytes for var in self.vars.values())
+        return size if unit is None else self.convertUnit(size, unit)
+
+    def convertUnit(self, size, unit):
+        divider = {"kb": 1024, "mb": 1024 ** 2}.get(str(getattr(unit, "value", unit)).lower())
+        if divider is None:
+            raise ModuleError("%s: paramSize unit must be 'kb' or 'mb', got %r" % (self, unit))
+        return size / divider
+
+    def getVarTable(self, vartable=None, name=None, root=True):
+        """``{Variable: [names]}``: every variable with the names it is known by (PuzzleLib's
+        naming: the module's name followed directly by the variable's)."""
+        if root and name is None:
+            name = self.name if self.name is not None else ""
+        vartable = {} if vartable is None else vartable
+        for paramName, var in self.vars.items():
+            vartable.setdefault(var, []).append("%s%s" % (name, paramName))
+        return vartable
+
+    def dataShapeFrom(self, shape):
+        """The output shape for input ``shape`` (elementwise modules keep it)."""
+        return tuple(shape)
+
+    def gradShapeFrom(self, shape):
+        """The input-gradient shape for an output gradient of ``shape``."""
+        return tuple(shape)
+
+    def checkDataType(self, dtype):
+        """ModuleError unless ``dtype`` (or each of a tuple/list) is the module's ``calctype``."""
+        for d in dtype if isinstance(dtype, (tuple, list)) else (dtype,):
+            if np.dtype(d) != self.calctype:
+                raise ModuleError("%s: expected dtype %s, got %s" % (self, self.calctype,
+                                                                    np.dtype(d)))
+
+    def checkGradType(self, dtype):
+        self.checkDataType(dtype)
+
+    def optimizeForShape(self, shape, memlimit=None):
+        """Accepted for PuzzleLib compatibility; the kernels here need no per-shape tuning."""

@@ -34,22 +34,103 @@ class Sequential(Module):
         if value:
             raise ModuleError("%s: variables belong to the children; set them there" % self)
 
-    def append(self, module):
+    def append(self, module, acquire=True):
+        """Add ``module`` at the end and return this Sequential (so appends chain). As in
+        PuzzleLib's containers, an unnamed module is named by its position (``"0"``, ``"1"``, ...);
+        a module whose name is taken is renamed so with ``acquire=True``, refused without."""
         if not isinstance(module, Module):
             raise ModuleError("%s: can only append Modules, got %s" % (self, type(module).__name__))
         if module is self or any(m is module for m in self.modules):
             raise ModuleError("%s: %s is already in this Sequential" % (self, module))
+        taken = {m.name for m in self.modules}
+        name = module.name
+        if name is None or name in taken:
+            if name is not None and not acquire:
+                raise ModuleError("%s: a module named %r is already in this Sequential"
+                                  % (self, name))
+            name = str(len(self.modules))
+            if name in taken:
+                raise ModuleError("%s: cannot name %s %r by its position: a child has that name"
+                                  % (self, module, name))
+        module.name = name
         self.modules.append(module)
+        return self
 
-    def extend(self, modules):
-        for mod in modules:
-            self.append(mod)
+    def extend(self, modules, acquire=True):
+        for mod in list(modules.modules if isinstance(modules, Sequential) else modules):
+            self.append(mod, acquire)
+        return self
 
     def __len__(self):
         return len(self.modules)
 
     def __getitem__(self, index):
+        """``seq[i]`` a child, ``seq["name"]`` the child of that name, ``seq[i:j]`` a new
+        Sequential of the same (shared, not copied) children."""
+        if isinstance(index, slice):
+            part = Sequential()
+            part.modules = self.modules[index]
+            return part
+        if isinstance(index, str):
+            for mod in self.modules:
+                if mod.name == index:
+                    return mod
+            raise KeyError(index)
         return self.modules[index]
+
+    def getByName(self, name):
+        """The module called ``name`` among the children or, recursively, their children; None
+        if there is none."""
+        for mod in self.modules:
+            if mod.name == name:
+                return mod
+        for mod in self.modules:
+            found = mod.getByName(name) if isinstance(mod, Sequential) else None
+            if found is not None:
+                return found
+        return None
+
+    def getBlueprint(self):
+        blueprint = super().getBlueprint()
+        blueprint["scheme"] = {"name": self.name}
+        blueprint["modules"] = {mod.name: mod.getBlueprint() for mod in self.modules}
+        blueprint["graph"] = [mod.name for mod in self.modules]
+        return blueprint
+
+    def getVarTable(self, vartable=None, name=None, root=True):
+        name = "" if root else name
+        vartable = {} if vartable is None else vartable
+        for mod in self.modules:
+            mod.getVarTable(vartable, "%s%s." % (name, mod.name), root=False)
+        return vartable
+
+    def dataShapeFrom(self, shape):
+        for mod in self.modules:
+            shape = mod.dataShapeFrom(shape)
+        return tuple(shape)
+
+    def gradShapeFrom(self, shape):
+        for mod in reversed(self.modules):
+            shape = mod.gradShapeFrom(shape)
+        return tuple(shape)
+
+    def checkDataType(self, dtype):
+        if self.modules:
+            self.modules[0].checkDataType(dtype)
+
+    def optimizeForShape(self, shape, memlimit=None):
+        for mod in self.modules:
+            mod.optimizeForShape(shape, memlimit)
+            shape = mod.dataShapeFrom(shape)
+
+    def paramSize(self, unit=None):
+        # a variable shared by two children counts once
+        seen, size = set(), 0
+        for var in self.vars.values():
+            if id(var) not in seen:
+                seen.add(id(var))
+                size += var.data.nbytes
+        return size if unit is None else self.convertUnit(size, unit)
 
     def __iter__(self):
         return iter(self.modules)
@@ -161,4 +242,5 @@ class Sequential(Module):
     def __str__(self):
         count = len(getattr(self, "modules", ()))
         return "Sequential of %d modules (name: %s)" % (count, self.name)
+
 

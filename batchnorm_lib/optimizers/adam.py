@@ -8,7 +8,7 @@ from batchnorm_lib.optimizers.optimizer import Optimizer, check_rate
 
 class Adam(Optimizer):
     """``mg = beta1 mg + (1 - beta1) g``; ``ms = beta2 ms + (1 - beta2) g^2``;
-    ``param -= alpha * sqrt(1 - beta2^t) / (1 - beta1^t) * mg / (sqrt(ms) + epsilon)``."""
+    ``param += alpha * sqrt(1 - beta2^t) / (1 - beta1^t) * mg / (sqrt(ms) + epsilon)``."""
 
     def __init__(self, alpha=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8):
         super().__init__()

@@ -10,7 +10,9 @@
         net.backward(grad)
         opt.update()
 
-Gradients are true gradients (dL/dparam); every optimizer steps against them. Each variable's
+Gradients follow PuzzleLib's sign convention: costs return the negative gradient of the loss,
+modules pass it back linearly, and every optimizer *adds* its step (``w += lr * g`` for SGD), so a
+positive rate descends. Each variable's
 ``learnRate`` factor scales the step (0 freezes the variable) and ``momRate`` scales the momentum.
 """
 

@@ -5,7 +5,7 @@ from batchnorm_lib.optimizers.optimizer import Optimizer, check_rate
 
 
 class SGD(Optimizer):
-    """``param -= learnRate * grad``."""
+    """``param += learnRate * grad`` (grad is the negative gradient, as the costs return it)."""
 
     def __init__(self, learnRate=1e-3):
         super().__init__()
@@ -16,7 +16,7 @@ class SGD(Optimizer):
 
 
 class MomentumSGD(SGD):
-    """Classical momentum: ``mom = momRate * mom - learnRate * grad``; ``param += mom``."""
+    """Classical momentum: ``mom = momRate * mom + learnRate * grad``; ``param += mom``."""
 
     def __init__(self, learnRate=1e-3, momRate=0.9):
         super().__init__(learnRate)

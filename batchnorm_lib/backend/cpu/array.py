@@ -1,11 +1,15 @@
 """A host array that behaves like pycuda's ``GPUArray``.
 
 It owns its memory: ``to_gpu`` and ``set`` copy in, ``get`` copies out, so the caller's ndarray
-is never silently shared. ``reshape``/``ravel`` return views of the same buffer, as on the GPU.
+is never silently shared. ``reshape``/``ravel``, basic indexing (``a[i]``, ``a[i:j:k]``, ``...``,
+``None``) and ``transpose``/``T`` return views of the same buffer, as on the GPU; arithmetic
+follows pycuda's rules (:mod:`batchnorm_lib.backend.arraymath`).
 """
 
 import numpy as np
 
+from batchnorm_lib.backend.arraymath import (ArrayMath, check_basic_index, check_computable,
+                                             check_contiguous)
 from batchnorm_lib.backend.cpu.pool import POOL
 
 
@@ -15,13 +19,18 @@ def _shape_tuple(shape):
     return tuple(int(s) for s in shape)
 
 
-class GPUArray:
+class GPUArray(ArrayMath):
     __slots__ = ("_ary", "__weakref__")
+    backend_name = "cpu"
+    allocator = None
 
-    def __init__(self, shape, dtype=np.float32, _ary=None):
+    def __init__(self, shape, dtype=np.float32, allocator=None, _ary=None):
         if _ary is None:
             _ary = POOL.empty(_shape_tuple(shape), dtype)
         self._ary = _ary
+
+    def _new(self, shape, dtype):
+        return GPUArray(_shape_tuple(shape), dtype)
 
     # -- pycuda's surface ------------------------------------------------------------------
     @property
@@ -45,15 +54,24 @@ class GPUArray:
         return self._ary.ndim
 
     @property
+    def itemsize(self):
+        return self._ary.itemsize
+
+    @property
     def strides(self):
         return self._ary.strides
+
+    @property
+    def flags(self):
+        """numpy's flags of the buffer (``c_contiguous``, ``f_contiguous``, ``forc``), as pycuda's."""
+        return self._ary.flags
 
     @property
     def ptr(self):
         """Address of the first element (pycuda's ``ptr``)."""
         return self._ary.ctypes.data
 
-    def get(self, ary=None):
+    def get(self, ary=None, pagelocked=False, async_=False, stream=None):
         """Copy to a new host ndarray (or into ``ary``) and return it."""
         if ary is None:
             return self._ary.copy()
@@ -63,19 +81,21 @@ class GPUArray:
         np.copyto(ary, self._ary)
         return ary
 
-    def set(self, ary):
-        """Copy a host array of the same shape and dtype into this array."""
+    def set(self, ary, async_=False, stream=None):
+        """Copy a host array of the same size and dtype into this array (a view too)."""
         ary = np.asarray(ary)
         if ary.size != self.size or ary.dtype != self.dtype:
             raise ValueError("set: source is %s %s, array is %s %s"
                              % (ary.shape, ary.dtype, self.shape, self.dtype))
         np.copyto(self._ary, ary.reshape(self.shape))
 
-    def fill(self, value):
+    def fill(self, value, stream=None):
+        check_contiguous(self)
         self._ary.fill(value)
         return self
 
     def copy(self):
+        """A contiguous copy (of a view too)."""
         out = GPUArray(self.shape, self.dtype)
         np.copyto(out._ary, self._ary)
         return out
@@ -83,15 +103,49 @@ class GPUArray:
     def reshape(self, *shape, order="C"):
         if order != "C":
             raise ValueError("only C order is supported")
+        check_contiguous(self)
         if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
             shape = shape[0]
+        if not self.flags.c_contiguous:
+            raise RuntimeError("only C-contiguous arrays may be reshaped in C order")
         return GPUArray(None, _ary=self._ary.reshape(shape))
 
     def ravel(self):
-        return GPUArray(None, _ary=self._ary.reshape(-1))
+        return self.reshape(-1)
 
-    def astype(self, dtype):
-        return GPUArray(None, _ary=self._ary.astype(dtype))
+    def view(self, dtype=None):
+        return GPUArray(None, _ary=self._ary.view(self.dtype if dtype is None else dtype))
+
+    def astype(self, dtype, stream=None):
+        check_contiguous(self)
+        dtype = np.dtype(dtype)
+        if dtype != self.dtype:
+            for d in (self.dtype, dtype):
+                if d != np.float16:
+                    check_computable(d, "astype")
+        out = GPUArray(self.shape, dtype)
+        with np.errstate(all="ignore"):
+            np.copyto(out._ary, self._ary, casting="unsafe")
+        return out
+
+    def transpose(self, axes=None):
+        return GPUArray(None, _ary=self._ary.transpose(axes))
+
+    def __getitem__(self, index):
+        check_basic_index(index)
+        return GPUArray(None, _ary=self._ary[index])
+
+    def __setitem__(self, index, value):
+        check_basic_index(index)
+        target = GPUArray(None, _ary=self._ary[index])
+        if np.isscalar(value):
+            target.fill(value)  # pycuda fills: a strided target raises RuntimeError there too
+            return
+        src = value._ary if isinstance(value, GPUArray) else np.asarray(value)
+        if src.shape != target.shape or src.dtype != target.dtype:
+            raise ValueError("setitem: source is %s %s, target is %s %s"
+                             % (src.shape, src.dtype, target.shape, target.dtype))
+        target._ary[...] = src
 
     def __len__(self):
         return len(self._ary)
@@ -108,16 +162,18 @@ def as_ndarray(a):
     return a._ary
 
 
-def to_gpu(ary):
+def to_gpu(ary, allocator=None):
     ary = np.asarray(ary)
     out = GPUArray(ary.shape, ary.dtype)
     np.copyto(out._ary, ary)
     return out
 
 
-def empty(shape, dtype=np.float32):
+def empty(shape, dtype=np.float32, allocator=None, order="C"):
+    if order != "C":
+        raise ValueError("only C order is supported")
     return GPUArray(_shape_tuple(shape), dtype)
 
 
-def zeros(shape, dtype=np.float32):
-    return GPUArray(_shape_tuple(shape), dtype).fill(0)
+def zeros(shape, dtype=np.float32, allocator=None, order="C"):
+    return empty(shape, dtype, allocator, order).fill(0)

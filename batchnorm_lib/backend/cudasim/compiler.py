@@ -52,7 +52,7 @@ WATCHDOG_ENV = "BATCHNORM_LIB_CUDASIM_WATCHDOG"  # seconds a thread may run with
 DEFAULT_WATCHDOG = 60.0
 PTXAS_ENV = "BATCHNORM_LIB_CUDASIM_PTXAS"  # "0": do not ask nvcc for registers and shared memory
 DEFAULT_STACK = 64 * 1024
-BUILD_VERSION = "1"  # bump to invalidate every cached build
+BUILD_VERSION = "2"  # bump to invalidate every cached build
 
 __all__ = ["SourceModule", "CompileError", "cache_dir", "find_cxx", "find_cuda_include"]
 
@@ -281,6 +281,9 @@ _TRAMPOLINE = (
     'const unsigned char* a) {{ return cudasim::launch(&{name}, "{name}", c, a); }}\n')
 
 
+SECTION_MARK = "@section:"  # a symbol-file entry inside the cudasim_shared section
+
+
 def _symbols(cxx, so_path):
     """Addresses and sizes of zero-initialised function-local statics (``__shared__`` arrays of
     templates, which the linker keeps out of the cudasim_shared section), from objdump."""
@@ -301,9 +304,14 @@ def _symbols(cxx, so_path):
         if name == "cudasim_error" and section == ".text":
             result.append(("@anchor", int(parts[0], 16), 0))
         elif name.startswith("_ZZ") and "cudasim" not in name and section.startswith(".bss"):
-            # (those in the cudasim_shared section are counted and reset with the section)
             try:
                 result.append((name, int(parts[0], 16), int(size, 16)))
+            except ValueError:
+                pass
+        elif section == "cudasim_shared" and "cudasim" not in name and not name.startswith("__"):
+            # counted and reset with the section; listed (marked) only to name them in findings
+            try:
+                result.append((SECTION_MARK + name, int(parts[0], 16), int(size, 16)))
             except ValueError:
                 pass
     return result
@@ -647,7 +655,9 @@ class _Build:
                 name, addr, size = line.split()
                 entries.append((name, int(addr), int(size)))
         anchor = [a for n, a, s in entries if n == "@anchor"]
-        self.symbols = [(n, a, s) for n, a, s in entries if n != "@anchor" and s > 0]
+        self.symbols = [(n[len(SECTION_MARK):] if n.startswith(SECTION_MARK) else n, a, s)
+                        for n, a, s in entries if n != "@anchor" and s > 0]
+        entries = [e for e in entries if not e[0].startswith(SECTION_MARK)]
         regions = [(a, s) for n, a, s in entries if n != "@anchor" and s > 0]
         self.static_shared = int(self.lib.cudasim_static_shared_bytes()) + sum(
             s for n, a, s in entries if n.startswith("_ZZ") and s > 0)

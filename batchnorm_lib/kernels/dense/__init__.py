@@ -14,27 +14,33 @@ unless said otherwise; "in place" results are written into the named argument.
 ``bias_grad(grad, out, alpha, beta)``
     ``out = alpha * grad.sum(axis=0) + beta * out`` for an (N, M) ``grad``; ``beta == 0``
     overwrites.
-``activation_forward(kind, x, out)``
-    ``out = f(x)`` elementwise; ``kind`` is one of ``ACTIVATIONS``.
-``activation_backward(kind, grad, y, dx)``
+``activation_forward(kind, x, out, a=0.0, b=0.0)``
+    ``out = f(x)`` elementwise; ``kind`` is one of ``ACTIVATIONS``; ``a``, ``b`` are its
+    parameters (leakyRelu's slope ``a``, elu's ``a``, clip's bounds ``[a, b]``).
+``activation_backward(kind, grad, y, dx, a=0.0, b=0.0)``
     ``dx = grad * f'(x)`` expressed through the forward output ``y = f(x)``.
-``softmax_cross_entropy(scores, labels, grad, losses)``
-    ``scores`` (N, C), ``labels`` N int32 class indices in [0, C). Per row ``p = softmax(scores)``:
-    ``losses[i] = -log p[i, labels[i]]`` and ``grad[i] = (p[i] - onehot(labels[i])) / N``, the true
-    gradient of the mean loss. Row maxima are subtracted first, so large scores do not overflow.
+``softmax_cross_entropy(scores, labels, grad, losses, weights=None)``
+    ``scores`` (N, C, *spatial), ``labels`` (N, *spatial) int32 class indices in [0, C),
+    ``weights`` None or C per-class weights. Per (sample, position) ``p = softmax`` over C:
+    ``losses[n, s] = -w[label] * log p[label]`` and ``grad[n, c, s] = w[c] * (onehot - p) / N``,
+    the *negative* gradient (PuzzleLib's convention and weighting). Maxima are subtracted first,
+    so large scores do not overflow.
+``mse(pred, target, grad, scale) -> float``
+    ``grad = (target - pred) * scale`` (the negative gradient); returns ``sum((target - pred)**2)``.
 ``sgd_update(param, grad, lr)``
-    ``param -= lr * grad``.
+    ``param += lr * grad``.
 ``momentum_update(param, grad, mom, lr, momRate)``
-    ``mom = momRate * mom - lr * grad``; ``param += mom``.
+    ``mom = momRate * mom + lr * grad``; ``param += mom``.
 ``adam_update(param, grad, mg, ms, lr, beta1, beta2, epsilon)``
     ``mg = beta1 * mg + (1 - beta1) * grad``; ``ms = beta2 * ms + (1 - beta2) * grad**2``;
-    ``param -= lr * mg / (sqrt(ms) + epsilon)`` (``lr`` already carries Adam's bias correction).
+    ``param += lr * mg / (sqrt(ms) + epsilon)`` (``lr`` already carries Adam's bias correction).
 
-Descent is built into the optimizer kernels: gradients are true gradients (dL/dparam) and the
-updates subtract them.
+PuzzleLib's sign convention: costs return the negative gradient of the loss (-dL/dscores),
+modules pass it back linearly, and the optimizer updates *add* ``lr * grad``, so a positive rate
+descends.
 """
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh")
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "leakyRelu", "elu", "softPlus", "clip")
 
 
 def ops(backend=None):

@@ -45,6 +45,10 @@ def _launch(name, grid, args):
 
 
 def _ptr(a):
+    # the kernels index dense C-ordered buffers; modules copy strided views before they get here
+    if not a.flags.c_contiguous:
+        raise ValueError("dense kernels take C-contiguous arrays, got strides %s for shape %s"
+                         % (a.strides, a.shape))
     return np.uintp(int(a.ptr))
 
 
@@ -117,26 +121,43 @@ def _kind(kind):
         raise ValueError("unknown activation %r" % (kind,)) from None
 
 
-def activation_forward(kind, x, out):
+def activation_forward(kind, x, out, a=0.0, b=0.0):
     _check_f32(x, out)
     k = _kind(kind)
-    _launch("dense_activation_forward", _grid(x.size), (_ptr(x), _ptr(out), np.int64(x.size), k))
+    _launch("dense_activation_forward", _grid(x.size),
+            (_ptr(x), _ptr(out), np.int64(x.size), k, np.float32(a), np.float32(b)))
 
 
-def activation_backward(kind, grad, y, dx):
+def activation_backward(kind, grad, y, dx, a=0.0, b=0.0):
     _check_f32(grad, y, dx)
     k = _kind(kind)
     _launch("dense_activation_backward", _grid(grad.size),
-            (_ptr(grad), _ptr(y), _ptr(dx), np.int64(grad.size), k))
+            (_ptr(grad), _ptr(y), _ptr(dx), np.int64(grad.size), k, np.float32(a), np.float32(b)))
 
 
-def softmax_cross_entropy(scores, labels, grad, losses):
+def softmax_cross_entropy(scores, labels, grad, losses, weights=None):
     _check_f32(scores, grad, losses)
+    if weights is not None:
+        _check_f32(weights)
     if np.dtype(labels.dtype) != np.int32:
         raise TypeError("labels must be int32, got %s" % (labels.dtype,))
-    rows, cols = scores.shape
+    batch, cols = scores.shape[0], scores.shape[1]
+    spatial = scores.size // max(batch * cols, 1)
+    rows = batch * spatial
     _launch("dense_softmax_cross_entropy", (max(1, min(rows, MAX_GRID_X)),),
-            (_ptr(scores), _ptr(labels), _ptr(grad), _ptr(losses), np.int64(rows), np.int32(cols)))
+            (_ptr(scores), _ptr(labels), np.uintp(0) if weights is None else _ptr(weights),
+             _ptr(grad), _ptr(losses), np.int64(rows), np.int32(cols), np.int64(spatial),
+             np.int64(batch)))
+
+
+def mse(pred, target, grad, scale):
+    _check_f32(pred, target, grad)
+    grid = _grid(pred.size)
+    partial = config.backend_module().empty((grid[0],), np.float32)
+    _launch("dense_mse", grid, (_ptr(pred), _ptr(target), _ptr(grad), _ptr(partial),
+                                np.int64(pred.size), np.float32(scale)))
+    # the block partials are added on the host in float64, in block order
+    return float(partial.get().astype(np.float64).sum())
 
 
 def sgd_update(param, grad, lr):

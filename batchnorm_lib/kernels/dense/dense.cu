@@ -23,25 +23,39 @@ __device__ __forceinline__ long long grid_stride()
     return static_cast<long long>(gridDim.x) * blockDim.x;
 }
 
-// Activation kinds, in the order of kernels/dense/__init__.py ACTIVATIONS.
-enum Act { kRelu = 0, kSigmoid = 1, kTanh = 2 };
+// Activation kinds, in the order of kernels/dense/__init__.py ACTIVATIONS. a and b are the
+// kind's parameters: leakyRelu's slope (a), elu's alpha (a), clip's bounds [a, b].
+enum Act { kRelu = 0, kSigmoid = 1, kTanh = 2, kLeakyRelu = 3, kElu = 4, kSoftPlus = 5, kClip = 6 };
 
-__device__ __forceinline__ float act_forward(int kind, float x)
+__device__ __forceinline__ float act_forward(int kind, float x, float a, float b)
 {
-    if (kind == kRelu) return x > 0.f ? x : 0.f;
+    switch (kind) {
+    case kRelu: return x > 0.f ? x : 0.f;
     // 0.5 + 0.5 tanh(x / 2) is the logistic function without exp overflow for very negative x
-    if (kind == kSigmoid) return fmaf(0.5f, tanhf(0.5f * x), 0.5f);
-    return tanhf(x);
+    case kSigmoid: return fmaf(0.5f, tanhf(0.5f * x), 0.5f);
+    case kTanh: return tanhf(x);
+    case kLeakyRelu: return x > 0.f ? x : a * x;
+    case kElu: return x > 0.f ? x : a * expm1f(x);
+    // log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow for large x, no cancellation
+    case kSoftPlus: return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x)));
+    default: return fminf(fmaxf(x, a), b);
+    }
 }
 
-// The derivative written through the forward output y. Built with -fmad=false, 1 - y * y rounds the
-// product and the difference separately, as the CPU backend's numpy does; fmaf(-y, y, 1) would be
-// the fused form.
-__device__ __forceinline__ float act_derivative(int kind, float y)
+// The derivative written through the forward output y (as PuzzleLib's modules do, so backward
+// needs only the saved output). Built with -fmad=false, 1 - y * y rounds the product and the
+// difference separately, as the CPU backend's numpy does; fmaf(-y, y, 1) would be the fused form.
+__device__ __forceinline__ float act_derivative(int kind, float y, float a, float b)
 {
-    if (kind == kRelu) return y > 0.f ? 1.f : 0.f;
-    if (kind == kSigmoid) return y * (1.f - y);
-    return 1.f - y * y;
+    switch (kind) {
+    case kRelu: return y > 0.f ? 1.f : 0.f;
+    case kSigmoid: return y * (1.f - y);
+    case kTanh: return 1.f - y * y;
+    case kLeakyRelu: return y > 0.f ? 1.f : a;
+    case kElu: return y > 0.f ? 1.f : y + a;
+    case kSoftPlus: return -expm1f(-y);
+    default: return (y > a && y < b) ? 1.f : 0.f;
+    }
 }
 
 // Tree reduction of kBlock values in shared memory; every thread returns the total.
@@ -100,74 +114,98 @@ extern "C" __global__ void dense_bias_grad(const float* grad, float* out, long l
     }
 }
 
-extern "C" __global__ void dense_activation_forward(const float* x, float* y, long long n, int kind)
+extern "C" __global__ void dense_activation_forward(const float* x, float* y, long long n, int kind, float a, float b)
 {
     for (long long i = dense::global_index(); i < n; i += dense::grid_stride()) {
-        y[i] = dense::act_forward(kind, x[i]);
+        y[i] = dense::act_forward(kind, x[i], a, b);
     }
 }
 
-extern "C" __global__ void dense_activation_backward(const float* grad, const float* y, float* dx, long long n, int kind)
+extern "C" __global__ void dense_activation_backward(const float* grad, const float* y, float* dx, long long n, int kind, float a, float b)
 {
     for (long long i = dense::global_index(); i < n; i += dense::grid_stride()) {
-        dx[i] = grad[i] * dense::act_derivative(kind, y[i]);
+        dx[i] = grad[i] * dense::act_derivative(kind, y[i], a, b);
     }
 }
 
-// One block per row (grid-stride over rows): p = softmax(scores[row]),
-// losses[row] = -log p[label], grad[row] = (p - onehot(label)) / rows.
-extern "C" __global__ void dense_softmax_cross_entropy(const float* scores, const int* labels, float* grad, float* losses, long long rows, int cols)
+// Scores (batch, cols, spatial), labels (batch, spatial); one block per (sample, position) row,
+// grid-stride over the batch * spatial rows; class j of a row sits at stride spatial.
+// p = softmax over the classes; grad = w[j] (onehot(label) - p) / batch, the negative gradient
+// (PuzzleLib's convention, weights as PuzzleLib applies them); losses[row] = -w[label] log p[label].
+// weights == nullptr means all ones.
+extern "C" __global__ void dense_softmax_cross_entropy(const float* scores, const int* labels, const float* weights, float* grad, float* losses, long long rows, int cols, long long spatial, long long batch)
 {
     __shared__ float buf[dense::kBlock];
-    const float invRows = 1.f / static_cast<float>(rows);
+    const float invBatch = 1.f / static_cast<float>(batch);
 
     for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
-        const float* s = scores + row * cols;
-        float* g = grad + row * cols;
+        const long long offset = (row / spatial) * cols * spatial + row % spatial;
+        const float* s = scores + offset;
+        float* g = grad + offset;
         const int label = labels[row];
 
         float m = -INFINITY;
         for (int j = threadIdx.x; j < cols; j += dense::kBlock) {
-            m = fmaxf(m, s[j]);
+            m = fmaxf(m, s[j * spatial]);
         }
         m = dense::block_reduce(buf, m, true);
 
         float z = 0.f;
         for (int j = threadIdx.x; j < cols; j += dense::kBlock) {
-            z += expf(s[j] - m);
+            z += expf(s[j * spatial] - m);
         }
         z = dense::block_reduce(buf, z, false);
 
         const float logz = logf(z);
         for (int j = threadIdx.x; j < cols; j += dense::kBlock) {
-            const float p = expf(s[j] - m - logz);
-            g[j] = (p - (j == label ? 1.f : 0.f)) * invRows;
+            const float p = expf(s[j * spatial] - m - logz);
+            const float w = weights ? weights[j] : 1.f;
+            g[j * spatial] = w * ((j == label ? 1.f : 0.f) - p) * invBatch;
         }
         if (threadIdx.x == 0) {
-            losses[row] = logz - (s[label] - m);
+            const float w = weights ? weights[label] : 1.f;
+            losses[row] = w * (logz - (s[label * spatial] - m));
         }
     }
 }
 
-// param -= lr * grad
+// MSE: grad = (target - pred) * scale (the negative gradient of sum(d^2) * scale / 2);
+// partial[block] = the block's sum of (target - pred)^2, merged in a fixed order (the host adds
+// the partials).
+extern "C" __global__ void dense_mse(const float* pred, const float* target, float* grad, float* partial, long long n, float scale)
+{
+    __shared__ float buf[dense::kBlock];
+    float acc = 0.f;
+    for (long long i = dense::global_index(); i < n; i += dense::grid_stride()) {
+        const float d = target[i] - pred[i];
+        grad[i] = d * scale;
+        acc = fmaf(d, d, acc);
+    }
+    acc = dense::block_reduce(buf, acc, false);
+    if (threadIdx.x == 0) {
+        partial[blockIdx.x] = acc;
+    }
+}
+
+// param += lr * grad (grad is the negative gradient: PuzzleLib's convention)
 extern "C" __global__ void dense_sgd_update(float* param, const float* grad, long long n, float lr)
 {
     for (long long i = dense::global_index(); i < n; i += dense::grid_stride()) {
-        param[i] = fmaf(-lr, grad[i], param[i]);
+        param[i] = fmaf(lr, grad[i], param[i]);
     }
 }
 
-// mom = momRate * mom - lr * grad; param += mom
+// mom = momRate * mom + lr * grad; param += mom
 extern "C" __global__ void dense_momentum_update(float* param, const float* grad, float* mom, long long n, float lr, float momRate)
 {
     for (long long i = dense::global_index(); i < n; i += dense::grid_stride()) {
-        const float m = fmaf(momRate, mom[i], -lr * grad[i]);
+        const float m = fmaf(momRate, mom[i], lr * grad[i]);
         mom[i] = m;
         param[i] += m;
     }
 }
 
-// mg = beta1 mg + (1 - beta1) g; ms = beta2 ms + (1 - beta2) g^2; param -= lr mg / (sqrt(ms) + eps)
+// mg = beta1 mg + (1 - beta1) g; ms = beta2 ms + (1 - beta2) g^2; param += lr mg / (sqrt(ms) + eps)
 extern "C" __global__ void dense_adam_update(float* param, const float* grad, float* mg, float* ms, long long n, float lr, float beta1, float beta2, float epsilon)
 {
     for (long long i = dense::global_index(); i < n; i += dense::grid_stride()) {
@@ -176,6 +214,6 @@ extern "C" __global__ void dense_adam_update(float* param, const float* grad, fl
         const float b = fmaf(beta2, ms[i], (1.f - beta2) * g * g);
         mg[i] = a;
         ms[i] = b;
-        param[i] -= lr * a / (sqrtf(b) + epsilon);
+        param[i] += lr * a / (sqrtf(b) + epsilon);
     }
 }
