@@ -619,9 +619,46 @@ def _run_copy(monkeypatch, tmp_path, core, shapes=COPY_SHAPES):
     previous = config.get_backend()
     config.set_backend("cudasim")
     try:
-        return all(_copy_matches(ops("cudasim"), shape) for shape in shapes)
+        return all(_copy_matches(ops("cudasim"), shape) for shape in shapes) \
+            and _per_row_copy_matches(ops("cudasim"))
     finally:
         config.set_backend(previous)
+
+
+def _per_row_copy_matches(impl):
+    """per_row.cu (LayerNorm, GroupNorm rows) against float64: S = 1 (column parameter sums) and
+    S = 9 (channel parameter sums)."""
+    rng = np.random.default_rng(11)
+    g = cudasim.to_gpu
+    for shape, groups in (((7, 37), 1), ((5, 4, 9), 2)):
+        x = (rng.normal(size=shape) * 2 + 3).astype(np.float32)
+        dy = rng.normal(size=shape).astype(np.float32)
+        spatial = 1 if len(shape) == 2 else shape[2]
+        nparam = shape[1]
+        rows = shape[0] * groups
+        sc = rng.uniform(0.5, 1.5, nparam).astype(np.float32)
+        out, sm, si = cudasim.empty(shape), cudasim.empty((rows,)), cudasim.empty((rows,))
+        dx, dsc, dbs = cudasim.empty(shape), cudasim.empty((nparam,)), cudasim.empty((nparam,))
+        try:
+            impl.per_row_forward(g(x), g(sc), g(np.zeros(nparam, np.float32)), groups, spatial,
+                                 1e-5, out, sm, si)
+            impl.per_row_backward(g(x), g(dy), g(sc), sm, si, groups, spatial, dx, dsc, dbs)
+        except driver.LaunchError:
+            return False
+        xs = x.reshape(rows, -1).astype(np.float64)
+        mu, inv = xs.mean(1, keepdims=True), 1 / np.sqrt(xs.var(1, keepdims=True) + 1e-5)
+        xhat = ((xs - mu) * inv).reshape(shape)
+        cs = (1, nparam) + (1,) * (len(shape) - 2)
+        gr = (dy * sc.reshape(cs)).reshape(rows, -1)
+        xh = xhat.reshape(rows, -1)
+        rdx = inv * (gr - gr.mean(1, keepdims=True) - xh * (gr * xh).mean(1, keepdims=True))
+        axes = (0,) + tuple(range(2, len(shape)))
+        if not (np.allclose(out.get(), xhat * sc.reshape(cs), rtol=1e-4, atol=1e-4)
+                and np.allclose(dx.get(), rdx.reshape(shape), rtol=1e-4, atol=1e-4)
+                and np.allclose(dsc.get(), (dy * xhat).sum(axis=axes), rtol=1e-4, atol=1e-3)
+                and np.allclose(dbs.get(), dy.sum(axis=axes), rtol=1e-4, atol=1e-3)):
+            return False
+    return True
 
 
 def _copy_matches(impl, shape):
@@ -659,7 +696,7 @@ def test_unmodified_copy_passes(monkeypatch, tmp_path):
 def _barrier_sites(tmp_path):
     sites = []
     for name in sorted(os.listdir(tmp_path / "norm")):
-        if name not in ("batchnorm.cu", "bn_common.cuh"):  # the sources _run_copy exercises
+        if name not in ("batchnorm.cu", "bn_common.cuh", "per_row.cu"):  # what _run_copy runs
             continue
         name = os.path.join("norm", name)
         text = (tmp_path / name).read_text()

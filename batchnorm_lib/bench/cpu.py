@@ -110,6 +110,9 @@ def add_arguments(p):
     p.add_argument("--rounds", type=int_at_least(1), default=5, help="alternating timing rounds (default 5)")
     p.add_argument("--per-round", type=int_at_least(1), default=10, help="timed calls per side per round, after a pause and one untimed call (default 10)")
     p.add_argument("--warmup", type=int_at_least(0), default=2, help="untimed calls per side first, for at least 0.25 s too (default 2)")
+    p.add_argument("--statistic", choices=("median", "min"), default="median",
+                   help="per side, the median call (default) or the fastest one, which other "
+                        "work on a busy machine disturbs less")
     p.add_argument("--family", action="store_true",
                    help="time LayerNorm, GroupNorm (%d groups) and InstanceNorm2D against "
                         "PyTorch instead of batch norm, on %s (these replace the --shape or "
@@ -198,9 +201,10 @@ def import_torch():
 SWITCH_PAUSE_SECONDS = 0.02
 
 
-def compare(fns, rounds, per_round, warmup):
-    """Median seconds per call of each function in ``fns`` (name -> callable), timed in
-    interleaved rounds so that load from elsewhere on the machine hits every side alike."""
+def compare(fns, rounds, per_round, warmup, statistic="median"):
+    """Median (or, with ``statistic="min"``, fastest) seconds per call of each function in ``fns``
+    (name -> callable), timed in interleaved rounds so that load from elsewhere on the machine
+    hits every side alike."""
     times = {name: [] for name in fns}
     for fn in fns.values():
         # fresh buffers run slowly for their first few uses on some machines (first touch, page
@@ -220,7 +224,8 @@ def compare(fns, rounds, per_round, warmup):
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    pick = min if statistic == "min" else statistics.median
+    return {name: pick(ts) for name, ts in times.items()}
 
 
 def copy_bandwidth(nbytes, threads, rounds=9):
@@ -446,7 +451,7 @@ def wait_for_quiet(max_seconds, threshold=5.0):
 
 
 def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=True,
-                  use_naive=True, progress=None, settle=0.0):
+                  use_naive=True, progress=None, settle=0.0, statistic="median"):
     """Time every (shape, pass); returns a dict with the environment and one row per pair.
     ``shapes`` holds (N, C, ...) shapes (channels first) or (shape, layout) pairs.
     ``progress(done, total, label)`` is called before each step when given."""
@@ -471,7 +476,7 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
         "numpy": np.__version__, "python": platform.python_version(),
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "rounds": rounds, "per_round": per_round, "warmup": warmup,
+        "rounds": rounds, "per_round": per_round, "warmup": warmup, "statistic": statistic,
     }
     env["load_before"] = machine_load()
     rows = []
@@ -508,7 +513,7 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
                 progress(done, total, "%s %s" % (label, p))
             idx = {"train": 0, "infer": 1, "fwd": 2}[p]
             fns = {name: c[idx] for name, c in contestants.items()}
-            t = compare(fns, rounds, per_round, warmup)
+            t = compare(fns, rounds, per_round, warmup, statistic)
             if naive_fns is not None:
                 # slow and single-threaded: a few calls are enough to place it
                 t["naive"] = compare({"naive": naive_fns[idx]}, 1, 3, 1)["naive"]
@@ -570,9 +575,9 @@ def format_table(result, markdown=False):
     out.append("machine: %s, %d cores | threads: ours %s, torch %s | CPU path: %s"
                % (env["machine"], env["cores"], env["threads_ours"], env["threads_torch"],
                   env["cpu_path_detail"]))
-    out.append("torch %s, numpy %s, python %s | commit %s | %s"
+    out.append("torch %s, numpy %s, python %s | commit %s | %s | times: %s call per side"
                % (env["torch"] or "not installed", env["numpy"], env["python"], env["commit"],
-                  env["date"]))
+                  env["date"], "fastest" if env.get("statistic") == "min" else "median"))
     lb, la = env.get("load_before"), env.get("load_after")
     if lb and la:
         fmt_load = lambda v: "-" if v is None else "%.2f" % v  # noqa: E731
@@ -710,6 +715,7 @@ def run_from_args(args, progress=None):
     if getattr(args, "family", False):
         shapes = FAMILY_CASES
     result = run_benchmark(shapes, passes, threads, rounds, args.per_round, args.warmup,
+                           statistic=args.statistic,
                            use_torch=not args.no_torch, use_naive=not args.no_naive,
                            progress=progress, settle=args.settle)
     print(format_table(result, markdown=args.markdown))

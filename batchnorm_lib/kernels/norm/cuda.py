@@ -172,7 +172,7 @@ def axpby(x, y, alpha, beta):
 
 PER_ROW_SOURCE = "norm/per_row.cu"
 MAX_ROW_LENGTH = (1 << 24) - 1  # in-row indices are 32-bit and float counts stay exact
-MAX_ROW_BLOCKS = 65535  # blocks of a row kernel; more rows are walked grid-stride
+MAX_ROWS = (1 << 31) - 1  # one block per row, on grid.x
 
 
 def _launch_in(source, rt, name, grid, args):
@@ -190,13 +190,13 @@ def _per_row_launch(rt, name, grid, args):
 def _per_row_plan(x, rows, groups, spatial, *arrays):
     """(length, vector suffix, row grid) of row-kernel launches."""
     length = x.size // rows
-    if length > MAX_ROW_LENGTH:
-        raise ValueError("rows of %d elements are too long for the CUDA row kernels (at most %d)"
-                         % (length, MAX_ROW_LENGTH))
+    if length > MAX_ROW_LENGTH or rows > MAX_ROWS:
+        raise ValueError("%d rows of %d elements do not fit the CUDA row kernels (at most %d rows "
+                         "of at most %d)" % (rows, length, MAX_ROWS, MAX_ROW_LENGTH))
     vec, width = _vector(length, x.dtype, x, *arrays)
     if vec and spatial != 1 and spatial % width:
         vec = ""  # a pack would straddle two channels
-    return length, vec, (min(rows, MAX_ROW_BLOCKS),)
+    return length, vec, (rows,)
 
 
 def per_row_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinvstd):

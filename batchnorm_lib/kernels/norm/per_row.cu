@@ -10,8 +10,8 @@
 // only when every data pointer is 16-byte aligned, L is a multiple of the pack width and a pack
 // never straddles two channels (S == 1 or S a multiple of the pack width).
 //
-// One block per row (grid-stride over rows): a row's statistics are a block reduction, merged
-// in an order fixed by the launch shape. Parameter gradients read the data as (N, C, S) (channel
+// One block per row (grid.x = R, up to 2^31 - 1): a row's statistics are a block reduction,
+// merged in an order fixed by the launch shape. Parameter gradients read the data as (N, C, S) (channel
 // ch of sample n is row n * G + ch / (L / S)) and reduce per channel in two phases like the
 // batch-norm kernels. No atomics anywhere: results are bitwise repeatable.
 #include "bn_common.cuh"
@@ -40,26 +40,27 @@ __device__ __forceinline__ void stats(const T* __restrict__ x, long long nrows, 
                                       float* __restrict__ savemean, float* __restrict__ saveinvstd)
 {
     const int packs = len / VEC;
-    for (long long row = blockIdx.x; row < nrows; row += gridDim.x) {
-        const T* xr = x + row * len;
-        const float shift = to_float(xr[0]);
-        Welford w = bn::welford_empty();
-        for (int j = threadIdx.x; j < packs; j += kBlock) {
-            const Pack<T, VEC> pk = load_pack<T, VEC>(xr + j * VEC);
-            float v[VEC];
+    const long long row = blockIdx.x;  // one row per block: grid.x = rows
+    if (row >= nrows) {
+        return;
+    }
+    const T* xr = x + row * len;
+    const float shift = to_float(xr[0]);
+    Welford w = bn::welford_empty();
+    for (int j = threadIdx.x; j < packs; j += kBlock) {
+        const Pack<T, VEC> pk = load_pack<T, VEC>(xr + j * VEC);
+        float v[VEC];
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                v[i] = __fsub_rn(to_float(pk.v[i]), shift);
-            }
-            bn::welford_add<VEC>(w, v);
+        for (int i = 0; i < VEC; ++i) {
+            v[i] = __fsub_rn(to_float(pk.v[i]), shift);
         }
-        w = bn::block_reduce(w);
-        if (threadIdx.x == 0) {
-            const float var = fmaxf(w.m2 / w.n, 0.f);
-            savemean[row] = __fadd_rn(shift, w.mean);
-            saveinvstd[row] = 1.f / sqrtf(__fadd_rn(var, eps));
-        }
-        __syncthreads();  // block_reduce's shared slots are reused by the next row
+        bn::welford_add<VEC>(w, v);
+    }
+    w = bn::block_reduce(w);
+    if (threadIdx.x == 0) {
+        const float var = fmaxf(w.m2 / w.n, 0.f);
+        savemean[row] = __fadd_rn(shift, w.mean);
+        saveinvstd[row] = 1.f / sqrtf(__fadd_rn(var, eps));
     }
 }
 
@@ -74,22 +75,24 @@ __device__ __forceinline__ void normalize(const T* __restrict__ x, T* __restrict
 {
     const int packs = len / VEC;
     const int cg = len / spatial;
-    for (long long row = blockIdx.x; row < nrows; row += gridDim.x) {
-        const float m = savemean[row];
-        const float inv = saveinvstd[row];
-        const int base = static_cast<int>(row % groups) * cg;
-        const long long off = row * len;
-        for (int j = threadIdx.x; j < packs; j += kBlock) {
-            Pack<T, VEC> pk = load_pack<T, VEC>(x + off + j * VEC);
+    const long long row = blockIdx.x;  // one row per block: grid.x = rows
+    if (row >= nrows) {
+        return;
+    }
+    const float m = savemean[row];
+    const float inv = saveinvstd[row];
+    const int base = static_cast<int>(row % groups) * cg;
+    const long long off = row * len;
+    for (int j = threadIdx.x; j < packs; j += kBlock) {
+        Pack<T, VEC> pk = load_pack<T, VEC>(x + off + j * VEC);
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                const int ch = channel_of(base, j * VEC + i, spatial);
-                const float a = __fmul_rn(scale[ch], inv);
-                const float t = __fmul_rn(__fsub_rn(to_float(pk.v[i]), m), a);
-                pk.v[i] = from_float<T>(__fadd_rn(t, bias[ch]));
-            }
-            store_pack<T, VEC>(y + off + j * VEC, pk);
+        for (int i = 0; i < VEC; ++i) {
+            const int ch = channel_of(base, j * VEC + i, spatial);
+            const float a = __fmul_rn(scale[ch], inv);
+            const float t = __fmul_rn(__fsub_rn(to_float(pk.v[i]), m), a);
+            pk.v[i] = from_float<T>(__fadd_rn(t, bias[ch]));
         }
+        store_pack<T, VEC>(y + off + j * VEC, pk);
     }
 }
 
@@ -105,30 +108,31 @@ __device__ __forceinline__ void backward_sums(const T* __restrict__ x, const T* 
 {
     const int packs = len / VEC;
     const int cg = len / spatial;
-    for (long long row = blockIdx.x; row < nrows; row += gridDim.x) {
-        const float m = savemean[row];
-        const int base = static_cast<int>(row % groups) * cg;
-        const long long off = row * len;
-        float2 acc = make_float2(0.f, 0.f);
-        for (int j = threadIdx.x; j < packs; j += kBlock) {
-            const Pack<T, VEC> px = load_pack<T, VEC>(x + off + j * VEC);
-            const Pack<T, VEC> pg = load_pack<T, VEC>(dy + off + j * VEC);
+    const long long row = blockIdx.x;  // one row per block: grid.x = rows
+    if (row >= nrows) {
+        return;
+    }
+    const float m = savemean[row];
+    const int base = static_cast<int>(row % groups) * cg;
+    const long long off = row * len;
+    float2 acc = make_float2(0.f, 0.f);
+    for (int j = threadIdx.x; j < packs; j += kBlock) {
+        const Pack<T, VEC> px = load_pack<T, VEC>(x + off + j * VEC);
+        const Pack<T, VEC> pg = load_pack<T, VEC>(dy + off + j * VEC);
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                const float g = __fmul_rn(to_float(pg.v[i]), scale[channel_of(base, j * VEC + i,
-                                                                               spatial)]);
-                acc.x = __fadd_rn(acc.x, g);
-                acc.y = fmaf(g, __fsub_rn(to_float(px.v[i]), m), acc.y);
-            }
+        for (int i = 0; i < VEC; ++i) {
+            const float g = __fmul_rn(to_float(pg.v[i]), scale[channel_of(base, j * VEC + i,
+                                                                           spatial)]);
+            acc.x = __fadd_rn(acc.x, g);
+            acc.y = fmaf(g, __fsub_rn(to_float(px.v[i]), m), acc.y);
         }
-        acc = bn::block_reduce(acc);
-        if (threadIdx.x == 0) {
-            const float inv = saveinvstd[row];
-            const float fl = static_cast<float>(len);
-            coef[2 * row] = __fmul_rn(inv, acc.x) / fl;
-            coef[2 * row + 1] = __fmul_rn(__fmul_rn(__fmul_rn(inv, inv), inv), acc.y) / fl;
-        }
-        __syncthreads();
+    }
+    acc = bn::block_reduce(acc);
+    if (threadIdx.x == 0) {
+        const float inv = saveinvstd[row];
+        const float fl = static_cast<float>(len);
+        coef[2 * row] = __fmul_rn(inv, acc.x) / fl;
+        coef[2 * row + 1] = __fmul_rn(__fmul_rn(__fmul_rn(inv, inv), inv), acc.y) / fl;
     }
 }
 
@@ -143,26 +147,28 @@ __device__ __forceinline__ void backward_dx(const T* __restrict__ x, const T* __
 {
     const int packs = len / VEC;
     const int cg = len / spatial;
-    for (long long row = blockIdx.x; row < nrows; row += gridDim.x) {
-        const float m = savemean[row];
-        const float inv = saveinvstd[row];
-        const float c0 = coef[2 * row];
-        const float c1 = coef[2 * row + 1];
-        const int base = static_cast<int>(row % groups) * cg;
-        const long long off = row * len;
-        for (int j = threadIdx.x; j < packs; j += kBlock) {
-            const Pack<T, VEC> px = load_pack<T, VEC>(x + off + j * VEC);
-            Pack<T, VEC> pg = load_pack<T, VEC>(dy + off + j * VEC);
+    const long long row = blockIdx.x;  // one row per block: grid.x = rows
+    if (row >= nrows) {
+        return;
+    }
+    const float m = savemean[row];
+    const float inv = saveinvstd[row];
+    const float c0 = coef[2 * row];
+    const float c1 = coef[2 * row + 1];
+    const int base = static_cast<int>(row % groups) * cg;
+    const long long off = row * len;
+    for (int j = threadIdx.x; j < packs; j += kBlock) {
+        const Pack<T, VEC> px = load_pack<T, VEC>(x + off + j * VEC);
+        Pack<T, VEC> pg = load_pack<T, VEC>(dy + off + j * VEC);
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                const int ch = channel_of(base, j * VEC + i, spatial);
-                const float k = __fmul_rn(scale[ch], inv);
-                const float t = __fsub_rn(__fmul_rn(to_float(pg.v[i]), k), c0);
-                const float u = __fmul_rn(__fsub_rn(to_float(px.v[i]), m), c1);
-                pg.v[i] = from_float<T>(__fsub_rn(t, u));
-            }
-            store_pack<T, VEC>(dx + off + j * VEC, pg);
+        for (int i = 0; i < VEC; ++i) {
+            const int ch = channel_of(base, j * VEC + i, spatial);
+            const float k = __fmul_rn(scale[ch], inv);
+            const float t = __fsub_rn(__fmul_rn(to_float(pg.v[i]), k), c0);
+            const float u = __fmul_rn(__fsub_rn(to_float(px.v[i]), m), c1);
+            pg.v[i] = from_float<T>(__fsub_rn(t, u));
         }
+        store_pack<T, VEC>(dx + off + j * VEC, pg);
     }
 }
 
