@@ -617,8 +617,9 @@ def run_from_args(args, progress=None):
         cpu_kernels.use(args.cpu_path)
     if args.shape:
         layouts = LAYOUTS if args.layout == "both" else (args.layout or "channels_first",)
-        shapes = [(s, lay) for s in args.shape for lay in layouts
-                  if lay == "channels_first" or len(s) > 2]
+        # (N, C) data has one layout: one row
+        shapes = [item for s in args.shape for item in
+                  ([(s, "channels_first")] if len(s) == 2 else [(s, lay) for lay in layouts])]
     else:
         first, last = (QUICK_SHAPES, QUICK_LAST) if args.quick else (DEFAULT_SHAPES, DEFAULT_LAST)
         shapes = [(s, "channels_first") for s in first] + [(s, "channels_last") for s in last]

@@ -76,12 +76,12 @@ class BatchNormND(Module):
         return self.nd == 0 or self.layout == "channels_last"
 
     def axesName(self):
-        """The expected data axes in this module's layout, e.g. '(N, H, W, C)'."""
+        """The expected data axes, e.g. '(N, C, H, W)', or '(N, H, W, C), layout='channels_last''."""
         axes = self.axes or "(N, C%s)" % "".join(", S%d" % i for i in range(self.nd))
-        if self.layout == "channels_last" and self.nd > 0:
+        if self.layout == "channels_last":
             names = axes.strip("()").split(", ")
-            axes = "(%s)" % ", ".join([names[0]] + names[2:] + [names[1]])
-        return "%s, layout=%r" % (axes, self.layout)
+            axes = "(%s), layout=%r" % (", ".join([names[0]] + names[2:] + names[1:2]), self.layout)
+        return axes
 
     def checkDataShape(self, shape):
         ndim = self.nd + 2
@@ -90,8 +90,9 @@ class BatchNormND(Module):
                               % (self, ndim, self.axesName(), tuple(shape)))
         axis = -1 if self.rowsLayout else 1
         if shape[axis] != self.maps:
-            raise ModuleError("%s: expects %d channels on axis %d (%s), got shape %s"
-                              % (self, self.maps, axis % ndim, self.axesName(), tuple(shape)))
+            raise ModuleError("%s: expects %d channels on axis %d%s, got shape %s"
+                              % (self, self.maps, axis % ndim, " (%s)" % self.axesName()
+                                 if self.layout == "channels_last" else "", tuple(shape)))
         if self.scale is None:
             raise ModuleError("%s: parameters are not initialized (built with empty=True); "
                               "load() them first" % self)
