@@ -88,6 +88,35 @@ static rc_plan rc_make_plan(i64 R, i64 C)
     return p;
 }
 
+/* One reduction task: channels [c0, c0 + w) of rows [r0, r1), writing row part `part`'s results;
+ * ws is the calling thread's workspace. */
+typedef void (*rc_task_fn)(void *ctx, i64 part, i64 c0, i64 w, i64 r0, i64 r1, float *ws);
+
+/* Runs every (row part, channel chunk) task of plan p on the threads, each thread with a workspace
+ * of ws_floats * p->W floats; returns -1 when a workspace cannot be allocated. */
+static int rc_tasks(const rc_plan *p, i64 R, i64 C, i64 ws_floats, rc_task_fn fn, void *ctx)
+{
+    int failed = 0;
+    i64 ntask = p->P * p->nchunk;
+#pragma omp parallel num_threads(rc_threads(R * C))
+    {
+        float *ws = malloc(sizeof(float) * (size_t)(p->W * ws_floats));
+        if (!ws) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+#pragma omp for schedule(static)
+            for (i64 t = 0; t < ntask; t++) {
+                i64 part = t / p->nchunk, c0 = (t % p->nchunk) * p->W;
+                i64 r0 = part * p->PR;
+                fn(ctx, part, c0, rc_min(p->W, C - c0), r0, rc_min(R, r0 + p->PR), ws);
+            }
+        }
+        free(ws);
+    }
+    return failed ? -1 : 0;
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* statistics                                                                                      */
 
@@ -140,6 +169,19 @@ static void part_stats(const float *x, i64 C, i64 r0, i64 r1, i64 w, i64 B, doub
     }
 }
 
+typedef struct {
+    const float *x;
+    i64 C, B;
+    double *pmean, *pm2;
+} stats_ctx;
+
+static void stats_task(void *ctx, i64 part, i64 c0, i64 w, i64 r0, i64 r1, float *ws)
+{
+    const stats_ctx *k = ctx;
+    i64 o = part * k->C + c0;
+    part_stats(k->x + c0, k->C, r0, r1, w, k->B, k->pmean + o, k->pm2 + o, ws);
+}
+
 static float invstd_f32(double var, double eps)
 {
     return 1.0f / sqrtf((float)var + (float)eps);
@@ -184,49 +226,35 @@ int rc_forward_train(const float *x, float *out, i64 R, i64 C, const float *scal
     double *pmean = malloc(sizeof(double) * (size_t)(p.P * C));
     double *pm2 = malloc(sizeof(double) * (size_t)(p.P * C));
     float *consts = malloc(sizeof(float) * (size_t)C * 2);
-    int failed = 0;
     if (!pmean || !pm2 || !consts) {
         free(pmean); free(pm2); free(consts);
         return -1;
     }
-    i64 ntask = p.P * p.nchunk;
-#pragma omp parallel num_threads(rc_threads(R * C))
-    {
-        float *ws = malloc(sizeof(float) * (size_t)p.W * 3);
-        if (!ws) {
-#pragma omp atomic write
-            failed = 1;
-        } else {
-#pragma omp for schedule(static)
-            for (i64 t = 0; t < ntask; t++) {
-                i64 part = t / p.nchunk, c0 = (t % p.nchunk) * p.W;
-                i64 w = rc_min(p.W, C - c0);
-                i64 r0 = part * p.PR, r1 = rc_min(R, r0 + p.PR);
-                part_stats(x + c0, C, r0, r1, w, p.B, pmean + part * C + c0, pm2 + part * C + c0,
-                           ws);
-            }
-        }
-        free(ws);
-    }
-    if (failed) {
+    stats_ctx ctx = {x, C, p.B, pmean, pm2};
+    if (rc_tasks(&p, R, C, 3, stats_task, &ctx) != 0) {
         free(pmean); free(pm2); free(consts);
         return -1;
     }
     /* merge the parts in part order (every part but the last has PR rows), then the per-channel
      * constants in bn_cpu.c's steps */
     float *mean32 = consts, *a32 = consts + C;
+    double wb[RC_MAX_PARTS], wab[RC_MAX_PARTS], na = 0.0;
+    for (i64 part = 0; part < p.P; part++) {
+        double nb = (double)(rc_min(R, (part + 1) * p.PR) - part * p.PR), n = na + nb;
+        wb[part] = nb / n;
+        wab[part] = na * (nb / n);
+        na = n;
+    }
     float keep = (float)(1.0 - factor);
     double unbias = (double)R / (double)(R - 1);
     for (i64 c = 0; c < C; c++) {
-        double na = 0.0, mean = 0.0, m2 = 0.0;
+        double mean = 0.0, m2 = 0.0;
         for (i64 part = 0; part < p.P; part++) {
-            double nb = (double)(rc_min(R, (part + 1) * p.PR) - part * p.PR);
-            double n = na + nb, d = pmean[part * C + c] - mean, wb = nb / n;
-            mean += d * wb;
-            m2 += pm2[part * C + c] + d * d * (na * wb);
-            na = n;
+            double d = pmean[part * C + c] - mean;
+            mean += d * wb[part];
+            m2 += pm2[part * C + c] + d * d * wab[part];
         }
-        double var = m2 / na;
+        double var = m2 / (double)R;
         float inv = invstd_f32(var, eps);
         mean32[c] = (float)mean;
         a32[c] = scale[c] * inv;
@@ -285,6 +313,19 @@ static void part_sums(const float *x, const float *dy, i64 C, i64 r0, i64 r1, i6
     }
 }
 
+typedef struct {
+    const float *x, *dy, *m;
+    i64 C;
+    double *s1, *s2;
+} sums_ctx;
+
+static void sums_task(void *ctx, i64 part, i64 c0, i64 w, i64 r0, i64 r1, float *ws)
+{
+    const sums_ctx *k = ctx;
+    i64 o = part * k->C + c0;
+    part_sums(k->x + c0, k->dy + c0, k->C, r0, r1, w, k->m + c0, k->s1 + o, k->s2 + o, ws);
+}
+
 int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
                       const float *scale, const float *savemean, const float *saveinvvar,
                       float *dscale, float *dbias)
@@ -292,36 +333,16 @@ int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
     rc_plan p = rc_make_plan(R, C);
     double *ps = malloc(sizeof(double) * 2 * (size_t)(p.P * C));
     float *consts = malloc(sizeof(float) * (size_t)C * 3);
-    int failed = 0;
     if (!ps || !consts) {
         free(ps); free(consts);
         return -1;
     }
-    double *ps1 = ps, *ps2 = ps + p.P * C;
-    i64 ntask = p.P * p.nchunk;
-    int nt = rc_threads(R * C);
-#pragma omp parallel num_threads(nt)
-    {
-        float *ws = malloc(sizeof(float) * (size_t)p.W * 2);
-        if (!ws) {
-#pragma omp atomic write
-            failed = 1;
-        } else {
-#pragma omp for schedule(static)
-            for (i64 t = 0; t < ntask; t++) {
-                i64 part = t / p.nchunk, c0 = (t % p.nchunk) * p.W;
-                i64 w = rc_min(p.W, C - c0);
-                i64 r0 = part * p.PR, r1 = rc_min(R, r0 + p.PR);
-                part_sums(x + c0, dy + c0, C, r0, r1, w, savemean + c0, ps1 + part * C + c0,
-                          ps2 + part * C + c0, ws);
-            }
-        }
-        free(ws);
-    }
-    if (failed) {
+    sums_ctx ctx = {x, dy, savemean, C, ps, ps + p.P * C};
+    if (rc_tasks(&p, R, C, 2, sums_task, &ctx) != 0) {
         free(ps); free(consts);
         return -1;
     }
+    const double *ps1 = ctx.s1, *ps2 = ctx.s2;
     /* the numpy path's float64 steps: k = scale * invstd, c1 = k * invstd * gs / m,
      * c0 = k * gb / m */
     float *k32 = consts, *c032 = consts + C, *c132 = consts + 2 * C;
@@ -343,7 +364,7 @@ int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
     if (dx != NULL) {
         i64 rows = rc_max(1, RC_ELEMWISE_CHUNK / C);
         i64 ntask2 = rc_ceil_div(R, rows);
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(static) num_threads(rc_threads(R * C))
         for (i64 t = 0; t < ntask2; t++) {
             i64 r1 = rc_min(R, (t + 1) * rows);
             const float *restrict mm = savemean, *restrict kk = k32, *restrict a0 = c032,
