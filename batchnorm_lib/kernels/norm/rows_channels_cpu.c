@@ -30,6 +30,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#define RC_STREAM 1 /* 32-byte non-temporal stores */
+#endif
+
 typedef int64_t i64;
 
 int bn_get_num_threads(void); /* bn_cpu.c, same library */
@@ -54,6 +59,9 @@ int bn_get_num_threads(void); /* bn_cpu.c, same library */
 #endif
 #ifndef RC_ELEMWISE_CHUNK
 #define RC_ELEMWISE_CHUNK (32 * 1024) /* elements per task of the elementwise passes */
+#endif
+#ifndef RC_STREAM_BYTES
+#define RC_STREAM_BYTES (8 * 1024 * 1024) /* outputs this large bypass the cache */
 #endif
 #ifndef RC_SERIAL_BELOW
 #define RC_SERIAL_BELOW (64 * 1024)   /* elements: smaller tensors run on one thread */
@@ -190,28 +198,112 @@ static float invstd_f32(double var, double eps)
 /* ---------------------------------------------------------------------------------------------- */
 /* elementwise passes, rows split among the threads                                                */
 
+/* Outputs of at least g_stream_bytes (not written in place) are written with non-temporal stores:
+ * an output larger than the last-level cache is evicted before anyone reads it, and a normal store
+ * first reads the line it writes (write-allocate), one more pass over memory. */
+static i64 g_stream_bytes = RC_STREAM_BYTES;
+
+i64 rc_set_stream_bytes(i64 n)
+{
+    i64 previous = g_stream_bytes;
+    if (n >= 0)
+        g_stream_bytes = n;
+    return previous;
+}
+
+static int rc_stream(const void *out, const void *in, i64 n)
+{
+#ifdef RC_STREAM
+    return out != in && n * (i64)sizeof(float) >= g_stream_bytes;
+#else
+    (void)out; (void)in; (void)n;
+    return 0;
+#endif
+}
+
+/* First index of a row from which o + j is 32-byte aligned (when streaming; else the row's end,
+ * the vector loop below then does nothing). */
+static i64 rc_peel(const float *o, i64 C, int stream)
+{
+    if (!stream)
+        return C;
+    i64 mis = (i64)(((uintptr_t)o & 31) / sizeof(float));
+    return rc_min(C, mis ? 8 - mis : 0);
+}
+
+/* One row: o = (x - m) * a + b, or o = x * a when m is NULL; o may be x. */
+static void row_affine(const float *xr, float *o, i64 C, const float *restrict m,
+                       const float *restrict a, const float *restrict b, int stream)
+{
+    i64 j = 0, head = rc_peel(o, C, stream);
+    if (m) {
+        for (; j < head; j++)
+            o[j] = (xr[j] - m[j]) * a[j] + b[j];
+#ifdef RC_STREAM
+        for (; stream && j + 8 <= C; j += 8) {
+            __m256 v = _mm256_sub_ps(_mm256_loadu_ps(xr + j), _mm256_loadu_ps(m + j));
+            v = _mm256_add_ps(_mm256_mul_ps(v, _mm256_loadu_ps(a + j)), _mm256_loadu_ps(b + j));
+            _mm256_stream_ps(o + j, v);
+        }
+#endif
+        for (; j < C; j++)
+            o[j] = (xr[j] - m[j]) * a[j] + b[j];
+    } else {
+        for (; j < head; j++)
+            o[j] = xr[j] * a[j];
+#ifdef RC_STREAM
+        for (; stream && j + 8 <= C; j += 8)
+            _mm256_stream_ps(o + j, _mm256_mul_ps(_mm256_loadu_ps(xr + j), _mm256_loadu_ps(a + j)));
+#endif
+        for (; j < C; j++)
+            o[j] = xr[j] * a[j];
+    }
+}
+
+/* One row: dx = (dy * k - c0) - (x - m) * c1. */
+static void row_dx(const float *restrict xr, const float *restrict g, float *restrict o, i64 C,
+                   const float *restrict m, const float *restrict k, const float *restrict c0,
+                   const float *restrict c1, int stream)
+{
+    i64 j = 0, head = rc_peel(o, C, stream);
+    for (; j < head; j++)
+        o[j] = (g[j] * k[j] - c0[j]) - (xr[j] - m[j]) * c1[j];
+#ifdef RC_STREAM
+    for (; stream && j + 8 <= C; j += 8) {
+        __m256 u = _mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(g + j), _mm256_loadu_ps(k + j)),
+                                 _mm256_loadu_ps(c0 + j));
+        __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + j), _mm256_loadu_ps(m + j)),
+                                 _mm256_loadu_ps(c1 + j));
+        _mm256_stream_ps(o + j, _mm256_sub_ps(u, v));
+    }
+#endif
+    for (; j < C; j++)
+        o[j] = (g[j] * k[j] - c0[j]) - (xr[j] - m[j]) * c1[j];
+}
+
+static void rc_fence(int stream)
+{
+#ifdef RC_STREAM
+    if (stream)
+        _mm_sfence(); /* the streamed lines are visible before the threads join */
+#else
+    (void)stream;
+#endif
+}
+
 /* out = (x - m) * a + b per channel, or out = x * a when m is NULL; out may be x */
 static void rc_affine(const float *x, float *out, i64 R, i64 C, const float *m, const float *a,
                       const float *b)
 {
     i64 rows = rc_max(1, RC_ELEMWISE_CHUNK / C);
     i64 ntask = rc_ceil_div(R, rows);
+    int stream = rc_stream(out, x, R * C);
 #pragma omp parallel for schedule(static) num_threads(rc_threads(R * C))
     for (i64 t = 0; t < ntask; t++) {
         i64 r1 = rc_min(R, (t + 1) * rows);
-        for (i64 r = t * rows; r < r1; r++) {
-            const float *xr = x + r * C;
-            float *o = out + r * C;
-            if (m) {
-                const float *restrict mm = m, *restrict aa = a, *restrict bb = b;
-                for (i64 j = 0; j < C; j++)
-                    o[j] = (xr[j] - mm[j]) * aa[j] + bb[j];
-            } else {
-                const float *restrict aa = a;
-                for (i64 j = 0; j < C; j++)
-                    o[j] = xr[j] * aa[j];
-            }
-        }
+        for (i64 r = t * rows; r < r1; r++)
+            row_affine(x + r * C, out + r * C, C, m, a, b, stream);
+        rc_fence(stream);
     }
 }
 
@@ -364,17 +456,13 @@ int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
     if (dx != NULL) {
         i64 rows = rc_max(1, RC_ELEMWISE_CHUNK / C);
         i64 ntask2 = rc_ceil_div(R, rows);
+        int stream = rc_stream(dx, NULL, R * C);
 #pragma omp parallel for schedule(static) num_threads(rc_threads(R * C))
         for (i64 t = 0; t < ntask2; t++) {
             i64 r1 = rc_min(R, (t + 1) * rows);
-            const float *restrict mm = savemean, *restrict kk = k32, *restrict a0 = c032,
-                                  *restrict a1 = c132;
-            for (i64 r = t * rows; r < r1; r++) {
-                const float *xr = x + r * C, *g = dy + r * C;
-                float *o = dx + r * C;
-                for (i64 j = 0; j < C; j++)
-                    o[j] = (g[j] * kk[j] - a0[j]) - (xr[j] - mm[j]) * a1[j];
-            }
+            for (i64 r = t * rows; r < r1; r++)
+                row_dx(x + r * C, dy + r * C, dx + r * C, C, savemean, k32, c032, c132, stream);
+            rc_fence(stream);
         }
     }
     free(consts);
