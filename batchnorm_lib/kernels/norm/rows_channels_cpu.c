@@ -67,6 +67,15 @@ int bn_get_num_threads(void); /* bn_cpu.c, same library */
 #define RC_SERIAL_BELOW (64 * 1024)   /* elements: smaller tensors run on one thread */
 #endif
 
+/* 8 floats as one vector (GCC/clang vector extension: one AVX register, two SSE ones); the
+ * unaligned type loads and stores rows at any offset */
+typedef float rc_vf __attribute__((vector_size(32)));
+typedef float rc_vfu __attribute__((vector_size(32), aligned(4), may_alias));
+static inline rc_vf vld(const float *p) { return *(const rc_vfu *)p; }
+static inline void vst(float *p, rc_vf v) { *(rc_vfu *)p = v; }
+
+#define RC_RB 8 /* rows per register block of the backward sums (sequential streams per array) */
+
 static i64 rc_min(i64 a, i64 b) { return a < b ? a : b; }
 static i64 rc_max(i64 a, i64 b) { return a > b ? a : b; }
 static i64 rc_ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
@@ -153,11 +162,28 @@ static void part_stats(const float *x, i64 C, i64 r0, i64 r1, i64 w, i64 B, doub
             f1[j] = 0.0f;
             f2[j] = 0.0f;
         }
-        /* pass 2, from cache: sums of deviations from the shift */
-        for (i64 r = t0; r < t1; r++) {
-            const float *restrict row = x + r * C;
-            for (i64 j = 0; j < w; j++) {
-                float d = row[j] - sum[j];
+        /* pass 2, from cache: sums of deviations from the shift, 16 channels at a time held in
+         * registers while the tile's rows go by */
+        i64 j = 0;
+        for (; j + 16 <= w; j += 16) {
+            rc_vf c0 = vld(sum + j), c1 = vld(sum + j + 8);
+            rc_vf a0 = {0}, a1 = {0}, q0 = {0}, q1 = {0};
+            for (i64 r = t0; r < t1; r++) {
+                const float *row = x + r * C + j;
+                rc_vf d0 = vld(row) - c0, d1 = vld(row + 8) - c1;
+                a0 += d0;
+                q0 += d0 * d0;
+                a1 += d1;
+                q1 += d1 * d1;
+            }
+            vst(f1 + j, a0);
+            vst(f1 + j + 8, a1);
+            vst(f2 + j, q0);
+            vst(f2 + j + 8, q1);
+        }
+        for (; j < w; j++) {
+            for (i64 r = t0; r < t1; r++) {
+                float d = x[r * C + j] - sum[j];
                 f1[j] += d;
                 f2[j] += d * d;
             }
@@ -391,11 +417,32 @@ static void part_sums(const float *x, const float *dy, i64 C, i64 r0, i64 r1, i6
         i64 b1 = rc_min(b0 + RC_FBLOCK, r1);
         for (i64 j = 0; j < w; j++)
             f1[j] = f2[j] = 0.0f;
-        for (i64 r = b0; r < b1; r++) {
-            const float *restrict xr = x + r * C, *restrict g = dy + r * C;
-            for (i64 j = 0; j < w; j++) {
-                f1[j] += g[j];
-                f2[j] += g[j] * (xr[j] - mm[j]);
+        /* RC_RB rows at a time (sequential streams), 16 channels of sums held in registers */
+        for (i64 rb = b0; rb < b1; rb += RC_RB) {
+            i64 re = rc_min(rb + RC_RB, b1), j = 0;
+            for (; j + 16 <= w; j += 16) {
+                rc_vf m0 = vld(mm + j), m1 = vld(mm + j + 8);
+                rc_vf a0 = vld(f1 + j), a1 = vld(f1 + j + 8);
+                rc_vf q0 = vld(f2 + j), q1 = vld(f2 + j + 8);
+                for (i64 r = rb; r < re; r++) {
+                    const float *xr = x + r * C + j, *g = dy + r * C + j;
+                    rc_vf g0 = vld(g), g1 = vld(g + 8);
+                    a0 += g0;
+                    q0 += g0 * (vld(xr) - m0);
+                    a1 += g1;
+                    q1 += g1 * (vld(xr + 8) - m1);
+                }
+                vst(f1 + j, a0);
+                vst(f1 + j + 8, a1);
+                vst(f2 + j, q0);
+                vst(f2 + j + 8, q1);
+            }
+            for (; j < w; j++) {
+                for (i64 r = rb; r < re; r++) {
+                    float g = dy[r * C + j];
+                    f1[j] += g;
+                    f2[j] += g * (x[r * C + j] - mm[j]);
+                }
             }
         }
         for (i64 j = 0; j < w; j++) {
