@@ -5,7 +5,8 @@ Each operation package holds its CUDA source, its CPU source and its dispatch si
 ``norm/``
     the normalization engine: ``batchnorm.cu`` (+ ``bn_common.cuh``, the Welford and reduction
     helpers) for CUDA, ``bn_cpu.c`` (C/OpenMP) and ``cpu_numpy.py`` for the CPU, ``cuda.py`` and
-    ``cpu.py`` launching them; the contract is in :mod:`batchnorm_lib.kernels.norm`.
+    ``cpu.py`` launching them; ``rows_channels.cu`` and ``rows_channels_cpu.c`` for rows x
+    channels data ((N, C) and channels last); the contract is in :mod:`batchnorm_lib.kernels.norm`.
 ``dense/``
     Linear, activations, costs and optimizer updates: ``dense.cu``, ``cuda.py``, ``cpu.py``; the
     contract is in :mod:`batchnorm_lib.kernels.dense`.
