@@ -259,54 +259,49 @@ def test_rows_kernels_far_from_zero(where, rng, shape):
                                    atol=1e-3 * float(got["invstd"].max()))
 
 
-@pytest.mark.parametrize("shape", [(301, 129), (40, 1024), (7, 3)])
-def test_rows_native_streaming_stores_same_results(rng, shape):
-    """Large outputs are written with non-temporal stores: bitwise the results of normal stores,
-    for rows of any alignment (C = 129 starts every row at another offset)."""
+def _native_bitwise_equal(rng, shape, settings):
+    """Runs the rows kernels on the native path once per setting (``setting()`` is called
+    first; the last entry restores) and checks that every result is bitwise the same."""
     if not cpu_native.probe()[0]:
         pytest.skip("native CPU kernels unavailable: %s" % cpu_native.probe()[1])
     x = rng.normal(3, 2, shape).astype(np.float32)
     dy = rng.normal(0, 1, shape).astype(np.float32)
     scale, bias = rng.uniform(0.5, 1.5, shape[-1]), rng.normal(0, 1, shape[-1])
+    *settings, restore = settings
     with active_backend("cpu"):
         previous_path = cpu_kernels.active_path()
-        previous = cpu_native.rows_stream_bytes()
         runs = []
         try:
             cpu_kernels.use("native", quiet=True)
-            for threshold in (0, 1 << 62):  # always stream, never stream
-                cpu_native.rows_stream_bytes(threshold)
+            for setting in settings:
+                setting()
                 runs.append(_rows_run(shape, x, dy, scale, bias))
         finally:
-            cpu_native.rows_stream_bytes(previous)
+            restore()
             cpu_kernels.use(previous_path, quiet=True)
-    for k in runs[0]:
-        np.testing.assert_array_equal(runs[0][k], runs[1][k], err_msg=k)
+    for other in runs[1:]:
+        for k in runs[0]:
+            np.testing.assert_array_equal(runs[0][k], other[k], err_msg=k)
+
+
+@pytest.mark.parametrize("shape", [(301, 129), (40, 1024), (7, 3)])
+def test_rows_native_streaming_stores_same_results(rng, shape):
+    """Large outputs are written with non-temporal stores: bitwise the results of normal stores,
+    for rows of any alignment (C = 129 starts every row at another offset)."""
+    previous = cpu_native.rows_stream_bytes() if cpu_native.probe()[0] else None
+    _native_bitwise_equal(rng, shape, [lambda: cpu_native.rows_stream_bytes(0),  # always
+                                       lambda: cpu_native.rows_stream_bytes(1 << 62),  # never
+                                       lambda: cpu_native.rows_stream_bytes(previous)])
 
 
 @pytest.mark.parametrize("shape", [(20000, 37), (3001, 129), (130, 4099)])
 def test_rows_native_independent_of_threads(rng, shape):
     """Row parts depend on the shape only and merge in a fixed order: bitwise equal results on
     1, 2 or 3 threads."""
-    if not cpu_native.probe()[0]:
-        pytest.skip("native CPU kernels unavailable: %s" % cpu_native.probe()[1])
-    x = rng.normal(3, 2, shape).astype(np.float32)
-    dy = rng.normal(0, 1, shape).astype(np.float32)
-    scale, bias = rng.uniform(0.5, 1.5, shape[-1]), rng.normal(0, 1, shape[-1])
-    with active_backend("cpu"):
-        previous_path, previous_threads = cpu_kernels.active_path(), cpu_native.get_num_threads()
-        runs = []
-        try:
-            cpu_kernels.use("native", quiet=True)
-            for threads in (1, 2, 3):
-                cpu_kernels.set_num_threads(threads)
-                runs.append(_rows_run(shape, x, dy, scale, bias))
-        finally:
-            cpu_kernels.set_num_threads(previous_threads)
-            cpu_kernels.use(previous_path, quiet=True)
-    for other in runs[1:]:
-        for k in runs[0]:
-            np.testing.assert_array_equal(runs[0][k], other[k], err_msg=k)
+    previous = cpu_native.get_num_threads() if cpu_native.probe()[0] else None
+    _native_bitwise_equal(rng, shape, [lambda n=n: cpu_kernels.set_num_threads(n)
+                                       for n in (1, 2, 3)] +
+                          [lambda: cpu_kernels.set_num_threads(previous)])
 
 
 def test_rows_simulator_vector_path_and_repeatable(rng):

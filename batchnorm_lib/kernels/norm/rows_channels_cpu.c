@@ -388,17 +388,24 @@ int rc_forward_train(const float *x, float *out, i64 R, i64 C, const float *scal
     return 0;
 }
 
-int rc_forward_infer(const float *x, float *out, i64 R, i64 C, const float *scale,
-                     const float *bias, const float *run_mean, const float *run_var, double eps)
+/* out = (x - m) * a + b (m NULL: out = x * a) with a = scale * invstd(run_var): frozen statistics */
+static int rc_frozen(const float *x, float *out, i64 R, i64 C, const float *scale,
+                     const float *run_var, double eps, const float *m, const float *b)
 {
     float *a32 = malloc(sizeof(float) * (size_t)C);
     if (!a32)
         return -1;
     for (i64 c = 0; c < C; c++)
         a32[c] = scale[c] * invstd_f32(run_var[c], eps);
-    rc_affine(x, out, R, C, run_mean, a32, bias);
+    rc_affine(x, out, R, C, m, a32, b);
     free(a32);
     return 0;
+}
+
+int rc_forward_infer(const float *x, float *out, i64 R, i64 C, const float *scale,
+                     const float *bias, const float *run_mean, const float *run_var, double eps)
+{
+    return rc_frozen(x, out, R, C, scale, run_var, eps, run_mean, bias);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -520,12 +527,5 @@ int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
 int rc_backward_infer(const float *dy, float *dx, i64 R, i64 C, const float *scale,
                       const float *run_var, double eps)
 {
-    float *k = malloc(sizeof(float) * (size_t)C);
-    if (!k)
-        return -1;
-    for (i64 c = 0; c < C; c++)
-        k[c] = scale[c] * invstd_f32(run_var[c], eps);
-    rc_affine(dy, dx, R, C, NULL, k, NULL);
-    free(k);
-    return 0;
+    return rc_frozen(dy, dx, R, C, scale, run_var, eps, NULL, NULL);
 }
