@@ -339,7 +339,7 @@ def test_rows_16bit_on_simulator(rng, dtype, shape):
             _close(got[k], want[k], rtol=rtol, atol=atol)
 
 
-# -- refusals, save/load -----------------------------------------------------------------------------
+# -- refusals, save/load ---------------------------------------------------------------------------
 
 def test_layout_refused_at_construction(where):
     for bad in ("NHWC", "channels-last", None, 1):

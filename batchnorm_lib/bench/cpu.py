@@ -259,7 +259,8 @@ def ours(x, dy, scale, bias, layout="channels_first"):
     mod.scale.set(scale.reshape(mod.scale.shape))
     mod.bias.set(bias.reshape(mod.bias.shape))
     last = layout == "channels_last"
-    data, grad = gpuarray.to_gpu(to_last(x) if last else x), gpuarray.to_gpu(to_last(dy) if last else dy)
+    data = gpuarray.to_gpu(to_last(x) if last else x)
+    grad = gpuarray.to_gpu(to_last(dy) if last else dy)
     back = (lambda a: np.moveaxis(a, -1, 1)) if last else (lambda a: a)  # noqa: E731
 
     def train():
@@ -446,7 +447,8 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
                 # slow and single-threaded: a few calls are enough to place it
                 t["naive"] = compare({"naive": naive_fns[idx]}, 1, 3, 1, clock)["naive"]
             nbytes = FEWEST_BYTES[p] * x.size
-            row = {"shape": list(shape), "layout": layout_name(shape, layout), "pass": p, "ms": {k: v * 1e3 for k, v in t.items()},
+            row = {"shape": list(shape), "layout": layout_name(shape, layout), "pass": p,
+                   "ms": {k: v * 1e3 for k, v in t.items()},
                    "gbs": nbytes / t["ours"] / 1e9, "copy_gbs": copy_gbs,
                    "frac": nbytes / t["ours"] / 1e9 / copy_gbs,
                    "torch_gbs": nbytes / t["torch"] / 1e9 if "torch" in t else None,
@@ -601,7 +603,8 @@ def kernel_profile(shapes, threads, repeats=60, markdown=False):
                 ts.append(time.perf_counter() - t0)
             best[name], med[name] = min(ts) * 1e3, statistics.median(ts) * 1e3
         cell = lambda k: "%.3f / %.3f" % (best[k], med[k])  # noqa: E731
-        rows.append(["x".join(map(str, shape)), layout_name(shape, layout), cell("copy"), cell("infer"),
+        rows.append(["x".join(map(str, shape)), layout_name(shape, layout), cell("copy"),
+                     cell("infer"),
                      "%.0f%%" % (100 * best["copy"] / best["infer"]), cell("fwd"),
                      "%.0f%%" % (100 * best["copy"] / best["fwd"]), cell("bwd"),
                      "%.0f%%" % (100 * 1.5 * best["copy"] / best["bwd"]), cell("sums")])

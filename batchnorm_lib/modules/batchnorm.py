@@ -23,6 +23,7 @@ def _positive_int(owner, name, value, low=1):
 class BatchNormND(Module):
     """Batch normalization over every axis but axis 1 of (N, C, *spatial) data with ``nd`` spatial
     axes. Parameters and statistics have shape (1, C, 1, 1) for nd <= 2 and (1, C) + (1,) * nd above.
+    ``layout="channels_last"`` takes (N, *spatial, C) data instead; nothing else depends on it.
     """
 
     axes = None  # what subclasses call the axes (channels first), for error messages
@@ -76,7 +77,7 @@ class BatchNormND(Module):
         return self.nd == 0 or self.layout == "channels_last"
 
     def axesName(self):
-        """The expected data axes, e.g. '(N, C, H, W)', or '(N, H, W, C), layout='channels_last''."""
+        """The expected data axes: '(N, C, H, W)', '(N, H, W, C), layout='channels_last'', ..."""
         axes = self.axes or "(N, C%s)" % "".join(", S%d" % i for i in range(self.nd))
         if self.layout == "channels_last":
             names = axes.strip("()").split(", ")
@@ -117,8 +118,8 @@ class BatchNormND(Module):
             out = gpuarray.empty(data.shape, data.dtype)
             savemean = gpuarray.empty(self.paramShape, np.float32)
             saveinvvar = gpuarray.empty(self.paramShape, np.float32)
-            self._op("forward_train")(data, self.scale, self.bias, self.mean, self.var, self.epsilon, factor,
-                              out, savemean, saveinvvar)
+            self._op("forward_train")(data, self.scale, self.bias, self.mean, self.var,
+                                      self.epsilon, factor, out, savemean, saveinvvar)
             self.numOfProps += 1
             self.savemean, self.saveinvvar = savemean, saveinvvar
             self._fwdTrain = True
@@ -142,7 +143,7 @@ class BatchNormND(Module):
         dscale = gpuarray.empty(self.paramShape, np.float32)
         dbias = gpuarray.empty(self.paramShape, np.float32)
         self._op("backward_train")(self.inData, grad, self.scale, self.savemean, self.saveinvvar,
-                                     dx, dscale, dbias)
+                                   dx, dscale, dbias)
         self.scalegrad, self.biasgrad = dscale, dbias
 
     def accGradParams(self, grad, scale=1.0, momentum=0.0):
@@ -205,7 +206,7 @@ class BatchNorm(BatchNormND):
     def __init__(self, size, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
                  name=None, empty=False, inplace=False, layout="channels_first"):
         super().__init__(0, size, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace, layout)
+                         inplace, layout=layout)
 
 
 class BatchNorm1D(BatchNormND):
@@ -216,7 +217,7 @@ class BatchNorm1D(BatchNormND):
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
                  name=None, empty=False, inplace=False, layout="channels_first"):
         super().__init__(1, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace, layout)
+                         inplace, layout=layout)
 
 
 class BatchNorm2D(BatchNormND):
@@ -227,7 +228,7 @@ class BatchNorm2D(BatchNormND):
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
                  name=None, empty=False, inplace=False, layout="channels_first"):
         super().__init__(2, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace, layout)
+                         inplace, layout=layout)
 
 
 class BatchNorm3D(BatchNormND):
@@ -238,4 +239,4 @@ class BatchNorm3D(BatchNormND):
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
                  name=None, empty=False, inplace=False, layout="channels_first"):
         super().__init__(3, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace, layout)
+                         inplace, layout=layout)

@@ -1,4 +1,5 @@
-"""Batch normalization on the CPU backend, compiled path: bn_cpu.c and rows_channels_cpu.c built with the system compiler.
+"""Batch normalization on the CPU backend, compiled path: bn_cpu.c and rows_channels_cpu.c built
+with the system compiler into one library.
 
 The first use compiles ``SOURCES`` into one shared library with ``$CC`` (else ``cc``, ``gcc``,
 ``clang``): ``-O3 -ffp-contract=off``, plus ``-march=native`` (it is built on the machine that

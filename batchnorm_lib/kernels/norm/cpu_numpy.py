@@ -114,7 +114,7 @@ def axpby(x, y, alpha, beta):
     yv += np.float32(alpha) * as_ndarray(x)
 
 
-# -- rows x channels: (..., C) data is the (R, C, 1) case of the functions above ---------------------
+# -- rows x channels: (..., C) data is the (R, C, 1) case of the functions above -------------------
 
 def _rows(a):
     """(..., C) array -> (R, C, 1) view of it (None stays None)."""

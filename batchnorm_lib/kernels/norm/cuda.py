@@ -168,7 +168,7 @@ def axpby(x, y, alpha, beta):
               (_ptr(x), _ptr(y), np.float32(alpha), np.float32(beta), np.int64(y.size)))
 
 
-# -- rows x channels: (..., C) data, kernels/norm/rows_channels.cu ----------------------------------
+# -- rows x channels: (..., C) data, kernels/norm/rows_channels.cu --------------------------------
 
 ROWS_SOURCE = "norm/rows_channels.cu"
 
