@@ -74,7 +74,7 @@ typedef float rc_vfu __attribute__((vector_size(32), aligned(4), may_alias));
 static inline rc_vf vld(const float *p) { return *(const rc_vfu *)p; }
 static inline void vst(float *p, rc_vf v) { *(rc_vfu *)p = v; }
 
-#define RC_RB 8 /* rows per register block of the backward sums (sequential streams per array) */
+#define RC_RB 8 /* rows per register block of the reductions (sequential streams, within L1's ways) */
 
 static i64 rc_min(i64 a, i64 b) { return a < b ? a : b; }
 static i64 rc_max(i64 a, i64 b) { return a > b ? a : b; }
@@ -157,35 +157,38 @@ static void part_stats(const float *x, i64 C, i64 r0, i64 r1, i64 w, i64 B, doub
                 sum[j] += row[j];
         }
         float inv_nb = (float)(1.0 / nb);
-        for (i64 j = 0; j < w; j++) {
+        for (i64 j = 0; j < w; j++)
             sum[j] *= inv_nb; /* now the shift */
-            f1[j] = 0.0f;
-            f2[j] = 0.0f;
-        }
-        /* pass 2, from cache: sums of deviations from the shift, 16 channels at a time held in
-         * registers while the tile's rows go by */
-        i64 j = 0;
-        for (; j + 16 <= w; j += 16) {
-            rc_vf c0 = vld(sum + j), c1 = vld(sum + j + 8);
-            rc_vf a0 = {0}, a1 = {0}, q0 = {0}, q1 = {0};
-            for (i64 r = t0; r < t1; r++) {
-                const float *row = x + r * C + j;
-                rc_vf d0 = vld(row) - c0, d1 = vld(row + 8) - c1;
-                a0 += d0;
-                q0 += d0 * d0;
-                a1 += d1;
-                q1 += d1 * d1;
+        /* pass 2, from cache: sums of deviations from the shift. RC_RB rows at a time, 16
+         * channels of sums held in registers while they go by: rows a multiple of 4 KB apart
+         * share their L1 sets, and RC_RB rows stay within its ways */
+        for (i64 j = 0; j < w; j++)
+            f1[j] = f2[j] = 0.0f;
+        for (i64 rb = t0; rb < t1; rb += RC_RB) {
+            i64 re = rc_min(rb + RC_RB, t1), j = 0;
+            for (; j + 16 <= w; j += 16) {
+                rc_vf c0 = vld(sum + j), c1 = vld(sum + j + 8);
+                rc_vf a0 = vld(f1 + j), a1 = vld(f1 + j + 8);
+                rc_vf q0 = vld(f2 + j), q1 = vld(f2 + j + 8);
+                for (i64 r = rb; r < re; r++) {
+                    const float *row = x + r * C + j;
+                    rc_vf d0 = vld(row) - c0, d1 = vld(row + 8) - c1;
+                    a0 += d0;
+                    q0 += d0 * d0;
+                    a1 += d1;
+                    q1 += d1 * d1;
+                }
+                vst(f1 + j, a0);
+                vst(f1 + j + 8, a1);
+                vst(f2 + j, q0);
+                vst(f2 + j + 8, q1);
             }
-            vst(f1 + j, a0);
-            vst(f1 + j + 8, a1);
-            vst(f2 + j, q0);
-            vst(f2 + j + 8, q1);
-        }
-        for (; j < w; j++) {
-            for (i64 r = t0; r < t1; r++) {
-                float d = x[r * C + j] - sum[j];
-                f1[j] += d;
-                f2[j] += d * d;
+            for (; j < w; j++) {
+                for (i64 r = rb; r < re; r++) {
+                    float d = x[r * C + j] - sum[j];
+                    f1[j] += d;
+                    f2[j] += d * d;
+                }
             }
         }
         /* the tile's (mean, M2), merged into the part's (Chan; the weights are per tile) */
@@ -237,12 +240,16 @@ i64 rc_set_stream_bytes(i64 n)
     return previous;
 }
 
-static int rc_stream(const void *out, const void *in, i64 n)
+/* Streaming only where every row is whole aligned 32-byte blocks (C a multiple of 8, out 32-byte
+ * aligned, as the CPU backend allocates): a line written partly by normal and partly by streaming
+ * stores was measured slower than either. */
+static int rc_stream(const float *out, const float *in, i64 R, i64 C)
 {
 #ifdef RC_STREAM
-    return out != in && n * (i64)sizeof(float) >= g_stream_bytes;
+    return out != in && R * C * (i64)sizeof(float) >= g_stream_bytes && C % 8 == 0 &&
+           ((uintptr_t)out & 31) == 0;
 #else
-    (void)out; (void)in; (void)n;
+    (void)out; (void)in; (void)R; (void)C;
     return 0;
 #endif
 }
@@ -323,7 +330,7 @@ static void rc_affine(const float *x, float *out, i64 R, i64 C, const float *m, 
 {
     i64 rows = rc_max(1, RC_ELEMWISE_CHUNK / C);
     i64 ntask = rc_ceil_div(R, rows);
-    int stream = rc_stream(out, x, R * C);
+    int stream = rc_stream(out, x, R, C);
 #pragma omp parallel for schedule(static) num_threads(rc_threads(R * C))
     for (i64 t = 0; t < ntask; t++) {
         i64 r1 = rc_min(R, (t + 1) * rows);
@@ -510,7 +517,7 @@ int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
     if (dx != NULL) {
         i64 rows = rc_max(1, RC_ELEMWISE_CHUNK / C);
         i64 ntask2 = rc_ceil_div(R, rows);
-        int stream = rc_stream(dx, NULL, R * C);
+        int stream = rc_stream(dx, NULL, R, C);
 #pragma omp parallel for schedule(static) num_threads(rc_threads(R * C))
         for (i64 t = 0; t < ntask2; t++) {
             i64 r1 = rc_min(R, (t + 1) * rows);
