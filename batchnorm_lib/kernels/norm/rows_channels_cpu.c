@@ -137,6 +137,42 @@ static int rc_tasks(const rc_plan *p, i64 R, i64 C, i64 ws_floats, rc_task_fn fn
 /* ---------------------------------------------------------------------------------------------- */
 /* statistics                                                                                      */
 
+/* f1[j] += sum(u), f2[j] += sum(u * (x - c[j])) over rows [rb, re) (at most RC_RB: sequential
+ * streams, and rows a multiple of 4 KB apart share L1 sets, so RC_RB of them stay within its
+ * ways), 16 channels held in registers while the rows go by; u = dy, or u = x - c when dy is NULL
+ * (sums of deviations). Inlined, so each caller gets its own loop. */
+static inline __attribute__((always_inline)) void block_sums(const float *x, const float *dy, i64 C,
+                                                             i64 rb, i64 re, i64 w, const float *c,
+                                                             float *f1, float *f2)
+{
+    i64 j = 0;
+    for (; j + 16 <= w; j += 16) {
+        rc_vf c0 = vld(c + j), c1 = vld(c + j + 8);
+        rc_vf a0 = vld(f1 + j), a1 = vld(f1 + j + 8);
+        rc_vf q0 = vld(f2 + j), q1 = vld(f2 + j + 8);
+        for (i64 r = rb; r < re; r++) {
+            const float *xr = x + r * C + j;
+            rc_vf t0 = vld(xr) - c0, t1 = vld(xr + 8) - c1;
+            rc_vf u0 = dy ? vld(dy + r * C + j) : t0, u1 = dy ? vld(dy + r * C + j + 8) : t1;
+            a0 += u0;
+            q0 += u0 * t0;
+            a1 += u1;
+            q1 += u1 * t1;
+        }
+        vst(f1 + j, a0);
+        vst(f1 + j + 8, a1);
+        vst(f2 + j, q0);
+        vst(f2 + j + 8, q1);
+    }
+    for (; j < w; j++) {
+        for (i64 r = rb; r < re; r++) {
+            float t = x[r * C + j] - c[j], u = dy ? dy[r * C + j] : t;
+            f1[j] += u;
+            f2[j] += u * t;
+        }
+    }
+}
+
 /* Mean and M2 of channels [0, w) of rows [r0, r1) (row r at x + r * C) into mean[], m2[]; ws holds
  * 3 * w floats. Chan-merges tile after tile in row order. */
 static void part_stats(const float *x, i64 C, i64 r0, i64 r1, i64 w, i64 B, double *restrict mean,
@@ -159,38 +195,11 @@ static void part_stats(const float *x, i64 C, i64 r0, i64 r1, i64 w, i64 B, doub
         float inv_nb = (float)(1.0 / nb);
         for (i64 j = 0; j < w; j++)
             sum[j] *= inv_nb; /* now the shift */
-        /* pass 2, from cache: sums of deviations from the shift. RC_RB rows at a time, 16
-         * channels of sums held in registers while they go by: rows a multiple of 4 KB apart
-         * share their L1 sets, and RC_RB rows stay within its ways */
+        /* pass 2, from cache: sums of deviations from the shift */
         for (i64 j = 0; j < w; j++)
             f1[j] = f2[j] = 0.0f;
-        for (i64 rb = t0; rb < t1; rb += RC_RB) {
-            i64 re = rc_min(rb + RC_RB, t1), j = 0;
-            for (; j + 16 <= w; j += 16) {
-                rc_vf c0 = vld(sum + j), c1 = vld(sum + j + 8);
-                rc_vf a0 = vld(f1 + j), a1 = vld(f1 + j + 8);
-                rc_vf q0 = vld(f2 + j), q1 = vld(f2 + j + 8);
-                for (i64 r = rb; r < re; r++) {
-                    const float *row = x + r * C + j;
-                    rc_vf d0 = vld(row) - c0, d1 = vld(row + 8) - c1;
-                    a0 += d0;
-                    q0 += d0 * d0;
-                    a1 += d1;
-                    q1 += d1 * d1;
-                }
-                vst(f1 + j, a0);
-                vst(f1 + j + 8, a1);
-                vst(f2 + j, q0);
-                vst(f2 + j + 8, q1);
-            }
-            for (; j < w; j++) {
-                for (i64 r = rb; r < re; r++) {
-                    float d = x[r * C + j] - sum[j];
-                    f1[j] += d;
-                    f2[j] += d * d;
-                }
-            }
-        }
+        for (i64 rb = t0; rb < t1; rb += RC_RB)
+            block_sums(x, NULL, C, rb, rc_min(rb + RC_RB, t1), w, sum, f1, f2);
         /* the tile's (mean, M2), merged into the part's (Chan; the weights are per tile) */
         double n = na + nb, wb = nb / n, wab = na * wb;
         for (i64 j = 0; j < w; j++) {
@@ -431,34 +440,8 @@ static void part_sums(const float *x, const float *dy, i64 C, i64 r0, i64 r1, i6
         i64 b1 = rc_min(b0 + RC_FBLOCK, r1);
         for (i64 j = 0; j < w; j++)
             f1[j] = f2[j] = 0.0f;
-        /* RC_RB rows at a time (sequential streams), 16 channels of sums held in registers */
-        for (i64 rb = b0; rb < b1; rb += RC_RB) {
-            i64 re = rc_min(rb + RC_RB, b1), j = 0;
-            for (; j + 16 <= w; j += 16) {
-                rc_vf m0 = vld(mm + j), m1 = vld(mm + j + 8);
-                rc_vf a0 = vld(f1 + j), a1 = vld(f1 + j + 8);
-                rc_vf q0 = vld(f2 + j), q1 = vld(f2 + j + 8);
-                for (i64 r = rb; r < re; r++) {
-                    const float *xr = x + r * C + j, *g = dy + r * C + j;
-                    rc_vf g0 = vld(g), g1 = vld(g + 8);
-                    a0 += g0;
-                    q0 += g0 * (vld(xr) - m0);
-                    a1 += g1;
-                    q1 += g1 * (vld(xr + 8) - m1);
-                }
-                vst(f1 + j, a0);
-                vst(f1 + j + 8, a1);
-                vst(f2 + j, q0);
-                vst(f2 + j + 8, q1);
-            }
-            for (; j < w; j++) {
-                for (i64 r = rb; r < re; r++) {
-                    float g = dy[r * C + j];
-                    f1[j] += g;
-                    f2[j] += g * (x[r * C + j] - mm[j]);
-                }
-            }
-        }
+        for (i64 rb = b0; rb < b1; rb += RC_RB)
+            block_sums(x, dy, C, rb, rc_min(rb + RC_RB, b1), w, mm, f1, f2);
         for (i64 j = 0; j < w; j++) {
             s1[j] += (double)f1[j];
             s2[j] += (double)f2[j];
