@@ -259,29 +259,49 @@ def test_rows_kernels_far_from_zero(where, rng, shape):
                                    atol=1e-3 * float(got["invstd"].max()))
 
 
-@pytest.mark.parametrize("shape", [(20000, 37), (3001, 129), (130, 4099)])
-def test_rows_native_independent_of_threads(rng, shape):
-    """Row parts depend on the shape only and merge in a fixed order: bitwise equal results on
-    1, 2 or 3 threads."""
+def _native_bitwise_equal(rng, shape, settings):
+    """Runs the rows kernels on the native path once per setting (``setting()`` is called
+    first; the last entry restores) and checks that every result is bitwise the same."""
     if not cpu_native.probe()[0]:
         pytest.skip("native CPU kernels unavailable: %s" % cpu_native.probe()[1])
     x = rng.normal(3, 2, shape).astype(np.float32)
     dy = rng.normal(0, 1, shape).astype(np.float32)
     scale, bias = rng.uniform(0.5, 1.5, shape[-1]), rng.normal(0, 1, shape[-1])
+    *settings, restore = settings
     with active_backend("cpu"):
-        previous_path, previous_threads = cpu_kernels.active_path(), cpu_native.get_num_threads()
+        previous_path = cpu_kernels.active_path()
         runs = []
         try:
             cpu_kernels.use("native", quiet=True)
-            for threads in (1, 2, 3):
-                cpu_kernels.set_num_threads(threads)
+            for setting in settings:
+                setting()
                 runs.append(_rows_run(shape, x, dy, scale, bias))
         finally:
-            cpu_kernels.set_num_threads(previous_threads)
+            restore()
             cpu_kernels.use(previous_path, quiet=True)
     for other in runs[1:]:
         for k in runs[0]:
             np.testing.assert_array_equal(runs[0][k], other[k], err_msg=k)
+
+
+@pytest.mark.parametrize("shape", [(301, 136), (40, 1024), (7, 8), (301, 129)])
+def test_rows_native_streaming_stores_same_results(rng, shape):
+    """Large outputs are written with non-temporal stores (rows of whole 32-byte blocks; normal
+    stores for other C): bitwise the results of normal stores."""
+    previous = cpu_native.rows_stream_bytes() if cpu_native.probe()[0] else None
+    _native_bitwise_equal(rng, shape, [lambda: cpu_native.rows_stream_bytes(0),  # always
+                                       lambda: cpu_native.rows_stream_bytes(1 << 62),  # never
+                                       lambda: cpu_native.rows_stream_bytes(previous)])
+
+
+@pytest.mark.parametrize("shape", [(20000, 37), (3001, 129), (130, 4099)])
+def test_rows_native_independent_of_threads(rng, shape):
+    """Row parts depend on the shape only and merge in a fixed order: bitwise equal results on
+    1, 2 or 3 threads."""
+    previous = cpu_native.get_num_threads() if cpu_native.probe()[0] else None
+    _native_bitwise_equal(rng, shape, [lambda n=n: cpu_kernels.set_num_threads(n)
+                                       for n in (1, 2, 3)] +
+                          [lambda: cpu_kernels.set_num_threads(previous)])
 
 
 def test_rows_simulator_vector_path_and_repeatable(rng):
@@ -319,7 +339,7 @@ def test_rows_16bit_on_simulator(rng, dtype, shape):
             _close(got[k], want[k], rtol=rtol, atol=atol)
 
 
-# -- refusals, save/load -----------------------------------------------------------------------------
+# -- refusals, save/load ---------------------------------------------------------------------------
 
 def test_layout_refused_at_construction(where):
     for bad in ("NHWC", "channels-last", None, 1):
@@ -356,9 +376,9 @@ def test_mismatched_shape_names_layout(where, rng, shape, match):
     _same(before, _snapshot(bn))
 
 
-def test_channels_first_message_names_layout(where, rng):
+def test_channels_first_message_unchanged(where, rng):
     bn = BatchNorm1D(5)
-    with pytest.raises(ModuleError, match=r"axis 1 \(\(N, C, L\), layout='channels_first'\)"):
+    with pytest.raises(ModuleError, match=r"expects 5 channels on axis 1, got shape"):
         bn(gpuarray.to_gpu(rng.normal(0, 1, (3, 7, 5)).astype(np.float32)))
 
 
@@ -378,3 +398,19 @@ def test_save_load_across_layouts(where, rng, tmp_path):
     cl.evalMode()
     cf.evalMode()
     _close(first(cl(gpuarray.to_gpu(last(x))).get()), cf(gpuarray.to_gpu(x)).get())
+
+
+def test_cpu_benchmark_layout_rows(capsys):
+    """The CPU benchmark times channels-last rows with their own label, (N, C) data once."""
+    from batchnorm_lib.bench import cpu as bench_cpu
+
+    argv = ["--shape", "6,3,5,5", "--shape", "9,4", "--layout", "both", "--rounds", "1",
+            "--per-round", "1", "--warmup", "0", "--threads", "1", "--pass", "train"]
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        argv.append("--no-torch")
+    assert bench_cpu.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    labels = [tuple(line.split()[:2]) for line in lines if line.startswith(("6x3x5x5", "9x4"))]
+    assert labels == [("6x3x5x5", "NCHW"), ("6x3x5x5", "NHWC"), ("9x4", "NC")]

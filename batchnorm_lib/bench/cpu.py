@@ -124,6 +124,10 @@ def add_arguments(p):
     p.add_argument("--settle", type=float, default=0.0, metavar="SECONDS",
                    help="before each shape, wait up to this long for the machine's CPU pressure "
                         "(Linux PSI, avg10) to fall below 5%% (default 0: do not wait)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall: elapsed time (default); cpu: CPU time of this process, all threads "
+                        "(on a machine shared with other work it leaves out the time spent "
+                        "descheduled; with several threads it includes their spin-waiting)")
     p.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
     p.add_argument("--no-naive", action="store_true", help="do not time the naive numpy formula")
     p.add_argument("--kernels", action="store_true",
@@ -201,10 +205,15 @@ def import_torch():
 SWITCH_PAUSE_SECONDS = 0.02
 
 
-def compare(fns, rounds, per_round, warmup, statistic="median"):
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def compare(fns, rounds, per_round, warmup, statistic="median", clock="wall"):
     """Median (or, with ``statistic="min"``, fastest) seconds per call of each function in ``fns``
     (name -> callable), timed in interleaved rounds so that load from elsewhere on the machine
-    hits every side alike."""
+    hits every side alike. ``clock="cpu"`` measures the process's CPU time (every thread) instead
+    of wall time."""
+    now = CLOCKS[clock]
     times = {name: [] for name in fns}
     for fn in fns.values():
         # fresh buffers run slowly for their first few uses on some machines (first touch, page
@@ -221,14 +230,14 @@ def compare(fns, rounds, per_round, warmup, statistic="median"):
             time.sleep(SWITCH_PAUSE_SECONDS)
             fn()
             for _ in range(per_round):
-                t0 = time.perf_counter()
+                t0 = now()
                 fn()
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(now() - t0)
     pick = min if statistic == "min" else statistics.median
     return {name: pick(ts) for name, ts in times.items()}
 
 
-def copy_bandwidth(nbytes, threads, rounds=9):
+def copy_bandwidth(nbytes, threads, rounds=9, clock="wall"):
     """GB/s of a copy of ``nbytes`` (read + write counted) with the kernels' threads."""
     n = max(1, nbytes // 4)
     src = np.ones(n, dtype=np.float32)
@@ -241,7 +250,7 @@ def copy_bandwidth(nbytes, threads, rounds=9):
         copy = lambda: cpu_native.copy(src, dst)  # noqa: E731
     except (ImportError, RuntimeError):
         copy = lambda: np.copyto(dst, src)  # noqa: E731
-    t = compare({"copy": copy}, rounds, 3, 2)["copy"]
+    t = compare({"copy": copy}, rounds, 3, 2, clock)["copy"]
     return 2 * n * 4 / t / 1e9
 
 
@@ -301,7 +310,8 @@ def ours(x, dy, scale, bias, layout="channels_first", kind="BatchNorm"):
     mod.scale.set(scale.reshape(mod.scale.shape))
     mod.bias.set(bias.reshape(mod.bias.shape))
     last = layout == "channels_last"
-    data, grad = gpuarray.to_gpu(to_last(x) if last else x), gpuarray.to_gpu(to_last(dy) if last else dy)
+    data = gpuarray.to_gpu(to_last(x) if last else x)
+    grad = gpuarray.to_gpu(to_last(dy) if last else dy)
     back = (lambda a: np.moveaxis(a, -1, 1)) if last else (lambda a: a)  # noqa: E731
 
     def train():
@@ -451,7 +461,7 @@ def wait_for_quiet(max_seconds, threshold=5.0):
 
 
 def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=True,
-                  use_naive=True, progress=None, settle=0.0, statistic="median"):
+                  use_naive=True, progress=None, settle=0.0, statistic="median", clock="wall"):
     """Time every (shape, pass); returns a dict with the environment and one row per pair.
     ``shapes`` holds (N, C, ...) shapes (channels first) or (shape, layout) pairs.
     ``progress(done, total, label)`` is called before each step when given."""
@@ -477,6 +487,7 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "rounds": rounds, "per_round": per_round, "warmup": warmup, "statistic": statistic,
+        "clock": clock,
     }
     env["load_before"] = machine_load()
     rows = []
@@ -498,7 +509,7 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
         dy = rng.standard_normal(shape, dtype=np.float32)
         scale = rng.uniform(0.5, 1.5, C).astype(np.float32)
         bias = rng.uniform(-0.5, 0.5, C).astype(np.float32)
-        copy_gbs = copy_bandwidth(x.nbytes, threads)
+        copy_gbs = copy_bandwidth(x.nbytes, threads, clock=clock)
         contestants = {"ours": ours(x, dy, scale, bias, layout, kind)}
         if torch is not None:
             contestants["torch"] = pytorch(torch, x, dy, scale, bias, layout, kind)
@@ -513,10 +524,10 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
                 progress(done, total, "%s %s" % (label, p))
             idx = {"train": 0, "infer": 1, "fwd": 2}[p]
             fns = {name: c[idx] for name, c in contestants.items()}
-            t = compare(fns, rounds, per_round, warmup, statistic)
+            t = compare(fns, rounds, per_round, warmup, statistic, clock)
             if naive_fns is not None:
                 # slow and single-threaded: a few calls are enough to place it
-                t["naive"] = compare({"naive": naive_fns[idx]}, 1, 3, 1)["naive"]
+                t["naive"] = compare({"naive": naive_fns[idx]}, 1, 3, 1, clock=clock)["naive"]
             nbytes = FEWEST_BYTES[p] * x.size
             row = {"shape": list(shape), "module": kind,
                    "layout": layout_name(shape, layout) if kind == "BatchNorm" else "",
@@ -575,9 +586,10 @@ def format_table(result, markdown=False):
     out.append("machine: %s, %d cores | threads: ours %s, torch %s | CPU path: %s"
                % (env["machine"], env["cores"], env["threads_ours"], env["threads_torch"],
                   env["cpu_path_detail"]))
-    out.append("torch %s, numpy %s, python %s | commit %s | %s | times: %s call per side"
+    out.append("torch %s, numpy %s, python %s | commit %s | %s | times: %s call per side%s"
                % (env["torch"] or "not installed", env["numpy"], env["python"], env["commit"],
-                  env["date"], "fastest" if env.get("statistic") == "min" else "median"))
+                  env["date"], "fastest" if env.get("statistic") == "min" else "median",
+                  " (CPU time of the process)" if env.get("clock") == "cpu" else ""))
     lb, la = env.get("load_before"), env.get("load_after")
     if lb and la:
         fmt_load = lambda v: "-" if v is None else "%.2f" % v  # noqa: E731
@@ -675,7 +687,8 @@ def kernel_profile(shapes, threads, repeats=60, markdown=False):
                 ts.append(time.perf_counter() - t0)
             best[name], med[name] = min(ts) * 1e3, statistics.median(ts) * 1e3
         cell = lambda k: "%.3f / %.3f" % (best[k], med[k])  # noqa: E731
-        rows.append(["x".join(map(str, shape)), layout_name(shape, layout), cell("copy"), cell("infer"),
+        rows.append(["x".join(map(str, shape)), layout_name(shape, layout), cell("copy"),
+                     cell("infer"),
                      "%.0f%%" % (100 * best["copy"] / best["infer"]), cell("fwd"),
                      "%.0f%%" % (100 * best["copy"] / best["fwd"]), cell("bwd"),
                      "%.0f%%" % (100 * 1.5 * best["copy"] / best["bwd"]), cell("sums")])
@@ -701,8 +714,9 @@ def run_from_args(args, progress=None):
         cpu_kernels.use(args.cpu_path)
     if args.shape:
         layouts = LAYOUTS if args.layout == "both" else (args.layout or "channels_first",)
-        shapes = [(s, lay) for s in args.shape for lay in layouts
-                  if lay == "channels_first" or len(s) > 2]
+        # (N, C) data has one layout: one row
+        shapes = [item for s in args.shape for item in
+                  ([(s, "channels_first")] if len(s) == 2 else [(s, lay) for lay in layouts])]
     else:
         first, last = (QUICK_SHAPES, QUICK_LAST) if args.quick else (DEFAULT_SHAPES, DEFAULT_LAST)
         shapes = [(s, "channels_first") for s in first] + [(s, "channels_last") for s in last]
@@ -717,7 +731,7 @@ def run_from_args(args, progress=None):
     result = run_benchmark(shapes, passes, threads, rounds, args.per_round, args.warmup,
                            statistic=args.statistic,
                            use_torch=not args.no_torch, use_naive=not args.no_naive,
-                           progress=progress, settle=args.settle)
+                           progress=progress, settle=args.settle, clock=args.clock)
     print(format_table(result, markdown=args.markdown))
     if args.json:
         with open(args.json, "w") as f:

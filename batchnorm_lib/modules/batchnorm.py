@@ -23,6 +23,7 @@ def _positive_int(owner, name, value, low=1):
 class BatchNormND(Module):
     """Batch normalization over every axis but axis 1 of (N, C, *spatial) data with ``nd`` spatial
     axes. Parameters and statistics have shape (1, C, 1, 1) for nd <= 2 and (1, C) + (1,) * nd above.
+    ``layout="channels_last"`` takes (N, *spatial, C) data instead; nothing else depends on it.
     """
 
     axes = None  # what subclasses call the axes (channels first), for error messages
@@ -85,12 +86,12 @@ class BatchNormND(Module):
         return self.nd == 0 or self.layout == "channels_last"
 
     def axesName(self):
-        """The expected data axes in this module's layout, e.g. '(N, H, W, C)'."""
+        """The expected data axes: '(N, C, H, W)', '(N, H, W, C), layout='channels_last'', ..."""
         axes = self.axes or "(N, C%s)" % "".join(", S%d" % i for i in range(self.nd))
-        if self.layout == "channels_last" and self.nd > 0:
+        if self.layout == "channels_last":
             names = axes.strip("()").split(", ")
-            axes = "(%s)" % ", ".join([names[0]] + names[2:] + [names[1]])
-        return "%s, layout=%r" % (axes, self.layout)
+            axes = "(%s), layout=%r" % (", ".join([names[0]] + names[2:] + names[1:2]), self.layout)
+        return axes
 
     def checkDataShape(self, shape):
         ndim = self.nd + 2
@@ -99,8 +100,9 @@ class BatchNormND(Module):
                               % (self, ndim, self.axesName(), tuple(shape)))
         axis = -1 if self.rowsLayout else 1
         if shape[axis] != self.maps:
-            raise ModuleError("%s: expects %d channels on axis %d (%s), got shape %s"
-                              % (self, self.maps, axis % ndim, self.axesName(), tuple(shape)))
+            raise ModuleError("%s: expects %d channels on axis %d%s, got shape %s"
+                              % (self, self.maps, axis % ndim, " (%s)" % self.axesName()
+                                 if self.layout == "channels_last" else "", tuple(shape)))
         if self.scale is None:
             raise ModuleError("%s: parameters are not initialized (built with empty=True); "
                               "load() them first" % self)
@@ -213,7 +215,7 @@ class BatchNormND(Module):
         dscale = gpuarray.empty(self.paramShape, np.float32)
         dbias = gpuarray.empty(self.paramShape, np.float32)
         self._op("backward_train")(self.inData, grad, self.scale, self.savemean, self.saveinvvar,
-                                     dx, dscale, dbias)
+                                   dx, dscale, dbias)
         self.scalegrad, self.biasgrad = dscale, dbias
 
     def accGradParams(self, grad, scale=1.0, momentum=0.0):
@@ -295,7 +297,7 @@ class BatchNorm(BatchNormND):
     def __init__(self, size, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
                  name=None, empty=False, inplace=False, layout="channels_first", comm=None):
         super().__init__(0, size, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace, layout, comm)
+                         inplace, layout=layout, comm=comm)
 
 
 class BatchNorm1D(BatchNormND):
@@ -306,7 +308,7 @@ class BatchNorm1D(BatchNormND):
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
                  name=None, empty=False, inplace=False, layout="channels_first", comm=None):
         super().__init__(1, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace, layout, comm)
+                         inplace, layout=layout, comm=comm)
 
 
 class BatchNorm2D(BatchNormND):
@@ -317,7 +319,7 @@ class BatchNorm2D(BatchNormND):
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
                  name=None, empty=False, inplace=False, layout="channels_first", comm=None):
         super().__init__(2, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace, layout, comm)
+                         inplace, layout=layout, comm=comm)
 
 
 class BatchNorm3D(BatchNormND):
@@ -328,4 +330,4 @@ class BatchNorm3D(BatchNormND):
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
                  name=None, empty=False, inplace=False, layout="channels_first", comm=None):
         super().__init__(3, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace, layout, comm)
+                         inplace, layout=layout, comm=comm)

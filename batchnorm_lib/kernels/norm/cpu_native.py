@@ -1,4 +1,5 @@
-"""Batch normalization on the CPU backend, compiled path: bn_cpu.c and rows_channels_cpu.c built with the system compiler.
+"""Batch normalization on the CPU backend, compiled path: bn_cpu.c and rows_channels_cpu.c built
+with the system compiler into one library.
 
 The first use compiles ``SOURCES`` into one shared library with ``$CC`` (else ``cc``, ``gcc``,
 ``clang``): ``-O3 -ffp-contract=off``, plus ``-march=native`` (it is built on the machine that
@@ -356,6 +357,14 @@ def _declare_rows(lib):
     for fn in (lib.rc_forward_train, lib.rc_forward_infer, lib.rc_backward_train,
                lib.rc_backward_infer):
         fn.restype = ctypes.c_int
+    lib.rc_set_stream_bytes.argtypes = [_i64]
+    lib.rc_set_stream_bytes.restype = _i64
+
+
+def rows_stream_bytes(n=-1):
+    """Output size (bytes) from which the rows x channels elementwise passes use non-temporal
+    stores; ``n >= 0`` sets it. Returns the previous value. For tests and tuning."""
+    return _library().rc_set_stream_bytes(int(n))
 
 
 def _rc(ary):

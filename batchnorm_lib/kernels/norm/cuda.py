@@ -270,6 +270,16 @@ def _rows_vector(c, dtype, *arrays):
     return _vector(c, dtype, *arrays)
 
 
+def _rows_setup(x, *others):
+    """(runtime, dtype suffix, R, C, vec, width) of a rows x channels call on data x and the other
+    data arrays (None where absent)."""
+    rt = _runtime()
+    suffix = _suffix(rt, x.dtype, *others)
+    r, c = _rows_shape(x.shape)
+    vec, width = _rows_vector(c, x.dtype, x, *others)
+    return rt, suffix, r, c, vec, width
+
+
 def _rows_reduction(r, c, width):
     """Grid and nsplit of a rows x channels reduction: channel tiles of 32 packs, row splits."""
     tiles = -(-c // (32 * width))
@@ -278,12 +288,9 @@ def _rows_reduction(r, c, width):
 
 
 def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
-    rt = _runtime()
-    suffix = _suffix(rt, x.dtype, out)
-    r, c = _rows_shape(x.shape)
+    rt, suffix, r, c, vec, width = _rows_setup(x, out)
     if r < 1:
         return
-    vec, width = _rows_vector(c, x.dtype, x, out)
     grid, nsplit = _rows_reduction(r, c, width)
     part = rt.empty((c * nsplit * 4,), np.float32)
     _rows_launch(rt, "rc_stats_partial_" + suffix + vec, grid,
@@ -297,24 +304,18 @@ def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, save
 
 
 def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out):
-    rt = _runtime()
-    suffix = _suffix(rt, x.dtype, out)
-    r, c = _rows_shape(x.shape)
+    rt, suffix, r, c, vec, width = _rows_setup(x, out)
     if r < 1:
         return
-    vec, width = _rows_vector(c, x.dtype, x, out)
     _rows_launch(rt, "rc_forward_infer_" + suffix + vec, _elementwise_grid(r * (c // width)),
                  (_ptr(x), _ptr(out), _ptr(run_mean), _ptr(run_var), _ptr(scale), _ptr(bias),
                   np.float32(eps), np.int64(r), np.int32(c)))
 
 
 def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
-    rt = _runtime()
-    suffix = _suffix(rt, x.dtype, dy, dx)
-    r, c = _rows_shape(x.shape)
+    rt, suffix, r, c, vec, width = _rows_setup(x, dy, dx)
     if r < 1:
         return
-    vec, width = _rows_vector(c, x.dtype, x, dy, dx)
     grid, nsplit = _rows_reduction(r, c, width)
     part = rt.empty((c * nsplit * 2,), np.float32)
     coef = rt.empty((c * 3,), np.float32)
@@ -330,12 +331,9 @@ def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
 
 
 def rows_backward_infer(dy, scale, run_var, eps, dx):
-    rt = _runtime()
-    suffix = _suffix(rt, dy.dtype, dx)
-    r, c = _rows_shape(dy.shape)
+    rt, suffix, r, c, vec, width = _rows_setup(dy, dx)
     if r < 1:
         return
-    vec, width = _rows_vector(c, dy.dtype, dy, dx)
     _rows_launch(rt, "rc_backward_infer_" + suffix + vec, _elementwise_grid(r * (c // width)),
                  (_ptr(dy), _ptr(scale), _ptr(run_var), np.float32(eps), _ptr(dx), np.int64(r),
                   np.int32(c)))

@@ -28,6 +28,7 @@ using bn::to_float;
 // whole file rather than a __shared__ array per template instance: a module's static shared
 // memory is bounded as a whole where the instances are counted together (the simulator).
 constexpr int kMaxVec = 8;
+constexpr int kUnroll = 4;  // rows per warp whose loads are issued together in the reductions
 __shared__ __align__(16) unsigned char scratch[kWarps * 32 * kMaxVec * sizeof(Welford)];
 
 template <typename R, int VEC>
@@ -83,7 +84,24 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
         for (int i = 0; i < VEC; ++i) {
             shift[i] = to_float(p0.v[i]);
         }
-        for (long long row = t.begin + t.warp; row < t.end; row += kWarps) {
+        // kUnroll rows' loads issued before their use, so more bytes are in flight per warp
+        long long row = t.begin + t.warp;
+        for (; row + (kUnroll - 1) * kWarps < t.end; row += kUnroll * kWarps) {
+            Pack<T, VEC> pk[kUnroll];
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+                pk[u] = load_pack<T, VEC>(x + (row + u * kWarps) * c + t.ch0);
+            }
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    const float v[1] = {to_float(pk[u].v[i]) - shift[i]};
+                    bn::welford_add<1>(w[i], v);
+                }
+            }
+        }
+        for (; row < t.end; row += kWarps) {
             const Pack<T, VEC> pk = load_pack<T, VEC>(x + row * c + t.ch0);
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
@@ -136,7 +154,25 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
         for (int i = 0; i < VEC; ++i) {
             m[i] = savemean[t.ch0 + i];
         }
-        for (long long row = t.begin + t.warp; row < t.end; row += kWarps) {
+        long long row = t.begin + t.warp;
+        for (; row + (kUnroll - 1) * kWarps < t.end; row += kUnroll * kWarps) {
+            Pack<T, VEC> px[kUnroll], pg[kUnroll];
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+                px[u] = load_pack<T, VEC>(x + (row + u * kWarps) * c + t.ch0);
+                pg[u] = load_pack<T, VEC>(dy + (row + u * kWarps) * c + t.ch0);
+            }
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    const float g = to_float(pg[u].v[i]);
+                    acc[i].x += g;
+                    acc[i].y = fmaf(g, to_float(px[u].v[i]) - m[i], acc[i].y);
+                }
+            }
+        }
+        for (; row < t.end; row += kWarps) {
             const Pack<T, VEC> px = load_pack<T, VEC>(x + row * c + t.ch0);
             const Pack<T, VEC> pg = load_pack<T, VEC>(dy + row * c + t.ch0);
 #pragma unroll

@@ -30,6 +30,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#define RC_STREAM 1 /* 32-byte non-temporal stores */
+#endif
+
 typedef int64_t i64;
 
 int bn_get_num_threads(void); /* bn_cpu.c, same library */
@@ -55,9 +60,21 @@ int bn_get_num_threads(void); /* bn_cpu.c, same library */
 #ifndef RC_ELEMWISE_CHUNK
 #define RC_ELEMWISE_CHUNK (32 * 1024) /* elements per task of the elementwise passes */
 #endif
+#ifndef RC_STREAM_BYTES
+#define RC_STREAM_BYTES (8 * 1024 * 1024) /* outputs this large bypass the cache */
+#endif
 #ifndef RC_SERIAL_BELOW
 #define RC_SERIAL_BELOW (64 * 1024)   /* elements: smaller tensors run on one thread */
 #endif
+
+/* 8 floats as one vector (GCC/clang vector extension: one AVX register, two SSE ones); the
+ * unaligned type loads and stores rows at any offset */
+typedef float rc_vf __attribute__((vector_size(32)));
+typedef float rc_vfu __attribute__((vector_size(32), aligned(4), may_alias));
+static inline rc_vf vld(const float *p) { return *(const rc_vfu *)p; }
+static inline void vst(float *p, rc_vf v) { *(rc_vfu *)p = v; }
+
+#define RC_RB 8 /* rows per register block of the reductions (sequential streams, within L1's ways) */
 
 static i64 rc_min(i64 a, i64 b) { return a < b ? a : b; }
 static i64 rc_max(i64 a, i64 b) { return a > b ? a : b; }
@@ -88,8 +105,73 @@ static rc_plan rc_make_plan(i64 R, i64 C)
     return p;
 }
 
+/* One reduction task: channels [c0, c0 + w) of rows [r0, r1), writing row part `part`'s results;
+ * ws is the calling thread's workspace. */
+typedef void (*rc_task_fn)(void *ctx, i64 part, i64 c0, i64 w, i64 r0, i64 r1, float *ws);
+
+/* Runs every (row part, channel chunk) task of plan p on the threads, each thread with a workspace
+ * of ws_floats * p->W floats; returns -1 when a workspace cannot be allocated. */
+static int rc_tasks(const rc_plan *p, i64 R, i64 C, i64 ws_floats, rc_task_fn fn, void *ctx)
+{
+    int failed = 0;
+    i64 ntask = p->P * p->nchunk;
+#pragma omp parallel num_threads(rc_threads(R * C))
+    {
+        float *ws = malloc(sizeof(float) * (size_t)(p->W * ws_floats));
+        if (!ws) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+#pragma omp for schedule(static)
+            for (i64 t = 0; t < ntask; t++) {
+                i64 part = t / p->nchunk, c0 = (t % p->nchunk) * p->W;
+                i64 r0 = part * p->PR;
+                fn(ctx, part, c0, rc_min(p->W, C - c0), r0, rc_min(R, r0 + p->PR), ws);
+            }
+        }
+        free(ws);
+    }
+    return failed ? -1 : 0;
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* statistics                                                                                      */
+
+/* f1[j] += sum(u), f2[j] += sum(u * (x - c[j])) over rows [rb, re) (at most RC_RB: sequential
+ * streams, and rows a multiple of 4 KB apart share L1 sets, so RC_RB of them stay within its
+ * ways), 16 channels held in registers while the rows go by; u = dy, or u = x - c when dy is NULL
+ * (sums of deviations). Inlined, so each caller gets its own loop. */
+static inline __attribute__((always_inline)) void block_sums(const float *x, const float *dy, i64 C,
+                                                             i64 rb, i64 re, i64 w, const float *c,
+                                                             float *f1, float *f2)
+{
+    i64 j = 0;
+    for (; j + 16 <= w; j += 16) {
+        rc_vf c0 = vld(c + j), c1 = vld(c + j + 8);
+        rc_vf a0 = vld(f1 + j), a1 = vld(f1 + j + 8);
+        rc_vf q0 = vld(f2 + j), q1 = vld(f2 + j + 8);
+        for (i64 r = rb; r < re; r++) {
+            const float *xr = x + r * C + j;
+            rc_vf t0 = vld(xr) - c0, t1 = vld(xr + 8) - c1;
+            rc_vf u0 = dy ? vld(dy + r * C + j) : t0, u1 = dy ? vld(dy + r * C + j + 8) : t1;
+            a0 += u0;
+            q0 += u0 * t0;
+            a1 += u1;
+            q1 += u1 * t1;
+        }
+        vst(f1 + j, a0);
+        vst(f1 + j + 8, a1);
+        vst(f2 + j, q0);
+        vst(f2 + j + 8, q1);
+    }
+    for (; j < w; j++) {
+        for (i64 r = rb; r < re; r++) {
+            float t = x[r * C + j] - c[j], u = dy ? dy[r * C + j] : t;
+            f1[j] += u;
+            f2[j] += u * t;
+        }
+    }
+}
 
 /* Mean and M2 of channels [0, w) of rows [r0, r1) (row r at x + r * C) into mean[], m2[]; ws holds
  * 3 * w floats. Chan-merges tile after tile in row order. */
@@ -111,20 +193,13 @@ static void part_stats(const float *x, i64 C, i64 r0, i64 r1, i64 w, i64 B, doub
                 sum[j] += row[j];
         }
         float inv_nb = (float)(1.0 / nb);
-        for (i64 j = 0; j < w; j++) {
+        for (i64 j = 0; j < w; j++)
             sum[j] *= inv_nb; /* now the shift */
-            f1[j] = 0.0f;
-            f2[j] = 0.0f;
-        }
         /* pass 2, from cache: sums of deviations from the shift */
-        for (i64 r = t0; r < t1; r++) {
-            const float *restrict row = x + r * C;
-            for (i64 j = 0; j < w; j++) {
-                float d = row[j] - sum[j];
-                f1[j] += d;
-                f2[j] += d * d;
-            }
-        }
+        for (i64 j = 0; j < w; j++)
+            f1[j] = f2[j] = 0.0f;
+        for (i64 rb = t0; rb < t1; rb += RC_RB)
+            block_sums(x, NULL, C, rb, rc_min(rb + RC_RB, t1), w, sum, f1, f2);
         /* the tile's (mean, M2), merged into the part's (Chan; the weights are per tile) */
         double n = na + nb, wb = nb / n, wab = na * wb;
         for (i64 j = 0; j < w; j++) {
@@ -140,6 +215,19 @@ static void part_stats(const float *x, i64 C, i64 r0, i64 r1, i64 w, i64 B, doub
     }
 }
 
+typedef struct {
+    const float *x;
+    i64 C, B;
+    double *pmean, *pm2;
+} stats_ctx;
+
+static void stats_task(void *ctx, i64 part, i64 c0, i64 w, i64 r0, i64 r1, float *ws)
+{
+    const stats_ctx *k = ctx;
+    i64 o = part * k->C + c0;
+    part_stats(k->x + c0, k->C, r0, r1, w, k->B, k->pmean + o, k->pm2 + o, ws);
+}
+
 static float invstd_f32(double var, double eps)
 {
     return 1.0f / sqrtf((float)var + (float)eps);
@@ -148,28 +236,116 @@ static float invstd_f32(double var, double eps)
 /* ---------------------------------------------------------------------------------------------- */
 /* elementwise passes, rows split among the threads                                                */
 
+/* Outputs of at least g_stream_bytes (not written in place) are written with non-temporal stores:
+ * an output larger than the last-level cache is evicted before anyone reads it, and a normal store
+ * first reads the line it writes (write-allocate), one more pass over memory. */
+static i64 g_stream_bytes = RC_STREAM_BYTES;
+
+i64 rc_set_stream_bytes(i64 n)
+{
+    i64 previous = g_stream_bytes;
+    if (n >= 0)
+        g_stream_bytes = n;
+    return previous;
+}
+
+/* Streaming only where every row is whole aligned 32-byte blocks (C a multiple of 8, out 32-byte
+ * aligned, as the CPU backend allocates): a line written partly by normal and partly by streaming
+ * stores was measured slower than either. */
+static int rc_stream(const float *out, const float *in, i64 R, i64 C)
+{
+#ifdef RC_STREAM
+    return out != in && R * C * (i64)sizeof(float) >= g_stream_bytes && C % 8 == 0 &&
+           ((uintptr_t)out & 31) == 0;
+#else
+    (void)out; (void)in; (void)R; (void)C;
+    return 0;
+#endif
+}
+
+/* First index of a row from which o + j is 32-byte aligned (when streaming; else the row's end,
+ * the vector loop below then does nothing). */
+static i64 rc_peel(const float *o, i64 C, int stream)
+{
+    if (!stream)
+        return C;
+    i64 mis = (i64)(((uintptr_t)o & 31) / sizeof(float));
+    return rc_min(C, mis ? 8 - mis : 0);
+}
+
+/* One row: o = (x - m) * a + b, or o = x * a when m is NULL; o may be x. */
+static void row_affine(const float *xr, float *o, i64 C, const float *restrict m,
+                       const float *restrict a, const float *restrict b, int stream)
+{
+    i64 j = 0, head = rc_peel(o, C, stream);
+    if (m) {
+        for (; j < head; j++)
+            o[j] = (xr[j] - m[j]) * a[j] + b[j];
+#ifdef RC_STREAM
+        for (; stream && j + 8 <= C; j += 8) {
+            __m256 v = _mm256_sub_ps(_mm256_loadu_ps(xr + j), _mm256_loadu_ps(m + j));
+            v = _mm256_add_ps(_mm256_mul_ps(v, _mm256_loadu_ps(a + j)), _mm256_loadu_ps(b + j));
+            _mm256_stream_ps(o + j, v);
+        }
+#endif
+        for (; j < C; j++)
+            o[j] = (xr[j] - m[j]) * a[j] + b[j];
+    } else {
+        for (; j < head; j++)
+            o[j] = xr[j] * a[j];
+#ifdef RC_STREAM
+        for (; stream && j + 8 <= C; j += 8)
+            _mm256_stream_ps(o + j, _mm256_mul_ps(_mm256_loadu_ps(xr + j), _mm256_loadu_ps(a + j)));
+#endif
+        for (; j < C; j++)
+            o[j] = xr[j] * a[j];
+    }
+}
+
+/* One row: dx = (dy * k - c0) - (x - m) * c1. */
+static void row_dx(const float *restrict xr, const float *restrict g, float *restrict o, i64 C,
+                   const float *restrict m, const float *restrict k, const float *restrict c0,
+                   const float *restrict c1, int stream)
+{
+    i64 j = 0, head = rc_peel(o, C, stream);
+    for (; j < head; j++)
+        o[j] = (g[j] * k[j] - c0[j]) - (xr[j] - m[j]) * c1[j];
+#ifdef RC_STREAM
+    for (; stream && j + 8 <= C; j += 8) {
+        __m256 u = _mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(g + j), _mm256_loadu_ps(k + j)),
+                                 _mm256_loadu_ps(c0 + j));
+        __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + j), _mm256_loadu_ps(m + j)),
+                                 _mm256_loadu_ps(c1 + j));
+        _mm256_stream_ps(o + j, _mm256_sub_ps(u, v));
+    }
+#endif
+    for (; j < C; j++)
+        o[j] = (g[j] * k[j] - c0[j]) - (xr[j] - m[j]) * c1[j];
+}
+
+static void rc_fence(int stream)
+{
+#ifdef RC_STREAM
+    if (stream)
+        _mm_sfence(); /* the streamed lines are visible before the threads join */
+#else
+    (void)stream;
+#endif
+}
+
 /* out = (x - m) * a + b per channel, or out = x * a when m is NULL; out may be x */
 static void rc_affine(const float *x, float *out, i64 R, i64 C, const float *m, const float *a,
                       const float *b)
 {
     i64 rows = rc_max(1, RC_ELEMWISE_CHUNK / C);
     i64 ntask = rc_ceil_div(R, rows);
+    int stream = rc_stream(out, x, R, C);
 #pragma omp parallel for schedule(static) num_threads(rc_threads(R * C))
     for (i64 t = 0; t < ntask; t++) {
         i64 r1 = rc_min(R, (t + 1) * rows);
-        for (i64 r = t * rows; r < r1; r++) {
-            const float *xr = x + r * C;
-            float *o = out + r * C;
-            if (m) {
-                const float *restrict mm = m, *restrict aa = a, *restrict bb = b;
-                for (i64 j = 0; j < C; j++)
-                    o[j] = (xr[j] - mm[j]) * aa[j] + bb[j];
-            } else {
-                const float *restrict aa = a;
-                for (i64 j = 0; j < C; j++)
-                    o[j] = xr[j] * aa[j];
-            }
-        }
+        for (i64 r = t * rows; r < r1; r++)
+            row_affine(x + r * C, out + r * C, C, m, a, b, stream);
+        rc_fence(stream);
     }
 }
 
@@ -184,49 +360,35 @@ int rc_forward_train(const float *x, float *out, i64 R, i64 C, const float *scal
     double *pmean = malloc(sizeof(double) * (size_t)(p.P * C));
     double *pm2 = malloc(sizeof(double) * (size_t)(p.P * C));
     float *consts = malloc(sizeof(float) * (size_t)C * 2);
-    int failed = 0;
     if (!pmean || !pm2 || !consts) {
         free(pmean); free(pm2); free(consts);
         return -1;
     }
-    i64 ntask = p.P * p.nchunk;
-#pragma omp parallel num_threads(rc_threads(R * C))
-    {
-        float *ws = malloc(sizeof(float) * (size_t)p.W * 3);
-        if (!ws) {
-#pragma omp atomic write
-            failed = 1;
-        } else {
-#pragma omp for schedule(static)
-            for (i64 t = 0; t < ntask; t++) {
-                i64 part = t / p.nchunk, c0 = (t % p.nchunk) * p.W;
-                i64 w = rc_min(p.W, C - c0);
-                i64 r0 = part * p.PR, r1 = rc_min(R, r0 + p.PR);
-                part_stats(x + c0, C, r0, r1, w, p.B, pmean + part * C + c0, pm2 + part * C + c0,
-                           ws);
-            }
-        }
-        free(ws);
-    }
-    if (failed) {
+    stats_ctx ctx = {x, C, p.B, pmean, pm2};
+    if (rc_tasks(&p, R, C, 3, stats_task, &ctx) != 0) {
         free(pmean); free(pm2); free(consts);
         return -1;
     }
     /* merge the parts in part order (every part but the last has PR rows), then the per-channel
      * constants in bn_cpu.c's steps */
     float *mean32 = consts, *a32 = consts + C;
+    double wb[RC_MAX_PARTS], wab[RC_MAX_PARTS], na = 0.0;
+    for (i64 part = 0; part < p.P; part++) {
+        double nb = (double)(rc_min(R, (part + 1) * p.PR) - part * p.PR), n = na + nb;
+        wb[part] = nb / n;
+        wab[part] = na * (nb / n);
+        na = n;
+    }
     float keep = (float)(1.0 - factor);
     double unbias = (double)R / (double)(R - 1);
     for (i64 c = 0; c < C; c++) {
-        double na = 0.0, mean = 0.0, m2 = 0.0;
+        double mean = 0.0, m2 = 0.0;
         for (i64 part = 0; part < p.P; part++) {
-            double nb = (double)(rc_min(R, (part + 1) * p.PR) - part * p.PR);
-            double n = na + nb, d = pmean[part * C + c] - mean, wb = nb / n;
-            mean += d * wb;
-            m2 += pm2[part * C + c] + d * d * (na * wb);
-            na = n;
+            double d = pmean[part * C + c] - mean;
+            mean += d * wb[part];
+            m2 += pm2[part * C + c] + d * d * wab[part];
         }
-        double var = m2 / na;
+        double var = m2 / (double)R;
         float inv = invstd_f32(var, eps);
         mean32[c] = (float)mean;
         a32[c] = scale[c] * inv;
@@ -242,17 +404,24 @@ int rc_forward_train(const float *x, float *out, i64 R, i64 C, const float *scal
     return 0;
 }
 
-int rc_forward_infer(const float *x, float *out, i64 R, i64 C, const float *scale,
-                     const float *bias, const float *run_mean, const float *run_var, double eps)
+/* out = (x - m) * a + b (m NULL: out = x * a) with a = scale * invstd(run_var): frozen statistics */
+static int rc_frozen(const float *x, float *out, i64 R, i64 C, const float *scale,
+                     const float *run_var, double eps, const float *m, const float *b)
 {
     float *a32 = malloc(sizeof(float) * (size_t)C);
     if (!a32)
         return -1;
     for (i64 c = 0; c < C; c++)
         a32[c] = scale[c] * invstd_f32(run_var[c], eps);
-    rc_affine(x, out, R, C, run_mean, a32, bias);
+    rc_affine(x, out, R, C, m, a32, b);
     free(a32);
     return 0;
+}
+
+int rc_forward_infer(const float *x, float *out, i64 R, i64 C, const float *scale,
+                     const float *bias, const float *run_mean, const float *run_var, double eps)
+{
+    return rc_frozen(x, out, R, C, scale, run_var, eps, run_mean, bias);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -271,18 +440,26 @@ static void part_sums(const float *x, const float *dy, i64 C, i64 r0, i64 r1, i6
         i64 b1 = rc_min(b0 + RC_FBLOCK, r1);
         for (i64 j = 0; j < w; j++)
             f1[j] = f2[j] = 0.0f;
-        for (i64 r = b0; r < b1; r++) {
-            const float *restrict xr = x + r * C, *restrict g = dy + r * C;
-            for (i64 j = 0; j < w; j++) {
-                f1[j] += g[j];
-                f2[j] += g[j] * (xr[j] - mm[j]);
-            }
-        }
+        for (i64 rb = b0; rb < b1; rb += RC_RB)
+            block_sums(x, dy, C, rb, rc_min(rb + RC_RB, b1), w, mm, f1, f2);
         for (i64 j = 0; j < w; j++) {
             s1[j] += (double)f1[j];
             s2[j] += (double)f2[j];
         }
     }
+}
+
+typedef struct {
+    const float *x, *dy, *m;
+    i64 C;
+    double *s1, *s2;
+} sums_ctx;
+
+static void sums_task(void *ctx, i64 part, i64 c0, i64 w, i64 r0, i64 r1, float *ws)
+{
+    const sums_ctx *k = ctx;
+    i64 o = part * k->C + c0;
+    part_sums(k->x + c0, k->dy + c0, k->C, r0, r1, w, k->m + c0, k->s1 + o, k->s2 + o, ws);
 }
 
 int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
@@ -292,36 +469,16 @@ int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
     rc_plan p = rc_make_plan(R, C);
     double *ps = malloc(sizeof(double) * 2 * (size_t)(p.P * C));
     float *consts = malloc(sizeof(float) * (size_t)C * 3);
-    int failed = 0;
     if (!ps || !consts) {
         free(ps); free(consts);
         return -1;
     }
-    double *ps1 = ps, *ps2 = ps + p.P * C;
-    i64 ntask = p.P * p.nchunk;
-    int nt = rc_threads(R * C);
-#pragma omp parallel num_threads(nt)
-    {
-        float *ws = malloc(sizeof(float) * (size_t)p.W * 2);
-        if (!ws) {
-#pragma omp atomic write
-            failed = 1;
-        } else {
-#pragma omp for schedule(static)
-            for (i64 t = 0; t < ntask; t++) {
-                i64 part = t / p.nchunk, c0 = (t % p.nchunk) * p.W;
-                i64 w = rc_min(p.W, C - c0);
-                i64 r0 = part * p.PR, r1 = rc_min(R, r0 + p.PR);
-                part_sums(x + c0, dy + c0, C, r0, r1, w, savemean + c0, ps1 + part * C + c0,
-                          ps2 + part * C + c0, ws);
-            }
-        }
-        free(ws);
-    }
-    if (failed) {
+    sums_ctx ctx = {x, dy, savemean, C, ps, ps + p.P * C};
+    if (rc_tasks(&p, R, C, 2, sums_task, &ctx) != 0) {
         free(ps); free(consts);
         return -1;
     }
+    const double *ps1 = ctx.s1, *ps2 = ctx.s2;
     /* the numpy path's float64 steps: k = scale * invstd, c1 = k * invstd * gs / m,
      * c0 = k * gb / m */
     float *k32 = consts, *c032 = consts + C, *c132 = consts + 2 * C;
@@ -343,17 +500,13 @@ int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
     if (dx != NULL) {
         i64 rows = rc_max(1, RC_ELEMWISE_CHUNK / C);
         i64 ntask2 = rc_ceil_div(R, rows);
-#pragma omp parallel for schedule(static) num_threads(nt)
+        int stream = rc_stream(dx, NULL, R, C);
+#pragma omp parallel for schedule(static) num_threads(rc_threads(R * C))
         for (i64 t = 0; t < ntask2; t++) {
             i64 r1 = rc_min(R, (t + 1) * rows);
-            const float *restrict mm = savemean, *restrict kk = k32, *restrict a0 = c032,
-                                  *restrict a1 = c132;
-            for (i64 r = t * rows; r < r1; r++) {
-                const float *xr = x + r * C, *g = dy + r * C;
-                float *o = dx + r * C;
-                for (i64 j = 0; j < C; j++)
-                    o[j] = (g[j] * kk[j] - a0[j]) - (xr[j] - mm[j]) * a1[j];
-            }
+            for (i64 r = t * rows; r < r1; r++)
+                row_dx(x + r * C, dy + r * C, dx + r * C, C, savemean, k32, c032, c132, stream);
+            rc_fence(stream);
         }
     }
     free(consts);
@@ -364,12 +517,5 @@ int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
 int rc_backward_infer(const float *dy, float *dx, i64 R, i64 C, const float *scale,
                       const float *run_var, double eps)
 {
-    float *k = malloc(sizeof(float) * (size_t)C);
-    if (!k)
-        return -1;
-    for (i64 c = 0; c < C; c++)
-        k[c] = scale[c] * invstd_f32(run_var[c], eps);
-    rc_affine(dy, dx, R, C, NULL, k, NULL);
-    free(k);
-    return 0;
+    return rc_frozen(dy, dx, R, C, scale, run_var, eps, NULL, NULL);
 }
