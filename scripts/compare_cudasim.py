@@ -21,7 +21,9 @@ import numpy as np
 from batchnorm_lib import config
 
 # operations whose kernels call CUDA's library functions with an ulp bound, not IEEE-exact ones
-WITHIN_BOUND = {"softmax_cross_entropy", "activation_forward sigmoid", "activation_forward tanh"}
+WITHIN_BOUND = {"softmax_cross_entropy", "activation_forward sigmoid", "activation_forward tanh",
+                "activation_forward elu", "activation_forward softPlus",
+                "activation_backward softPlus"}  # expm1f, expf, log1pf: the host libm's bits
 
 
 def _cases(rng, dtypes):
@@ -103,14 +105,14 @@ def _cases(rng, dtypes):
         dense.bias_grad(to_gpu(g), out, 0.5, 0.25)
         return [out]
 
-    def act(kind, backward):
+    def act(kind, backward, params):
         def run(dense, to_gpu):
             y = to_gpu(np.zeros_like(m))
-            dense.activation_forward(kind, to_gpu(m), y)
+            dense.activation_forward(kind, to_gpu(m), y, *params)
             if not backward:
                 return [y]
             dx = to_gpu(np.zeros_like(m))
-            dense.activation_backward(kind, to_gpu(g), to_gpu(np.tanh(m)), dx)
+            dense.activation_backward(kind, to_gpu(g), to_gpu(np.tanh(m)), dx, *params)
             return [dx]
         return run
 
@@ -118,6 +120,11 @@ def _cases(rng, dtypes):
         grad, losses = to_gpu(np.zeros_like(m)), to_gpu(np.zeros(rows, np.float32))
         dense.softmax_cross_entropy(to_gpu(m), to_gpu(labels), grad, losses)
         return [grad, losses]
+
+    def mse(dense, to_gpu):
+        grad = to_gpu(np.zeros_like(m))
+        error = dense.mse(to_gpu(m), to_gpu(g), grad, 1.0 / m.size)
+        return [grad, to_gpu(np.array([error], np.float32))]
 
     def optimizers(dense, to_gpu):
         p1, p2, p3 = to_gpu(v.copy()), to_gpu(v.copy()), to_gpu(v.copy())
@@ -129,11 +136,12 @@ def _cases(rng, dtypes):
         return [p1, p2, mom, p3, mg, ms]
 
     cases += [("add_bias", dense_case(add_bias)), ("bias_grad", dense_case(bias_grad)),
-              ("softmax_cross_entropy", dense_case(softmax)),
+              ("softmax_cross_entropy", dense_case(softmax)), ("mse", dense_case(mse)),
               ("optimizer updates", dense_case(optimizers))]
-    for kind in ("relu", "sigmoid", "tanh"):
-        cases.append(("activation_forward " + kind, dense_case(act(kind, False))))
-        cases.append(("activation_backward " + kind, dense_case(act(kind, True))))
+    for kind, params in (("relu", ()), ("sigmoid", ()), ("tanh", ()), ("leakyRelu", (0.01,)),
+                         ("elu", (1.0,)), ("softPlus", ()), ("clip", (-0.5, 0.75))):
+        cases.append(("activation_forward " + kind, dense_case(act(kind, False, params))))
+        cases.append(("activation_backward " + kind, dense_case(act(kind, True, params))))
     return cases
 
 
