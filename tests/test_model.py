@@ -1,0 +1,198 @@
+"""The H100 performance model: occupancy and time arithmetic against hand-computed figures, and
+``python -m batchnorm_lib model --source`` on small kernels written here (needs nvcc and
+nvdisasm, which CI installs: the [gpu-tools] extra)."""
+
+import json
+
+import pytest
+
+from batchnorm_lib.model import h100, sass
+
+TOOLS = sass.find_tool("nvcc") is not None and sass.find_tool("nvdisasm") is not None
+needs_tools = pytest.mark.skipif(not TOOLS, reason="nvcc or nvdisasm not found "
+                                                   "(pip install '.[gpu-tools]')")
+
+KERNELS = r"""
+extern "C" __global__ void chain(const int* __restrict__ idx, const float* __restrict__ x,
+                                 float* y, int n)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int j = i;
+    for (int k = 0; k < 8; ++k) j = idx[j];   // each load's address is the previous load's value
+    y[i] = x[j];
+}
+
+extern "C" __global__ void eight(const float* __restrict__ x, float* y, long long n)
+{
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i + 7 * stride < n;
+         i += 8 * stride) {
+        float v[8];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) v[k] = x[i + k * stride];
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) s += v[k];
+        y[i] = s;
+    }
+}
+
+extern "C" __global__ void scalar_copy(const float* x, float* y, long long n)
+{
+    long long stride = (long long)gridDim.x * blockDim.x;
+#pragma unroll 1
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += stride)
+        y[i] = 2.0f * x[i];
+}
+
+extern "C" __global__ void vector_copy(const float4* x, float4* y, long long n)
+{
+    long long stride = (long long)gridDim.x * blockDim.x;
+#pragma unroll 1
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += stride) {
+        float4 v = x[i];
+        y[i] = make_float4(2.0f * v.x, 2.0f * v.y, 2.0f * v.z, 2.0f * v.w);
+    }
+}
+
+extern "C" __global__ void heavy(const float* __restrict__ x, float* y, int n)
+{
+    // 96 accumulators live across the loop: far more registers than a streaming kernel needs
+    float acc[96];
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+#pragma unroll
+    for (int k = 0; k < 96; ++k) acc[k] = x[(t + 131 * k) % n];
+    for (int r = 0; r < n; ++r) {
+        float v = x[(t + r) % n];
+#pragma unroll
+        for (int k = 0; k < 96; ++k) acc[k] = fmaf(acc[k], v, (float)k);
+    }
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 96; ++k) s += acc[k] * (float)(k + 1);
+    y[t] = s;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "kernels.cu"
+    path.write_text(KERNELS)
+    return str(path)
+
+
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_model(*argv):
+    """The command in this process (the compile is cached across calls), its output captured."""
+    import contextlib
+    import io
+
+    from batchnorm_lib.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(["model"] + list(argv))
+        except SystemExit as e:  # argparse refusals
+            code = e.code
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def analyze(source, tmp_path, kernel, grid="1056", block="256"):
+    out = tmp_path / (kernel + ".json")
+    proc = run_model("--source", source, "--kernel", kernel, "--grid", grid, "--block", block,
+                     "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line)
+    figures = json.loads(out.read_text())
+    for label, key in (("registers", "registers"), ("occupancy", "occupancy"),
+                       ("loads in flight per thread", "loads_in_flight_per_thread"),
+                       ("bytes in flight per SM", "bytes_in_flight_per_sm"),
+                       ("bandwidth fraction", "bandwidth_fraction")):
+        assert float(lines[label]) == pytest.approx(figures[key], rel=1e-3), label
+    return figures
+
+
+def test_occupancy_limits():
+    # 256 threads = 8 warps; 32 registers: 1024 per warp, 64 warps fit, threads limit 8 blocks
+    assert h100.occupancy(32, 256) == {"blocks_per_sm": 8, "limited_by": "threads",
+                                       "occupancy": 1.0}
+    # 72 registers: 2304 per warp -> 28 warps -> 3 blocks of 8 warps = 24 of 64 warps
+    assert h100.occupancy(72, 256) == {"blocks_per_sm": 3, "limited_by": "registers",
+                                       "occupancy": 0.375}
+    # 33 registers round up to 40 per thread: 1280 per warp -> 51 warps -> 6 blocks
+    assert h100.occupancy(33, 256)["blocks_per_sm"] == 6
+    # 48 KB static shared + 1 KB reserved per block: 228 KB hold 4
+    assert h100.occupancy(16, 128, 48 * 1024) == {"blocks_per_sm": 4,
+                                                  "limited_by": "shared memory",
+                                                  "occupancy": 0.25}
+    # 32-thread blocks: the 32 blocks per SM limit, half the threads
+    assert h100.occupancy(16, 32) == {"blocks_per_sm": 32, "limited_by": "blocks",
+                                      "occupancy": 0.5}
+    with pytest.raises(ValueError):
+        h100.occupancy(32, 1025)
+
+
+def test_waves_and_time():
+    assert h100.waves(2 * 1056, 8) == (2.0, 1.0)
+    waves, tail = h100.waves(1056 + 264, 8)
+    assert waves == pytest.approx(1.25) and tail == pytest.approx(0.25)
+    # a grid under one wave spreads over the SMs: 66 blocks of 256 threads -> 128 per SM
+    assert h100.resident_threads_per_sm(66, 256, 8) == pytest.approx(128)
+    # 1 GB at 3.0 TB/s is 333.3 us; with 8 KB in flight per SM at 700 ns Little's law allows
+    # 8192 * 132 / 700e-9 = 1.545 TB/s, so the latency bound rules: 1e9 / 1.545e12 s
+    t = h100.launch_time(1e9, 8192, 700e-9)
+    assert t == pytest.approx(1e9 * 700e-9 / (8192 * 132) + 2e-6)
+    assert h100.launch_time(1e9, 1 << 20, 700e-9) == pytest.approx(1e9 / 3.0e12 + 2e-6)
+    assert h100.bandwidth_fraction(8192, 700e-9) == pytest.approx(8192 * 132 / (3.0e12 * 700e-9))
+    assert h100.bandwidth_fraction(8192, 600e-9) > h100.bandwidth_fraction(8192, 800e-9)
+
+
+@needs_tools
+def test_dependent_chain_against_independent_loads(source, tmp_path):
+    chain = analyze(source, tmp_path, "chain")
+    eight = analyze(source, tmp_path, "eight")
+    assert chain["loads_in_flight_per_thread"] == 1
+    assert eight["loads_in_flight_per_thread"] >= 8
+    assert eight["bytes_in_flight_per_sm"] >= 8 * chain["bytes_in_flight_per_sm"]
+    assert chain["bandwidth_fraction"] < 0.6 <= eight["bandwidth_fraction"] == 1.0
+
+
+@needs_tools
+def test_vector_loads_against_scalar_loads(source, tmp_path):
+    scalar = analyze(source, tmp_path, "scalar_copy")
+    vector = analyze(source, tmp_path, "vector_copy")
+    assert scalar["widest_load_bytes"] == 4 and vector["widest_load_bytes"] == 16
+    assert scalar["loads_in_flight_per_thread"] == vector["loads_in_flight_per_thread"] == 1
+    assert vector["bytes_in_flight_per_sm"] == 4 * scalar["bytes_in_flight_per_sm"]
+    assert vector["bandwidth_fraction"] > scalar["bandwidth_fraction"]
+
+
+@needs_tools
+def test_register_heavy_kernel(source, tmp_path):
+    light = analyze(source, tmp_path, "scalar_copy", grid="4096")
+    heavy = analyze(source, tmp_path, "heavy", grid="4096")
+    assert heavy["registers"] >= 96 > light["registers"]
+    assert heavy["spill_stores"] == 0
+    expected = h100.occupancy(heavy["registers"], 256)
+    assert heavy["occupancy"] == expected["occupancy"] < 0.5 <= light["occupancy"]
+    assert heavy["occupancy_limited_by"] == "registers"
+    assert heavy["waves"] == pytest.approx(4096 / (expected["blocks_per_sm"] * 132))
+
+
+@needs_tools
+def test_refused_arguments(source):
+    proc = run_model("--source", source, "--kernel", "chain", "--block", "256")
+    assert proc.returncode == 2 and "--grid" in proc.stderr
+    proc = run_model("--source", source, "--kernel", "absent", "--grid", "1", "--block", "32")
+    assert proc.returncode == 2 and "absent" in proc.stderr and "chain" in proc.stderr
+    proc = run_model("--source", source, "--kernel", "chain", "--grid", "0", "--block", "32")
+    assert proc.returncode == 2 and "--grid" in proc.stderr
+    proc = run_model("--source", source, "--kernel", "chain", "--grid", "1", "--block", "2048")
+    assert proc.returncode == 2 and "1024" in proc.stderr
