@@ -14,8 +14,10 @@ load stays in flight from its issue until the first instruction whose wait mask 
 scoreboard (or a ``DEPBAR.LE SBn, k`` that lets at most k of that scoreboard's loads remain). The
 main loop is the innermost backward branch holding the most global-load bytes; it is walked twice
 in program order (the second pass sees what the back edge carries over), and its figure is the
-most loads, and load bytes, outstanding at once. Branches inside the body are read as
-straight-line code.
+most loads, and load bytes, outstanding at once. A forward branch inside the body is taken: the
+region it skips (say, reloading a channel's parameters when the channel changes) is the rare path,
+and leaving its loads out keeps the figure a lower bound. Predicated loads (the same rare paths,
+if-converted) are left out too, unless the loop has no unpredicated load.
 """
 
 import functools
@@ -136,13 +138,15 @@ _DEPBAR = re.compile(r"DEPBAR\.LE\s+SB(\d)\s*,\s*(0x[0-9a-f]+|\d+)")
 
 
 class Instruction:
-    __slots__ = ("address", "text", "opcode", "wait_mask", "write_sb", "read_sb", "target")
+    __slots__ = ("address", "text", "opcode", "predicated", "wait_mask", "write_sb", "read_sb",
+                 "target")
 
     def __init__(self, address, text, hi):
         self.address = address
         self.text = text
         words = text.split()
         op = words[0]
+        self.predicated = op.startswith("@") and op not in ("@PT",)
         if op.startswith("@") and len(words) > 1:
             op = words[1]
         self.opcode = op
@@ -237,8 +241,18 @@ def loads_in_flight(insns, labels):
     pending = []  # (scoreboard, bytes) in issue order
     best = (0, 0)
     passes = 2 if looping else 1
+    # predicated loads are if-converted rare paths too, unless the loop has no other loads
+    predicated_count = not any(i.load_bytes() and not i.predicated for i in body)
+    targets = {}  # forward branches inside the body: index -> index of their target
+    for k, insn in enumerate(body):
+        t = labels.get(insn.target, -1) - lo if insn.opcode.startswith("BRA") else -1
+        if k < t < len(body):
+            targets[k] = t
     for p in range(passes):
-        for insn in body:
+        k = 0
+        while k < len(body):
+            insn = body[k]
+            k = targets.get(k, k + 1)
             if insn.wait_mask:
                 pending = [(sb, b) for sb, b in pending if not insn.wait_mask >> sb & 1]
             m = _DEPBAR.search(insn.text)
@@ -248,6 +262,8 @@ def loads_in_flight(insns, labels):
                 drop = set(mine[:max(0, len(mine) - keep)])
                 pending = [e for k, e in enumerate(pending) if k not in drop]
             size = insn.load_bytes()
+            if size and insn.predicated and not predicated_count:
+                size = 0
             if size and insn.write_sb < 6:
                 pending.append((insn.write_sb, size))
             if p == passes - 1:
