@@ -3,6 +3,7 @@
 nvdisasm, which CI installs: the [gpu-tools] extra)."""
 
 import json
+import os
 
 import pytest
 
@@ -196,3 +197,26 @@ def test_refused_arguments(source):
     assert proc.returncode == 2 and "--grid" in proc.stderr
     proc = run_model("--source", source, "--kernel", "chain", "--grid", "1", "--block", "2048")
     assert proc.returncode == 2 and "1024" in proc.stderr
+
+
+@pytest.mark.skipif(sass.find_tool("nvcc") is None or sass.find_tool("cuobjdump") is None,
+                    reason="nvcc or cuobjdump not found (pip install '.[gpu-tools]')")
+def test_vector_kernels_issue_128_bit_loads():
+    """Every entry of the batch-norm source that moves 16-byte packs issues LDG.E.128 on sm_90
+    (the whole point of those paths), read from cuobjdump -sass."""
+    import re
+    import subprocess
+
+    from batchnorm_lib.backend.cuda.core import KERNEL_DIR
+
+    source = os.path.join(KERNEL_DIR, "norm", "batchnorm.cu")
+    cubin, entries = sass.compile_cubin(source)
+    text = subprocess.run([sass.find_tool("cuobjdump"), "-sass", cubin], check=True,
+                          stdout=subprocess.PIPE, universal_newlines=True).stdout
+    bodies = dict(re.findall(r"Function : (\S+)\n(.*?)(?=\n\s*Function : |\Z)", text, re.S))
+    vector = sorted(name for name in entries if name.endswith("_vec"))
+    assert vector and set(vector) <= set(bodies)
+    for name in vector:
+        assert re.search(r"\bLDG\.E\.128\b", bodies[name]), name
+    # the scalar twins do not: the check can fail
+    assert not re.search(r"\bLDG\.E\.128\b", bodies["bn_forward_infer_f32"])

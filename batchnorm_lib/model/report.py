@@ -5,7 +5,7 @@ simulator's traffic counters (:func:`batchnorm_lib.backend.cudasim.profile`) at 
 and replays the same call at the full shape through a recording runtime that keeps the launches
 (kernel, grid) without running them. From the counters: DRAM bytes per element (distinct 32-byte
 sectors x 32, per launch, summed) next to the byte floor, and the sector efficiency (requested
-bytes / 32 over the sectors the warps touch). From the compiler (:mod:`.sass`) and :mod:`.h100`,
+bytes / 32 over the sectors the warps touch, per launch at most 1). From the compiler (:mod:`.sass`) and :mod:`.h100`,
 for each launch of the full shape: registers, occupancy, waves, loads and bytes in flight, and the
 modelled time; the pass's bandwidth fraction is its bytes over achievable bandwidth, divided by
 its modelled time, at 600, 700 and 800 ns.
@@ -207,8 +207,11 @@ def model_case(shape, dtype_name, pass_name, budget, rng, latency=h100.LATENCY):
         return 32 * (launch.unique_load_sectors + launch.unique_store_sectors)
 
     sim_bytes = sum(dram(l) for l in sim)
-    requested = sum(l.load_bytes + l.store_bytes for l in sim)
+    # ideal sectors: the requested bytes in whole sectors, at most the sectors touched (a warp's
+    # lanes reading one value, a broadcast, ask for more bytes than the one sector they touch)
     sectors = sum(l.load_sectors + l.store_sectors for l in sim)
+    ideal = sum(min((l.load_bytes + l.store_bytes) / 32.0, l.load_sectors + l.store_sectors)
+                for l in sim)
     bytes_per_element = sim_bytes / sim_elements
     full_bytes = bytes_per_element * full_elements
     # each full-shape launch gets the share of bytes its kernel moved in the simulation
@@ -236,7 +239,7 @@ def model_case(shape, dtype_name, pass_name, budget, rng, latency=h100.LATENCY):
         "simulated_launches": [l.name for l in sim],
         "dram_bytes_per_element": bytes_per_element,
         "floor_bytes_per_element": floor_bytes(pass_name, shape, itemsize),
-        "sector_efficiency": requested / 32.0 / sectors if sectors else 1.0,
+        "sector_efficiency": ideal / sectors if sectors else 1.0,
         "dram_bytes": full_bytes, "launches": launches,
     }
     figures["bytes_over_floor"] = bytes_per_element / figures["floor_bytes_per_element"]
@@ -275,11 +278,11 @@ COLUMNS = (  # (header, width, function of the case's figures)
     ("sector", 6, lambda f: "%.0f%%" % (100 * f["sector_efficiency"])),
     ("regs", 5, lambda f: "%s" % max((l.get("registers", 0) for l in f["launches"]), default=0)
      if f["compiler_figures"] else "-"),
-    ("occup", 9, lambda f: _fmt_list([l["occupancy"] for l in _heavy(f["launches"])], "%.2f")
+    ("occup", 14, lambda f: _fmt_list([l["occupancy"] for l in _heavy(f["launches"])], "%.2f")
      if f["compiler_figures"] else "-"),
-    ("waves", 11, lambda f: _fmt_list([l["waves"] for l in _heavy(f["launches"])], "%.2f")
+    ("waves", 15, lambda f: _fmt_list([l["waves"] for l in _heavy(f["launches"])], "%.2f")
      if f["compiler_figures"] else "-"),
-    ("ld/thr", 6, lambda f: _fmt_list([l["loads_in_flight_per_thread"]
+    ("ld/thr", 8, lambda f: _fmt_list([l["loads_in_flight_per_thread"]
                                        for l in _heavy(f["launches"])], "%d")
      if f["compiler_figures"] else "-"),
     ("KB/SM", 10, lambda f: _fmt_list([l["bytes_in_flight_per_sm"] / 1024
