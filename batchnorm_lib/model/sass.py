@@ -12,7 +12,8 @@ scoreboard, and a wait mask of scoreboards the instruction waits on before it is
 published in "Dissecting the NVIDIA Turing T4 GPU via Microbenchmarking", Jia et al., 2019). So a
 load stays in flight from its issue until the first instruction whose wait mask names its write
 scoreboard (or a ``DEPBAR.LE SBn, k`` that lets at most k of that scoreboard's loads remain). The
-main loop is the innermost backward branch holding the most global-load bytes; it is walked twice
+main loop is the innermost backward branch holding the most global-load bytes (the first of
+equals: a remainder loop follows its main loop); it is walked twice
 in program order (the second pass sees what the back edge carries over), and its figure is the
 most loads, and load bytes, outstanding at once. A forward branch inside the body is taken: the
 region it skips (say, reloading a channel's parameters when the channel changes) is the rare path,
@@ -93,7 +94,9 @@ def _run(cmd):
     except OSError as e:
         raise ToolError("cannot run %s: %s" % (cmd[0], e)) from None
     if proc.returncode != 0:
-        raise ToolError("%s failed:\n%s" % (os.path.basename(cmd[0]), proc.stdout.strip()))
+        lines = proc.stdout.strip().splitlines()
+        raise ToolError("%s failed:\n%s" % (os.path.basename(cmd[0]), "\n".join(
+            lines[:20] + (["... (%d more lines)" % (len(lines) - 20)] if len(lines) > 20 else []))))
     return proc.stdout
 
 
@@ -219,18 +222,29 @@ def _loops(insns, labels):
     return out
 
 
+def _counted(body, insn):
+    """Bytes ``insn`` loads on the common path of ``body``: predicated loads are if-converted rare
+    paths, counted only in a body without unpredicated loads."""
+    size = insn.load_bytes()
+    if size and insn.predicated and any(i.load_bytes() and not i.predicated for i in body):
+        return 0
+    return size
+
+
 def main_loop(insns, labels):
-    """(start, end, is_loop) of the innermost loop with the most global-load bytes; the whole
-    function when no loop loads."""
+    """(start, end, is_loop) of the innermost loop with the most global-load bytes (the first of
+    equals); the whole function when no loop loads."""
     def load_bytes(lo, hi):
-        return sum(insns[k].load_bytes() for k in range(lo, hi + 1))
+        body = insns[lo:hi + 1]
+        return sum(_counted(body, i) for i in body)
 
     loading = [(lo, hi) for lo, hi in _loops(insns, labels) if load_bytes(lo, hi) > 0]
     innermost = [(lo, hi) for lo, hi in loading
                  if not any((a, b) != (lo, hi) and lo <= a and b <= hi for a, b in loading)]
     if not innermost:
         return 0, len(insns) - 1, False
-    return max(innermost, key=lambda r: (load_bytes(*r), -(r[1] - r[0]))) + (True,)
+    # ties go to the first in program order: a remainder loop follows its main loop
+    return max(innermost, key=lambda r: (load_bytes(*r), -r[0])) + (True,)
 
 
 def loads_in_flight(insns, labels):
@@ -241,8 +255,6 @@ def loads_in_flight(insns, labels):
     pending = []  # (scoreboard, bytes) in issue order
     best = (0, 0)
     passes = 2 if looping else 1
-    # predicated loads are if-converted rare paths too, unless the loop has no other loads
-    predicated_count = not any(i.load_bytes() and not i.predicated for i in body)
     targets = {}  # forward branches inside the body: index -> index of their target
     for k, insn in enumerate(body):
         t = labels.get(insn.target, -1) - lo if insn.opcode.startswith("BRA") else -1
@@ -261,14 +273,12 @@ def loads_in_flight(insns, labels):
                 mine = [k for k, (s, _) in enumerate(pending) if s == sb]
                 drop = set(mine[:max(0, len(mine) - keep)])
                 pending = [e for k, e in enumerate(pending) if k not in drop]
-            size = insn.load_bytes()
-            if size and insn.predicated and not predicated_count:
-                size = 0
+            size = _counted(body, insn)
             if size and insn.write_sb < 6:
                 pending.append((insn.write_sb, size))
             if p == passes - 1:
                 now = (sum(b for _, b in pending), len(pending))
                 best = max(best, now)
-    widths = [i.load_bytes() for i in body if i.load_bytes()]
+    widths = [_counted(body, i) for i in body if _counted(body, i)]
     return {"loads": best[1], "bytes": best[0], "loop_start": body[0].address,
             "loop_end": body[-1].address, "max_load_bytes": max(widths, default=0)}

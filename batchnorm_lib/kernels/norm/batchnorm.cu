@@ -44,6 +44,21 @@ __device__ __forceinline__ WelfordD read_partial(const float* p)
     return to_double(w);
 }
 
+// Element offset of the pack a RowWalk over a channel's (N, S / VEC) packs points at.
+template <int VEC>
+__device__ __forceinline__ long long pack_offset(const RowWalk& walk, int c, int ch, long long s)
+{
+    return (walk.row * c + ch) * s + walk.col * VEC;
+}
+
+// Packs per thread loaded ahead in the (channel, split) reductions: 16 bytes of scalar loads, two
+// 16-byte packs on the vector paths (see elementwise_unroll).
+template <typename T, int VEC>
+__host__ __device__ constexpr int reduction_unroll()
+{
+    return VEC > 1 ? 2 : static_cast<int>(16 / sizeof(T));
+}
+
 // Values are shifted by the channel's first element before Welford, so data far from zero
 // (1e4 + N(0, 1)) keeps float32 precision in the running means.
 template <typename T, int VEC>
@@ -60,12 +75,35 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
     const long long end = min(begin + chunk, total);
     const float shift = to_float(x[static_cast<long long>(ch) * s]);
 
+    // kUnroll packs are loaded before any is used and folded in as one batch (one division per
+    // batch): several loads in flight per thread, none waiting on the previous one's arithmetic
+    constexpr int kUnroll = reduction_unroll<T, VEC>();
     WelfordStream acc;
     long long j = begin + threadIdx.x;
     if (j < end) {
         RowWalk walk(j, kBlock, cols);
-        for (; j < end; j += kBlock) {
-            const Pack<T, VEC> pk = load_pack<T, VEC>(x + (walk.row * c + ch) * s + walk.col * VEC);
+        for (; j + (kUnroll - 1) * kBlock < end; j += kUnroll * kBlock) {
+            Pack<T, VEC> pk[kUnroll];
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+                pk[u] = load_pack<T, VEC>(x + pack_offset<VEC>(walk, c, ch, s));
+                walk.advance();
+            }
+            float v[kUnroll * VEC];
+            float raw = 0.f;
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    const float xi = to_float(pk[u].v[i]);
+                    raw = __fadd_rn(raw, xi);
+                    v[u * VEC + i] = __fsub_rn(xi, shift);
+                }
+            }
+            acc.add<kUnroll * VEC>(v, raw);
+        }
+        for (; j < end; j += kBlock) {  // at most kUnroll - 1 packs left
+            const Pack<T, VEC> pk = load_pack<T, VEC>(x + pack_offset<VEC>(walk, c, ch, s));
             float v[VEC];
             float raw = 0.f;
 #pragma unroll
@@ -106,7 +144,26 @@ __device__ __forceinline__ void stats_partial_cols(const T* __restrict__ x, floa
     float shift = 0.f;
     if (ch < c) {
         shift = to_float(x[ch]);
-        for (long long row = begin + warp; row < end; row += kWarps) {
+        constexpr int kUnroll = reduction_unroll<T, 1>();
+        long long row = begin + warp;
+        // kUnroll rows loaded before any is used, folded in as one batch
+        for (; row + (kUnroll - 1) * kWarps < end; row += kUnroll * kWarps) {
+            T raw_v[kUnroll];
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+                raw_v[u] = x[(row + u * kWarps) * c + ch];
+            }
+            float v[kUnroll];
+            float raw = 0.f;
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+                const float xi = to_float(raw_v[u]);
+                raw = __fadd_rn(raw, xi);
+                v[u] = __fsub_rn(xi, shift);
+            }
+            acc.add<kUnroll>(v, raw);
+        }
+        for (; row < end; row += kWarps) {
             const float xi = to_float(x[row * c + ch]);
             const float v[1] = {__fsub_rn(xi, shift)};
             acc.add<1>(v, xi);
@@ -171,15 +228,27 @@ __device__ __forceinline__ void channel_factor(const float* __restrict__ scale,
 
 // --- normalization ------------------------------------------------------------------------------
 
-// y = fma(x - mean, a, bias) with the per-channel factor a of stats_finalize or channel_factor:
-// two roundings, as the CPU backend does (values equal to the mean give bias exactly). Each thread reloads the channel's constants only when its channel changes. x and y may
-// be the same buffer.
-template <typename T, int VEC>
-__device__ __forceinline__ void normalize(const T* x, T* y, const float* __restrict__ mean,
-                                          const float* __restrict__ factor,
-                                          const float* __restrict__ bias, long long n, int c,
-                                          long long s)
+// Packs per thread in flight in the elementwise passes: at least 16 bytes of scalar loads over the
+// pass's input arrays and at least 4 steps (8 16-bit values from one array, 4 steps otherwise), two
+// steps on the 16-byte vector paths. Little's law wants ~16 KB in flight per SM at ~700 ns DRAM
+// latency, i.e. >= 11 bytes per thread at 1536 resident threads; more steps cost registers.
+template <typename T, int VEC, int ARRAYS>
+__host__ __device__ constexpr int elementwise_unroll()
 {
+    return VEC > 1 ? 2
+                   : (16 / (sizeof(T) * ARRAYS) > 4 ? static_cast<int>(16 / (sizeof(T) * ARRAYS)) : 4);
+}
+
+// Grid-stride walk over the flat (N * C * S / VEC) pack index for an elementwise pass Op. Each step
+// takes kUnroll packs kBlock * gridDim.x apart: it resolves their channel constants first
+// (Op::constants, reloaded only when the channel changes), then issues every load (Op::load), then
+// computes and stores (Op::finish). The output may alias an input, so the compiler may not hoist a
+// later load above an earlier store by itself: written this way each thread keeps kUnroll loads
+// in flight instead of one.
+template <typename T, int VEC, typename Op>
+__device__ __forceinline__ void channel_stream(const Op& op, long long n, int c, long long s)
+{
+    constexpr int kUnroll = elementwise_unroll<T, VEC, Op::kArrays>();
     const long long cols = s / VEC;
     const long long total = n * c * cols;
     const long long stride = static_cast<long long>(gridDim.x) * kBlock;
@@ -188,23 +257,85 @@ __device__ __forceinline__ void normalize(const T* x, T* y, const float* __restr
         return;
     }
     ChannelWalk walk(j, stride, cols, c);
-    int cached = -1;
-    float m = 0.f, a = 0.f, b = 0.f;
-    for (; j < total; j += stride) {
-        if (walk.channel != cached) {
-            cached = walk.channel;
-            m = mean[cached];
-            a = factor[cached];
-            b = bias[cached];
-        }
-        Pack<T, VEC> pk = load_pack<T, VEC>(x + j * VEC);
+    // each of the kUnroll slots keeps its own channel's constants, so no slot's reload waits on
+    // another's
+    int cached[kUnroll];
+    typename Op::Constants ku[kUnroll];
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            pk.v[i] = from_float<T>(fmaf(__fsub_rn(to_float(pk.v[i]), m), a, b));
+    for (int u = 0; u < kUnroll; ++u) {
+        cached[u] = -1;
+        ku[u] = {};
+    }
+    for (; j + (kUnroll - 1) * stride < total; j += kUnroll * stride) {
+        typename Op::Loaded in[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            in[u] = op.load(j + u * stride);
         }
-        store_pack<T, VEC>(y + j * VEC, pk);
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            if (walk.channel != cached[u]) {
+                cached[u] = walk.channel;
+                ku[u] = op.constants(walk.channel);
+            }
+            walk.advance();
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            op.finish(j + u * stride, in[u], ku[u]);
+        }
+    }
+    int last = -1;
+    typename Op::Constants k = {};
+    for (; j < total; j += stride) {  // at most kUnroll - 1 steps left
+        if (walk.channel != last) {
+            last = walk.channel;
+            k = op.constants(last);
+        }
+        op.finish(j, op.load(j), k);
         walk.advance();
     }
+}
+
+// y = fma(x - mean, a, bias) with the per-channel factor a of stats_finalize or channel_factor:
+// two roundings, as the CPU backend does (values equal to the mean give bias exactly). Each thread reloads the channel's constants only when its channel changes. x and y may
+// be the same buffer.
+template <typename T, int VEC>
+struct NormalizeOp {
+    const T* x;
+    T* y;
+    const float* __restrict__ mean;
+    const float* __restrict__ factor;
+    const float* __restrict__ bias;
+
+    static constexpr int kArrays = 1;
+    struct Constants {
+        float m, a, b;
+    };
+    typedef Pack<T, VEC> Loaded;
+
+    __device__ __forceinline__ Constants constants(int ch) const
+    {
+        return {mean[ch], factor[ch], bias[ch]};
+    }
+    __device__ __forceinline__ Loaded load(long long j) const { return load_pack<T, VEC>(x + j * VEC); }
+    __device__ __forceinline__ void finish(long long j, Loaded pk, const Constants& k) const
+    {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            pk.v[i] = from_float<T>(fmaf(__fsub_rn(to_float(pk.v[i]), k.m), k.a, k.b));
+        }
+        store_pack<T, VEC>(y + j * VEC, pk);
+    }
+};
+
+template <typename T, int VEC>
+__device__ __forceinline__ void normalize(const T* x, T* y, const float* __restrict__ mean,
+                                          const float* __restrict__ factor,
+                                          const float* __restrict__ bias, long long n, int c,
+                                          long long s)
+{
+    channel_stream<T, VEC>(NormalizeOp<T, VEC>{x, y, mean, factor, bias}, n, c, s);
 }
 
 // --- backward -----------------------------------------------------------------------------------
@@ -237,12 +368,33 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
     const long long end = min(begin + chunk, total);
     const float m = savemean[ch];
 
+    constexpr int kUnroll = reduction_unroll<T, VEC>();
     Sum2Stream acc;
     long long j = begin + threadIdx.x;
     if (j < end) {
         RowWalk walk(j, kBlock, cols);
+        // kUnroll steps' loads first, then their sums in step order
+        for (; j + (kUnroll - 1) * kBlock < end; j += kUnroll * kBlock) {
+            Pack<T, VEC> px[kUnroll], pg[kUnroll];
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+                const long long off = pack_offset<VEC>(walk, c, ch, s);
+                px[u] = load_pack<T, VEC>(x + off);
+                pg[u] = load_pack<T, VEC>(dy + off);
+                walk.advance();
+            }
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    const float g = to_float(pg[u].v[i]);
+                    acc.add(g, __fmul_rn(g, __fsub_rn(to_float(px[u].v[i]), m)));
+                }
+                acc.flush_step();
+            }
+        }
         for (; j < end; j += kBlock) {
-            const long long off = (walk.row * c + ch) * s + walk.col * VEC;
+            const long long off = pack_offset<VEC>(walk, c, ch, s);
             const Pack<T, VEC> px = load_pack<T, VEC>(x + off);
             const Pack<T, VEC> pg = load_pack<T, VEC>(dy + off);
 #pragma unroll
@@ -334,71 +486,81 @@ __device__ __forceinline__ void backward_finalize(const float* __restrict__ part
 // dx = dy * k - ((x - mean) * c1 + c0) as two FMAs, as the CPU backend does; keeping (x - mean)
 // whole avoids the cancellation of x * c1 - mean * c1.
 template <typename T, int VEC>
+struct BackwardDxOp {
+    const T* __restrict__ x;
+    const T* __restrict__ dy;
+    const float* __restrict__ savemean;
+    const float* __restrict__ coef;
+    T* __restrict__ dx;
+
+    static constexpr int kArrays = 2;
+    struct Constants {
+        float m, k, c0, c1;
+    };
+    struct Loaded {
+        Pack<T, VEC> px, pg;
+    };
+
+    __device__ __forceinline__ Constants constants(int ch) const
+    {
+        return {savemean[ch], coef[ch * 3 + 0], coef[ch * 3 + 1], coef[ch * 3 + 2]};
+    }
+    __device__ __forceinline__ Loaded load(long long j) const
+    {
+        return {load_pack<T, VEC>(x + j * VEC), load_pack<T, VEC>(dy + j * VEC)};
+    }
+    __device__ __forceinline__ void finish(long long j, Loaded in, const Constants& k) const
+    {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            const float u = fmaf(__fsub_rn(to_float(in.px.v[i]), k.m), k.c1, k.c0);
+            in.pg.v[i] = from_float<T>(fmaf(to_float(in.pg.v[i]), k.k, -u));
+        }
+        store_pack<T, VEC>(dx + j * VEC, in.pg);
+    }
+};
+
+template <typename T, int VEC>
 __device__ __forceinline__ void backward_dx(const T* __restrict__ x, const T* __restrict__ dy,
                                             const float* __restrict__ savemean,
                                             const float* __restrict__ coef, T* __restrict__ dx,
                                             long long n, int c, long long s)
 {
-    const long long cols = s / VEC;
-    const long long total = n * c * cols;
-    const long long stride = static_cast<long long>(gridDim.x) * kBlock;
-    long long j = static_cast<long long>(blockIdx.x) * kBlock + threadIdx.x;
-    if (j >= total) {
-        return;
-    }
-    ChannelWalk walk(j, stride, cols, c);
-    int cached = -1;
-    float m = 0.f, k = 0.f, c0 = 0.f, c1 = 0.f;
-    for (; j < total; j += stride) {
-        if (walk.channel != cached) {
-            cached = walk.channel;
-            m = savemean[cached];
-            k = coef[cached * 3 + 0];
-            c0 = coef[cached * 3 + 1];
-            c1 = coef[cached * 3 + 2];
-        }
-        const Pack<T, VEC> px = load_pack<T, VEC>(x + j * VEC);
-        Pack<T, VEC> pg = load_pack<T, VEC>(dy + j * VEC);
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            const float u = fmaf(__fsub_rn(to_float(px.v[i]), m), c1, c0);
-            pg.v[i] = from_float<T>(fmaf(to_float(pg.v[i]), k, -u));
-        }
-        store_pack<T, VEC>(dx + j * VEC, pg);
-        walk.advance();
-    }
+    channel_stream<T, VEC>(BackwardDxOp<T, VEC>{x, dy, savemean, coef, dx}, n, c, s);
 }
 
 // dx = dy * k with the per-channel factor k = scale / sqrt(run_var + eps) of channel_factor
 // (frozen statistics).
 template <typename T, int VEC>
+struct BackwardInferOp {
+    const T* __restrict__ dy;
+    const float* __restrict__ factor;
+    T* __restrict__ dx;
+
+    static constexpr int kArrays = 1;
+    struct Constants {
+        float k;
+    };
+    typedef Pack<T, VEC> Loaded;
+
+    __device__ __forceinline__ Constants constants(int ch) const { return {factor[ch]}; }
+    __device__ __forceinline__ Loaded load(long long j) const { return load_pack<T, VEC>(dy + j * VEC); }
+    __device__ __forceinline__ void finish(long long j, Loaded pg, const Constants& k) const
+    {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            pg.v[i] = from_float<T>(__fmul_rn(to_float(pg.v[i]), k.k));
+        }
+        store_pack<T, VEC>(dx + j * VEC, pg);
+    }
+};
+
+template <typename T, int VEC>
 __device__ __forceinline__ void backward_infer(const T* __restrict__ dy,
                                                const float* __restrict__ factor,
                                                T* __restrict__ dx, long long n, int c, long long s)
 {
-    const long long cols = s / VEC;
-    const long long total = n * c * cols;
-    const long long stride = static_cast<long long>(gridDim.x) * kBlock;
-    long long j = static_cast<long long>(blockIdx.x) * kBlock + threadIdx.x;
-    if (j >= total) {
-        return;
-    }
-    ChannelWalk walk(j, stride, cols, c);
-    int cached = -1;
-    float k = 0.f;
-    for (; j < total; j += stride) {
-        if (walk.channel != cached) {
-            cached = walk.channel;
-            k = factor[cached];
-        }
-        Pack<T, VEC> pg = load_pack<T, VEC>(dy + j * VEC);
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            pg.v[i] = from_float<T>(__fmul_rn(to_float(pg.v[i]), k));
-        }
-        store_pack<T, VEC>(dx + j * VEC, pg);
-        walk.advance();
-    }
+    channel_stream<T, VEC>(BackwardInferOp<T, VEC>{dy, factor, dx}, n, c, s);
 }
 
 }  // namespace bn

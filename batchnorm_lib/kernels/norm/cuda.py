@@ -23,10 +23,13 @@ from batchnorm_lib import config
 from batchnorm_lib.backend.cuda.core import BLOCK
 
 TARGET_BLOCKS = 1024  # reduction blocks to aim for over all channels: enough to fill a large GPU
-MIN_PACKS_PER_THREAD = 4  # do not split a channel below this much work per thread
+MIN_PACKS_PER_THREAD = 8  # do not split a channel below this much work per thread (a full unrolled step)
 MAX_BLOCK_ELEMENTS = 1 << 23  # per-block element counts stay exact in the kernels' float counters
 MAX_GRID_Y = 65535
 ELEMENTWISE_BLOCKS = 4096  # grid-stride elementwise kernels: blocks at most
+# packs each elementwise thread takes (the kernels load up to 8 before using any: bn::channel_stream);
+# fewer would leave every thread a single load in flight
+ELEMENTWISE_PACKS_PER_THREAD = 8
 WARPS_PER_BLOCK = BLOCK // 32
 STATS_PARTIAL = 7  # floats per block partial of the statistics (bn::kPartial)
 SUM_PARTIAL = 4  # floats per block partial of the backward sums (bn::kSumPartial)
@@ -94,8 +97,8 @@ def _reduction(kernel, suffix, n, c, s, vec, width):
             (np.int64(n), np.int32(c), np.int64(s)))
 
 
-def _elementwise_grid(total_packs):
-    return (max(1, min(-(-total_packs // BLOCK), ELEMENTWISE_BLOCKS)),)
+def _elementwise_grid(total_packs, per_thread=ELEMENTWISE_PACKS_PER_THREAD):
+    return (max(1, min(-(-total_packs // (BLOCK * per_thread)), ELEMENTWISE_BLOCKS)),)
 
 
 def _channel_grid(c):
@@ -184,7 +187,7 @@ def axpby(x, y, alpha, beta):
                         % (x.dtype, x.shape, y.dtype, y.shape))
     if y.size == 0:
         return
-    rt.launch("bn_axpby", _elementwise_grid(y.size),
+    rt.launch("bn_axpby", _elementwise_grid(y.size, 1),
               (_ptr(x), _ptr(y), np.float32(alpha), np.float32(beta), np.int64(y.size)))
 
 
