@@ -11,11 +11,12 @@ import types
 
 from batchnorm_lib.backend.cuda.core import backend_functions
 from batchnorm_lib.backend.cudasim import compiler, driver, gpuarray, tools
+from batchnorm_lib.backend.cudasim.instrument import profile
 
 NAME = "cudasim"
 
 __all__ = ["NAME", "GPUArray", "to_gpu", "empty", "zeros", "probe", "device_name",
-           "supported_dtypes", "kernel_report", "runtime", "api"]
+           "supported_dtypes", "kernel_report", "runtime", "api", "profile"]
 
 GPUArray = gpuarray.GPUArray
 

@@ -29,11 +29,19 @@ import time
 
 import numpy as np
 
-from batchnorm_lib.backend.cudasim import driver
+from batchnorm_lib.backend.cudasim import driver, instrument
 from batchnorm_lib.backend.cudasim.driver import CompileError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNTIME_HEADER = os.path.join(HERE, "cudasim_runtime.h")
+INSTRUMENT_HEADER = os.path.join(HERE, "cudasim_instrument.h")
+# The sanitizer's and profiler's build: every load and store calls a hook (the thread
+# sanitizer's instrumentation, whose entry points cudasim_instrument.h defines; unlike the address
+# sanitizer's it reports a load and a store to one address separately); no vectorization or store
+# merging, so each access the source makes is one hook call of its own size; -g for source lines.
+INSTRUMENT_FLAGS = ["-DCUDASIM_INSTRUMENT=1", "-g", "-fsanitize=thread",
+                    "--param", "tsan-instrument-func-entry-exit=0", "-fno-tree-vectorize",
+                    "-fno-tree-slp-vectorize", "-fno-store-merging"]
 SHIM_DIR = os.path.join(HERE, "shim")  # crt/host_defines.h for header sets without crt/
 CACHE_ENV = "BATCHNORM_LIB_CUDASIM_CACHE"
 DEBUG_ENV = "BATCHNORM_LIB_CUDASIM_DEBUG"
@@ -340,19 +348,13 @@ class SourceModule:
         flags += ["-fPIC", "-shared", "-fvisibility=hidden", "-fno-strict-aliasing",
                   "-U_FORTIFY_SOURCE", "-ffp-contract=off", "-fstack-clash-protection",
                   "-pthread", "-w"]
-        flags += ["-DCUDASIM_ARCH=%d" % arch_number]
+        # misaligned accesses fault on a GPU: checked in every build (cudasim_instrument.h)
+        flags += ["-fsanitize=alignment", "-DCUDASIM_ARCH=%d" % arch_number]
         flags += ["-I" + d for d in include_dirs] + ["-I" + cuda_inc]
         for extra in _sibling_includes(cuda_inc) + [SHIM_DIR]:
             flags += ["-idirafter", extra]
-        with open(RUNTIME_HEADER, "rb") as f:
-            runtime = f.read()
-        h = hashlib.sha256()
-        for part in (BUILD_VERSION, _compiler_version(cxx), " ".join(flags), runtime, full):
-            h.update(part if isinstance(part, bytes) else part.encode())
-            h.update(b"\0")
-        for path, data in sorted(_included_files(source, include_dirs).items()):
-            h.update(path.encode() + b"\0" + data + b"\0")
-        key = h.hexdigest()[:32]
+        self._cxx, self._flags, self._full = cxx, flags, full
+        self._included = sorted(_included_files(source, include_dirs).items())
 
         if cache_dir is False:
             directory = tempfile.mkdtemp(prefix="cudasim-")
@@ -364,18 +366,41 @@ class SourceModule:
                 directory = os.path.join(tempfile.gettempdir(),
                                          "batchnorm_lib-cudasim-%d" % os.getuid())
                 os.makedirs(directory, mode=0o700, exist_ok=True)
-        so_path = os.path.join(directory, "cudasim-%s.so" % key)
-        sym_path = so_path[:-3] + ".shared"
-        src_path = so_path[:-3] + ".cu"
-        if not (os.path.isfile(so_path) and os.path.isfile(sym_path) and os.path.isfile(src_path)):
-            self._build(cxx, flags, full, directory, so_path, sym_path, src_path)
-        self.path = so_path
-        self._lib = ctypes.CDLL(so_path, mode=getattr(os, "RTLD_LOCAL", 0))
-        self._lib.cudasim_error.restype = ctypes.c_char_p
-        self._lib.cudasim_static_shared_bytes.restype = ctypes.c_size_t
-        self._static_shared = 0
-        self._set_poison(sym_path)
+        self._directory = directory
+        self._builds = {}
         self._functions = {}
+        plain = self._load(False)
+        self.path = plain.path
+        self._lib = plain.lib
+        self._static_shared = plain.static_shared
+
+    def _key(self, flags):
+        h = hashlib.sha256()
+        headers = []
+        for path in (RUNTIME_HEADER, INSTRUMENT_HEADER):
+            with open(path, "rb") as f:
+                headers.append(f.read())
+        for part in [BUILD_VERSION, _compiler_version(self._cxx), " ".join(flags)] + headers + [
+                self._full]:
+            h.update(part if isinstance(part, bytes) else part.encode())
+            h.update(b"\0")
+        for path, data in self._included:
+            h.update(path.encode() + b"\0" + data + b"\0")
+        return h.hexdigest()[:32]
+
+    def _load(self, instrumented):
+        """The plain build, or the instrumented one (built on first use): a _Build."""
+        if instrumented not in self._builds:
+            flags = self._flags + (INSTRUMENT_FLAGS if instrumented else [])
+            so_path = os.path.join(self._directory, "cudasim-%s.so" % self._key(flags))
+            sym_path = so_path[:-3] + ".shared"
+            src_path = so_path[:-3] + ".cu"
+            if not (os.path.isfile(so_path) and os.path.isfile(sym_path)
+                    and os.path.isfile(src_path)):
+                self._build(self._cxx, flags, self._full, self._directory, so_path, sym_path,
+                            src_path)
+            self._builds[instrumented] = _Build(so_path, sym_path)
+        return self._builds[instrumented]
 
     @staticmethod
     def _build(cxx, flags, full, directory, so_path, sym_path, src_path):
@@ -386,11 +411,18 @@ class SourceModule:
             os.replace(os.path.join(work, "kernel.cu"), src_path)
             src = src_path
             tmp_so = os.path.join(work, "module.so")
-            cmd = [cxx] + flags + ["-include", RUNTIME_HEADER, "-x", "c++", src, "-o", tmp_so]
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
-            if proc.returncode != 0:
-                raise CompileError("cudasim compilation failed", cmd, stdout=proc.stdout,
-                                   stderr=proc.stderr)
+            tmp_o = os.path.join(work, "module.o")
+            # compiled and linked apart: the checks' handlers are the module's own
+            # (cudasim_instrument.h), so no sanitizer runtime library is linked into the process
+            compile_flags = [f for f in flags if f not in ("-shared",)]
+            link_flags = [f for f in flags if f in ("-shared", "-fPIC", "-pthread")]
+            cmd = [cxx] + compile_flags + ["-include", RUNTIME_HEADER, "-include",
+                                           INSTRUMENT_HEADER, "-x", "c++", "-c", src, "-o", tmp_o]
+            for step in (cmd, [cxx] + link_flags + ["-Wl,-z,defs", tmp_o, "-o", tmp_so]):
+                proc = subprocess.run(step, capture_output=True, text=True, cwd=work)
+                if proc.returncode != 0:
+                    raise CompileError("cudasim compilation failed", step, stdout=proc.stdout,
+                                       stderr=proc.stderr)
             symbols = _symbols(cxx, tmp_so)
             with open(os.path.join(work, "module.shared"), "w") as f:
                 for name, addr, size in symbols:
@@ -399,25 +431,6 @@ class SourceModule:
             os.replace(tmp_so, so_path)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-
-    def _set_poison(self, sym_path):
-        entries = []
-        with open(sym_path) as f:
-            for line in f:
-                name, addr, size = line.split()
-                entries.append((name, int(addr), int(size)))
-        anchor = [a for n, a, s in entries if n == "@anchor"]
-        regions = [(a, s) for n, a, s in entries if n != "@anchor" and s > 0]
-        self._static_shared = int(self._lib.cudasim_static_shared_bytes()) + sum(
-            s for n, a, s in entries if n.startswith("_ZZ") and s > 0)
-        if not anchor or not regions:
-            return
-        base = ctypes.cast(self._lib.cudasim_error, ctypes.c_void_p).value - anchor[0]
-        n = len(regions)
-        addrs = (ctypes.c_uint64 * n)(*[base + a for a, s in regions])
-        sizes = (ctypes.c_uint64 * n)(*[s for a, s in regions])
-        self._poison = (addrs, sizes)
-        self._lib.cudasim_set_poison(addrs, sizes, ctypes.c_int(n))
 
     def get_function(self, name):
         if name not in self._functions:
@@ -435,6 +448,43 @@ class SourceModule:
     def static_shared_bytes(self):
         """Static shared memory of all the module's kernels together (an upper bound for one)."""
         return self._static_shared
+
+
+class _Build:
+    """One loaded build of a module: the library, its static shared memory, its load address."""
+
+    def __init__(self, so_path, sym_path):
+        self.path = so_path
+        self.lib = ctypes.CDLL(so_path, mode=getattr(os, "RTLD_LOCAL", 0))
+        self.lib.cudasim_error.restype = ctypes.c_char_p
+        self.lib.cudasim_static_shared_bytes.restype = ctypes.c_size_t
+        self.instrumented = bool(self.lib.cudasim_instrumented())
+        self.static_shared = 0
+        self.base = None
+        self.symbols = []
+        self._set_poison(sym_path)
+
+    def _set_poison(self, sym_path):
+        entries = []
+        with open(sym_path) as f:
+            for line in f:
+                name, addr, size = line.split()
+                entries.append((name, int(addr), int(size)))
+        anchor = [a for n, a, s in entries if n == "@anchor"]
+        self.symbols = [(n, a, s) for n, a, s in entries if n != "@anchor" and s > 0]
+        regions = [(a, s) for n, a, s in entries if n != "@anchor" and s > 0]
+        self.static_shared = int(self.lib.cudasim_static_shared_bytes()) + sum(
+            s for n, a, s in entries if n.startswith("_ZZ") and s > 0)
+        if anchor:
+            self.base = ctypes.cast(self.lib.cudasim_error, ctypes.c_void_p).value - anchor[0]
+        if not anchor or not regions:
+            return
+        base = self.base
+        n = len(regions)
+        addrs = (ctypes.c_uint64 * n)(*[base + a for a, s in regions])
+        sizes = (ctypes.c_uint64 * n)(*[s for a, s in regions])
+        self._poison = (addrs, sizes)
+        self.lib.cudasim_set_poison(addrs, sizes, ctypes.c_int(n))
 
 
 # -- launching ----------------------------------------------------------------------------------
@@ -463,9 +513,8 @@ class Function:
         self.module = module
         self.name = name
         lib = module._lib
-        self._launch = getattr(lib, "__cudasim_launch_" + name)
-        self._launch.restype = ctypes.c_int
-        self._launch.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p]
+        self._launchers = {}
+        self._pointers = []
         sig = getattr(lib, "__cudasim_sig_" + name)
         sig.restype = ctypes.c_char_p
         self.params = _parse_signature(sig().decode())
@@ -528,7 +577,16 @@ class Function:
                         "(np.int32, np.float32, np.uintp, ...) as pycuda requires"
                         % (i, type(arg).__name__))
 
+    def _launcher(self, build):
+        if build.path not in self._launchers:
+            fn = getattr(build.lib, "__cudasim_launch_" + self.name)
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p]
+            self._launchers[build.path] = fn
+        return self._launchers[build.path]
+
     def _check_pointer(self, i, addr):
+        self._pointers.append(addr)
         if addr != 0 and driver.registry.find(addr) is None:
             raise driver.LaunchError(
                 "kernel %s parameter #%d: 0x%x is not inside any live device allocation (freed, "
@@ -581,8 +639,11 @@ class Function:
                 "cuLaunchKernel failed: invalid argument (kernel %s: %d bytes of dynamic shared "
                 "memory; at most %d per block with the static shared memory of the module)"
                 % (self.name, shared, driver.MAX_SHARED_PER_BLOCK))
+        self._pointers = []
         buf = self._pack(args)
         cbuf = (ctypes.c_ubyte * len(buf)).from_buffer(buf)
+        sanitize, profile = instrument.sanitizing(), instrument.profiling()
+        build = self.module._load(sanitize or profile)
         with _launch_lock:
             _launch_count[0] += 1
             count = _launch_count[0]
@@ -590,11 +651,32 @@ class Function:
             seed = (_base_seed() * 1000003 + count) & ((1 << 64) - 1)
             cfg = _LaunchConfig((ctypes.c_uint32 * 3)(*grid), (ctypes.c_uint32 * 3)(*block),
                                 shared, seed, _stack_bytes())
+            checked = instrument.Launch(build.lib, sanitize, profile, shared) \
+                if build.instrumented else None
             start = time.perf_counter()
-            rc = self._launch(ctypes.byref(cfg), ctypes.addressof(cbuf))
-            elapsed = time.perf_counter() - start
+            try:
+                rc = self._launcher(build)(ctypes.byref(cfg), ctypes.addressof(cbuf))
+            finally:
+                elapsed = time.perf_counter() - start
+                if checked is not None:
+                    checked.end()
+            if checked is None:
+                for addr in self._pointers:
+                    instrument.mark_allocation_written(addr)
+            elif profile:
+                instrument.record(self.name, grid, block, shared, checked.counters)
+            found, more = instrument.findings(build.lib)
+            if found:
+                where = checked.allocation_of if checked else driver.registry.find
+                lines = [instrument.describe(self.name, f, where, build)
+                         for f in found]
+                if more:
+                    lines.append("(and %d more findings)" % more)
+                raise driver.LaunchError(
+                    "%s [launch #%d of this process, %s=%s]"
+                    % ("\n".join(lines), count, SEED_ENV, _base_seed()))
             if rc != 0:
-                msg = self.module._lib.cudasim_error().decode("utf-8", "replace")
+                msg = build.lib.cudasim_error().decode("utf-8", "replace")
                 raise driver.LaunchError(
                     "kernel %s<<<%s, %s, %d>>> failed: %s [launch #%d of this process, %s=%s]"
                     % (self.name, grid, block, shared, msg, count, SEED_ENV, _base_seed()))

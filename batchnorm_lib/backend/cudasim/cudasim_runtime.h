@@ -431,6 +431,13 @@ static uint64_t reduce_value(int op, unsigned mask) {
 static const uint64_t kPoison = 0xffffffffffffffffULL;
 
 
+// The instrumented build (cudasim_instrument.h) learns which lanes each warp operation ordered.
+#if defined(CUDASIM_INSTRUMENT)
+static void instr_warp_done(Fiber* base, unsigned need);
+#else
+static inline void instr_warp_done(Fiber*, unsigned) {}
+#endif
+
 // Complete the pending operation of warp `w` once every needed lane has arrived: compute each
 // lane's result and make them all runnable (they resume in shuffled order).
 static void warp_try_complete(Warp& w, Fiber* base) {
@@ -438,6 +445,7 @@ static void warp_try_complete(Warp& w, Fiber* base) {
     if (w.arrived == 0 || w.arrived != need) return;
     const int op = w.op;
     w.arrived = 0;
+    instr_warp_done(base, need);
     unsigned votes = 0;
     for (int l = 0; l < 32; ++l)
         if ((need >> l & 1u) && base[l].in) votes |= 1u << l;

@@ -8,7 +8,7 @@ garbage collector cannot free a block the pool still holds.
 
 import threading
 
-from batchnorm_lib.backend.cudasim import driver
+from batchnorm_lib.backend.cudasim import driver, instrument
 
 
 class PooledDeviceAllocation:
@@ -62,6 +62,7 @@ class DeviceMemoryPool:
             block = driver._Block(nbytes)
         else:  # a reused block reads as uninitialised memory, as a fresh one does
             driver.memset_d8(block.ptr, 0xFF, nbytes)
+            instrument.mark_fresh(block.ptr)
         return PooledDeviceAllocation(self, block, nbytes)
 
     def _give_back(self, nbytes, block):
