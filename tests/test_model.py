@@ -220,3 +220,55 @@ def test_vector_kernels_issue_128_bit_loads():
         assert re.search(r"\bLDG\.E\.128\b", bodies[name]), name
     # the scalar twins do not: the check can fail
     assert not re.search(r"\bLDG\.E\.128\b", bodies["bn_normalize_f32"])
+
+
+@needs_tools
+def test_library_report(tmp_path):
+    from batchnorm_lib import config
+
+    ok, why = config.probe("cudasim")
+    if not ok:
+        pytest.skip("cudasim unavailable: " + why)
+    out = tmp_path / "report.json"
+    # 4-D: aligned rows of whole 16-byte packs (the vector kernels), larger than the simulated
+    # budget so the batch is reduced; 2-D: the column kernels, odd sizes
+    proc = run_model("--quick", "--shape", "64x8x12x12", "--shape", "301x70", "--dtype",
+                     "float32", "--sim-elements", "20000", "--no-progress", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert "MODELLED" in lines[0] and "measured" in lines[0]
+    assert lines[-1].startswith("summary (modelled, not measured): 6 cases")
+    cases = {(tuple(f["shape"]), f["pass"]): f for f in json.loads(out.read_text())["cases"]}
+    assert len(cases) == 6
+    infer = cases[(64, 8, 12, 12), "forward infer"]
+    assert infer["simulated_shape"] == [20000 // (8 * 144), 8, 12, 12]
+    # x read and y written once, plus the per-channel float32 arrays (four read, one written)
+    elements = 17 * 8 * 144
+    assert 8 <= infer["dram_bytes_per_element"] <= 8 + 5 * (8 * 4 + 64) / elements
+    assert infer["floor_bytes_per_element"] == 8 and infer["launches_per_call"] >= 1
+    # stores: 16-byte packs, every warp writing whole sectors (loads add per-channel reloads)
+    assert infer["store_sector_efficiency"] == 1.0
+    assert 0 < infer["sector_efficiency"] <= 1
+    # the full shape's normalize grid: 8 packs of 4 per thread, 256 threads a block, at most 4096
+    normalize = [l for l in infer["launches"] if l["kernel"].startswith("bn_normalize")]
+    assert [l["kernel"] for l in normalize] == ["bn_normalize_f32_vec"]
+    assert normalize[0]["grid"] == [min(4096, -(-64 * 8 * 144 // 4 // 8 // 256))]
+    for f in cases.values():
+        itemsize = 4
+        floor = {"forward infer": 2, "forward train": 2, "backward train": 3}[f["pass"]]
+        assert f["floor_bytes_per_element"] == floor * itemsize  # these tensors fit on chip
+        assert f["bytes_over_floor"] == pytest.approx(f["dram_bytes_per_element"] / floor / 4)
+        assert f["modelled_time_us"] >= 2.0 * f["launches_per_call"]
+        assert (1.0 >= f["bandwidth_fraction_600ns"] >= f["bandwidth_fraction_700ns"]
+                >= f["bandwidth_fraction_800ns"] > 0)
+        for launch in f["launches"]:
+            assert launch["registers"] > 0 and 0 < launch["occupancy"] <= 1
+        shape = tuple(f["shape"])
+        passes = [line for line in lines if line.startswith("x".join(map(str, shape)) + " ")
+                  and f["pass"] in line]
+        assert len(passes) == 1
+    train = cases[(301, 70), "forward train"]
+    assert train["launches_per_call"] == 3 and train["simulated_shape"] == [20000 // 70, 70]
+    assert train["launches"][0]["kernel"] == "bn_stats_partial_cols_f32"
+    # two reads of x and one write, at least
+    assert train["dram_bytes_per_element"] >= 12

@@ -59,6 +59,9 @@ def add_parser(sub):
                    help="library report: only this shape (repeatable), e.g. 256x64x112x112")
     p.add_argument("--dtype", action="append", choices=report.DTYPES,
                    help="library report: only this dtype (repeatable)")
+    p.add_argument("--sim-elements", type=int_at_least(64), metavar="N",
+                   help="library report: simulate at most N elements per case (default %d, "
+                        "--quick %d)" % (report.SIM_ELEMENTS, report.QUICK_SIM_ELEMENTS))
     p.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
     p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
@@ -123,6 +126,8 @@ def run(args):
     if args.source is not None:
         return _run_kernel(args, parser_error)
     stray = [f for f in ("kernel", "grid", "block", "bytes") if getattr(args, f) is not None]
+    if args.source is None and args.shared:
+        stray.append("shared")
     if stray:
         return parser_error("--%s only go with --source" % ", --".join(stray))
     from batchnorm_lib.model import report

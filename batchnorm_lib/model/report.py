@@ -40,8 +40,8 @@ SHAPES = (
     (8192, 4096), (4096, 1024),
 )
 QUICK_SHAPES = ((256, 64, 112, 112), (256, 1024, 14, 14), (256, 2048, 7, 7), (8192, 4096))
-SIM_ELEMENTS = 1 << 20        # simulated elements per case at most
-QUICK_SIM_ELEMENTS = 1 << 17
+SIM_ELEMENTS = 1 << 18        # simulated elements per case at most (the counted build is slow)
+QUICK_SIM_ELEMENTS = 1 << 16
 # The single-read floors hold when the whole tensor can stay in the SMs' shared memory between
 # the statistics and the normalization.
 ON_CHIP_BYTES = h100.SMS * h100.SHARED_PER_BLOCK_MAX
@@ -209,9 +209,14 @@ def model_case(shape, dtype_name, pass_name, budget, rng, latency=h100.LATENCY):
     sim_bytes = sum(dram(l) for l in sim)
     # ideal sectors: the requested bytes in whole sectors, at most the sectors touched (a warp's
     # lanes reading one value, a broadcast, ask for more bytes than the one sector they touch)
-    sectors = sum(l.load_sectors + l.store_sectors for l in sim)
-    ideal = sum(min((l.load_bytes + l.store_bytes) / 32.0, l.load_sectors + l.store_sectors)
-                for l in sim)
+    def efficiency(kind):
+        sectors = sum(getattr(l, kind + "_sectors") for l in sim)
+        ideal = sum(min(getattr(l, kind + "_bytes") / 32.0, getattr(l, kind + "_sectors"))
+                    for l in sim)
+        return ideal, sectors
+
+    (ideal_ld, sectors_ld), (ideal_st, sectors_st) = efficiency("load"), efficiency("store")
+    ideal, sectors = ideal_ld + ideal_st, sectors_ld + sectors_st
     bytes_per_element = sim_bytes / sim_elements
     full_bytes = bytes_per_element * full_elements
     # each full-shape launch gets the share of bytes its kernel moved in the simulation
@@ -240,6 +245,8 @@ def model_case(shape, dtype_name, pass_name, budget, rng, latency=h100.LATENCY):
         "dram_bytes_per_element": bytes_per_element,
         "floor_bytes_per_element": floor_bytes(pass_name, shape, itemsize),
         "sector_efficiency": ideal / sectors if sectors else 1.0,
+        "load_sector_efficiency": ideal_ld / sectors_ld if sectors_ld else 1.0,
+        "store_sector_efficiency": ideal_st / sectors_st if sectors_st else 1.0,
         "dram_bytes": full_bytes, "launches": launches,
     }
     figures["bytes_over_floor"] = bytes_per_element / figures["floor_bytes_per_element"]
@@ -345,7 +352,7 @@ def main(args):
     latency = h100.LATENCY if args.latency is None else args.latency * 1e-9
     shapes = args.shape or (QUICK_SHAPES if args.quick else SHAPES)
     dtypes = args.dtype or (("float32",) if args.quick else DTYPES)
-    budget = QUICK_SIM_ELEMENTS if args.quick else SIM_ELEMENTS
+    budget = args.sim_elements or (QUICK_SIM_ELEMENTS if args.quick else SIM_ELEMENTS)
     previous = config.get_backend()
     config.set_backend("cudasim")
     rng = np.random.default_rng(11)
