@@ -207,6 +207,11 @@ def model_case(shape, dtype_name, pass_name, budget, rng, latency=h100.LATENCY):
         return 32 * (launch.unique_load_sectors + launch.unique_store_sectors)
 
     sim_bytes = sum(dram(l) for l in sim)
+    # a launch moving under a byte per element works per channel (finalize, factors): its bytes
+    # scale with its grid, the data passes' with the elements
+    sim_blocks = {}
+    for l in sim:
+        sim_blocks[l.name] = sim_blocks.get(l.name, 0) + int(np.prod(l.grid))
     # ideal sectors: the requested bytes in whole sectors, at most the sectors touched (a warp's
     # lanes reading one value, a broadcast, ask for more bytes than the one sector they touch)
     def efficiency(kind):
@@ -218,7 +223,6 @@ def model_case(shape, dtype_name, pass_name, budget, rng, latency=h100.LATENCY):
     (ideal_ld, sectors_ld), (ideal_st, sectors_st) = efficiency("load"), efficiency("store")
     ideal, sectors = ideal_ld + ideal_st, sectors_ld + sectors_st
     bytes_per_element = sim_bytes / sim_elements
-    full_bytes = bytes_per_element * full_elements
     # each full-shape launch gets the share of bytes its kernel moved in the simulation
     by_name = {}
     for l in sim:
@@ -228,9 +232,12 @@ def model_case(shape, dtype_name, pass_name, budget, rng, latency=h100.LATENCY):
         count[name] = count.get(name, 0) + 1
     launches = []
     for name, grid in rec.launches:
-        share = by_name.get(name, 0) / sim_bytes / count[name] if sim_bytes else 0.0
-        entry = {"kernel": name, "grid": list(grid), "block": [BLOCK], "share": share,
-                 "dram_bytes": share * full_bytes}
+        moved = by_name.get(name, 0)
+        if moved >= sim_elements or not sim_blocks.get(name):
+            full = moved * full_elements / sim_elements / count[name]
+        else:
+            full = moved * int(np.prod(grid)) / sim_blocks[name]
+        entry = {"kernel": name, "grid": list(grid), "block": [BLOCK], "dram_bytes": full}
         static = _static(name, grid, (BLOCK,))
         if static is not None:
             entry.update({k: static[k] for k in (
@@ -238,6 +245,9 @@ def model_case(shape, dtype_name, pass_name, budget, rng, latency=h100.LATENCY):
                 "occupancy", "waves", "tail_wave_fill", "loads_in_flight_per_thread",
                 "bytes_in_flight_per_thread", "widest_load_bytes", "bytes_in_flight_per_sm")})
         launches.append(entry)
+    full_bytes = sum(l["dram_bytes"] for l in launches)
+    for l in launches:
+        l["share"] = l["dram_bytes"] / full_bytes if full_bytes else 0.0
     figures = {
         "shape": list(shape), "dtype": dtype_name, "pass": pass_name,
         "simulated_shape": list(sim_shape), "launches_per_call": len(rec.launches),

@@ -61,18 +61,19 @@ _PROPS = re.compile(r"Function properties for (\S+)")
 def parse_ptxas(log):
     """{entry: {registers, shared_bytes, stack_bytes, spill_stores, spill_loads}} from ptxas -v."""
     out, current, props_for = {}, None, None
+
+    def entry(name):
+        return out.setdefault(name, dict.fromkeys(("registers", "shared_bytes", "stack_bytes",
+                                                   "spill_stores", "spill_loads"), 0))
+
     for line in log.splitlines():
         m = _ENTRY.search(line)
         if m:
-            current = out.setdefault(m.group(1), {"registers": 0, "shared_bytes": 0,
-                                                  "stack_bytes": 0, "spill_stores": 0,
-                                                  "spill_loads": 0})
+            current = entry(m.group(1))
             continue
         m = _PROPS.search(line)
         if m:
-            props_for = out.setdefault(m.group(1), {"registers": 0, "shared_bytes": 0,
-                                                    "stack_bytes": 0, "spill_stores": 0,
-                                                    "spill_loads": 0})
+            props_for = entry(m.group(1))
             continue
         m = _SPILL.search(line)
         if m and props_for is not None:
