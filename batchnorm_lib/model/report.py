@@ -42,6 +42,7 @@ SHAPES = (
 QUICK_SHAPES = ((256, 64, 112, 112), (256, 1024, 14, 14), (256, 2048, 7, 7), (8192, 4096))
 SIM_ELEMENTS = 1 << 18        # simulated elements per case at most (the counted build is slow)
 QUICK_SIM_ELEMENTS = 1 << 16
+MIN_SIM_CHANNEL_ELEMENTS = 512
 # The single-read floors hold when the whole tensor can stay in the SMs' shared memory between
 # the statistics and the normalization.
 ON_CHIP_BYTES = h100.SMS * h100.SHARED_PER_BLOCK_MAX
@@ -81,12 +82,14 @@ def floor_bytes(pass_name, shape, itemsize):
 
 
 def reduced_shape(shape, budget):
-    """The shape simulated for ``shape``: N (at least 2), then C, shrunk to ``budget`` elements."""
+    """The shape simulated for ``shape``: at most ``budget`` elements, each channel keeping at
+    least MIN_SIM_CHANNEL_ELEMENTS values (or all it has) so per-channel traffic stays a small
+    term; N shrinks first, then C."""
     n, c, rest = shape[0], shape[1], shape[2:]
     s = int(np.prod(rest)) if rest else 1
-    n = max(2, min(n, budget // max(1, c * s)))
-    if n * c * s > budget:
-        c = max(1, budget // (n * s))
+    n_min = min(n, max(2, -(-MIN_SIM_CHANNEL_ELEMENTS // s)))
+    c = min(c, max(1, budget // (n_min * s)))
+    n = min(n, max(n_min, budget // (c * s)))
     return (n, c) + tuple(rest)
 
 
