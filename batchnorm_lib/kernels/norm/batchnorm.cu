@@ -125,8 +125,8 @@ __device__ __forceinline__ void stats_partial_cols(const T* __restrict__ x, floa
 }
 
 // One warp per channel: merge the channel's nsplit partials in float64, then write savemean,
-// saveinvvar, the normalize factor a = scale * invstd (from the float64 invstd, rounded once) and
-// update the running statistics, each rounded once from float64.
+// saveinvvar, the normalize factor a = scale / sqrt(var + eps) (as channel_factor and the CPU
+// backend compute it) and update the running statistics, each rounded once from float64.
 __device__ __forceinline__ void stats_finalize(const float* __restrict__ part, int c, int nsplit,
                                                double eps, double factor,
                                                const float* __restrict__ scale, float* savemean,
@@ -150,7 +150,7 @@ __device__ __forceinline__ void stats_finalize(const float* __restrict__ part, i
         const double invstd = 1.0 / sqrt(var + eps);
         savemean[ch] = static_cast<float>(mean);
         saveinvvar[ch] = static_cast<float>(invstd);
-        a[ch] = static_cast<float>(static_cast<double>(scale[ch]) * invstd);
+        a[ch] = static_cast<float>(static_cast<double>(scale[ch]) / sqrt(var + eps));
         const double keep = 1.0 - factor;
         run_mean[ch] = static_cast<float>(keep * run_mean[ch] + factor * mean);
         run_var[ch] = static_cast<float>(keep * run_var[ch] + factor * (var * (w.n / (w.n - 1.0))));

@@ -237,13 +237,14 @@ struct Sum2Stream {
     __device__ __forceinline__ void flush_step()
     {
         if (++steps == kChunk) {
-            total = sum2_merge(total, result());
+            total = result();
             x = 0.f;
             y = 0.f;
             steps = 0;
         }
     }
 
+    // the total with the open chunk folded in
     __device__ __forceinline__ Sum2 result() const
     {
         Sum2 c = sum2_empty();
