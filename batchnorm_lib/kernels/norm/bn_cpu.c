@@ -21,11 +21,17 @@
  * and go into double from there; tiles are merged with Chan's formula in row-block order. Every
  * reduction uses fixed lanes folded in a fixed order and a tiling that depends on the shape only,
  * so results do not depend on the thread count or the vector width of the machine.
- * The per-channel constants are computed in the same float32 / float64 steps as the numpy path
- * (cpu_numpy.py), and the elementwise formulas are evaluated in float32 in the documented order:
- *   forward:  out = (x - mean) * a + bias,            a = scale * invstd
- *   backward: dx  = (dy * k - c0) - (x - mean) * c1,  k = scale * invstd
- * -ffp-contract=off keeps the compiler from fusing these into FMAs, so both CPU paths agree.
+ * The per-channel constants are computed in float64 and rounded once to float32, as in the numpy
+ * path (cpu_numpy.py) and the CUDA finalize kernels, and the elementwise formulas are evaluated in
+ * float32 with explicit fused multiply-adds, in the order the CUDA kernels use:
+ *   forward:  out = fmaf(x - mean, a, bias),                 a = scale / sqrt(var + eps)
+ *   backward: dx  = fmaf(dy, k, -fmaf(x - mean, c1, c0)),    k = scale * invstd
+ * -ffp-contract=off keeps the compiler from fusing anything else, so the CPU's bits are the CUDA
+ * kernels' wherever the per-channel constants are equal (inference, frozen-statistics backward).
+ *
+ * Non-finite values propagate as in PyTorch: nothing here clamps or compares a value that may be
+ * NaN except the test var < 0 (false for NaN), and a channel holding +-Inf gets the +-Inf mean of
+ * its plain sum.
  */
 
 #include <math.h>
@@ -71,6 +77,15 @@ typedef float vfu __attribute__((vector_size(LANES * sizeof(float)), aligned(4),
 
 static inline vf ld(const float *p) { return *(const vfu *)p; }
 static inline void st(float *p, vf v) { *(vfu *)p = v; }
+/* a * b + c per lane, rounded once (vfmadd where the target has FMA) */
+static inline vf vfma(vf a, vf b, vf c)
+{
+    vf r;
+    for (int k = 0; k < LANES; k++)
+        r[k] = __builtin_fmaf(a[k], b[k], c[k]);
+    return r;
+}
+
 static inline vf splat(float s)
 {
     vf v;
@@ -140,6 +155,7 @@ int bn_has_openmp(void)
 
 typedef struct {
     double n, mean, m2;
+    double total;  /* plain sum of the values: decides the mean of a channel holding +-Inf */
 } stat_t;
 
 /* Chan's parallel merge of b into a. */
@@ -156,9 +172,12 @@ static void chan_merge(stat_t *a, const stat_t *b)
     a->mean += d * (b->n / n);
     a->m2 += b->m2 + d * d * (a->n * (b->n / n));
     a->n = n;
+    a->total += b->total;
 }
 
-static stat_t stat_from_sums(double cnt, double c, double s1, double s2)
+/* cnt values with plain sum `total`, shifted by c: s1 = sum(x - c), s2 = sum((x - c)^2). A slightly
+ * negative M2 from rounding clamps to 0; NaN does not (the comparison is false). */
+static stat_t stat_from_sums(double cnt, double total, double c, double s1, double s2)
 {
     stat_t st;
     double dm = s1 / cnt;
@@ -167,6 +186,7 @@ static stat_t stat_from_sums(double cnt, double c, double s1, double s2)
     st.m2 = s2 - s1 * dm;
     if (st.m2 < 0.0)
         st.m2 = 0.0;
+    st.total = total;
     return st;
 }
 
@@ -254,11 +274,12 @@ static stat_t tile_stats_long(const float *xc, i64 rs, i64 n0, i64 n1, i64 S)
     for (i64 n = n0; n < n1; n++)
         lanes_sum(xc + n * rs, S, acc);
     double cnt = (double)(n1 - n0) * (double)S;
-    float c = (float)(fold(acc) / cnt);
+    double total = fold(acc);
+    float c = (float)(total / cnt);
     double a1[LANES] = {0}, a2[LANES] = {0};
     for (i64 n = n0; n < n1; n++)
         lanes_dev(xc + n * rs, S, c, a1, a2);
-    return stat_from_sums(cnt, c, fold(a1), fold(a2));
+    return stat_from_sums(cnt, total, c, fold(a1), fold(a2));
 }
 
 static void row_affine(const float *x, float *o, i64 S, float m, float a, float b)
@@ -266,9 +287,9 @@ static void row_affine(const float *x, float *o, i64 S, float m, float a, float 
     vf mv = splat(m), av = splat(a), bv = splat(b);
     i64 i = 0;
     for (; i + LANES <= S; i += LANES)
-        st(o + i, (ld(x + i) - mv) * av + bv);
+        st(o + i, vfma(ld(x + i) - mv, av, bv));
     for (; i < S; i++)
-        o[i] = (x[i] - m) * a + b;
+        o[i] = fmaf(x[i] - m, a, b);
 }
 
 /* row_affine, prefetching pf[0..S) (the next tile) into L2 as it goes */
@@ -283,10 +304,10 @@ static void row_affine_pf(const float *x, float *o, i64 S, float m, float a, flo
     i64 i = 0;
     for (; i + LANES <= S; i += LANES) {
         PREFETCH(pf + i);
-        st(o + i, (ld(x + i) - mv) * av + bv);
+        st(o + i, vfma(ld(x + i) - mv, av, bv));
     }
     for (; i < S; i++)
-        o[i] = (x[i] - m) * a + b;
+        o[i] = fmaf(x[i] - m, a, b);
 }
 
 static void row_scale(const float *x, float *o, i64 S, float a)
@@ -337,9 +358,9 @@ static void row_dx(const float *x, const float *dy, float *dx, i64 S, float m, f
     vf mv = splat(m), kv = splat(k), c0v = splat(c0), c1v = splat(c1);
     i64 i = 0;
     for (; i + LANES <= S; i += LANES)
-        st(dx + i, (ld(dy + i) * kv - c0v) - (ld(x + i) - mv) * c1v);
+        st(dx + i, vfma(ld(dy + i), kv, -vfma(ld(x + i) - mv, c1v, c0v)));
     for (; i < S; i++)
-        dx[i] = (dy[i] * k - c0) - (x[i] - m) * c1;
+        dx[i] = fmaf(dy[i], k, -fmaf(x[i] - m, c1, c0));
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -502,7 +523,7 @@ static void cols_bwd(const float *x, const float *dy, i64 rs, i64 n0, i64 n1, i6
 }
 
 /* statistics of a group of channels c0..c0+g over rows n0..n1; st gets g entries.
- * fws: 2*L floats, dws: 2*L doubles of workspace. */
+ * fws: 2*L floats, dws: 2*L + g doubles of workspace. */
 static void tile_stats_short(const float *x, i64 C, i64 S, i64 c0, i64 g, i64 n0, i64 n1,
                              float *fws, double *dws, stat_t *st)
 {
@@ -519,6 +540,7 @@ static void tile_stats_short(const float *x, i64 C, i64 S, i64 c0, i64 g, i64 n0
         float c = (float)(sum / cnt);
         for (i64 t = 0; t < S; t++)
             shift[q * S + t] = c;
+        dws[2 * L + q] = sum;  /* the plain total, for stat_from_sums */
     }
     memset(a1, 0, sizeof(double) * L);
     memset(a2, 0, sizeof(double) * L);
@@ -529,7 +551,7 @@ static void tile_stats_short(const float *x, i64 C, i64 S, i64 c0, i64 g, i64 n0
             s1 += a1[q * S + t];
             s2 += a2[q * S + t];
         }
-        st[q] = stat_from_sums(cnt, shift[q * S], s1, s2);
+        st[q] = stat_from_sums(cnt, dws[2 * L + q], shift[q * S], s1, s2);
     }
 }
 
@@ -548,7 +570,7 @@ static void rows_affine_lanes(const float *x, float *o, i64 rs, i64 n0, i64 n1, 
         const float *r = x + n * rs;
         float *w = o + n * rs;
         for (i64 j = 0; j < L; j++)
-            w[j] = (r[j] - ml[j]) * al[j] + bl[j];
+            w[j] = fmaf(r[j] - ml[j], al[j], bl[j]);
     }
 }
 
@@ -566,27 +588,29 @@ static void rows_scale_lanes(const float *x, float *o, i64 rs, i64 n0, i64 n1, i
 /* ---------------------------------------------------------------------------------------------- */
 /* per-channel constants, in the float32 / float64 steps of the numpy path                         */
 
-static float invstd_f32(double var, double eps)
+/* scale / sqrt(var + eps) in float64, rounded once: the factor of the normalize pass */
+static float affine_factor(float scale, double var, double eps)
 {
-    return 1.0f / sqrtf((float)var + (float)eps);
+    return (float)((double)scale / sqrt(var + eps));
 }
 
 static void finish_forward(i64 C, i64 m, const stat_t *st, const float *scale, const float *bias,
                            float *run_mean, float *run_var, double eps, double factor,
                            float *savemean, float *saveinvvar, float *mean32, float *a32)
 {
-    float keep = (float)(1.0 - factor);
+    double keep = 1.0 - factor;
     double unbias = (double)m / (double)(m - 1);
     for (i64 c = 0; c < C; c++) {
         double mean = st[c].mean;
         double var = st[c].m2 / st[c].n;
-        float inv = invstd_f32(var, eps);
+        if (isnan(mean) && isinf(st[c].total))
+            mean = st[c].total;  /* +-Inf in the channel: PyTorch's mean, sum / m */
         mean32[c] = (float)mean;
-        a32[c] = scale[c] * inv;
+        a32[c] = affine_factor(scale[c], var, eps);
         savemean[c] = (float)mean;
-        saveinvvar[c] = inv;
-        run_mean[c] = (float)((double)(keep * run_mean[c]) + factor * mean);
-        run_var[c] = (float)((double)(keep * run_var[c]) + factor * var * unbias);
+        saveinvvar[c] = (float)(1.0 / sqrt(var + eps));
+        run_mean[c] = (float)(keep * run_mean[c] + factor * mean);
+        run_var[c] = (float)(keep * run_var[c] + factor * (var * unbias));
     }
     (void)bias;
 }
@@ -623,8 +647,8 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
             if (fused) {
                 /* whole channel in this tile: finish it here and normalize from cache, while
                  * prefetching this thread's next channel (static schedule: c + nt) */
-                float inv = invstd_f32(s.m2 / s.n, eps);
-                float mc = (float)s.mean, a = scale[c] * inv, b = bias[c];
+                float mc = (float)s.mean, a = affine_factor(scale[c], s.m2 / s.n, eps);
+                float b = bias[c];
                 i64 cn = c + nt < C ? c + nt : -1;
                 for (i64 n = 0; n < N; n++)
                     row_affine_pf(x + n * rs + c * S, out + n * rs + c * S, S, mc, a, b,
@@ -637,7 +661,7 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
         {
             i64 L = p.L;
             float *facc = malloc(sizeof(float) * (size_t)L * 4);
-            double *dbuf = malloc(sizeof(double) * (size_t)L * 2);
+            double *dbuf = malloc(sizeof(double) * (size_t)(L * 2 + p.G));
             stat_t *ls = malloc(sizeof(stat_t) * (size_t)p.G);
             if (!facc || !dbuf || !ls) {
 #pragma omp atomic write
@@ -654,8 +678,8 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
                     if (fused) {
                         float *ml = facc + L, *al = facc + 2 * L, *bl = facc + 3 * L;
                         for (i64 q = 0; q < g; q++) {
-                            float inv = invstd_f32(ls[q].m2 / ls[q].n, eps);
-                            float mc = (float)ls[q].mean, a = scale[c0 + q] * inv;
+                            float mc = (float)ls[q].mean;
+                            float a = affine_factor(scale[c0 + q], ls[q].m2 / ls[q].n, eps);
                             for (i64 tt = 0; tt < S; tt++) {
                                 ml[q * S + tt] = mc;
                                 al[q * S + tt] = a;
@@ -734,7 +758,7 @@ static i64 lane_task(const lane_plan *p, i64 t, i64 N, i64 C, i64 *c0, i64 *g, i
     return gi;
 }
 
-/* out = (x - m[c]) * a[c] + b[c], or out = x * a[c] when m is NULL; out may be x */
+/* out = fmaf(x - m[c], a[c], b[c]), or out = x * a[c] when m is NULL; out may be x */
 static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S, const float *m,
                        const float *a, const float *b)
 {
@@ -798,7 +822,7 @@ int bn_forward_infer(const float *x, float *out, i64 N, i64 C, i64 S, const floa
     if (!a32)
         return -1;
     for (i64 c = 0; c < C; c++)
-        a32[c] = scale[c] * invstd_f32(run_var[c], eps);
+        a32[c] = affine_factor(scale[c], run_var[c], eps);
     int rc = elementwise(x, out, N, C, S, run_mean, a32, bias);
     free(a32);
     return rc;
@@ -812,7 +836,7 @@ int bn_backward_infer(const float *dy, float *dx, i64 N, i64 C, i64 S, const flo
     if (!k)
         return -1;
     for (i64 c = 0; c < C; c++)
-        k[c] = scale[c] * invstd_f32(run_var[c], eps);
+        k[c] = affine_factor(scale[c], run_var[c], eps);
     int rc = elementwise(dy, dx, N, C, S, NULL, k, NULL);
     free(k);
     return rc;
@@ -923,7 +947,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                             const float *xr = x + o, *gr = dy + o;
                             float *w = dx + o;
                             for (i64 j = 0; j < Lg; j++)
-                                w[j] = (gr[j] * kl[j] - c0l[j]) - (xr[j] - ml[j]) * c1l[j];
+                                w[j] = fmaf(gr[j], kl[j], -fmaf(xr[j] - ml[j], c1l[j], c0l[j]));
                         }
                     }
                 }
@@ -995,7 +1019,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                             const float *xr = x + o, *gr = dy + o;
                             float *w = dx + o;
                             for (i64 j = 0; j < Lg; j++)
-                                w[j] = (gr[j] * kl[j] - c0l[j]) - (xr[j] - ml[j]) * c1l[j];
+                                w[j] = fmaf(gr[j], kl[j], -fmaf(xr[j] - ml[j], c1l[j], c0l[j]));
                         }
                     }
                 }

@@ -2,8 +2,10 @@
 
 Statistics are a shifted two-pass in float64: the mean first, then the mean of squared deviations
 from it, so data far from zero (``1e4 + N(0, 1)``) keeps its variance. Results go out as float32.
-The per-channel constants and the order of the float32 elementwise steps are the ones the compiled
-path (bn_cpu.c) uses, so both paths give the same results up to the order of the float64 sums.
+The per-channel constants are computed in float64 and rounded once, as in the compiled path
+(bn_cpu.c) and the CUDA kernels; their fused multiply-adds ``fmaf(a, b, c)`` are evaluated here as
+``a * b + c`` in float64 (the product of two float32 values is exact there) rounded to float32, which
+equals ``fmaf`` except when the float64 sum falls exactly on a float32 rounding boundary.
 """
 
 import numpy as np
@@ -37,37 +39,43 @@ def batch_stats(x3):
     return mean, var
 
 
-def _invstd(var, eps):
-    """``1 / sqrt(var + eps)`` in float32, each step correctly rounded, as the CUDA kernels do."""
-    var32 = np.asarray(var, dtype=np.float32)
-    return np.float32(1.0) / np.sqrt(var32 + np.float32(eps))
+def _factor(scale, var, eps):
+    """``scale / sqrt(var + eps)`` per channel in float64, rounded once to float32."""
+    var = np.asarray(var, np.float64)
+    return (np.asarray(scale, np.float64) / np.sqrt(var + eps)).astype(np.float32)
+
+
+def _fma(a, b, c, out):
+    """``fmaf(a, b, c)`` of float32 operands into the float32 ``out`` (see the module doc)."""
+    t = a.astype(np.float64)
+    t *= b
+    t += c
+    out[...] = t
 
 
 def _normalize(x3, mean, a, bias, o3):
-    """``o = (x - mean) * a + bias`` in float32, the form every backend uses: subtracting the mean
-    first keeps values equal to it exactly zero."""
-    np.subtract(x3, _channel(mean.astype(np.float32)), out=o3)
-    o3 *= _channel(a.astype(np.float32))
-    o3 += _channel(bias.astype(np.float32))
+    """``o = fmaf(x - mean, a, bias)``, the form every backend uses: subtracting the mean first
+    keeps values equal to it exactly zero."""
+    xmu = np.subtract(x3, _channel(mean.astype(np.float32)), dtype=np.float32)
+    _fma(xmu, _channel(a.astype(np.float32)), _channel(bias.astype(np.float32)), o3)
 
 
 def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
     x3 = _view3(x)
     m = x3.shape[0] * x3.shape[2]
     mean, var = batch_stats(x3)
-    invstd = _invstd(var, eps)
 
-    _normalize(x3, mean, _flat(scale) * invstd, _flat(bias), _view3(out))
+    _normalize(x3, mean, _factor(_flat(scale), var, eps), _flat(bias), _view3(out))
 
     _flat(savemean)[:] = mean
-    _flat(saveinvvar)[:] = invstd
+    _flat(saveinvvar)[:] = 1.0 / np.sqrt(var + eps)
     rm, rv = _flat(run_mean), _flat(run_var)
-    rm[:] = (1.0 - factor) * rm + factor * mean
-    rv[:] = (1.0 - factor) * rv + factor * var * (m / (m - 1))
+    rm[:] = (1.0 - factor) * rm.astype(np.float64) + factor * mean
+    rv[:] = (1.0 - factor) * rv.astype(np.float64) + factor * (var * (m / (m - 1)))
 
 
 def forward_infer(x, scale, bias, run_mean, run_var, eps, out):
-    a = _flat(scale) * _invstd(_flat(run_var), eps)
+    a = _factor(_flat(scale), _flat(run_var), eps)
     _normalize(_view3(x), _flat(run_mean), a, _flat(bias), _view3(out))
 
 
@@ -88,20 +96,18 @@ def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
     _flat(dscale)[:] = gs
 
     if dx is not None:
-        # dx = k * (dy - gb / m - xhat * gs / m) = (dy * k - c0) - (x - mean) * c1, in float32;
-        # keeping (x - mean) whole avoids the cancellation of x * c1 - mean * c1
+        # dx = k * (dy - gb / m - xhat * gs / m) = fmaf(dy, k, -fmaf(x - mean, c1, c0)); keeping
+        # (x - mean) whole avoids the cancellation of x * c1 - mean * c1
         k = _flat(scale) * invstd
         c1 = k * invstd * gs / m
         c0 = k * gb / m
-        dx3 = _view3(dx)
-        np.multiply(dy3, _channel(k.astype(np.float32)), out=dx3, casting="same_kind")
-        dx3 -= _channel(c0.astype(np.float32))
-        xmu *= _channel(c1.astype(np.float32))
-        dx3 -= xmu
+        f32 = lambda v: _channel(v.astype(np.float32))  # noqa: E731
+        _fma(xmu, f32(c1), f32(c0), xmu)
+        _fma(dy3, f32(k), -xmu, _view3(dx))
 
 
 def backward_infer(dy, scale, run_var, eps, dx):
-    k = _flat(scale) * _invstd(_flat(run_var), eps)
+    k = _factor(_flat(scale), _flat(run_var), eps)
     np.multiply(_view3(dy), _channel(k.astype(np.float32)), out=_view3(dx), casting="same_kind")
 
 
