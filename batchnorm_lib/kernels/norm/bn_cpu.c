@@ -320,35 +320,43 @@ static void row_scale(const float *x, float *o, i64 S, float a)
         o[i] = x[i] * a;
 }
 
-static void lanes_bwd(const float *x, const float *dy, i64 S, float m, double *a1, double *a2)
+/* a1 += sum(dy), a2 += sum(dy * (x - m)), a3 += sum(x - m) (see backward_const) */
+static void lanes_bwd(const float *x, const float *dy, i64 S, float m, double *a1, double *a2,
+                      double *a3)
 {
     i64 i = 0, nv = S / LANES;
     vf mv = splat(m);
     while (nv > 0) {
         i64 nb = nv < FBLOCK ? nv : FBLOCK;
-        vf f1 = {0}, f2 = {0}, g1 = {0}, g2 = {0};
+        vf f1 = {0}, f2 = {0}, f3 = {0}, g1 = {0}, g2 = {0}, g3 = {0};
         i64 v = 0;
         for (; v + 2 <= nb; v += 2, i += 2 * LANES) {
             vf g = ld(dy + i), h = ld(dy + i + LANES);
+            vf d = ld(x + i) - mv, e = ld(x + i + LANES) - mv;
             f1 += g;
-            f2 += g * (ld(x + i) - mv);
+            f2 += g * d;
+            f3 += d;
             g1 += h;
-            g2 += h * (ld(x + i + LANES) - mv);
+            g2 += h * e;
+            g3 += e;
         }
         if (v < nb) {
-            vf g = ld(dy + i);
+            vf g = ld(dy + i), d = ld(x + i) - mv;
             f1 += g;
-            f2 += g * (ld(x + i) - mv);
+            f2 += g * d;
+            f3 += d;
             i += LANES;
         }
         flush(f1 + g1, a1);
         flush(f2 + g2, a2);
+        flush(f3 + g3, a3);
         nv -= nb;
     }
     for (int k = 0; i < S; i++, k++) {
-        float g = dy[i];
+        float g = dy[i], d = x[i] - m;
         a1[k] += g;
-        a2[k] += g * (x[i] - m);
+        a2[k] += g * d;
+        a3[k] += d;
     }
 }
 
@@ -472,18 +480,20 @@ static void cols_dev(const float *x, i64 rs, i64 n0, i64 n1, i64 L, const float 
     }
 }
 
-/* a1[j] += sum(dy), a2[j] += sum(dy * (x - m[j])). This pass reads x and dy from memory: rows
+/* a1[j] += sum(dy), a2[j] += sum(dy * (x - m[j])), a3[j] += sum(x - m[j]). This pass reads x and dy from memory: rows
  * go by in blocks of RB (RB sequential streams per array, which the prefetcher follows) and
- * each block adds into float partials f1, f2 (L floats each), which go into double every FBLOCK
+ * each block adds into float partials f1, f2, f3 (L floats each), which go into double every FBLOCK
  * rows. */
 #define RB 8
 static void cols_bwd(const float *x, const float *dy, i64 rs, i64 n0, i64 n1, i64 L,
-                     const float *m, double *a1, double *a2, float *f1, float *f2)
+                     const float *m, double *a1, double *a2, double *a3, float *f1, float *f2,
+                     float *f3)
 {
     for (i64 nb = n0; nb < n1; nb += FBLOCK) {
         i64 ne = nb + FBLOCK < n1 ? nb + FBLOCK : n1;
         memset(f1, 0, sizeof(float) * (size_t)L);
         memset(f2, 0, sizeof(float) * (size_t)L);
+        memset(f3, 0, sizeof(float) * (size_t)L);
         for (i64 rb = nb; rb < ne; rb += RB) {
             i64 re = rb + RB < ne ? rb + RB : ne;
             i64 j = 0;
@@ -491,33 +501,42 @@ static void cols_bwd(const float *x, const float *dy, i64 rs, i64 n0, i64 n1, i6
                 vf m0 = ld(m + j), m1 = ld(m + j + LANES);
                 vf s0 = ld(f1 + j), s1 = ld(f1 + j + LANES);
                 vf q0 = ld(f2 + j), q1 = ld(f2 + j + LANES);
+                vf u0 = ld(f3 + j), u1 = ld(f3 + j + LANES);
                 for (i64 n = rb; n < re; n++) {
                     const float *r = x + n * rs + j, *g = dy + n * rs + j;
                     vf g0 = ld(g), g1 = ld(g + LANES);
+                    vf d0 = ld(r) - m0, d1 = ld(r + LANES) - m1;
                     s0 += g0;
-                    q0 += g0 * (ld(r) - m0);
+                    q0 += g0 * d0;
+                    u0 += d0;
                     s1 += g1;
-                    q1 += g1 * (ld(r + LANES) - m1);
+                    q1 += g1 * d1;
+                    u1 += d1;
                 }
                 st(f1 + j, s0);
                 st(f1 + j + LANES, s1);
                 st(f2 + j, q0);
                 st(f2 + j + LANES, q1);
+                st(f3 + j, u0);
+                st(f3 + j + LANES, u1);
             }
             for (; j < L; j++) {
-                float s0 = f1[j], q0 = f2[j];
+                float s0 = f1[j], q0 = f2[j], u0 = f3[j];
                 for (i64 n = rb; n < re; n++) {
-                    float g0 = dy[n * rs + j];
+                    float g0 = dy[n * rs + j], d0 = x[n * rs + j] - m[j];
                     s0 += g0;
-                    q0 += g0 * (x[n * rs + j] - m[j]);
+                    q0 += g0 * d0;
+                    u0 += d0;
                 }
                 f1[j] = s0;
                 f2[j] = q0;
+                f3[j] = u0;
             }
         }
         for (i64 j = 0; j < L; j++) {
             a1[j] += f1[j];
             a2[j] += f2[j];
+            a3[j] += f3[j];
         }
     }
 }
@@ -847,21 +866,36 @@ int bn_backward_infer(const float *dy, float *dx, i64 N, i64 C, i64 S, const flo
 
 typedef struct {
     float k, c0, c1, m;
+    double gs;  /* dscale */
 } bconst_t;
 
-static bconst_t backward_const(i64 m, float scale, float mean, float invstd, double sdy,
-                               double sdyx)
+#define NSUMS 3  /* per channel: sum(dy), sum(dy * (x - mean)), sum(x - mean), mean = savemean */
+
+/* The numpy path's and the CUDA finalize's float64 steps. r = sum(x - mean) / m is the exact batch
+ * mean's offset from the float32 savemean, so the gradients are those of the exact mean:
+ * gs = (sum(dy (x - mean)) - r sum(dy)) * invstd, k = scale * invstd, c1 = k * invstd * gs / m,
+ * c0 = k * gb / m - r * c1. */
+/* A rounding-level correction term, or 0 where it is not finite: with an Inf in dy, the result is
+ * PyTorch's formula without it (a correction must not turn its +-Inf into Inf - Inf = NaN). */
+static double correction(double v)
 {
-    /* the numpy path's float64 steps: k = scale * invstd, c1 = k * invstd * gs / m, c0 = k * gb / m */
-    double inv = (double)invstd;
-    double gs = sdyx * inv;
+    return v - v == 0.0 ? v : 0.0;
+}
+
+static bconst_t backward_const(i64 m, float scale, float mean, float invstd, const double *sums)
+{
+    double inv = (double)invstd, fm = (double)m;
+    double r = sums[2] / fm;
+    double gs = (sums[1] - correction(r * sums[0])) * inv;
     double k = (double)scale * inv;
-    bconst_t r;
-    r.k = (float)k;
-    r.c1 = (float)(k * inv * gs / (double)m);
-    r.c0 = (float)(k * sdy / (double)m);
-    r.m = mean;
-    return r;
+    double c1 = k * inv * gs / fm;
+    bconst_t b;
+    b.k = (float)k;
+    b.c1 = (float)c1;
+    b.c0 = (float)(k * sums[0] / fm - correction(r * c1));
+    b.m = mean;
+    b.gs = gs;
+    return b;
 }
 
 int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, i64 S,
@@ -871,7 +905,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
     plan_t p = make_plan(N, C, S, BWD_TILE_BYTES);
     i64 rs = C * S, m = N * S;
     int nt = threads_for(N * rs);
-    double *part = malloc(sizeof(double) * 2 * (size_t)(C * p.nrb));
+    double *part = malloc(sizeof(double) * NSUMS * (size_t)(C * p.nrb));
     if (!part)
         return -1;
     int fused = p.nrb == 1 && dx != NULL;
@@ -883,15 +917,16 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
         for (i64 t = 0; t < ntask; t++) {
             i64 c = t / p.nrb, rb = t % p.nrb;
             i64 n0 = rb * p.B, n1 = n0 + p.B < N ? n0 + p.B : N;
-            double a1[LANES] = {0}, a2[LANES] = {0};
+            double a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
             float mc = savemean[c];
             for (i64 n = n0; n < n1; n++)
-                lanes_bwd(x + n * rs + c * S, dy + n * rs + c * S, S, mc, a1, a2);
-            double sdy = fold(a1), sdyx = fold(a2);
-            part[2 * (c * p.nrb + rb)] = sdy;
-            part[2 * (c * p.nrb + rb) + 1] = sdyx;
+                lanes_bwd(x + n * rs + c * S, dy + n * rs + c * S, S, mc, a1, a2, a3);
+            double *sums = part + NSUMS * (c * p.nrb + rb);
+            sums[0] = fold(a1);
+            sums[1] = fold(a2);
+            sums[2] = fold(a3);
             if (fused) {
-                bconst_t q = backward_const(m, scale[c], mc, saveinvvar[c], sdy, sdyx);
+                bconst_t q = backward_const(m, scale[c], mc, saveinvvar[c], sums);
                 for (i64 n = 0; n < N; n++) {
                     i64 o = n * rs + c * S;
                     row_dx(x + o, dy + o, dx + o, S, q.m, q.k, q.c0, q.c1);
@@ -903,7 +938,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
 #pragma omp parallel num_threads(nt)
         {
             i64 L = p.L;
-            double *acc = malloc(sizeof(double) * (size_t)L * 2);
+            double *acc = malloc(sizeof(double) * (size_t)L * NSUMS);
             float *lanes = malloc(sizeof(float) * (size_t)L * 4);
             if (!acc || !lanes) {
 #pragma omp atomic write
@@ -915,27 +950,26 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                     i64 c0 = gi * p.G, g = c0 + p.G <= C ? p.G : C - c0;
                     i64 n0 = rb * p.B, n1 = n0 + p.B < N ? n0 + p.B : N;
                     i64 Lg = g * S;
-                    double *a1 = acc, *a2 = acc + L;
                     float *ml = lanes;
                     expand(savemean, c0, g, S, ml);
-                    memset(acc, 0, sizeof(double) * (size_t)L * 2);
-                    cols_bwd(x + c0 * S, dy + c0 * S, rs, n0, n1, Lg, ml, a1, a2, lanes + L,
-                             lanes + 2 * L);
+                    memset(acc, 0, sizeof(double) * (size_t)L * NSUMS);
+                    cols_bwd(x + c0 * S, dy + c0 * S, rs, n0, n1, Lg, ml, acc, acc + L,
+                             acc + 2 * L, lanes + L, lanes + 2 * L, lanes + 3 * L);
                     for (i64 q = 0; q < g; q++) {
-                        double s1 = 0.0, s2 = 0.0;
-                        for (i64 tt = 0; tt < S; tt++) {
-                            s1 += a1[q * S + tt];
-                            s2 += a2[q * S + tt];
+                        double *sums = part + NSUMS * ((c0 + q) * p.nrb + rb);
+                        for (int u = 0; u < NSUMS; u++) {
+                            double su = 0.0;
+                            for (i64 tt = 0; tt < S; tt++)
+                                su += acc[u * L + q * S + tt];
+                            sums[u] = su;
                         }
-                        part[2 * ((c0 + q) * p.nrb + rb)] = s1;
-                        part[2 * ((c0 + q) * p.nrb + rb) + 1] = s2;
                     }
                     if (fused) {
                         float *kl = lanes + L, *c0l = lanes + 2 * L, *c1l = lanes + 3 * L;
                         for (i64 q = 0; q < g; q++) {
                             i64 c = c0 + q;
                             bconst_t b = backward_const(m, scale[c], savemean[c], saveinvvar[c],
-                                                        part[2 * c], part[2 * c + 1]);
+                                                        part + NSUMS * c);
                             for (i64 tt = 0; tt < S; tt++) {
                                 kl[q * S + tt] = b.k;
                                 c0l[q * S + tt] = b.c0;
@@ -967,14 +1001,13 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
         return -1;
     }
     for (i64 c = 0; c < C; c++) {
-        double sdy = 0.0, sdyx = 0.0;
-        for (i64 rb = 0; rb < p.nrb; rb++) {
-            sdy += part[2 * (c * p.nrb + rb)];
-            sdyx += part[2 * (c * p.nrb + rb) + 1];
-        }
-        dbias[c] = (float)sdy;
-        dscale[c] = (float)(sdyx * (double)saveinvvar[c]);
-        q[c] = backward_const(m, scale[c], savemean[c], saveinvvar[c], sdy, sdyx);
+        double sums[NSUMS] = {0.0, 0.0, 0.0};
+        for (i64 rb = 0; rb < p.nrb; rb++)
+            for (int u = 0; u < NSUMS; u++)
+                sums[u] += part[NSUMS * (c * p.nrb + rb) + u];
+        q[c] = backward_const(m, scale[c], savemean[c], saveinvvar[c], sums);
+        dbias[c] = (float)sums[0];
+        dscale[c] = (float)q[c].gs;
     }
     free(part);
 

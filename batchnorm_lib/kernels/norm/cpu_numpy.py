@@ -8,9 +8,21 @@ The per-channel constants are computed in float64 and rounded once, as in the co
 equals ``fmaf`` except when the float64 sum falls exactly on a float32 rounding boundary.
 """
 
+import functools
+
 import numpy as np
 
 from batchnorm_lib.backend.cpu import as_ndarray
+
+
+def _quiet(fn):
+    """Non-finite data propagates as in PyTorch (NaN statistics, +-Inf outputs): numpy's warnings
+    about it would only repeat what the results say, and the other paths do not warn."""
+    @functools.wraps(fn)
+    def wrapper(*args):
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            return fn(*args)
+    return wrapper
 
 
 def _nd(a):
@@ -39,6 +51,12 @@ def batch_stats(x3):
     return mean, var
 
 
+def _correction(v):
+    """A rounding-level correction term, or 0 where it is not finite: with an Inf in dy the result
+    is PyTorch's formula without it, not the Inf - Inf = NaN the correction would add."""
+    return np.where(np.isfinite(v), v, 0.0)
+
+
 def _factor(scale, var, eps):
     """``scale / sqrt(var + eps)`` per channel in float64, rounded once to float32."""
     var = np.asarray(var, np.float64)
@@ -60,6 +78,7 @@ def _normalize(x3, mean, a, bias, o3):
     _fma(xmu, _channel(a.astype(np.float32)), _channel(bias.astype(np.float32)), o3)
 
 
+@_quiet
 def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
     x3 = _view3(x)
     m = x3.shape[0] * x3.shape[2]
@@ -74,11 +93,13 @@ def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean,
     rv[:] = (1.0 - factor) * rv.astype(np.float64) + factor * (var * (m / (m - 1)))
 
 
+@_quiet
 def forward_infer(x, scale, bias, run_mean, run_var, eps, out):
     a = _factor(_flat(scale), _flat(run_var), eps)
     _normalize(_view3(x), _flat(run_mean), a, _flat(bias), _view3(out))
 
 
+@_quiet
 def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
     x3, dy3 = _view3(x), _view3(dy)
     m = x3.shape[0] * x3.shape[2]
@@ -86,12 +107,14 @@ def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
     invstd = _flat(saveinvvar).astype(np.float64)
 
     # x - mean in float32 is exact for values near the mean (Sterbenz), so data far from zero
-    # keeps its small deviations; the products and sums are float64
+    # keeps its small deviations; the products and sums are float64. r = mean(x - mean) is the
+    # exact batch mean's offset from the float32 savemean: the gradients are the exact mean's.
     xmu = x3 - _channel(mean32)
     sum_dy = dy3.sum(axis=(0, 2), dtype=np.float64)
     sum_dy_xmu = np.einsum("ncs,ncs->c", dy3, xmu, dtype=np.float64)
+    r = xmu.sum(axis=(0, 2), dtype=np.float64) / m
     gb = sum_dy
-    gs = sum_dy_xmu * invstd
+    gs = (sum_dy_xmu - _correction(r * sum_dy)) * invstd
     _flat(dbias)[:] = gb
     _flat(dscale)[:] = gs
 
@@ -100,12 +123,13 @@ def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
         # (x - mean) whole avoids the cancellation of x * c1 - mean * c1
         k = _flat(scale) * invstd
         c1 = k * invstd * gs / m
-        c0 = k * gb / m
+        c0 = k * gb / m - _correction(r * c1)
         f32 = lambda v: _channel(v.astype(np.float32))  # noqa: E731
         _fma(xmu, f32(c1), f32(c0), xmu)
         _fma(dy3, f32(k), -xmu, _view3(dx))
 
 
+@_quiet
 def backward_infer(dy, scale, run_var, eps, dx):
     k = _factor(_flat(scale), _flat(run_var), eps)
     np.multiply(_view3(dy), _channel(k.astype(np.float32)), out=_view3(dx), casting="same_kind")
