@@ -38,6 +38,8 @@ CASES = (
     ((3, 2, 5, 7, 9), 0.0), ((3, 2, 5, 7, 9), 3.0), ((3, 2, 5, 7, 9), 100.0),
     ((1, 3, 29, 31), 3.0), ((2, 3, 16, 16), 100.0),
     ((4, 2, 64, 64), 3.0),              # a vector path with several blocks per channel
+    ((2, 3, 16, 16), 1e4),              # |mean| >> std
+    ((1000003, 1), 3.0),                # 10^6 values in one channel
 )
 
 MEASURES = ("mean", "invstd", "var", "y", "dx", "dscale", "dbias", "y_eval")
@@ -220,6 +222,42 @@ def run_torch(x, scale, bias, dy, eps=EPS, backward=True, infer=True):
     return got
 
 
+def _unit_test_case(seed, shape):
+    """(x, module) of one PuzzleLib-style unit test: the module's random scale comes from numpy's
+    global generator, seeded here so every path sees the same parameters."""
+    from batchnorm_lib.modules import BatchNorm2D
+
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    np.random.seed(seed)
+    return x, BatchNorm2D(shape[1])
+
+
+def _unit_test_passes(x, y, bn):
+    """np.allclose(y, float32 host reference: numpy's mean and var, then the formula)."""
+    ax, cs = (0, 2, 3), (1, -1, 1, 1)
+    mean, var = x.mean(axis=ax, keepdims=True), x.var(axis=ax, keepdims=True)
+    scale, bias = bn.scale.get().reshape(cs), bn.bias.get().reshape(cs)
+    return bool(np.allclose(y, (x - mean) / np.sqrt(var + np.float32(EPS)) * scale + bias))
+
+
+def allclose_rate(seeds=50, shape=(16, 5, 4, 2), rounded_float64=False):
+    """How often a PuzzleLib-style unit test passes (BatchNorm2D training output against a float32
+    host reference with np.allclose at its default tolerance) over ``seeds`` random batches, on the
+    active backend and path; ``rounded_float64``: for float64 arithmetic rounded once to float32 instead, the
+    rate a faithful float32 result can expect."""
+    from batchnorm_lib.backend import gpuarray
+
+    passed = 0
+    for seed in range(seeds):
+        x, bn = _unit_test_case(seed, shape)
+        if rounded_float64:
+            y = exact(x, bn.scale.get().ravel(), bn.bias.get().ravel(), x)["y"].astype(np.float32)
+        else:
+            y = bn(gpuarray.to_gpu(x)).get()
+        passed += _unit_test_passes(x, y, bn)
+    return passed
+
+
 def available_paths():
     """[(label, backend, kernel path)] that work here, PyTorch last."""
     out = []
@@ -295,6 +333,13 @@ def main(argv=None):
         pass
     print("float32 data, %d cases x %d seeds (worst float32 ulps):" % (len(CASES), args.seeds))
     print(table(rows, args.markdown))
+    print()
+    print("PuzzleLib-style unit test (BatchNorm2D(5) on (16, 5, 4, 2), float32 host reference, "
+          "np.allclose): passes of 50 seeds")
+    for label, b, k in paths:
+        with path(b, k):
+            print("  %-16s %2d" % (label, allclose_rate()))
+    print("  %-16s %2d" % ("float64, rounded", allclose_rate(rounded_float64=True)))
     if not args.no_16bit:
         gpu = [(label, b, k) for label, b, k in paths if b != "cpu"]
         for dtype in ("float16", "bfloat16"):
