@@ -217,13 +217,19 @@ def _case(dtype="float32"):
     return x, dy, scale, bias
 
 
+def _poisoned_runs(poison, target, dtype="float32"):
+    """(clean, ours, PyTorch's) results, with ``poison`` applied to ``target`` ('x' or 'dy')."""
+    x, dy, scale, bias = _case(dtype)
+    clean = _run_ours_all(x, dy, scale, bias)
+    POISONS[poison](x if target == "x" else dy)
+    ours = _run_ours_all(x, dy, scale, bias)
+    theirs = _run_torch_all(x.astype(np.float32), dy.astype(np.float32), scale, bias)
+    return clean, ours, theirs
+
+
 @pytest.mark.parametrize("poison", sorted(POISONS))
 def test_nonfinite_data_like_pytorch(kernel_path, poison):
-    x, dy, scale, bias = _case()
-    clean = _run_ours_all(x, dy, scale, bias)
-    POISONS[poison](x)
-    ours = _run_ours_all(x, dy, scale, bias)
-    theirs = _run_torch_all(x, dy, scale, bias)
+    clean, ours, theirs = _poisoned_runs(poison, "x")
     for name in ours:
         _assert_like_torch(ours[name], theirs[name], name)
         _assert_other_channels_bitwise(ours[name], clean[name], 1, name)
@@ -234,11 +240,7 @@ def test_nonfinite_data_like_pytorch(kernel_path, poison):
 
 @pytest.mark.parametrize("poison", ["nan", "+inf"])
 def test_nonfinite_gradient_like_pytorch(kernel_path, poison):
-    x, dy, scale, bias = _case()
-    clean = _run_ours_all(x, dy, scale, bias)
-    POISONS[poison](dy)
-    ours = _run_ours_all(x, dy, scale, bias)
-    theirs = _run_torch_all(x, dy, scale, bias)
+    clean, ours, theirs = _poisoned_runs(poison, "dy")
     names = ["dbias", "dscale", "dx_eval"] + (["dx"] if poison == "nan" else [])
     for name in names:
         _assert_like_torch(ours[name], theirs[name], name)
@@ -255,11 +257,7 @@ def test_nonfinite_gradient_like_pytorch(kernel_path, poison):
 def test_nonfinite_16bit_like_pytorch(cuda_path, dtype, poison):
     if dtype == "bfloat16":
         pytest.importorskip("ml_dtypes")
-    x, dy, scale, bias = _case(dtype)
-    clean = _run_ours_all(x, dy, scale, bias)
-    POISONS[poison](x)
-    ours = _run_ours_all(x, dy, scale, bias)
-    theirs = _run_torch_all(x.astype(np.float32), dy.astype(np.float32), scale, bias)
+    clean, ours, theirs = _poisoned_runs(poison, "x", dtype)
     for name in ours:
         for test in (np.isnan, np.isposinf, np.isneginf):
             np.testing.assert_array_equal(test(np.asarray(ours[name], np.float64)),

@@ -485,7 +485,7 @@ extern "C" __global__ void bn_stats_partial_bf16_vec(const __nv_bfloat16* x, flo
     bn::stats_partial<__nv_bfloat16, 8>(x, part, n, c, s);
 }
 
-// Normalization y = (x - mean) * a + bias, training (batch statistics, a from bn_stats_finalize)
+// Normalization y = fmaf(x - mean, a, bias), training (batch statistics, a from bn_stats_finalize)
 // and inference (running statistics, a from bn_channel_factor); y may be x.
 extern "C" __global__ void bn_normalize_f32(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
