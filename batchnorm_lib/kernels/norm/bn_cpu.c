@@ -328,17 +328,17 @@ static void lanes_bwd(const float *x, const float *dy, i64 S, float m, double *a
     vf mv = splat(m);
     while (nv > 0) {
         i64 nb = nv < FBLOCK ? nv : FBLOCK;
-        vf f1 = {0}, f2 = {0}, f3 = {0}, g1 = {0}, g2 = {0}, g3 = {0};
+        /* one accumulator for sum(x - m): a sixth would not fit the registers */
+        vf f1 = {0}, f2 = {0}, f3 = {0}, g1 = {0}, g2 = {0};
         i64 v = 0;
         for (; v + 2 <= nb; v += 2, i += 2 * LANES) {
             vf g = ld(dy + i), h = ld(dy + i + LANES);
             vf d = ld(x + i) - mv, e = ld(x + i + LANES) - mv;
             f1 += g;
             f2 += g * d;
-            f3 += d;
             g1 += h;
             g2 += h * e;
-            g3 += e;
+            f3 += d + e;
         }
         if (v < nb) {
             vf g = ld(dy + i), d = ld(x + i) - mv;
@@ -349,7 +349,7 @@ static void lanes_bwd(const float *x, const float *dy, i64 S, float m, double *a
         }
         flush(f1 + g1, a1);
         flush(f2 + g2, a2);
-        flush(f3 + g3, a3);
+        flush(f3, a3);
         nv -= nb;
     }
     for (int k = 0; i < S; i++, k++) {
