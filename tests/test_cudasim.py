@@ -773,7 +773,7 @@ def test_every_16bit_kernel_against_reference(kind, layout):
     shape = (np.int64(n), np.int32(c), np.int64(s))
     grid = (-(-(n * c * s // (8 if vec else 1)) // 256),)
     channel_grid = (-(-c // 8),)
-    part, part2, coef = cudasim.empty((c * nsplit * 7,)), cudasim.empty((c * nsplit * 4,)), \
+    part, part2, coef = cudasim.empty((c * nsplit * 7,)), cudasim.empty((c * nsplit * 6,)), \
         cudasim.empty((3 * c,))
 
     if layout == "cols":

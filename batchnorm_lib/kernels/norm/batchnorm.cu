@@ -182,8 +182,8 @@ __device__ __forceinline__ void stats_partial_cols(const T* __restrict__ x, floa
 }
 
 // One warp per channel: merge the channel's nsplit partials in float64, then write savemean,
-// saveinvvar, the normalize factor a = scale * invstd (from the float64 invstd, rounded once) and
-// update the running statistics, each rounded once from float64.
+// saveinvvar, the normalize factor a = scale / sqrt(var + eps) (as channel_factor and the CPU
+// backend compute it) and update the running statistics, each rounded once from float64.
 __device__ __forceinline__ void stats_finalize(const float* __restrict__ part, int c, int nsplit,
                                                double eps, double factor,
                                                const float* __restrict__ scale, float* savemean,
@@ -207,7 +207,7 @@ __device__ __forceinline__ void stats_finalize(const float* __restrict__ part, i
         const double invstd = 1.0 / sqrt(var + eps);
         savemean[ch] = static_cast<float>(mean);
         saveinvvar[ch] = static_cast<float>(invstd);
-        a[ch] = static_cast<float>(static_cast<double>(scale[ch]) * invstd);
+        a[ch] = static_cast<float>(static_cast<double>(scale[ch]) / sqrt(var + eps));
         const double keep = 1.0 - factor;
         run_mean[ch] = static_cast<float>(keep * run_mean[ch] + factor * mean);
         run_var[ch] = static_cast<float>(keep * run_var[ch] + factor * (var * (w.n / (w.n - 1.0))));
@@ -340,18 +340,30 @@ __device__ __forceinline__ void normalize(const T* x, T* y, const float* __restr
 
 // --- backward -----------------------------------------------------------------------------------
 
-constexpr int kSumPartial = 4;
+// The backward sums of a channel: sum(dy), sum(dy * (x - m)) and sum(x - m), m = savemean. The
+// last one gives the exact batch mean's offset from the float32 savemean, so the gradients are
+// those of the exact mean (the float32 mean would cost up to 0.5 ulp(mean) / std in every xhat).
+constexpr int kSums = 3;
+constexpr int kSumPartial = 2 * kSums;  // float-float pairs per block partial
 
-__device__ __forceinline__ void write_sums(float* out, const Sum2& r)
+__device__ __forceinline__ void write_sums(float* out, const Sums<kSums>& r)
 {
-    out[0] = r.x;
-    out[1] = r.x_lo;
-    out[2] = r.y;
-    out[3] = r.y_lo;
+#pragma unroll
+    for (int i = 0; i < kSums; ++i) {
+        out[2 * i] = r.hi[i];
+        out[2 * i + 1] = r.lo[i];
+    }
 }
 
-// Partial sum(dy) and sum(dy * (x - mean)) of one (channel, split) tile, as two float-float pairs
-// (kSumPartial floats: sum, sum_lo, dot, dot_lo).
+// Adds one element's terms to the three backward sums.
+__device__ __forceinline__ void backward_terms(SumStream<kSums>& acc, float g, float xm)
+{
+    acc.add(0, g);
+    acc.add(1, __fmul_rn(g, xm));
+    acc.add(2, xm);
+}
+
+// Partial backward sums (kSums) of one (channel, split) tile, as float-float pairs.
 template <typename T, int VEC>
 __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const T* __restrict__ dy,
                                                  const float* __restrict__ savemean,
@@ -369,7 +381,7 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
     const float m = savemean[ch];
 
     constexpr int kUnroll = reduction_unroll<T, VEC>();
-    Sum2Stream acc;
+    SumStream<kSums> acc;
     long long j = begin + threadIdx.x;
     if (j < end) {
         RowWalk walk(j, kBlock, cols);
@@ -387,8 +399,7 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
             for (int u = 0; u < kUnroll; ++u) {
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) {
-                    const float g = to_float(pg[u].v[i]);
-                    acc.add(g, __fmul_rn(g, __fsub_rn(to_float(px[u].v[i]), m)));
+                    backward_terms(acc, to_float(pg[u].v[i]), __fsub_rn(to_float(px[u].v[i]), m));
                 }
                 acc.flush_step();
             }
@@ -399,14 +410,13 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
             const Pack<T, VEC> pg = load_pack<T, VEC>(dy + off);
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
-                const float g = to_float(pg.v[i]);
-                acc.add(g, __fmul_rn(g, __fsub_rn(to_float(px.v[i]), m)));
+                backward_terms(acc, to_float(pg.v[i]), __fsub_rn(to_float(px.v[i]), m));
             }
             acc.flush_step();
             walk.advance();
         }
     }
-    const Sum2 r = block_reduce(acc.result());
+    const Sums<kSums> r = block_reduce(acc.result());
     if (threadIdx.x == 0) {
         write_sums(part + (static_cast<long long>(ch) * nsplit + split) * kSumPartial, r);
     }
@@ -419,7 +429,7 @@ __device__ __forceinline__ void backward_partial_cols(const T* __restrict__ x,
                                                       const float* __restrict__ savemean,
                                                       float* __restrict__ part, long long n, int c)
 {
-    __shared__ Sum2 tile[kWarps][32];
+    __shared__ Sums<kSums> tile[kWarps][32];
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int ch = blockIdx.x * 32 + lane;
@@ -429,22 +439,21 @@ __device__ __forceinline__ void backward_partial_cols(const T* __restrict__ x,
     const long long begin = split * chunk;
     const long long end = min(begin + chunk, n);
 
-    Sum2Stream acc;
+    SumStream<kSums> acc;
     if (ch < c) {
         const float m = savemean[ch];
         for (long long row = begin + warp; row < end; row += kWarps) {
-            const float g = to_float(dy[row * c + ch]);
-            acc.add(g, __fmul_rn(g, __fsub_rn(to_float(x[row * c + ch]), m)));
+            backward_terms(acc, to_float(dy[row * c + ch]), __fsub_rn(to_float(x[row * c + ch]), m));
             acc.flush_step();
         }
     }
     tile[warp][lane] = acc.result();
     __syncthreads();
     if (warp == 0 && ch < c) {
-        Sum2 r = tile[0][lane];
+        Sums<kSums> r = tile[0][lane];
 #pragma unroll
         for (int k = 1; k < kWarps; ++k) {
-            r = sum2_merge(r, tile[k][lane]);
+            r = sums_merge(r, tile[k][lane]);
         }
         write_sums(part + (static_cast<long long>(ch) * nsplit + split) * kSumPartial, r);
     }
@@ -452,7 +461,8 @@ __device__ __forceinline__ void backward_partial_cols(const T* __restrict__ x,
 
 // One warp per channel: merge the partial sums in float64 in a fixed order, write the parameter
 // gradients and the per-channel dx coefficients coef[3 ch ..] = (k, c0, c1), each computed in
-// float64 and rounded once: k = scale * invstd, c0 = k * dbias / m, c1 = k * invstd * dscale / m.
+// float64 and rounded once: with r = exact mean - savemean, dscale = (sum(dy (x - m)) - r sum(dy))
+// * invstd, k = scale * invstd, c1 = k * invstd * dscale / m, c0 = k * dbias / m - r * c1.
 __device__ __forceinline__ void backward_finalize(const float* __restrict__ part, int c, int nsplit,
                                                   long long m, const float* __restrict__ scale,
                                                   const float* __restrict__ saveinvvar,
@@ -464,22 +474,33 @@ __device__ __forceinline__ void backward_finalize(const float* __restrict__ part
         return;  // the whole warp leaves together
     }
     const float* base = part + static_cast<long long>(ch) * nsplit * kSumPartial;
-    double2 acc = make_double2(0.0, 0.0);
+    double sum[kSums] = {0.0, 0.0, 0.0};
     for (int b = lane; b < nsplit; b += 32) {
         const float* p = base + b * kSumPartial;
-        acc.x += static_cast<double>(p[0]) + static_cast<double>(p[1]);
-        acc.y += static_cast<double>(p[2]) + static_cast<double>(p[3]);
+#pragma unroll
+        for (int i = 0; i < kSums; ++i) {
+            sum[i] += ff_value(p[2 * i], p[2 * i + 1]);
+        }
     }
-    acc = warp_reduce(acc);
+#pragma unroll
+    for (int i = 0; i < kSums; ++i) {
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            sum[i] += __shfl_down_sync(0xffffffffu, sum[i], off);
+        }
+    }
     if (lane == 0) {
+        const double fm = static_cast<double>(m);
+        const double r = sum[2] / fm;  // exact mean - savemean
         const double invstd = saveinvvar[ch];
-        const double gs = acc.y * invstd;
+        const double gs = (sum[1] - correction(r * sum[0])) * invstd;
         const double k = static_cast<double>(scale[ch]) * invstd;
-        dbias[ch] = static_cast<float>(acc.x);
+        const double c1 = k * invstd * gs / fm;
+        dbias[ch] = static_cast<float>(sum[0]);
         dscale[ch] = static_cast<float>(gs);
         coef[ch * 3 + 0] = static_cast<float>(k);
-        coef[ch * 3 + 1] = static_cast<float>(k * acc.x / static_cast<double>(m));
-        coef[ch * 3 + 2] = static_cast<float>(k * invstd * gs / static_cast<double>(m));
+        coef[ch * 3 + 1] = static_cast<float>(k * sum[0] / fm - correction(r * c1));
+        coef[ch * 3 + 2] = static_cast<float>(c1);
     }
 }
 
@@ -625,7 +646,7 @@ extern "C" __global__ void bn_stats_partial_bf16_vec(const __nv_bfloat16* x, flo
     bn::stats_partial<__nv_bfloat16, 8>(x, part, n, c, s);
 }
 
-// Normalization y = (x - mean) * a + bias, training (batch statistics, a from bn_stats_finalize)
+// Normalization y = fmaf(x - mean, a, bias), training (batch statistics, a from bn_stats_finalize)
 // and inference (running statistics, a from bn_channel_factor); y may be x.
 extern "C" __global__ void bn_normalize_f32(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {

@@ -190,79 +190,95 @@ __device__ __forceinline__ Welford warp_reduce(Welford w)
     return w;
 }
 
-// --- compensated pair sums (backward: sum(dy), sum(dy * (x - mean))) ----------------------------
+// --- compensated sums (backward: sum(dy), sum(dy * (x - mean)), sum(x - mean)) -------------------
 
-// Two running sums as float-float pairs.
-struct Sum2 {
-    float x, x_lo;
-    float y, y_lo;
+// K running sums as float-float pairs.
+template <int K>
+struct Sums {
+    float hi[K];
+    float lo[K];
 };
 
-__device__ __forceinline__ Sum2 sum2_empty()
+template <int K>
+__device__ __forceinline__ Sums<K> sums_empty()
 {
-    Sum2 s;
-    s.x = 0.f;
-    s.x_lo = 0.f;
-    s.y = 0.f;
-    s.y_lo = 0.f;
+    Sums<K> s;
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+        s.hi[i] = 0.f;
+        s.lo[i] = 0.f;
+    }
     return s;
 }
 
-__device__ __forceinline__ Sum2 sum2_merge(const Sum2& a, const Sum2& b)
+template <int K>
+__device__ __forceinline__ Sums<K> sums_merge(const Sums<K>& a, const Sums<K>& b)
 {
-    Sum2 r;
-    float e;
-    r.x = two_sum(a.x, b.x, e);
-    r.x_lo = __fadd_rn(__fadd_rn(a.x_lo, b.x_lo), e);
-    r.y = two_sum(a.y, b.y, e);
-    r.y_lo = __fadd_rn(__fadd_rn(a.y_lo, b.y_lo), e);
+    Sums<K> r;
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+        float e;
+        r.hi[i] = two_sum(a.hi[i], b.hi[i], e);
+        r.lo[i] = __fadd_rn(__fadd_rn(a.lo[i], b.lo[i]), e);
+    }
     return r;
 }
 
-// A thread's pair of sums: float32 chunks folded into a compensated total (see kChunk).
-struct Sum2Stream {
-    Sum2 total;
-    float x, y;
+// A thread's K sums: float32 chunks folded into a compensated total (see kChunk).
+template <int K>
+struct SumStream {
+    Sums<K> total;
+    float part[K];
     int steps;
 
-    __device__ __forceinline__ Sum2Stream() : total(sum2_empty()), x(0.f), y(0.f), steps(0) {}
-
-    // one step adds one or more terms to x and y; call flush_step() after each step
-    __device__ __forceinline__ void add(float gx, float gy)
+    __device__ __forceinline__ SumStream() : total(sums_empty<K>()), steps(0)
     {
-        x = __fadd_rn(x, gx);
-        y = __fadd_rn(y, gy);
+#pragma unroll
+        for (int i = 0; i < K; ++i) {
+            part[i] = 0.f;
+        }
     }
+
+    // one step adds one or more terms to sum i; call flush_step() after each step
+    __device__ __forceinline__ void add(int i, float v) { part[i] = __fadd_rn(part[i], v); }
 
     __device__ __forceinline__ void flush_step()
     {
         if (++steps == kChunk) {
-            total = sum2_merge(total, result());
-            x = 0.f;
-            y = 0.f;
+            total = result();
+#pragma unroll
+            for (int i = 0; i < K; ++i) {
+                part[i] = 0.f;
+            }
             steps = 0;
         }
     }
 
-    __device__ __forceinline__ Sum2 result() const
+    // the total with the open chunk folded in
+    __device__ __forceinline__ Sums<K> result() const
     {
-        Sum2 c = sum2_empty();
-        c.x = x;
-        c.y = y;
-        return sum2_merge(total, c);
+        Sums<K> c;
+#pragma unroll
+        for (int i = 0; i < K; ++i) {
+            c.hi[i] = part[i];
+            c.lo[i] = 0.f;
+        }
+        return sums_merge(total, c);
     }
 };
 
-__device__ __forceinline__ Sum2 warp_reduce(Sum2 s)
+template <int K>
+__device__ __forceinline__ Sums<K> warp_reduce(Sums<K> s)
 {
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
-        Sum2 o;
-        o.x = __shfl_down_sync(0xffffffffu, s.x, off);
-        o.x_lo = __shfl_down_sync(0xffffffffu, s.x_lo, off);
-        o.y = __shfl_down_sync(0xffffffffu, s.y, off);
-        o.y_lo = __shfl_down_sync(0xffffffffu, s.y_lo, off);
-        s = sum2_merge(s, o);
+        Sums<K> o;
+#pragma unroll
+        for (int i = 0; i < K; ++i) {
+            o.hi[i] = __shfl_down_sync(0xffffffffu, s.hi[i], off);
+            o.lo[i] = __shfl_down_sync(0xffffffffu, s.lo[i], off);
+        }
+        s = sums_merge(s, o);
     }
     return s;
 }
@@ -284,12 +300,20 @@ struct WelfordD {
     double n, mean, m2, total;
 };
 
+// The float64 value of a float-float pair. An infinite sum leaves a NaN error term (Inf - Inf
+// inside two_sum); the value is then the infinite part alone, as a plain sum would give.
+__device__ __forceinline__ double ff_value(float hi, float lo)
+{
+    const double h = hi;
+    return h - h == 0.0 ? h + static_cast<double>(lo) : h;
+}
+
 __device__ __forceinline__ WelfordD to_double(const Welford& w)
 {
     WelfordD d;
     d.n = w.n;
-    d.mean = static_cast<double>(w.mean) + static_cast<double>(w.mean_lo);
-    d.m2 = static_cast<double>(w.m2) + static_cast<double>(w.m2_lo);
+    d.mean = ff_value(w.mean, w.mean_lo);
+    d.m2 = ff_value(w.m2, w.m2_lo);
     d.total = w.total;
     return d;
 }
@@ -327,15 +351,9 @@ __device__ __forceinline__ WelfordD warp_reduce(WelfordD w)
     return w;
 }
 
-__device__ __forceinline__ double2 warp_reduce(double2 s)
-{
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-        s.x += __shfl_down_sync(0xffffffffu, s.x, off);
-        s.y += __shfl_down_sync(0xffffffffu, s.y, off);
-    }
-    return s;
-}
+// A rounding-level correction term, or 0 where it is not finite: with an Inf in the data, the
+// result is the uncorrected formula's (PyTorch's), not the Inf - Inf = NaN a correction would add.
+__device__ __forceinline__ double correction(double v) { return v - v == 0.0 ? v : 0.0; }
 
 // Mean and biased variance of merged statistics `w` of values shifted by `shift`. A channel
 // holding +-Inf has a NaN shifted mean; its plain total then gives PyTorch's +-Inf (NaN when both
@@ -355,7 +373,8 @@ __device__ __forceinline__ void welford_finish(const WelfordD& w, double shift, 
 }
 
 __device__ __forceinline__ Welford reduce_identity(Welford) { return welford_empty(); }
-__device__ __forceinline__ Sum2 reduce_identity(Sum2) { return sum2_empty(); }
+template <int K>
+__device__ __forceinline__ Sums<K> reduce_identity(Sums<K>) { return sums_empty<K>(); }
 __device__ __forceinline__ float2 reduce_identity(float2) { return make_float2(0.f, 0.f); }
 
 // Block-wide reduction of kBlock threads; the result is valid in thread 0. Must be reached by every

@@ -32,7 +32,7 @@ ELEMENTWISE_BLOCKS = 4096  # grid-stride elementwise kernels: blocks at most
 ELEMENTWISE_PACKS_PER_THREAD = 8
 WARPS_PER_BLOCK = BLOCK // 32
 STATS_PARTIAL = 7  # floats per block partial of the statistics (bn::kPartial)
-SUM_PARTIAL = 4  # floats per block partial of the backward sums (bn::kSumPartial)
+SUM_PARTIAL = 6  # floats per block partial of the backward sums (bn::kSumPartial)
 
 _SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 
