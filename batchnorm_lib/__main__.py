@@ -10,6 +10,7 @@ SUBCOMMANDS = (
     "batchnorm_lib.cli.info",
     "batchnorm_lib.cli.bench",
     "batchnorm_lib.cli.train",
+    "batchnorm_lib.cli.model",
 )
 
 
