@@ -8,8 +8,9 @@ __global__`` function a launcher is appended that unpacks the parameter buffer w
 own parameter types (so the simulator never parses C types) and a signature string the launch
 checks numpy argument types against.
 
-Builds are cached by a hash of everything that goes into them (source, included files, options,
-runtime header, compiler version) under ``BATCHNORM_LIB_CUDASIM_CACHE`` (default
+Each module has a plain build and, made on first use by the sanitizer or ``profile()``, an
+instrumented one (see instrument.py). Builds are cached by a hash of everything that goes into them
+(source, included files, options, runtime and instrumentation headers, compiler version) under ``BATCHNORM_LIB_CUDASIM_CACHE`` (default
 ``$XDG_CACHE_HOME/batchnorm_lib/cudasim``, ``~/.cache/batchnorm_lib/cudasim`` when that is unset).
 ``BATCHNORM_LIB_CUDASIM_DEBUG=1`` builds with ``-O0 -g3`` for gdb.
 """
