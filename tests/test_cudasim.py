@@ -20,6 +20,19 @@ from batchnorm_lib.backend.cudasim import compiler, driver, gpuarray, tools  # n
 driver.init()
 
 
+# the tests here that run the project's kernels as they are; CI runs them under the sanitizer too
+KERNEL_TESTS = ("test_unmodified_copy_passes", "test_every_16bit_kernel_against_reference")
+
+
+@pytest.fixture(autouse=True)
+def _plain_simulator(request, monkeypatch):
+    """The other tests show what the plain simulator does with buggy kernels (wrong results,
+    poison), so they run without the sanitizer, which would report the bugs first
+    (tests/test_cudasim_sanitizer.py)."""
+    if request.function.__name__ not in KERNEL_TESTS:
+        monkeypatch.delenv("BATCHNORM_LIB_CUDASIM_SANITIZE", raising=False)
+
+
 def module(src, **kw):
     kw.setdefault("no_extern_c", True)
     return compiler.SourceModule(src, **kw)

@@ -4,6 +4,7 @@ line; the correct patterns (barrier-separated reuse, tree and shuffle reductions
 exchanges, atomics, read-only sharing, a fence + counter handshake) are not."""
 
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -467,3 +468,40 @@ def test_sanitizer_is_read_at_every_launch(monkeypatch):
     with pytest.raises(driver.LaunchError, match="race"):
         fn(BUGS, "shared_race")(out.gpudata, block=(128, 1, 1), grid=(1, 1))
     assert issubclass(driver.LaunchError, driver.Error)
+
+
+def test_a_barrier_deleted_from_our_reduction_is_a_race(monkeypatch, tmp_path):
+    """The project's own statistics kernel with its block-merge barrier removed (a copy, built
+    once: at two seeds in one process)."""
+    from batchnorm_lib import config as cfg
+    from batchnorm_lib.backend import cudasim
+    from batchnorm_lib.backend.cuda import core
+    from batchnorm_lib.kernels.norm import ops
+
+    shutil.copytree(core.KERNEL_DIR, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "norm" / "bn_common.cuh"
+    text = path.read_text()
+    assert text.count("__syncthreads();") == 1
+    path.write_text(text.replace("__syncthreads();", "/* barrier removed */"))
+    monkeypatch.setattr(core, "KERNEL_DIR", str(tmp_path))
+    monkeypatch.setattr(cudasim, "_runtime", core.CudaBackend(cudasim.api, "cudasim"))
+    monkeypatch.setenv(instrument.SANITIZE_ENV, "1")
+    previous = cfg.get_backend()
+    cfg.set_backend("cudasim")
+    try:
+        for seed in (0, 5):
+            monkeypatch.setenv(compiler.SEED_ENV, str(seed))
+            shape, c = (6, 5, 7, 12), 5
+            x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+            g = cudasim.to_gpu
+            with pytest.raises(driver.LaunchError) as info:
+                ops("cudasim").forward_train(
+                    g(x), g(np.ones(c, np.float32)), g(np.zeros(c, np.float32)),
+                    g(np.zeros(c, np.float32)), g(np.ones(c, np.float32)), 1e-5, 1.0,
+                    cudasim.empty(shape), cudasim.empty((c,)), cudasim.empty((c,)))
+            msg = str(info.value)
+            assert re.search(r"race on shared memory, byte offset \d+ of __shared__ partial",
+                             msg), msg
+            assert "bn_common.cuh:" in msg, msg
+    finally:
+        cfg.set_backend(previous)

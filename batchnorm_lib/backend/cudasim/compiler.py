@@ -8,8 +8,9 @@ __global__`` function a launcher is appended that unpacks the parameter buffer w
 own parameter types (so the simulator never parses C types) and a signature string the launch
 checks numpy argument types against.
 
-Builds are cached by a hash of everything that goes into them (source, included files, options,
-runtime header, compiler version) under ``BATCHNORM_LIB_CUDASIM_CACHE`` (default
+Each module has a plain build and, made on first use by the sanitizer or ``profile()``, an
+instrumented one (see instrument.py). Builds are cached by a hash of everything that goes into them
+(source, included files, options, runtime and instrumentation headers, compiler version) under ``BATCHNORM_LIB_CUDASIM_CACHE`` (default
 ``$XDG_CACHE_HOME/batchnorm_lib/cudasim``, ``~/.cache/batchnorm_lib/cudasim`` when that is unset).
 ``BATCHNORM_LIB_CUDASIM_DEBUG=1`` builds with ``-O0 -g3`` for gdb.
 """
@@ -42,6 +43,9 @@ INSTRUMENT_HEADER = os.path.join(HERE, "cudasim_instrument.h")
 INSTRUMENT_FLAGS = ["-DCUDASIM_INSTRUMENT=1", "-g", "-fsanitize=thread",
                     "--param", "tsan-instrument-func-entry-exit=0", "-fno-tree-vectorize",
                     "-fno-tree-slp-vectorize", "-fno-store-merging"]
+# Misaligned accesses fault on a GPU, so every build checks them (the handler is in
+# cudasim_instrument.h); benchmarks/cudasim_checks.py measures what the check costs.
+ALIGNMENT_CHECK_FLAGS = ["-fsanitize=alignment"]
 SHIM_DIR = os.path.join(HERE, "shim")  # crt/host_defines.h for header sets without crt/
 CACHE_ENV = "BATCHNORM_LIB_CUDASIM_CACHE"
 DEBUG_ENV = "BATCHNORM_LIB_CUDASIM_DEBUG"
@@ -502,8 +506,7 @@ class SourceModule:
         flags += ["-fPIC", "-shared", "-fvisibility=hidden", "-fno-strict-aliasing",
                   "-U_FORTIFY_SOURCE", "-ffp-contract=off", "-fstack-clash-protection",
                   "-pthread", "-w"]
-        # misaligned accesses fault on a GPU: checked in every build (cudasim_instrument.h)
-        flags += ["-fsanitize=alignment", "-DCUDASIM_ARCH=%d" % arch_number]
+        flags += ALIGNMENT_CHECK_FLAGS + ["-DCUDASIM_ARCH=%d" % arch_number]
         flags += ["-I" + d for d in include_dirs] + ["-I" + cuda_inc]
         for extra in _sibling_includes(cuda_inc) + [SHIM_DIR]:
             flags += ["-idirafter", extra]
@@ -918,11 +921,11 @@ class Function:
             finally:
                 elapsed = time.perf_counter() - start
                 if checked is not None:
-                    checked.end()
-            if checked is None:
+                    checked.end(self._pointers)
+            if not sanitize:
                 for addr in self._pointers:
                     instrument.mark_allocation_written(addr)
-            elif profile:
+            if checked is not None and profile:
                 instrument.record(self.name, grid, block, shared, checked.counters)
             found, more = instrument.findings(build.lib)
             if found:

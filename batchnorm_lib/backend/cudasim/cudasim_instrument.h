@@ -217,19 +217,23 @@ struct St {
     const Alloc* allocs;
     int nallocs;
     int last_alloc;
-    std::vector<AllocState> astate;
+    AllocState* astate;
     Counters* counters;
     // shared memory: the static section, the dynamic buffer and template statics
     uint64_t sh_lo[64], sh_hi[64], sh_cap[64];
     int nsh;
-    std::vector<Cell*> sh_cells;
-    std::vector<uint32_t*> sh_init;  // block generation that wrote each byte
+    uint64_t sh_min, sh_max;        // bounds of the static ranges
+    uint64_t alloc_min, alloc_max;  // bounds of the allocations
+    uint64_t* pages;                // 1 bit per page in [alloc_min, alloc_max): an allocation's
+    uint64_t npages;
+    Cell* sh_cells[64];
+    uint32_t* sh_init[64];  // block generation that wrote each byte
     // block
     uint32_t block;  // linear + 1
-    std::vector<Thread> threads;
+    Thread* threads;
+    int nthreads;
     uint32_t warp_seq[32];
     std::vector<Acquire> acquires;  // of the current block (blocks run whole here)
-    std::vector<std::vector<Acquire>> acquires_of;  // per block linear index, when needed
     std::unordered_map<uint64_t, std::vector<Release>> releases;  // by address
     // profiling (per block)
     std::unordered_map<Key, uint32_t, KeyHash> exec_count;  // (thread, pc) -> executions
@@ -262,7 +266,12 @@ static CUDASIM_NOINSTR void enter_block(uint32_t blk) {
     s.block = blk;
     refresh_dynamic();
     int n = cudasim::g.nthreads;
-    s.threads.assign((size_t)n, Thread());
+    if (n > s.nthreads) {
+        free(s.threads);
+        s.threads = (Thread*)calloc((size_t)n, sizeof(Thread));
+        s.nthreads = n;
+    }
+    memset(s.threads, 0, sizeof(Thread) * (size_t)n);
     memset(s.warp_seq, 0, sizeof s.warp_seq);
     s.exec_count.clear();
     s.requests.clear();
@@ -452,9 +461,40 @@ static CUDASIM_NOINSTR_INLINE int find_alloc(uint64_t a) {
     return -1;
 }
 
+// Most calls come from the simulator's own code (its state, the threads' stacks): turn those away
+// before any other work, with the page bitmap of the allocations and the shared-memory bounds.
+static CUDASIM_NOINSTR_INLINE bool interesting(uint64_t a) {
+    if (a - s.sh_min < s.sh_max - s.sh_min) return true;
+    uint64_t dy = (uint64_t)(uintptr_t)cudasim::g.dyn_shared;
+    if (a - dy < cudasim::g.dyn_shared_len + 256) return true;
+    uint64_t page = (a - s.alloc_min) >> 12;
+    return page < s.npages && (s.pages[page >> 6] >> (page & 63) & 1);
+}
+
+static CUDASIM_NOINSTR void note(int kind, int space, uint64_t addr, int64_t offset, bool dynamic,
+                                 uint32_t size, bool write, uint64_t pc) {
+    Finding* f = new_finding(kind, pc);
+    if (!f) return;
+    f->space = space;
+    f->addr = addr;
+    f->offset = offset;
+    f->dynamic = dynamic;
+    f->size = size;
+    f->is_write = write;
+}
+
 static CUDASIM_NOINSTR void access(uint64_t addr, uint32_t size, bool write, uint64_t pc) {
     cudasim::Fiber* f = cudasim::g.cur;
     if (!f || size == 0 || s.busy) return;
+    // the simulator's own state and the threads' stacks, which most non-kernel accesses touch
+    const cudasim::State& g = cudasim::g;
+    if ((addr >= (uint64_t)(uintptr_t)&g && addr < (uint64_t)(uintptr_t)(&g + 1)) ||
+        (addr >= (uint64_t)(uintptr_t)g.stacks &&
+         addr < (uint64_t)(uintptr_t)g.stacks + g.stacks_len) ||
+        (addr >= (uint64_t)(uintptr_t)g.fibers &&
+         addr < (uint64_t)(uintptr_t)(g.fibers + g.stacks_threads)) ||
+        (addr >= (uint64_t)(uintptr_t)&s && addr < (uint64_t)(uintptr_t)(&s + 1)))
+        return;
     struct Busy {
         CUDASIM_NOINSTR_INLINE Busy() { s.busy = true; }
         CUDASIM_NOINSTR_INLINE ~Busy() { s.busy = false; }
@@ -462,13 +502,17 @@ static CUDASIM_NOINSTR void access(uint64_t addr, uint32_t size, bool write, uin
     sync_block();
     bool atomic = s.atomic_depth > 0;
     // shared memory?
-    int si = -1;
-    for (int i = 0; i < s.nsh; ++i)
-        if (addr >= s.sh_lo[i] && addr < s.sh_cap[i]) {
-            si = i;
-            break;
-        }
-    int ai = si < 0 ? find_alloc(addr) : -1;
+    int si = -1, d = s.nsh - 1;
+    if (d >= 0 && addr >= s.sh_lo[d] && addr < s.sh_cap[d]) {
+        si = d;
+    } else if (addr >= s.sh_min && addr < s.sh_max) {
+        for (int i = 0; i < d; ++i)
+            if (addr >= s.sh_lo[i] && addr < s.sh_cap[i]) {
+                si = i;
+                break;
+            }
+    }
+    int ai = si < 0 && addr >= s.alloc_min && addr < s.alloc_max ? find_alloc(addr) : -1;
     if (si < 0 && ai < 0) return;
     Thread& t = me();
     if (atomic && s.atomic_first) {
@@ -487,30 +531,16 @@ static CUDASIM_NOINSTR void access(uint64_t addr, uint32_t size, bool write, uin
     if (si >= 0) {
         if (!s.sanitize) return;
         uint64_t off = addr - s.sh_lo[si];
+        bool dynamic = si == s.nsh - 1;
         if (addr + size > s.sh_hi[si]) {
-            Finding* fd = new_finding(K_OOB, pc);
-            if (fd) {
-                fd->space = SP_SHARED;
-                fd->addr = addr;
-                fd->offset = (int64_t)off;
-                fd->dynamic = si == s.nsh - 1;
-                fd->size = size;
-                fd->is_write = write;
-            }
+            note(K_OOB, SP_SHARED, addr, (int64_t)off, dynamic, size, write, pc);
             cudasim::fail("out of bounds");
         }
         uint32_t* init = s.sh_init[(size_t)si];
         if (!write) {
             for (uint32_t b = 0; b < size; ++b)
                 if (init[off + b] != s.block) {
-                    Finding* fd = new_finding(K_UNINIT, pc);
-                    if (fd) {
-                        fd->space = SP_SHARED;
-                        fd->addr = addr;
-                        fd->offset = (int64_t)off;
-                        fd->dynamic = si == s.nsh - 1;
-                        fd->size = size;
-                    }
+                    note(K_UNINIT, SP_SHARED, addr, (int64_t)off, dynamic, size, write, pc);
                     break;
                 }
         }
@@ -523,13 +553,7 @@ static CUDASIM_NOINSTR void access(uint64_t addr, uint32_t size, bool write, uin
     const Alloc& al = s.allocs[ai];
     if (addr < al.start || addr + size > al.start + al.size) {
         if (!s.sanitize) return;
-        Finding* fd = new_finding(K_OOB, pc);
-        if (fd) {
-            fd->space = SP_GLOBAL;
-            fd->addr = addr;
-            fd->size = size;
-            fd->is_write = write;
-        }
+        note(K_OOB, SP_GLOBAL, addr, -1, false, size, write, pc);
         cudasim::fail("out of bounds");
     }
     if (s.profile) {
@@ -540,12 +564,7 @@ static CUDASIM_NOINSTR void access(uint64_t addr, uint32_t size, bool write, uin
     if (al.init && !write) {
         for (uint32_t b = 0; b < size; ++b)
             if (!al.init[off + b]) {
-                Finding* fd = new_finding(K_UNINIT, pc);
-                if (fd) {
-                    fd->space = SP_GLOBAL;
-                    fd->addr = addr;
-                    fd->size = size;
-                }
+                note(K_UNINIT, SP_GLOBAL, addr, -1, false, size, write, pc);
                 break;
             }
     }
@@ -608,8 +627,9 @@ static CUDASIM_NOINSTR void instr_warp_done(Fiber* base, unsigned need) {
 extern "C" {
 #define CUDASIM_HOOK(NAME, N, WRITE)                                                           \
     __attribute__((visibility("hidden"))) CUDASIM_NOINSTR void NAME(void* p) {                \
-        cudasim_instr::access((uint64_t)(uintptr_t)p, N, WRITE,                               \
-                              (uint64_t)(uintptr_t)__builtin_return_address(0));              \
+        if (cudasim_instr::interesting((uint64_t)(uintptr_t)p))                               \
+            cudasim_instr::access((uint64_t)(uintptr_t)p, N, WRITE,                           \
+                                  (uint64_t)(uintptr_t)__builtin_return_address(0));          \
     }
 #define CUDASIM_ACCESS_HOOKS(N)                          \
     CUDASIM_HOOK(__tsan_read##N, N, false)               \
@@ -626,12 +646,14 @@ CUDASIM_ACCESS_HOOKS(16)
 #undef CUDASIM_HOOK
 __attribute__((visibility("hidden"))) CUDASIM_NOINSTR void __tsan_read_range(void* p,
                                                                             unsigned long n) {
-    cudasim_instr::access((uint64_t)(uintptr_t)p, (uint32_t)n, false,
+    if (cudasim_instr::interesting((uint64_t)(uintptr_t)p))
+        cudasim_instr::access((uint64_t)(uintptr_t)p, (uint32_t)n, false,
                           (uint64_t)(uintptr_t)__builtin_return_address(0));
 }
 __attribute__((visibility("hidden"))) CUDASIM_NOINSTR void __tsan_write_range(void* p,
                                                                              unsigned long n) {
-    cudasim_instr::access((uint64_t)(uintptr_t)p, (uint32_t)n, true,
+    if (cudasim_instr::interesting((uint64_t)(uintptr_t)p))
+        cudasim_instr::access((uint64_t)(uintptr_t)p, (uint32_t)n, true,
                           (uint64_t)(uintptr_t)__builtin_return_address(0));
 }
 __attribute__((visibility("hidden"))) CUDASIM_NOINSTR void __tsan_init() {}
@@ -657,7 +679,8 @@ CUDASIM_EXPORT CUDASIM_NOINSTR void cudasim_instr_begin(int sanitize, int profil
     s.allocs = allocs;
     s.nallocs = nallocs;
     s.last_alloc = -1;
-    s.astate.assign((size_t)nallocs, AllocState());
+    free(s.astate);
+    s.astate = (AllocState*)calloc((size_t)nallocs + 1, sizeof(AllocState));
     s.counters = counters;
     s.block = 0;
     s.releases.clear();
@@ -680,16 +703,30 @@ CUDASIM_EXPORT CUDASIM_NOINSTR void cudasim_instr_begin(int sanitize, int profil
     s.sh_lo[s.nsh] = 0;  // the dynamic buffer: filled in by cudasim_instr_dynamic below
     s.sh_hi[s.nsh] = s.sh_cap[s.nsh] = 0;
     s.nsh++;
-    for (Cell* c : s.sh_cells) free(c);
-    for (uint32_t* p : s.sh_init) free(p);
-    s.sh_cells.assign((size_t)s.nsh, nullptr);
-    s.sh_init.assign((size_t)s.nsh, nullptr);
     for (int i = 0; i < s.nsh - 1; ++i) {
         size_t len = (size_t)(s.sh_hi[i] - s.sh_lo[i]);
         s.sh_cells[(size_t)i] = (Cell*)calloc(len / 4 + 2, sizeof(Cell));
         s.sh_init[(size_t)i] = (uint32_t*)calloc(len + 1, 4);
     }
     int d = s.nsh - 1;
+    s.sh_min = ~0ull;
+    s.sh_max = 0;
+    for (int i = 0; i < d; ++i) {
+        s.sh_min = std::min(s.sh_min, s.sh_lo[i]);
+        s.sh_max = std::max(s.sh_max, s.sh_cap[i]);
+    }
+    s.alloc_min = nallocs ? allocs[0].lo & ~4095ull : 0;
+    s.alloc_max = nallocs ? allocs[nallocs - 1].hi : 0;
+    free(s.pages);
+    s.npages = (s.alloc_max - s.alloc_min + 4095) >> 12;
+    if (s.npages > (1ull << 30)) s.npages = 1ull << 30;  // at most 128 MB of bitmap
+    s.pages = (uint64_t*)calloc((size_t)(s.npages / 64 + 1), 8);
+    if (!s.pages) s.npages = 0;
+    for (int i = 0; i < nallocs; ++i)
+        for (uint64_t a = allocs[i].lo & ~4095ull; a < allocs[i].hi; a += 4096) {
+            uint64_t p = (a - s.alloc_min) >> 12;
+            if (p < s.npages) s.pages[p >> 6] |= 1ull << (p & 63);
+        }
     size_t dyn = (size_t)dyn_shared_bytes;
     s.sh_cells[(size_t)d] = (Cell*)calloc(dyn / 4 + 2, sizeof(Cell));
     s.sh_init[(size_t)d] = (uint32_t*)calloc(dyn + 1, 4);
@@ -697,16 +734,20 @@ CUDASIM_EXPORT CUDASIM_NOINSTR void cudasim_instr_begin(int sanitize, int profil
 
 CUDASIM_EXPORT CUDASIM_NOINSTR void cudasim_instr_end() {
     using namespace cudasim_instr;
-    for (AllocState& a : s.astate) {
-        free(a.cells);
-        free(a.load_bits);
-        free(a.store_bits);
+    for (int i = 0; i < s.nallocs; ++i) {
+        free(s.astate[i].cells);
+        free(s.astate[i].load_bits);
+        free(s.astate[i].store_bits);
     }
-    s.astate.clear();
-    for (Cell* c : s.sh_cells) free(c);
-    for (uint32_t* p : s.sh_init) free(p);
-    s.sh_cells.clear();
-    s.sh_init.clear();
+    free(s.astate);
+    s.astate = nullptr;
+    for (int i = 0; i < s.nsh; ++i) {
+        free(s.sh_cells[i]);
+        free(s.sh_init[i]);
+        s.sh_cells[i] = nullptr;
+        s.sh_init[i] = nullptr;
+    }
+    s.nsh = 0;
     s.releases.clear();
     s.acquires.clear();
     s.requests.clear();

@@ -129,13 +129,13 @@ class Launch:
         lib.cudasim_instr_begin(int(sanitize), int(profile), ctypes.addressof(self.table), self.n,
                                 ctypes.addressof(self.counters), shared)
 
-    def end(self):
+    def end(self, pointers):
         self.lib.cudasim_instr_end()
-        for i in range(self.n):  # a fully written allocation needs no per-byte state any more
-            entry = self.table[i]
-            state = _written.get(entry.start)
-            if state is not True and state is not None and entry.size and state.all():
-                _written[entry.start] = True
+        for addr in pointers:  # an argument now fully written needs no per-byte state any more
+            found = driver.registry.find(addr)
+            state = _written.get(found[0]) if found else None
+            if state is not True and state is not None and state.all():
+                _written[found[0]] = True
 
     def allocation_of(self, addr):
         starts = [self.table[i].lo for i in range(self.n)]
