@@ -773,11 +773,11 @@ def test_every_16bit_kernel_against_reference(kind, layout):
     xs, dys = g(_encode(x, kind)), g(_encode(dy, kind))
     sc, bs, rm, rv = g(scale), g(bias), g(run_mean0), g(run_var0)
     out, dx = cudasim.empty((n, c, s), np.uint16), cudasim.empty((n, c, s), np.uint16)
-    sm, siv, dsc, dbs = (cudasim.empty((c,)) for _ in range(4))
+    sm, siv, dsc, dbs, fa = (cudasim.empty((c,)) for _ in range(5))
     shape = (np.int64(n), np.int32(c), np.int64(s))
     grid = (-(-(n * c * s // (8 if vec else 1)) // 256),)
     channel_grid = (-(-c // 8),)
-    part, part2, coef = cudasim.empty((c * nsplit * 4,)), cudasim.empty((c * nsplit * 2,)), \
+    part, part2, coef = cudasim.empty((c * nsplit * 7,)), cudasim.empty((c * nsplit * 6,)), \
         cudasim.empty((3 * c,))
 
     if layout == "cols":
@@ -785,10 +785,10 @@ def test_every_16bit_kernel_against_reference(kind, layout):
     else:
         rt.launch("bn_stats_partial_%s%s" % (kind, vec), (c, nsplit), (P(xs), P(part)) + shape)
     rt.launch("bn_stats_finalize", channel_grid,
-              (P(part), np.int32(c), np.int32(nsplit), np.float32(eps), np.float32(factor),
-               P(sm), P(siv), P(rm), P(rv)))
-    rt.launch("bn_forward_train_%s%s" % (kind, vec), grid,
-              (P(xs), P(out), P(sm), P(siv), P(sc), P(bs)) + shape)
+              (P(part), np.int32(c), np.int32(nsplit), np.float64(eps), np.float64(factor),
+               P(sc), P(sm), P(siv), P(fa), P(rm), P(rv)))
+    rt.launch("bn_normalize_%s%s" % (kind, vec), grid,
+              (P(xs), P(out), P(sm), P(fa), P(bs)) + shape)
     mean, var = x.mean(axis=(0, 2)), x.var(axis=(0, 2))
     inv = 1 / np.sqrt(var + eps)
     tol = dict(rtol=1e-2, atol=2e-2) if kind == "bf16" else dict(rtol=2e-3, atol=2e-3)
@@ -819,11 +819,11 @@ def test_every_16bit_kernel_against_reference(kind, layout):
 
     rm.set(run_mean0)
     rv.set(run_var0)
-    rt.launch("bn_forward_infer_%s%s" % (kind, vec), grid,
-              (P(xs), P(out), P(rm), P(rv), P(sc), P(bs), np.float32(eps)) + shape)
+    rt.launch("bn_channel_factor", (1,), (P(sc), P(rv), np.float64(eps), P(fa), np.int32(c)))
+    rt.launch("bn_normalize_%s%s" % (kind, vec), grid,
+              (P(xs), P(out), P(rm), P(fa), P(bs)) + shape)
     k = scale / np.sqrt(run_var0.astype(np.float64) + eps)
     ref = (x - run_mean0[None, :, None]) * k[None, :, None] + bias[None, :, None]
     np.testing.assert_allclose(_decode(out.get(), kind), ref, **tol)
-    rt.launch("bn_backward_infer_%s%s" % (kind, vec), grid,
-              (P(dys), P(sc), P(rv), np.float32(eps), P(dx)) + shape)
+    rt.launch("bn_backward_infer_%s%s" % (kind, vec), grid, (P(dys), P(fa), P(dx)) + shape)
     np.testing.assert_allclose(_decode(dx.get(), kind), dy * k[None, :, None], **tol)

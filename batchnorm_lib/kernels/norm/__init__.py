@@ -11,8 +11,9 @@ the same functions with the same contract (all arrays are arrays of that backend
 ``forward_infer(x, scale, bias, run_mean, run_var, eps, out)``
     Normalizes with the running statistics; ``out`` may be ``x`` itself.
 
-Both forwards compute ``out = (x - mean) * a + bias`` with ``a = scale * invstd`` in float32, in
-that order on every backend (values equal to the mean come out exactly as ``bias``).
+Both forwards compute ``out = fmaf(x - mean, a, bias)`` with ``a = scale / sqrt(var + eps)`` computed
+once per channel in float64, on every backend (values equal to the mean come out exactly as
+``bias``); docs/numerics.md gives the accuracy and the handling of NaN and Inf.
 ``backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias)``
     ``dbias = sum(dy)``, ``dscale = sum(dy * xhat)`` per channel, and, unless ``dx`` is None,
     ``dx = scale * invstd * (dy - dbias / m - xhat * dscale / m)``.

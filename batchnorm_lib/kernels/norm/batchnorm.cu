@@ -16,6 +16,34 @@ namespace bn {
 
 // --- batch statistics ---------------------------------------------------------------------------
 
+// Block partials are float32 records of kPartial values: count, mean, mean_lo, M2, M2_lo of the
+// shifted values, the plain total (see Welford) and the shift. Written once per block, read once
+// per channel by stats_finalize, which merges them in float64 (the partial kernels stay float32).
+constexpr int kPartial = 7;
+
+__device__ __forceinline__ void write_partial(float* out, const Welford& w, float shift)
+{
+    out[0] = w.n;
+    out[1] = w.mean;
+    out[2] = w.mean_lo;
+    out[3] = w.m2;
+    out[4] = w.m2_lo;
+    out[5] = w.total;
+    out[6] = shift;
+}
+
+__device__ __forceinline__ WelfordD read_partial(const float* p)
+{
+    Welford w;
+    w.n = p[0];
+    w.mean = p[1];
+    w.mean_lo = p[2];
+    w.m2 = p[3];
+    w.m2_lo = p[4];
+    w.total = p[5];
+    return to_double(w);
+}
+
 // Values are shifted by the channel's first element before Welford, so data far from zero
 // (1e4 + N(0, 1)) keeps float32 precision in the running means.
 template <typename T, int VEC>
@@ -32,28 +60,27 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
     const long long end = min(begin + chunk, total);
     const float shift = to_float(x[static_cast<long long>(ch) * s]);
 
-    Welford w = welford_empty();
+    WelfordStream acc;
     long long j = begin + threadIdx.x;
     if (j < end) {
         RowWalk walk(j, kBlock, cols);
         for (; j < end; j += kBlock) {
             const Pack<T, VEC> pk = load_pack<T, VEC>(x + (walk.row * c + ch) * s + walk.col * VEC);
             float v[VEC];
+            float raw = 0.f;
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
-                v[i] = to_float(pk.v[i]) - shift;
+                const float xi = to_float(pk.v[i]);
+                raw = __fadd_rn(raw, xi);
+                v[i] = __fsub_rn(xi, shift);
             }
-            welford_add<VEC>(w, v);
+            acc.add<VEC>(v, raw);
             walk.advance();
         }
     }
-    w = block_reduce(w);
+    const Welford w = block_reduce(acc.result());
     if (threadIdx.x == 0) {
-        float* out = part + (static_cast<long long>(ch) * nsplit + split) * 4;
-        out[0] = w.mean;
-        out[1] = w.m2;
-        out[2] = w.n;
-        out[3] = shift;
+        write_partial(part + (static_cast<long long>(ch) * nsplit + split) * kPartial, w, shift);
     }
 }
 
@@ -75,16 +102,17 @@ __device__ __forceinline__ void stats_partial_cols(const T* __restrict__ x, floa
     const long long begin = split * chunk;
     const long long end = min(begin + chunk, n);
 
-    Welford w = welford_empty();
+    WelfordStream acc;
     float shift = 0.f;
     if (ch < c) {
         shift = to_float(x[ch]);
         for (long long row = begin + warp; row < end; row += kWarps) {
-            const float v[1] = {to_float(x[row * c + ch]) - shift};
-            welford_add<1>(w, v);
+            const float xi = to_float(x[row * c + ch]);
+            const float v[1] = {__fsub_rn(xi, shift)};
+            acc.add<1>(v, xi);
         }
     }
-    tile[warp][lane] = w;
+    tile[warp][lane] = acc.result();
     __syncthreads();
     if (warp == 0 && ch < c) {
         Welford r = tile[0][lane];
@@ -92,65 +120,65 @@ __device__ __forceinline__ void stats_partial_cols(const T* __restrict__ x, floa
         for (int k = 1; k < kWarps; ++k) {
             r = welford_merge(r, tile[k][lane]);
         }
-        float* out = part + (static_cast<long long>(ch) * nsplit + split) * 4;
-        out[0] = r.mean;
-        out[1] = r.m2;
-        out[2] = r.n;
-        out[3] = shift;
+        write_partial(part + (static_cast<long long>(ch) * nsplit + split) * kPartial, r, shift);
     }
 }
 
-// run = (1 - factor) * run + factor * batch, with the unbiased batch variance.
-__device__ __forceinline__ void update_running(float* run_mean, float* run_var, int ch, float factor,
-                                               float mean, float unbiased_var)
-{
-    const float keep = 1.f - factor;
-    run_mean[ch] = __fadd_rn(__fmul_rn(keep, run_mean[ch]), __fmul_rn(factor, mean));
-    run_var[ch] = __fadd_rn(__fmul_rn(keep, run_var[ch]), __fmul_rn(factor, unbiased_var));
-}
-
-// One warp per channel: merge the channel's nsplit partials, then write savemean, saveinvvar and
-// update the running statistics.
+// One warp per channel: merge the channel's nsplit partials in float64, then write savemean,
+// saveinvvar, the normalize factor a = scale / sqrt(var + eps) (as channel_factor and the CPU
+// backend compute it) and update the running statistics, each rounded once from float64.
 __device__ __forceinline__ void stats_finalize(const float* __restrict__ part, int c, int nsplit,
-                                               float eps, float factor, float* savemean,
-                                               float* saveinvvar, float* run_mean, float* run_var)
+                                               double eps, double factor,
+                                               const float* __restrict__ scale, float* savemean,
+                                               float* saveinvvar, float* a, float* run_mean,
+                                               float* run_var)
 {
     const int lane = threadIdx.x & 31;
     const int ch = blockIdx.x * kWarps + (threadIdx.x >> 5);
     if (ch >= c) {
         return;  // the whole warp leaves together
     }
-    const float* base = part + static_cast<long long>(ch) * nsplit * 4;
-    Welford w = welford_empty();
+    const float* base = part + static_cast<long long>(ch) * nsplit * kPartial;
+    WelfordD w = {0.0, 0.0, 0.0, 0.0};
     for (int b = lane; b < nsplit; b += 32) {
-        Welford o;
-        o.mean = base[b * 4 + 0];
-        o.m2 = base[b * 4 + 1];
-        o.n = base[b * 4 + 2];
-        w = welford_merge(w, o);
+        w = welford_merge(w, read_partial(base + b * kPartial));
     }
     w = warp_reduce(w);
     if (lane == 0) {
-        const float mean = base[3] + w.mean;
-        const float var = fmaxf(w.m2 / w.n, 0.f);
-        const float invstd = 1.f / sqrtf(var + eps);
-        savemean[ch] = mean;
-        saveinvvar[ch] = invstd;
-        update_running(run_mean, run_var, ch, factor, mean, var * (w.n / (w.n - 1.f)));
+        double mean, var;
+        welford_finish(w, base[6], mean, var);
+        const double invstd = 1.0 / sqrt(var + eps);
+        savemean[ch] = static_cast<float>(mean);
+        saveinvvar[ch] = static_cast<float>(invstd);
+        a[ch] = static_cast<float>(static_cast<double>(scale[ch]) / sqrt(var + eps));
+        const double keep = 1.0 - factor;
+        run_mean[ch] = static_cast<float>(keep * run_mean[ch] + factor * mean);
+        run_var[ch] = static_cast<float>(keep * run_var[ch] + factor * (var * (w.n / (w.n - 1.0))));
+    }
+}
+
+// Inference factors a = scale / sqrt(run_var + eps), in float64 and rounded once: one thread per
+// channel, before the normalize (or frozen-statistics backward) pass.
+__device__ __forceinline__ void channel_factor(const float* __restrict__ scale,
+                                               const float* __restrict__ run_var, double eps,
+                                               float* __restrict__ a, int c)
+{
+    const int ch = blockIdx.x * kBlock + threadIdx.x;
+    if (ch < c) {
+        a[ch] = static_cast<float>(static_cast<double>(scale[ch]) / sqrt(run_var[ch] + eps));
     }
 }
 
 // --- normalization ------------------------------------------------------------------------------
 
-// y = (x - mean) * a + bias, rounded step by step in that order as the CPU backend does.
-// Training: a = scale * saveinvvar. Inference: a = scale * (1 / sqrt(run_var + eps)).
-// Each thread recomputes a only when its channel changes. x and y may be the same buffer.
-template <typename T, int VEC, bool kInfer>
+// y = fma(x - mean, a, bias) with the per-channel factor a of stats_finalize or channel_factor:
+// two roundings, as the CPU backend does (values equal to the mean give bias exactly). Each thread reloads the channel's constants only when its channel changes. x and y may
+// be the same buffer.
+template <typename T, int VEC>
 __device__ __forceinline__ void normalize(const T* x, T* y, const float* __restrict__ mean,
-                                          const float* __restrict__ spread,
-                                          const float* __restrict__ scale,
-                                          const float* __restrict__ bias, float eps, long long n,
-                                          int c, long long s)
+                                          const float* __restrict__ factor,
+                                          const float* __restrict__ bias, long long n, int c,
+                                          long long s)
 {
     const long long cols = s / VEC;
     const long long total = n * c * cols;
@@ -166,15 +194,13 @@ __device__ __forceinline__ void normalize(const T* x, T* y, const float* __restr
         if (walk.channel != cached) {
             cached = walk.channel;
             m = mean[cached];
-            a = kInfer ? __fmul_rn(scale[cached], 1.f / sqrtf(spread[cached] + eps))
-                       : __fmul_rn(scale[cached], spread[cached]);
+            a = factor[cached];
             b = bias[cached];
         }
         Pack<T, VEC> pk = load_pack<T, VEC>(x + j * VEC);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-            const float t = __fmul_rn(__fsub_rn(to_float(pk.v[i]), m), a);
-            pk.v[i] = from_float<T>(__fadd_rn(t, b));
+            pk.v[i] = from_float<T>(fmaf(__fsub_rn(to_float(pk.v[i]), m), a, b));
         }
         store_pack<T, VEC>(y + j * VEC, pk);
         walk.advance();
@@ -183,7 +209,30 @@ __device__ __forceinline__ void normalize(const T* x, T* y, const float* __restr
 
 // --- backward -----------------------------------------------------------------------------------
 
-// Partial sum(dy) and sum(dy * (x - mean)) of one (channel, split) tile.
+// The backward sums of a channel: sum(dy), sum(dy * (x - m)) and sum(x - m), m = savemean. The
+// last one gives the exact batch mean's offset from the float32 savemean, so the gradients are
+// those of the exact mean (the float32 mean would cost up to 0.5 ulp(mean) / std in every xhat).
+constexpr int kSums = 3;
+constexpr int kSumPartial = 2 * kSums;  // float-float pairs per block partial
+
+__device__ __forceinline__ void write_sums(float* out, const Sums<kSums>& r)
+{
+#pragma unroll
+    for (int i = 0; i < kSums; ++i) {
+        out[2 * i] = r.hi[i];
+        out[2 * i + 1] = r.lo[i];
+    }
+}
+
+// Adds one element's terms to the three backward sums.
+__device__ __forceinline__ void backward_terms(SumStream<kSums>& acc, float g, float xm)
+{
+    acc.add(0, g);
+    acc.add(1, __fmul_rn(g, xm));
+    acc.add(2, xm);
+}
+
+// Partial backward sums (kSums) of one (channel, split) tile, as float-float pairs.
 template <typename T, int VEC>
 __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const T* __restrict__ dy,
                                                  const float* __restrict__ savemean,
@@ -200,7 +249,7 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
     const long long end = min(begin + chunk, total);
     const float m = savemean[ch];
 
-    float2 acc = make_float2(0.f, 0.f);
+    SumStream<kSums> acc;
     long long j = begin + threadIdx.x;
     if (j < end) {
         RowWalk walk(j, kBlock, cols);
@@ -210,18 +259,15 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
             const Pack<T, VEC> pg = load_pack<T, VEC>(dy + off);
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
-                const float g = to_float(pg.v[i]);
-                acc.x += g;
-                acc.y = fmaf(g, to_float(px.v[i]) - m, acc.y);
+                backward_terms(acc, to_float(pg.v[i]), __fsub_rn(to_float(px.v[i]), m));
             }
+            acc.flush_step();
             walk.advance();
         }
     }
-    acc = block_reduce(acc);
+    const Sums<kSums> r = block_reduce(acc.result());
     if (threadIdx.x == 0) {
-        float* out = part + (static_cast<long long>(ch) * nsplit + split) * 2;
-        out[0] = acc.x;
-        out[1] = acc.y;
+        write_sums(part + (static_cast<long long>(ch) * nsplit + split) * kSumPartial, r);
     }
 }
 
@@ -232,7 +278,7 @@ __device__ __forceinline__ void backward_partial_cols(const T* __restrict__ x,
                                                       const float* __restrict__ savemean,
                                                       float* __restrict__ part, long long n, int c)
 {
-    __shared__ float2 tile[kWarps][32];
+    __shared__ Sums<kSums> tile[kWarps][32];
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int ch = blockIdx.x * 32 + lane;
@@ -242,33 +288,30 @@ __device__ __forceinline__ void backward_partial_cols(const T* __restrict__ x,
     const long long begin = split * chunk;
     const long long end = min(begin + chunk, n);
 
-    float2 acc = make_float2(0.f, 0.f);
+    SumStream<kSums> acc;
     if (ch < c) {
         const float m = savemean[ch];
         for (long long row = begin + warp; row < end; row += kWarps) {
-            const float g = to_float(dy[row * c + ch]);
-            acc.x += g;
-            acc.y = fmaf(g, to_float(x[row * c + ch]) - m, acc.y);
+            backward_terms(acc, to_float(dy[row * c + ch]), __fsub_rn(to_float(x[row * c + ch]), m));
+            acc.flush_step();
         }
     }
-    tile[warp][lane] = acc;
+    tile[warp][lane] = acc.result();
     __syncthreads();
     if (warp == 0 && ch < c) {
-        float2 r = tile[0][lane];
+        Sums<kSums> r = tile[0][lane];
 #pragma unroll
         for (int k = 1; k < kWarps; ++k) {
-            r.x += tile[k][lane].x;
-            r.y += tile[k][lane].y;
+            r = sums_merge(r, tile[k][lane]);
         }
-        float* out = part + (static_cast<long long>(ch) * nsplit + split) * 2;
-        out[0] = r.x;
-        out[1] = r.y;
+        write_sums(part + (static_cast<long long>(ch) * nsplit + split) * kSumPartial, r);
     }
 }
 
-// One warp per channel: merge the partial sums in fixed order, write the parameter gradients and
-// the per-channel dx coefficients coef[3 ch ..] = (k, c1, dbias / m) with k = scale * invstd and
-// c1 = invstd * dscale / m.
+// One warp per channel: merge the partial sums in float64 in a fixed order, write the parameter
+// gradients and the per-channel dx coefficients coef[3 ch ..] = (k, c0, c1), each computed in
+// float64 and rounded once: with r = exact mean - savemean, dscale = (sum(dy (x - m)) - r sum(dy))
+// * invstd, k = scale * invstd, c1 = k * invstd * dscale / m, c0 = k * dbias / m - r * c1.
 __device__ __forceinline__ void backward_finalize(const float* __restrict__ part, int c, int nsplit,
                                                   long long m, const float* __restrict__ scale,
                                                   const float* __restrict__ saveinvvar,
@@ -279,27 +322,39 @@ __device__ __forceinline__ void backward_finalize(const float* __restrict__ part
     if (ch >= c) {
         return;  // the whole warp leaves together
     }
-    const float* base = part + static_cast<long long>(ch) * nsplit * 2;
-    float2 acc = make_float2(0.f, 0.f);
+    const float* base = part + static_cast<long long>(ch) * nsplit * kSumPartial;
+    double sum[kSums] = {0.0, 0.0, 0.0};
     for (int b = lane; b < nsplit; b += 32) {
-        acc.x += base[b * 2 + 0];
-        acc.y += base[b * 2 + 1];
+        const float* p = base + b * kSumPartial;
+#pragma unroll
+        for (int i = 0; i < kSums; ++i) {
+            sum[i] += ff_value(p[2 * i], p[2 * i + 1]);
+        }
     }
-    acc = warp_reduce(acc);
+#pragma unroll
+    for (int i = 0; i < kSums; ++i) {
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            sum[i] += __shfl_down_sync(0xffffffffu, sum[i], off);
+        }
+    }
     if (lane == 0) {
-        const float invstd = saveinvvar[ch];
-        const float fm = static_cast<float>(m);
-        const float gb = acc.x;
-        const float gs = __fmul_rn(acc.y, invstd);
-        dbias[ch] = gb;
-        dscale[ch] = gs;
-        coef[ch * 3 + 0] = __fmul_rn(scale[ch], invstd);
-        coef[ch * 3 + 1] = __fmul_rn(invstd, gs) / fm;
-        coef[ch * 3 + 2] = gb / fm;
+        const double fm = static_cast<double>(m);
+        const double r = sum[2] / fm;  // exact mean - savemean
+        const double invstd = saveinvvar[ch];
+        const double gs = (sum[1] - correction(r * sum[0])) * invstd;
+        const double k = static_cast<double>(scale[ch]) * invstd;
+        const double c1 = k * invstd * gs / fm;
+        dbias[ch] = static_cast<float>(sum[0]);
+        dscale[ch] = static_cast<float>(gs);
+        coef[ch * 3 + 0] = static_cast<float>(k);
+        coef[ch * 3 + 1] = static_cast<float>(k * sum[0] / fm - correction(r * c1));
+        coef[ch * 3 + 2] = static_cast<float>(c1);
     }
 }
 
-// dx = k * (dy - (x - mean) * c1 - dbias / m), rounded in the CPU backend's order.
+// dx = dy * k - ((x - mean) * c1 + c0) as two FMAs, as the CPU backend does; keeping (x - mean)
+// whole avoids the cancellation of x * c1 - mean * c1.
 template <typename T, int VEC>
 __device__ __forceinline__ void backward_dx(const T* __restrict__ x, const T* __restrict__ dy,
                                             const float* __restrict__ savemean,
@@ -315,33 +370,32 @@ __device__ __forceinline__ void backward_dx(const T* __restrict__ x, const T* __
     }
     ChannelWalk walk(j, stride, cols, c);
     int cached = -1;
-    float m = 0.f, k = 0.f, c1 = 0.f, gbm = 0.f;
+    float m = 0.f, k = 0.f, c0 = 0.f, c1 = 0.f;
     for (; j < total; j += stride) {
         if (walk.channel != cached) {
             cached = walk.channel;
             m = savemean[cached];
             k = coef[cached * 3 + 0];
-            c1 = coef[cached * 3 + 1];
-            gbm = coef[cached * 3 + 2];
+            c0 = coef[cached * 3 + 1];
+            c1 = coef[cached * 3 + 2];
         }
         const Pack<T, VEC> px = load_pack<T, VEC>(x + j * VEC);
         Pack<T, VEC> pg = load_pack<T, VEC>(dy + j * VEC);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-            float t = __fmul_rn(__fsub_rn(to_float(px.v[i]), m), -c1);
-            t = __fsub_rn(__fadd_rn(t, to_float(pg.v[i])), gbm);
-            pg.v[i] = from_float<T>(__fmul_rn(t, k));
+            const float u = fmaf(__fsub_rn(to_float(px.v[i]), m), c1, c0);
+            pg.v[i] = from_float<T>(fmaf(to_float(pg.v[i]), k, -u));
         }
         store_pack<T, VEC>(dx + j * VEC, pg);
         walk.advance();
     }
 }
 
-// dx = dy * scale / sqrt(run_var + eps), with the inverse square root rounded as in the forward.
+// dx = dy * k with the per-channel factor k = scale / sqrt(run_var + eps) of channel_factor
+// (frozen statistics).
 template <typename T, int VEC>
 __device__ __forceinline__ void backward_infer(const T* __restrict__ dy,
-                                               const float* __restrict__ scale,
-                                               const float* __restrict__ run_var, float eps,
+                                               const float* __restrict__ factor,
                                                T* __restrict__ dx, long long n, int c, long long s)
 {
     const long long cols = s / VEC;
@@ -357,7 +411,7 @@ __device__ __forceinline__ void backward_infer(const T* __restrict__ dy,
     for (; j < total; j += stride) {
         if (walk.channel != cached) {
             cached = walk.channel;
-            k = __fmul_rn(scale[cached], 1.f / sqrtf(run_var[cached] + eps));
+            k = factor[cached];
         }
         Pack<T, VEC> pg = load_pack<T, VEC>(dy + j * VEC);
 #pragma unroll
@@ -375,11 +429,17 @@ __device__ __forceinline__ void backward_infer(const T* __restrict__ dy,
 // Plain signatures only (pointers and int / long long / float scalars): the Python side and the
 // simulator backend launch them by name. All use 256-thread blocks (bn::kBlock).
 
-// Batch statistics, phase 2: one warp per channel (grid ceil(C / 8)); also updates the running
-// statistics.
-extern "C" __global__ void bn_stats_finalize(const float* part, int c, int nsplit, float eps, float factor, float* savemean, float* saveinvvar, float* run_mean, float* run_var)
+// Batch statistics, phase 2: one warp per channel (grid ceil(C / 8)); also writes the normalize
+// factors a and updates the running statistics.
+extern "C" __global__ void bn_stats_finalize(const float* part, int c, int nsplit, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_finalize(part, c, nsplit, eps, factor, savemean, saveinvvar, run_mean, run_var);
+    bn::stats_finalize(part, c, nsplit, eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var);
+}
+
+// Inference factors a = scale / sqrt(run_var + eps): one thread per channel (grid ceil(C / 256)).
+extern "C" __global__ void bn_channel_factor(const float* scale, const float* run_var, double eps, float* a, int c)
+{
+    bn::channel_factor(scale, run_var, eps, a, c);
 }
 
 // Backward reduction, phase 2: one warp per channel (grid ceil(C / 8)).
@@ -425,56 +485,31 @@ extern "C" __global__ void bn_stats_partial_bf16_vec(const __nv_bfloat16* x, flo
     bn::stats_partial<__nv_bfloat16, 8>(x, part, n, c, s);
 }
 
-// Training normalization with the batch statistics of bn_stats_finalize.
-extern "C" __global__ void bn_forward_train_f32(const float* x, float* y, const float* savemean, const float* saveinvvar, const float* scale, const float* bias, long long n, int c, long long s)
+// Normalization y = fmaf(x - mean, a, bias), training (batch statistics, a from bn_stats_finalize)
+// and inference (running statistics, a from bn_channel_factor); y may be x.
+extern "C" __global__ void bn_normalize_f32(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
-    bn::normalize<float, 1, false>(x, y, savemean, saveinvvar, scale, bias, 0.f, n, c, s);
+    bn::normalize<float, 1>(x, y, mean, a, bias, n, c, s);
 }
-extern "C" __global__ void bn_forward_train_f32_vec(const float* x, float* y, const float* savemean, const float* saveinvvar, const float* scale, const float* bias, long long n, int c, long long s)
+extern "C" __global__ void bn_normalize_f32_vec(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
-    bn::normalize<float, 4, false>(x, y, savemean, saveinvvar, scale, bias, 0.f, n, c, s);
+    bn::normalize<float, 4>(x, y, mean, a, bias, n, c, s);
 }
-extern "C" __global__ void bn_forward_train_f16(const __half* x, __half* y, const float* savemean, const float* saveinvvar, const float* scale, const float* bias, long long n, int c, long long s)
+extern "C" __global__ void bn_normalize_f16(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
-    bn::normalize<__half, 1, false>(x, y, savemean, saveinvvar, scale, bias, 0.f, n, c, s);
+    bn::normalize<__half, 1>(x, y, mean, a, bias, n, c, s);
 }
-extern "C" __global__ void bn_forward_train_f16_vec(const __half* x, __half* y, const float* savemean, const float* saveinvvar, const float* scale, const float* bias, long long n, int c, long long s)
+extern "C" __global__ void bn_normalize_f16_vec(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
-    bn::normalize<__half, 8, false>(x, y, savemean, saveinvvar, scale, bias, 0.f, n, c, s);
+    bn::normalize<__half, 8>(x, y, mean, a, bias, n, c, s);
 }
-extern "C" __global__ void bn_forward_train_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* savemean, const float* saveinvvar, const float* scale, const float* bias, long long n, int c, long long s)
+extern "C" __global__ void bn_normalize_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
-    bn::normalize<__nv_bfloat16, 1, false>(x, y, savemean, saveinvvar, scale, bias, 0.f, n, c, s);
+    bn::normalize<__nv_bfloat16, 1>(x, y, mean, a, bias, n, c, s);
 }
-extern "C" __global__ void bn_forward_train_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* savemean, const float* saveinvvar, const float* scale, const float* bias, long long n, int c, long long s)
+extern "C" __global__ void bn_normalize_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
-    bn::normalize<__nv_bfloat16, 8, false>(x, y, savemean, saveinvvar, scale, bias, 0.f, n, c, s);
-}
-
-// Inference normalization with the running statistics; y may be x.
-extern "C" __global__ void bn_forward_infer_f32(const float* x, float* y, const float* run_mean, const float* run_var, const float* scale, const float* bias, float eps, long long n, int c, long long s)
-{
-    bn::normalize<float, 1, true>(x, y, run_mean, run_var, scale, bias, eps, n, c, s);
-}
-extern "C" __global__ void bn_forward_infer_f32_vec(const float* x, float* y, const float* run_mean, const float* run_var, const float* scale, const float* bias, float eps, long long n, int c, long long s)
-{
-    bn::normalize<float, 4, true>(x, y, run_mean, run_var, scale, bias, eps, n, c, s);
-}
-extern "C" __global__ void bn_forward_infer_f16(const __half* x, __half* y, const float* run_mean, const float* run_var, const float* scale, const float* bias, float eps, long long n, int c, long long s)
-{
-    bn::normalize<__half, 1, true>(x, y, run_mean, run_var, scale, bias, eps, n, c, s);
-}
-extern "C" __global__ void bn_forward_infer_f16_vec(const __half* x, __half* y, const float* run_mean, const float* run_var, const float* scale, const float* bias, float eps, long long n, int c, long long s)
-{
-    bn::normalize<__half, 8, true>(x, y, run_mean, run_var, scale, bias, eps, n, c, s);
-}
-extern "C" __global__ void bn_forward_infer_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* run_mean, const float* run_var, const float* scale, const float* bias, float eps, long long n, int c, long long s)
-{
-    bn::normalize<__nv_bfloat16, 1, true>(x, y, run_mean, run_var, scale, bias, eps, n, c, s);
-}
-extern "C" __global__ void bn_forward_infer_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* run_mean, const float* run_var, const float* scale, const float* bias, float eps, long long n, int c, long long s)
-{
-    bn::normalize<__nv_bfloat16, 8, true>(x, y, run_mean, run_var, scale, bias, eps, n, c, s);
+    bn::normalize<__nv_bfloat16, 8>(x, y, mean, a, bias, n, c, s);
 }
 
 // Backward reduction, phase 1: grid (C, nsplit), partial sum(dy) and sum(dy * (x - mean)).
@@ -529,30 +564,30 @@ extern "C" __global__ void bn_backward_train_bf16_vec(const __nv_bfloat16* x, co
     bn::backward_dx<__nv_bfloat16, 8>(x, dy, savemean, coef, dx, n, c, s);
 }
 
-// Backward elementwise with frozen (running) statistics.
-extern "C" __global__ void bn_backward_infer_f32(const float* dy, const float* scale, const float* run_var, float eps, float* dx, long long n, int c, long long s)
+// Backward elementwise with frozen (running) statistics: dx = dy * k, k from bn_channel_factor.
+extern "C" __global__ void bn_backward_infer_f32(const float* dy, const float* k, float* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<float, 1>(dy, scale, run_var, eps, dx, n, c, s);
+    bn::backward_infer<float, 1>(dy, k, dx, n, c, s);
 }
-extern "C" __global__ void bn_backward_infer_f32_vec(const float* dy, const float* scale, const float* run_var, float eps, float* dx, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_infer_f32_vec(const float* dy, const float* k, float* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<float, 4>(dy, scale, run_var, eps, dx, n, c, s);
+    bn::backward_infer<float, 4>(dy, k, dx, n, c, s);
 }
-extern "C" __global__ void bn_backward_infer_f16(const __half* dy, const float* scale, const float* run_var, float eps, __half* dx, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_infer_f16(const __half* dy, const float* k, __half* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__half, 1>(dy, scale, run_var, eps, dx, n, c, s);
+    bn::backward_infer<__half, 1>(dy, k, dx, n, c, s);
 }
-extern "C" __global__ void bn_backward_infer_f16_vec(const __half* dy, const float* scale, const float* run_var, float eps, __half* dx, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_infer_f16_vec(const __half* dy, const float* k, __half* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__half, 8>(dy, scale, run_var, eps, dx, n, c, s);
+    bn::backward_infer<__half, 8>(dy, k, dx, n, c, s);
 }
-extern "C" __global__ void bn_backward_infer_bf16(const __nv_bfloat16* dy, const float* scale, const float* run_var, float eps, __nv_bfloat16* dx, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_infer_bf16(const __nv_bfloat16* dy, const float* k, __nv_bfloat16* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__nv_bfloat16, 1>(dy, scale, run_var, eps, dx, n, c, s);
+    bn::backward_infer<__nv_bfloat16, 1>(dy, k, dx, n, c, s);
 }
-extern "C" __global__ void bn_backward_infer_bf16_vec(const __nv_bfloat16* dy, const float* scale, const float* run_var, float eps, __nv_bfloat16* dx, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_infer_bf16_vec(const __nv_bfloat16* dy, const float* k, __nv_bfloat16* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__nv_bfloat16, 8>(dy, scale, run_var, eps, dx, n, c, s);
+    bn::backward_infer<__nv_bfloat16, 8>(dy, k, dx, n, c, s);
 }
 
 // Spatial size 1: column-layout partials for bn_stats_finalize, grid (ceil(C / 32), nsplit).

@@ -46,80 +46,241 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T, VEC>& pk)
     *reinterpret_cast<Pack<T, VEC>*>(p) = pk;
 }
 
-// Running mean / sum of squared deviations / count. Counts stay exact in float because the host
-// keeps every block's share of a channel below 2^24 elements.
+// --- compensated arithmetic ------------------------------------------------------------------------
+// Every kernel adds with __fadd_rn/__fsub_rn here, so neither nvcc (-fmad=false aside) nor the
+// simulator's host compiler can reassociate or fuse these steps: the error terms are exact only if
+// each operation rounds once, as written.
+
+// a + b == s + e exactly (Knuth's TwoSum: no branch, any magnitudes).
+__device__ __forceinline__ float two_sum(float a, float b, float& e)
+{
+    const float s = __fadd_rn(a, b);
+    const float bb = __fsub_rn(s, a);
+    e = __fadd_rn(__fsub_rn(a, __fsub_rn(s, bb)), __fsub_rn(b, bb));
+    return s;
+}
+
+// Per-thread streams are accumulated in plain float32 over chunks of at most kChunk steps, and each
+// chunk is folded into a compensated total: rounding errors then grow with kChunk, not with the
+// length of a thread's stream (thousands of elements when a channel is large and C is too).
+constexpr int kChunk = 16;
+
+// --- Welford statistics -------------------------------------------------------------------------
+
+// Count / mean / sum of squared deviations, the mean and M2 as float-float pairs (value + lo), so
+// merges round at the scale of the partial results' difference, not of the mean; `total` is the
+// plain sum of the unshifted values, which only decides the mean of a channel holding +-Inf (+-Inf,
+// as PyTorch reports it, where the shifted mean is NaN). Counts stay exact in float because the
+// host keeps every block's share of a channel below 2^24 elements.
 struct Welford {
-    float mean;
-    float m2;
     float n;
+    float mean, mean_lo;
+    float m2, m2_lo;
+    float total;
 };
 
 __device__ __forceinline__ Welford welford_empty()
 {
     Welford w;
-    w.mean = 0.f;
-    w.m2 = 0.f;
     w.n = 0.f;
+    w.mean = 0.f;
+    w.mean_lo = 0.f;
+    w.m2 = 0.f;
+    w.m2_lo = 0.f;
+    w.total = 0.f;
     return w;
 }
 
-// Chan et al.'s parallel merge. An empty side contributes nothing exactly: its mean is 0 and its
-// weight is 0 (b empty) or 1 (a empty, and a.mean == 0 so the result is b.mean).
+// Chan et al.'s parallel merge in float-float. An empty side returns the other unchanged (also its
+// lo parts, and no Inf * 0 from a poisoned side). The difference of the means is rounded once: it
+// only scales the correction, so its error is at the scale of that difference.
 __device__ __forceinline__ Welford welford_merge(const Welford& a, const Welford& b)
 {
-    const float n = a.n + b.n;
-    if (n == 0.f) {
+    if (b.n == 0.f) {
         return a;
     }
-    const float delta = b.mean - a.mean;
-    const float wb = b.n / n;
+    if (a.n == 0.f) {
+        return b;
+    }
+    const float n = __fadd_rn(a.n, b.n);
+    const float wb = __fdiv_rn(b.n, n);
+    float e;
+    const float dh = two_sum(b.mean, -a.mean, e);
+    const float delta = __fadd_rn(dh, __fadd_rn(e, __fsub_rn(b.mean_lo, a.mean_lo)));
     Welford r;
     r.n = n;
-    r.mean = a.mean + delta * wb;
-    r.m2 = a.m2 + b.m2 + delta * delta * a.n * wb;
+    r.mean = two_sum(a.mean, __fmul_rn(delta, wb), e);
+    r.mean_lo = __fadd_rn(a.mean_lo, e);
+    r.m2 = two_sum(a.m2, b.m2, e);
+    const float between = __fmul_rn(__fmul_rn(__fmul_rn(delta, delta), a.n), wb);
+    r.m2_lo = __fadd_rn(__fadd_rn(a.m2_lo, b.m2_lo), __fadd_rn(e, between));
+    r.total = __fadd_rn(a.total, b.total);
     return r;
 }
 
-// Fold VEC new values into w: their own mean and squared deviations first (one division per pack
-// instead of one per element), then one merge.
+// Fold VEC new values (already shifted; `raw` is their unshifted sum) into a plain float32 chunk:
+// the lo parts stay 0 until the chunk is merged into a compensated total. VEC > 1: the pack's own
+// mean and squared deviations first (one division per pack instead of one per element).
 template <int VEC>
-__device__ __forceinline__ void welford_add(Welford& w, const float (&v)[VEC])
+__device__ __forceinline__ void welford_add(Welford& w, const float (&v)[VEC], float raw)
 {
+    w.total = __fadd_rn(w.total, raw);
     if (VEC == 1) {
-        w.n += 1.f;
-        const float d = v[0] - w.mean;
-        w.mean += d / w.n;
-        w.m2 += d * (v[0] - w.mean);
+        w.n = __fadd_rn(w.n, 1.f);
+        const float d = __fsub_rn(v[0], w.mean);
+        w.mean = __fadd_rn(w.mean, __fdiv_rn(d, w.n));
+        w.m2 = __fadd_rn(w.m2, __fmul_rn(d, __fsub_rn(v[0], w.mean)));
         return;
     }
     float s = 0.f;
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-        s += v[i];
+        s = __fadd_rn(s, v[i]);
     }
-    Welford p;
-    p.n = static_cast<float>(VEC);
-    p.mean = s * (1.f / static_cast<float>(VEC));
-    p.m2 = 0.f;
+    const float pm = __fmul_rn(s, 1.f / static_cast<float>(VEC));
+    float pm2 = 0.f;
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-        const float d = v[i] - p.mean;
-        p.m2 += d * d;
+        const float d = __fsub_rn(v[i], pm);
+        pm2 = __fadd_rn(pm2, __fmul_rn(d, d));
     }
-    w = welford_merge(w, p);
+    const float n = __fadd_rn(w.n, static_cast<float>(VEC));
+    const float wb = __fdiv_rn(static_cast<float>(VEC), n);
+    const float delta = __fsub_rn(pm, w.mean);
+    w.m2 = __fadd_rn(__fadd_rn(w.m2, pm2), __fmul_rn(__fmul_rn(__fmul_rn(delta, delta), w.n), wb));
+    w.mean = __fadd_rn(w.mean, __fmul_rn(delta, wb));
+    w.n = n;
 }
+
+// A thread's Welford statistics: float32 chunks folded into a compensated total (see kChunk).
+struct WelfordStream {
+    Welford total;
+    Welford chunk;
+    int steps;
+
+    __device__ __forceinline__ WelfordStream() : total(welford_empty()), chunk(welford_empty()), steps(0) {}
+
+    template <int VEC>
+    __device__ __forceinline__ void add(const float (&v)[VEC], float raw)
+    {
+        welford_add<VEC>(chunk, v, raw);
+        if (++steps == kChunk) {
+            total = welford_merge(total, chunk);
+            chunk = welford_empty();
+            steps = 0;
+        }
+    }
+
+    __device__ __forceinline__ Welford result() const { return welford_merge(total, chunk); }
+};
 
 __device__ __forceinline__ Welford warp_reduce(Welford w)
 {
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
         Welford o;
-        o.mean = __shfl_down_sync(0xffffffffu, w.mean, off);
-        o.m2 = __shfl_down_sync(0xffffffffu, w.m2, off);
         o.n = __shfl_down_sync(0xffffffffu, w.n, off);
+        o.mean = __shfl_down_sync(0xffffffffu, w.mean, off);
+        o.mean_lo = __shfl_down_sync(0xffffffffu, w.mean_lo, off);
+        o.m2 = __shfl_down_sync(0xffffffffu, w.m2, off);
+        o.m2_lo = __shfl_down_sync(0xffffffffu, w.m2_lo, off);
+        o.total = __shfl_down_sync(0xffffffffu, w.total, off);
         w = welford_merge(w, o);
     }
     return w;
+}
+
+// --- compensated sums (backward: sum(dy), sum(dy * (x - mean)), sum(x - mean)) -------------------
+
+// K running sums as float-float pairs.
+template <int K>
+struct Sums {
+    float hi[K];
+    float lo[K];
+};
+
+template <int K>
+__device__ __forceinline__ Sums<K> sums_empty()
+{
+    Sums<K> s;
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+        s.hi[i] = 0.f;
+        s.lo[i] = 0.f;
+    }
+    return s;
+}
+
+template <int K>
+__device__ __forceinline__ Sums<K> sums_merge(const Sums<K>& a, const Sums<K>& b)
+{
+    Sums<K> r;
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+        float e;
+        r.hi[i] = two_sum(a.hi[i], b.hi[i], e);
+        r.lo[i] = __fadd_rn(__fadd_rn(a.lo[i], b.lo[i]), e);
+    }
+    return r;
+}
+
+// A thread's K sums: float32 chunks folded into a compensated total (see kChunk).
+template <int K>
+struct SumStream {
+    Sums<K> total;
+    float part[K];
+    int steps;
+
+    __device__ __forceinline__ SumStream() : total(sums_empty<K>()), steps(0)
+    {
+#pragma unroll
+        for (int i = 0; i < K; ++i) {
+            part[i] = 0.f;
+        }
+    }
+
+    // one step adds one or more terms to sum i; call flush_step() after each step
+    __device__ __forceinline__ void add(int i, float v) { part[i] = __fadd_rn(part[i], v); }
+
+    __device__ __forceinline__ void flush_step()
+    {
+        if (++steps == kChunk) {
+            total = result();
+#pragma unroll
+            for (int i = 0; i < K; ++i) {
+                part[i] = 0.f;
+            }
+            steps = 0;
+        }
+    }
+
+    // the total with the open chunk folded in
+    __device__ __forceinline__ Sums<K> result() const
+    {
+        Sums<K> c;
+#pragma unroll
+        for (int i = 0; i < K; ++i) {
+            c.hi[i] = part[i];
+            c.lo[i] = 0.f;
+        }
+        return sums_merge(total, c);
+    }
+};
+
+template <int K>
+__device__ __forceinline__ Sums<K> warp_reduce(Sums<K> s)
+{
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        Sums<K> o;
+#pragma unroll
+        for (int i = 0; i < K; ++i) {
+            o.hi[i] = __shfl_down_sync(0xffffffffu, s.hi[i], off);
+            o.lo[i] = __shfl_down_sync(0xffffffffu, s.lo[i], off);
+        }
+        s = sums_merge(s, o);
+    }
+    return s;
 }
 
 __device__ __forceinline__ float2 warp_reduce(float2 s)
@@ -132,7 +293,88 @@ __device__ __forceinline__ float2 warp_reduce(float2 s)
     return s;
 }
 
+// --- per-channel float64 (finalize kernels: a warp per channel, a few partials per lane) --------
+
+// Welford statistics in float64, for merging block partials once per channel.
+struct WelfordD {
+    double n, mean, m2, total;
+};
+
+// The float64 value of a float-float pair. An infinite sum leaves a NaN error term (Inf - Inf
+// inside two_sum); the value is then the infinite part alone, as a plain sum would give.
+__device__ __forceinline__ double ff_value(float hi, float lo)
+{
+    const double h = hi;
+    return h - h == 0.0 ? h + static_cast<double>(lo) : h;
+}
+
+__device__ __forceinline__ WelfordD to_double(const Welford& w)
+{
+    WelfordD d;
+    d.n = w.n;
+    d.mean = ff_value(w.mean, w.mean_lo);
+    d.m2 = ff_value(w.m2, w.m2_lo);
+    d.total = w.total;
+    return d;
+}
+
+__device__ __forceinline__ WelfordD welford_merge(const WelfordD& a, const WelfordD& b)
+{
+    if (b.n == 0.0) {
+        return a;
+    }
+    if (a.n == 0.0) {
+        return b;
+    }
+    const double n = a.n + b.n;
+    const double wb = b.n / n;
+    const double delta = b.mean - a.mean;
+    WelfordD r;
+    r.n = n;
+    r.mean = a.mean + delta * wb;
+    r.m2 = a.m2 + b.m2 + delta * delta * a.n * wb;
+    r.total = a.total + b.total;
+    return r;
+}
+
+__device__ __forceinline__ WelfordD warp_reduce(WelfordD w)
+{
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        WelfordD o;
+        o.n = __shfl_down_sync(0xffffffffu, w.n, off);
+        o.mean = __shfl_down_sync(0xffffffffu, w.mean, off);
+        o.m2 = __shfl_down_sync(0xffffffffu, w.m2, off);
+        o.total = __shfl_down_sync(0xffffffffu, w.total, off);
+        w = welford_merge(w, o);
+    }
+    return w;
+}
+
+// A rounding-level correction term, or 0 where it is not finite: with an Inf in the data, the
+// result is the uncorrected formula's (PyTorch's), not the Inf - Inf = NaN a correction would add.
+__device__ __forceinline__ double correction(double v) { return v - v == 0.0 ? v : 0.0; }
+
+// Mean and biased variance of merged statistics `w` of values shifted by `shift`. A channel
+// holding +-Inf has a NaN shifted mean; its plain total then gives PyTorch's +-Inf (NaN when both
+// signs or a NaN are present). Rounding can leave a finite variance slightly negative: that clamps
+// to 0, but a NaN stays NaN (the comparison is false for it).
+__device__ __forceinline__ void welford_finish(const WelfordD& w, double shift, double& mean,
+                                               double& var)
+{
+    mean = shift + w.mean;
+    if (mean != mean && fabs(w.total) > 1.7976931348623157e308) {  // total is +-Inf
+        mean = w.total;
+    }
+    var = w.m2 / w.n;
+    if (var < 0.0) {
+        var = 0.0;
+    }
+}
+
 __device__ __forceinline__ Welford reduce_identity(Welford) { return welford_empty(); }
+template <int K>
+__device__ __forceinline__ Sums<K> reduce_identity(Sums<K>) { return sums_empty<K>(); }
 __device__ __forceinline__ float2 reduce_identity(float2) { return make_float2(0.f, 0.f); }
 
 // Block-wide reduction of kBlock threads; the result is valid in thread 0. Must be reached by every

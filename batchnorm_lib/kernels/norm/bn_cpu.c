@@ -21,11 +21,17 @@
  * and go into double from there; tiles are merged with Chan's formula in row-block order. Every
  * reduction uses fixed lanes folded in a fixed order and a tiling that depends on the shape only,
  * so results do not depend on the thread count or the vector width of the machine.
- * The per-channel constants are computed in the same float32 / float64 steps as the numpy path
- * (cpu_numpy.py), and the elementwise formulas are evaluated in float32 in the documented order:
- *   forward:  out = (x - mean) * a + bias,            a = scale * invstd
- *   backward: dx  = (dy * k - c0) - (x - mean) * c1,  k = scale * invstd
- * -ffp-contract=off keeps the compiler from fusing these into FMAs, so both CPU paths agree.
+ * The per-channel constants are computed in float64 and rounded once to float32, as in the numpy
+ * path (cpu_numpy.py) and the CUDA finalize kernels, and the elementwise formulas are evaluated in
+ * float32 with explicit fused multiply-adds, in the order the CUDA kernels use:
+ *   forward:  out = fmaf(x - mean, a, bias),                 a = scale / sqrt(var + eps)
+ *   backward: dx  = fmaf(dy, k, -fmaf(x - mean, c1, c0)),    k = scale * invstd
+ * -ffp-contract=off keeps the compiler from fusing anything else, so the CPU's bits are the CUDA
+ * kernels' wherever the per-channel constants are equal (inference, frozen-statistics backward).
+ *
+ * Non-finite values propagate as in PyTorch: nothing here clamps or compares a value that may be
+ * NaN except the test var < 0 (false for NaN), and a channel holding +-Inf gets the +-Inf mean of
+ * its plain sum.
  */
 
 #include <math.h>
@@ -71,6 +77,15 @@ typedef float vfu __attribute__((vector_size(LANES * sizeof(float)), aligned(4),
 
 static inline vf ld(const float *p) { return *(const vfu *)p; }
 static inline void st(float *p, vf v) { *(vfu *)p = v; }
+/* a * b + c per lane, rounded once (vfmadd where the target has FMA) */
+static inline vf vfma(vf a, vf b, vf c)
+{
+    vf r;
+    for (int k = 0; k < LANES; k++)
+        r[k] = __builtin_fmaf(a[k], b[k], c[k]);
+    return r;
+}
+
 static inline vf splat(float s)
 {
     vf v;
@@ -140,6 +155,7 @@ int bn_has_openmp(void)
 
 typedef struct {
     double n, mean, m2;
+    double total;  /* plain sum of the values: decides the mean of a channel holding +-Inf */
 } stat_t;
 
 /* Chan's parallel merge of b into a. */
@@ -156,9 +172,12 @@ static void chan_merge(stat_t *a, const stat_t *b)
     a->mean += d * (b->n / n);
     a->m2 += b->m2 + d * d * (a->n * (b->n / n));
     a->n = n;
+    a->total += b->total;
 }
 
-static stat_t stat_from_sums(double cnt, double c, double s1, double s2)
+/* cnt values with plain sum `total`, shifted by c: s1 = sum(x - c), s2 = sum((x - c)^2). A slightly
+ * negative M2 from rounding clamps to 0; NaN does not (the comparison is false). */
+static stat_t stat_from_sums(double cnt, double total, double c, double s1, double s2)
 {
     stat_t st;
     double dm = s1 / cnt;
@@ -167,6 +186,7 @@ static stat_t stat_from_sums(double cnt, double c, double s1, double s2)
     st.m2 = s2 - s1 * dm;
     if (st.m2 < 0.0)
         st.m2 = 0.0;
+    st.total = total;
     return st;
 }
 
@@ -254,11 +274,12 @@ static stat_t tile_stats_long(const float *xc, i64 rs, i64 n0, i64 n1, i64 S)
     for (i64 n = n0; n < n1; n++)
         lanes_sum(xc + n * rs, S, acc);
     double cnt = (double)(n1 - n0) * (double)S;
-    float c = (float)(fold(acc) / cnt);
+    double total = fold(acc);
+    float c = (float)(total / cnt);
     double a1[LANES] = {0}, a2[LANES] = {0};
     for (i64 n = n0; n < n1; n++)
         lanes_dev(xc + n * rs, S, c, a1, a2);
-    return stat_from_sums(cnt, c, fold(a1), fold(a2));
+    return stat_from_sums(cnt, total, c, fold(a1), fold(a2));
 }
 
 static void row_affine(const float *x, float *o, i64 S, float m, float a, float b)
@@ -266,9 +287,9 @@ static void row_affine(const float *x, float *o, i64 S, float m, float a, float 
     vf mv = splat(m), av = splat(a), bv = splat(b);
     i64 i = 0;
     for (; i + LANES <= S; i += LANES)
-        st(o + i, (ld(x + i) - mv) * av + bv);
+        st(o + i, vfma(ld(x + i) - mv, av, bv));
     for (; i < S; i++)
-        o[i] = (x[i] - m) * a + b;
+        o[i] = fmaf(x[i] - m, a, b);
 }
 
 /* row_affine, prefetching pf[0..S) (the next tile) into L2 as it goes */
@@ -283,10 +304,10 @@ static void row_affine_pf(const float *x, float *o, i64 S, float m, float a, flo
     i64 i = 0;
     for (; i + LANES <= S; i += LANES) {
         PREFETCH(pf + i);
-        st(o + i, (ld(x + i) - mv) * av + bv);
+        st(o + i, vfma(ld(x + i) - mv, av, bv));
     }
     for (; i < S; i++)
-        o[i] = (x[i] - m) * a + b;
+        o[i] = fmaf(x[i] - m, a, b);
 }
 
 static void row_scale(const float *x, float *o, i64 S, float a)
@@ -299,35 +320,43 @@ static void row_scale(const float *x, float *o, i64 S, float a)
         o[i] = x[i] * a;
 }
 
-static void lanes_bwd(const float *x, const float *dy, i64 S, float m, double *a1, double *a2)
+/* a1 += sum(dy), a2 += sum(dy * (x - m)), a3 += sum(x - m) (see backward_const) */
+static void lanes_bwd(const float *x, const float *dy, i64 S, float m, double *a1, double *a2,
+                      double *a3)
 {
     i64 i = 0, nv = S / LANES;
     vf mv = splat(m);
     while (nv > 0) {
         i64 nb = nv < FBLOCK ? nv : FBLOCK;
-        vf f1 = {0}, f2 = {0}, g1 = {0}, g2 = {0};
+        vf f1 = {0}, f2 = {0}, f3 = {0}, g1 = {0}, g2 = {0}, g3 = {0};
         i64 v = 0;
         for (; v + 2 <= nb; v += 2, i += 2 * LANES) {
             vf g = ld(dy + i), h = ld(dy + i + LANES);
+            vf d = ld(x + i) - mv, e = ld(x + i + LANES) - mv;
             f1 += g;
-            f2 += g * (ld(x + i) - mv);
+            f2 += g * d;
+            f3 += d;
             g1 += h;
-            g2 += h * (ld(x + i + LANES) - mv);
+            g2 += h * e;
+            g3 += e;
         }
         if (v < nb) {
-            vf g = ld(dy + i);
+            vf g = ld(dy + i), d = ld(x + i) - mv;
             f1 += g;
-            f2 += g * (ld(x + i) - mv);
+            f2 += g * d;
+            f3 += d;
             i += LANES;
         }
         flush(f1 + g1, a1);
         flush(f2 + g2, a2);
+        flush(f3 + g3, a3);
         nv -= nb;
     }
     for (int k = 0; i < S; i++, k++) {
-        float g = dy[i];
+        float g = dy[i], d = x[i] - m;
         a1[k] += g;
-        a2[k] += g * (x[i] - m);
+        a2[k] += g * d;
+        a3[k] += d;
     }
 }
 
@@ -337,9 +366,9 @@ static void row_dx(const float *x, const float *dy, float *dx, i64 S, float m, f
     vf mv = splat(m), kv = splat(k), c0v = splat(c0), c1v = splat(c1);
     i64 i = 0;
     for (; i + LANES <= S; i += LANES)
-        st(dx + i, (ld(dy + i) * kv - c0v) - (ld(x + i) - mv) * c1v);
+        st(dx + i, vfma(ld(dy + i), kv, -vfma(ld(x + i) - mv, c1v, c0v)));
     for (; i < S; i++)
-        dx[i] = (dy[i] * k - c0) - (x[i] - m) * c1;
+        dx[i] = fmaf(dy[i], k, -fmaf(x[i] - m, c1, c0));
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -451,18 +480,20 @@ static void cols_dev(const float *x, i64 rs, i64 n0, i64 n1, i64 L, const float 
     }
 }
 
-/* a1[j] += sum(dy), a2[j] += sum(dy * (x - m[j])). This pass reads x and dy from memory: rows
+/* a1[j] += sum(dy), a2[j] += sum(dy * (x - m[j])), a3[j] += sum(x - m[j]). This pass reads x and dy from memory: rows
  * go by in blocks of RB (RB sequential streams per array, which the prefetcher follows) and
- * each block adds into float partials f1, f2 (L floats each), which go into double every FBLOCK
+ * each block adds into float partials f1, f2, f3 (L floats each), which go into double every FBLOCK
  * rows. */
 #define RB 8
 static void cols_bwd(const float *x, const float *dy, i64 rs, i64 n0, i64 n1, i64 L,
-                     const float *m, double *a1, double *a2, float *f1, float *f2)
+                     const float *m, double *a1, double *a2, double *a3, float *f1, float *f2,
+                     float *f3)
 {
     for (i64 nb = n0; nb < n1; nb += FBLOCK) {
         i64 ne = nb + FBLOCK < n1 ? nb + FBLOCK : n1;
         memset(f1, 0, sizeof(float) * (size_t)L);
         memset(f2, 0, sizeof(float) * (size_t)L);
+        memset(f3, 0, sizeof(float) * (size_t)L);
         for (i64 rb = nb; rb < ne; rb += RB) {
             i64 re = rb + RB < ne ? rb + RB : ne;
             i64 j = 0;
@@ -470,39 +501,48 @@ static void cols_bwd(const float *x, const float *dy, i64 rs, i64 n0, i64 n1, i6
                 vf m0 = ld(m + j), m1 = ld(m + j + LANES);
                 vf s0 = ld(f1 + j), s1 = ld(f1 + j + LANES);
                 vf q0 = ld(f2 + j), q1 = ld(f2 + j + LANES);
+                vf u0 = ld(f3 + j), u1 = ld(f3 + j + LANES);
                 for (i64 n = rb; n < re; n++) {
                     const float *r = x + n * rs + j, *g = dy + n * rs + j;
                     vf g0 = ld(g), g1 = ld(g + LANES);
+                    vf d0 = ld(r) - m0, d1 = ld(r + LANES) - m1;
                     s0 += g0;
-                    q0 += g0 * (ld(r) - m0);
+                    q0 += g0 * d0;
+                    u0 += d0;
                     s1 += g1;
-                    q1 += g1 * (ld(r + LANES) - m1);
+                    q1 += g1 * d1;
+                    u1 += d1;
                 }
                 st(f1 + j, s0);
                 st(f1 + j + LANES, s1);
                 st(f2 + j, q0);
                 st(f2 + j + LANES, q1);
+                st(f3 + j, u0);
+                st(f3 + j + LANES, u1);
             }
             for (; j < L; j++) {
-                float s0 = f1[j], q0 = f2[j];
+                float s0 = f1[j], q0 = f2[j], u0 = f3[j];
                 for (i64 n = rb; n < re; n++) {
-                    float g0 = dy[n * rs + j];
+                    float g0 = dy[n * rs + j], d0 = x[n * rs + j] - m[j];
                     s0 += g0;
-                    q0 += g0 * (x[n * rs + j] - m[j]);
+                    q0 += g0 * d0;
+                    u0 += d0;
                 }
                 f1[j] = s0;
                 f2[j] = q0;
+                f3[j] = u0;
             }
         }
         for (i64 j = 0; j < L; j++) {
             a1[j] += f1[j];
             a2[j] += f2[j];
+            a3[j] += f3[j];
         }
     }
 }
 
 /* statistics of a group of channels c0..c0+g over rows n0..n1; st gets g entries.
- * fws: 2*L floats, dws: 2*L doubles of workspace. */
+ * fws: 2*L floats, dws: 2*L + g doubles of workspace. */
 static void tile_stats_short(const float *x, i64 C, i64 S, i64 c0, i64 g, i64 n0, i64 n1,
                              float *fws, double *dws, stat_t *st)
 {
@@ -519,6 +559,7 @@ static void tile_stats_short(const float *x, i64 C, i64 S, i64 c0, i64 g, i64 n0
         float c = (float)(sum / cnt);
         for (i64 t = 0; t < S; t++)
             shift[q * S + t] = c;
+        dws[2 * L + q] = sum;  /* the plain total, for stat_from_sums */
     }
     memset(a1, 0, sizeof(double) * L);
     memset(a2, 0, sizeof(double) * L);
@@ -529,7 +570,7 @@ static void tile_stats_short(const float *x, i64 C, i64 S, i64 c0, i64 g, i64 n0
             s1 += a1[q * S + t];
             s2 += a2[q * S + t];
         }
-        st[q] = stat_from_sums(cnt, shift[q * S], s1, s2);
+        st[q] = stat_from_sums(cnt, dws[2 * L + q], shift[q * S], s1, s2);
     }
 }
 
@@ -548,7 +589,7 @@ static void rows_affine_lanes(const float *x, float *o, i64 rs, i64 n0, i64 n1, 
         const float *r = x + n * rs;
         float *w = o + n * rs;
         for (i64 j = 0; j < L; j++)
-            w[j] = (r[j] - ml[j]) * al[j] + bl[j];
+            w[j] = fmaf(r[j] - ml[j], al[j], bl[j]);
     }
 }
 
@@ -566,27 +607,29 @@ static void rows_scale_lanes(const float *x, float *o, i64 rs, i64 n0, i64 n1, i
 /* ---------------------------------------------------------------------------------------------- */
 /* per-channel constants, in the float32 / float64 steps of the numpy path                         */
 
-static float invstd_f32(double var, double eps)
+/* scale / sqrt(var + eps) in float64, rounded once: the factor of the normalize pass */
+static float affine_factor(float scale, double var, double eps)
 {
-    return 1.0f / sqrtf((float)var + (float)eps);
+    return (float)((double)scale / sqrt(var + eps));
 }
 
 static void finish_forward(i64 C, i64 m, const stat_t *st, const float *scale, const float *bias,
                            float *run_mean, float *run_var, double eps, double factor,
                            float *savemean, float *saveinvvar, float *mean32, float *a32)
 {
-    float keep = (float)(1.0 - factor);
+    double keep = 1.0 - factor;
     double unbias = (double)m / (double)(m - 1);
     for (i64 c = 0; c < C; c++) {
         double mean = st[c].mean;
         double var = st[c].m2 / st[c].n;
-        float inv = invstd_f32(var, eps);
+        if (isnan(mean) && isinf(st[c].total))
+            mean = st[c].total;  /* +-Inf in the channel: PyTorch's mean, sum / m */
         mean32[c] = (float)mean;
-        a32[c] = scale[c] * inv;
+        a32[c] = affine_factor(scale[c], var, eps);
         savemean[c] = (float)mean;
-        saveinvvar[c] = inv;
-        run_mean[c] = (float)((double)(keep * run_mean[c]) + factor * mean);
-        run_var[c] = (float)((double)(keep * run_var[c]) + factor * var * unbias);
+        saveinvvar[c] = (float)(1.0 / sqrt(var + eps));
+        run_mean[c] = (float)(keep * run_mean[c] + factor * mean);
+        run_var[c] = (float)(keep * run_var[c] + factor * (var * unbias));
     }
     (void)bias;
 }
@@ -623,8 +666,8 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
             if (fused) {
                 /* whole channel in this tile: finish it here and normalize from cache, while
                  * prefetching this thread's next channel (static schedule: c + nt) */
-                float inv = invstd_f32(s.m2 / s.n, eps);
-                float mc = (float)s.mean, a = scale[c] * inv, b = bias[c];
+                float mc = (float)s.mean, a = affine_factor(scale[c], s.m2 / s.n, eps);
+                float b = bias[c];
                 i64 cn = c + nt < C ? c + nt : -1;
                 for (i64 n = 0; n < N; n++)
                     row_affine_pf(x + n * rs + c * S, out + n * rs + c * S, S, mc, a, b,
@@ -637,7 +680,7 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
         {
             i64 L = p.L;
             float *facc = malloc(sizeof(float) * (size_t)L * 4);
-            double *dbuf = malloc(sizeof(double) * (size_t)L * 2);
+            double *dbuf = malloc(sizeof(double) * (size_t)(L * 2 + p.G));
             stat_t *ls = malloc(sizeof(stat_t) * (size_t)p.G);
             if (!facc || !dbuf || !ls) {
 #pragma omp atomic write
@@ -654,8 +697,8 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
                     if (fused) {
                         float *ml = facc + L, *al = facc + 2 * L, *bl = facc + 3 * L;
                         for (i64 q = 0; q < g; q++) {
-                            float inv = invstd_f32(ls[q].m2 / ls[q].n, eps);
-                            float mc = (float)ls[q].mean, a = scale[c0 + q] * inv;
+                            float mc = (float)ls[q].mean;
+                            float a = affine_factor(scale[c0 + q], ls[q].m2 / ls[q].n, eps);
                             for (i64 tt = 0; tt < S; tt++) {
                                 ml[q * S + tt] = mc;
                                 al[q * S + tt] = a;
@@ -734,7 +777,7 @@ static i64 lane_task(const lane_plan *p, i64 t, i64 N, i64 C, i64 *c0, i64 *g, i
     return gi;
 }
 
-/* out = (x - m[c]) * a[c] + b[c], or out = x * a[c] when m is NULL; out may be x */
+/* out = fmaf(x - m[c], a[c], b[c]), or out = x * a[c] when m is NULL; out may be x */
 static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S, const float *m,
                        const float *a, const float *b)
 {
@@ -798,7 +841,7 @@ int bn_forward_infer(const float *x, float *out, i64 N, i64 C, i64 S, const floa
     if (!a32)
         return -1;
     for (i64 c = 0; c < C; c++)
-        a32[c] = scale[c] * invstd_f32(run_var[c], eps);
+        a32[c] = affine_factor(scale[c], run_var[c], eps);
     int rc = elementwise(x, out, N, C, S, run_mean, a32, bias);
     free(a32);
     return rc;
@@ -812,7 +855,7 @@ int bn_backward_infer(const float *dy, float *dx, i64 N, i64 C, i64 S, const flo
     if (!k)
         return -1;
     for (i64 c = 0; c < C; c++)
-        k[c] = scale[c] * invstd_f32(run_var[c], eps);
+        k[c] = affine_factor(scale[c], run_var[c], eps);
     int rc = elementwise(dy, dx, N, C, S, NULL, k, NULL);
     free(k);
     return rc;
@@ -823,21 +866,36 @@ int bn_backward_infer(const float *dy, float *dx, i64 N, i64 C, i64 S, const flo
 
 typedef struct {
     float k, c0, c1, m;
+    double gs;  /* dscale */
 } bconst_t;
 
-static bconst_t backward_const(i64 m, float scale, float mean, float invstd, double sdy,
-                               double sdyx)
+#define NSUMS 3  /* per channel: sum(dy), sum(dy * (x - mean)), sum(x - mean), mean = savemean */
+
+/* The numpy path's and the CUDA finalize's float64 steps. r = sum(x - mean) / m is the exact batch
+ * mean's offset from the float32 savemean, so the gradients are those of the exact mean:
+ * gs = (sum(dy (x - mean)) - r sum(dy)) * invstd, k = scale * invstd, c1 = k * invstd * gs / m,
+ * c0 = k * gb / m - r * c1. */
+/* A rounding-level correction term, or 0 where it is not finite: with an Inf in dy, the result is
+ * PyTorch's formula without it (a correction must not turn its +-Inf into Inf - Inf = NaN). */
+static double correction(double v)
 {
-    /* the numpy path's float64 steps: k = scale * invstd, c1 = k * invstd * gs / m, c0 = k * gb / m */
-    double inv = (double)invstd;
-    double gs = sdyx * inv;
+    return v - v == 0.0 ? v : 0.0;
+}
+
+static bconst_t backward_const(i64 m, float scale, float mean, float invstd, const double *sums)
+{
+    double inv = (double)invstd, fm = (double)m;
+    double r = sums[2] / fm;
+    double gs = (sums[1] - correction(r * sums[0])) * inv;
     double k = (double)scale * inv;
-    bconst_t r;
-    r.k = (float)k;
-    r.c1 = (float)(k * inv * gs / (double)m);
-    r.c0 = (float)(k * sdy / (double)m);
-    r.m = mean;
-    return r;
+    double c1 = k * inv * gs / fm;
+    bconst_t b;
+    b.k = (float)k;
+    b.c1 = (float)c1;
+    b.c0 = (float)(k * sums[0] / fm - correction(r * c1));
+    b.m = mean;
+    b.gs = gs;
+    return b;
 }
 
 int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, i64 S,
@@ -847,7 +905,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
     plan_t p = make_plan(N, C, S, BWD_TILE_BYTES);
     i64 rs = C * S, m = N * S;
     int nt = threads_for(N * rs);
-    double *part = malloc(sizeof(double) * 2 * (size_t)(C * p.nrb));
+    double *part = malloc(sizeof(double) * NSUMS * (size_t)(C * p.nrb));
     if (!part)
         return -1;
     int fused = p.nrb == 1 && dx != NULL;
@@ -859,15 +917,16 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
         for (i64 t = 0; t < ntask; t++) {
             i64 c = t / p.nrb, rb = t % p.nrb;
             i64 n0 = rb * p.B, n1 = n0 + p.B < N ? n0 + p.B : N;
-            double a1[LANES] = {0}, a2[LANES] = {0};
+            double a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
             float mc = savemean[c];
             for (i64 n = n0; n < n1; n++)
-                lanes_bwd(x + n * rs + c * S, dy + n * rs + c * S, S, mc, a1, a2);
-            double sdy = fold(a1), sdyx = fold(a2);
-            part[2 * (c * p.nrb + rb)] = sdy;
-            part[2 * (c * p.nrb + rb) + 1] = sdyx;
+                lanes_bwd(x + n * rs + c * S, dy + n * rs + c * S, S, mc, a1, a2, a3);
+            double *sums = part + NSUMS * (c * p.nrb + rb);
+            sums[0] = fold(a1);
+            sums[1] = fold(a2);
+            sums[2] = fold(a3);
             if (fused) {
-                bconst_t q = backward_const(m, scale[c], mc, saveinvvar[c], sdy, sdyx);
+                bconst_t q = backward_const(m, scale[c], mc, saveinvvar[c], sums);
                 for (i64 n = 0; n < N; n++) {
                     i64 o = n * rs + c * S;
                     row_dx(x + o, dy + o, dx + o, S, q.m, q.k, q.c0, q.c1);
@@ -879,7 +938,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
 #pragma omp parallel num_threads(nt)
         {
             i64 L = p.L;
-            double *acc = malloc(sizeof(double) * (size_t)L * 2);
+            double *acc = malloc(sizeof(double) * (size_t)L * NSUMS);
             float *lanes = malloc(sizeof(float) * (size_t)L * 4);
             if (!acc || !lanes) {
 #pragma omp atomic write
@@ -891,27 +950,26 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                     i64 c0 = gi * p.G, g = c0 + p.G <= C ? p.G : C - c0;
                     i64 n0 = rb * p.B, n1 = n0 + p.B < N ? n0 + p.B : N;
                     i64 Lg = g * S;
-                    double *a1 = acc, *a2 = acc + L;
                     float *ml = lanes;
                     expand(savemean, c0, g, S, ml);
-                    memset(acc, 0, sizeof(double) * (size_t)L * 2);
-                    cols_bwd(x + c0 * S, dy + c0 * S, rs, n0, n1, Lg, ml, a1, a2, lanes + L,
-                             lanes + 2 * L);
+                    memset(acc, 0, sizeof(double) * (size_t)L * NSUMS);
+                    cols_bwd(x + c0 * S, dy + c0 * S, rs, n0, n1, Lg, ml, acc, acc + L,
+                             acc + 2 * L, lanes + L, lanes + 2 * L, lanes + 3 * L);
                     for (i64 q = 0; q < g; q++) {
-                        double s1 = 0.0, s2 = 0.0;
-                        for (i64 tt = 0; tt < S; tt++) {
-                            s1 += a1[q * S + tt];
-                            s2 += a2[q * S + tt];
+                        double *sums = part + NSUMS * ((c0 + q) * p.nrb + rb);
+                        for (int u = 0; u < NSUMS; u++) {
+                            double su = 0.0;
+                            for (i64 tt = 0; tt < S; tt++)
+                                su += acc[u * L + q * S + tt];
+                            sums[u] = su;
                         }
-                        part[2 * ((c0 + q) * p.nrb + rb)] = s1;
-                        part[2 * ((c0 + q) * p.nrb + rb) + 1] = s2;
                     }
                     if (fused) {
                         float *kl = lanes + L, *c0l = lanes + 2 * L, *c1l = lanes + 3 * L;
                         for (i64 q = 0; q < g; q++) {
                             i64 c = c0 + q;
                             bconst_t b = backward_const(m, scale[c], savemean[c], saveinvvar[c],
-                                                        part[2 * c], part[2 * c + 1]);
+                                                        part + NSUMS * c);
                             for (i64 tt = 0; tt < S; tt++) {
                                 kl[q * S + tt] = b.k;
                                 c0l[q * S + tt] = b.c0;
@@ -923,7 +981,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                             const float *xr = x + o, *gr = dy + o;
                             float *w = dx + o;
                             for (i64 j = 0; j < Lg; j++)
-                                w[j] = (gr[j] * kl[j] - c0l[j]) - (xr[j] - ml[j]) * c1l[j];
+                                w[j] = fmaf(gr[j], kl[j], -fmaf(xr[j] - ml[j], c1l[j], c0l[j]));
                         }
                     }
                 }
@@ -943,14 +1001,13 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
         return -1;
     }
     for (i64 c = 0; c < C; c++) {
-        double sdy = 0.0, sdyx = 0.0;
-        for (i64 rb = 0; rb < p.nrb; rb++) {
-            sdy += part[2 * (c * p.nrb + rb)];
-            sdyx += part[2 * (c * p.nrb + rb) + 1];
-        }
-        dbias[c] = (float)sdy;
-        dscale[c] = (float)(sdyx * (double)saveinvvar[c]);
-        q[c] = backward_const(m, scale[c], savemean[c], saveinvvar[c], sdy, sdyx);
+        double sums[NSUMS] = {0.0, 0.0, 0.0};
+        for (i64 rb = 0; rb < p.nrb; rb++)
+            for (int u = 0; u < NSUMS; u++)
+                sums[u] += part[NSUMS * (c * p.nrb + rb) + u];
+        q[c] = backward_const(m, scale[c], savemean[c], saveinvvar[c], sums);
+        dbias[c] = (float)sums[0];
+        dscale[c] = (float)q[c].gs;
     }
     free(part);
 
@@ -995,7 +1052,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                             const float *xr = x + o, *gr = dy + o;
                             float *w = dx + o;
                             for (i64 j = 0; j < Lg; j++)
-                                w[j] = (gr[j] * kl[j] - c0l[j]) - (xr[j] - ml[j]) * c1l[j];
+                                w[j] = fmaf(gr[j], kl[j], -fmaf(xr[j] - ml[j], c1l[j], c0l[j]));
                         }
                     }
                 }

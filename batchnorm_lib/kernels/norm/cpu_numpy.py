@@ -2,13 +2,27 @@
 
 Statistics are a shifted two-pass in float64: the mean first, then the mean of squared deviations
 from it, so data far from zero (``1e4 + N(0, 1)``) keeps its variance. Results go out as float32.
-The per-channel constants and the order of the float32 elementwise steps are the ones the compiled
-path (bn_cpu.c) uses, so both paths give the same results up to the order of the float64 sums.
+The per-channel constants are computed in float64 and rounded once, as in the compiled path
+(bn_cpu.c) and the CUDA kernels; their fused multiply-adds ``fmaf(a, b, c)`` are evaluated here as
+``a * b + c`` in float64 (the product of two float32 values is exact there) rounded to float32, which
+equals ``fmaf`` except when the float64 sum falls exactly on a float32 rounding boundary.
 """
+
+import functools
 
 import numpy as np
 
 from batchnorm_lib.backend.cpu import as_ndarray
+
+
+def _quiet(fn):
+    """Non-finite data propagates as in PyTorch (NaN statistics, +-Inf outputs): numpy's warnings
+    about it would only repeat what the results say, and the other paths do not warn."""
+    @functools.wraps(fn)
+    def wrapper(*args):
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            return fn(*args)
+    return wrapper
 
 
 def _nd(a):
@@ -37,40 +51,55 @@ def batch_stats(x3):
     return mean, var
 
 
-def _invstd(var, eps):
-    """``1 / sqrt(var + eps)`` in float32, each step correctly rounded, as the CUDA kernels do."""
-    var32 = np.asarray(var, dtype=np.float32)
-    return np.float32(1.0) / np.sqrt(var32 + np.float32(eps))
+def _correction(v):
+    """A rounding-level correction term, or 0 where it is not finite: with an Inf in dy the result
+    is PyTorch's formula without it, not the Inf - Inf = NaN the correction would add."""
+    return np.where(np.isfinite(v), v, 0.0)
+
+
+def _factor(scale, var, eps):
+    """``scale / sqrt(var + eps)`` per channel in float64, rounded once to float32."""
+    var = np.asarray(var, np.float64)
+    return (np.asarray(scale, np.float64) / np.sqrt(var + eps)).astype(np.float32)
+
+
+def _fma(a, b, c, out):
+    """``fmaf(a, b, c)`` of float32 operands into the float32 ``out`` (see the module doc)."""
+    t = a.astype(np.float64)
+    t *= b
+    t += c
+    out[...] = t
 
 
 def _normalize(x3, mean, a, bias, o3):
-    """``o = (x - mean) * a + bias`` in float32, the form every backend uses: subtracting the mean
-    first keeps values equal to it exactly zero."""
-    np.subtract(x3, _channel(mean.astype(np.float32)), out=o3)
-    o3 *= _channel(a.astype(np.float32))
-    o3 += _channel(bias.astype(np.float32))
+    """``o = fmaf(x - mean, a, bias)``, the form every backend uses: subtracting the mean first
+    keeps values equal to it exactly zero."""
+    xmu = np.subtract(x3, _channel(mean.astype(np.float32)), dtype=np.float32)
+    _fma(xmu, _channel(a.astype(np.float32)), _channel(bias.astype(np.float32)), o3)
 
 
+@_quiet
 def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
     x3 = _view3(x)
     m = x3.shape[0] * x3.shape[2]
     mean, var = batch_stats(x3)
-    invstd = _invstd(var, eps)
 
-    _normalize(x3, mean, _flat(scale) * invstd, _flat(bias), _view3(out))
+    _normalize(x3, mean, _factor(_flat(scale), var, eps), _flat(bias), _view3(out))
 
     _flat(savemean)[:] = mean
-    _flat(saveinvvar)[:] = invstd
+    _flat(saveinvvar)[:] = 1.0 / np.sqrt(var + eps)
     rm, rv = _flat(run_mean), _flat(run_var)
-    rm[:] = (1.0 - factor) * rm + factor * mean
-    rv[:] = (1.0 - factor) * rv + factor * var * (m / (m - 1))
+    rm[:] = (1.0 - factor) * rm.astype(np.float64) + factor * mean
+    rv[:] = (1.0 - factor) * rv.astype(np.float64) + factor * (var * (m / (m - 1)))
 
 
+@_quiet
 def forward_infer(x, scale, bias, run_mean, run_var, eps, out):
-    a = _flat(scale) * _invstd(_flat(run_var), eps)
+    a = _factor(_flat(scale), _flat(run_var), eps)
     _normalize(_view3(x), _flat(run_mean), a, _flat(bias), _view3(out))
 
 
+@_quiet
 def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
     x3, dy3 = _view3(x), _view3(dy)
     m = x3.shape[0] * x3.shape[2]
@@ -78,30 +107,31 @@ def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
     invstd = _flat(saveinvvar).astype(np.float64)
 
     # x - mean in float32 is exact for values near the mean (Sterbenz), so data far from zero
-    # keeps its small deviations; the products and sums are float64
+    # keeps its small deviations; the products and sums are float64. r = mean(x - mean) is the
+    # exact batch mean's offset from the float32 savemean: the gradients are the exact mean's.
     xmu = x3 - _channel(mean32)
     sum_dy = dy3.sum(axis=(0, 2), dtype=np.float64)
     sum_dy_xmu = np.einsum("ncs,ncs->c", dy3, xmu, dtype=np.float64)
+    r = xmu.sum(axis=(0, 2), dtype=np.float64) / m
     gb = sum_dy
-    gs = sum_dy_xmu * invstd
+    gs = (sum_dy_xmu - _correction(r * sum_dy)) * invstd
     _flat(dbias)[:] = gb
     _flat(dscale)[:] = gs
 
     if dx is not None:
-        # dx = k * (dy - gb / m - xhat * gs / m) = (dy * k - c0) - (x - mean) * c1, in float32;
-        # keeping (x - mean) whole avoids the cancellation of x * c1 - mean * c1
+        # dx = k * (dy - gb / m - xhat * gs / m) = fmaf(dy, k, -fmaf(x - mean, c1, c0)); keeping
+        # (x - mean) whole avoids the cancellation of x * c1 - mean * c1
         k = _flat(scale) * invstd
         c1 = k * invstd * gs / m
-        c0 = k * gb / m
-        dx3 = _view3(dx)
-        np.multiply(dy3, _channel(k.astype(np.float32)), out=dx3, casting="same_kind")
-        dx3 -= _channel(c0.astype(np.float32))
-        xmu *= _channel(c1.astype(np.float32))
-        dx3 -= xmu
+        c0 = k * gb / m - _correction(r * c1)
+        f32 = lambda v: _channel(v.astype(np.float32))  # noqa: E731
+        _fma(xmu, f32(c1), f32(c0), xmu)
+        _fma(dy3, f32(k), -xmu, _view3(dx))
 
 
+@_quiet
 def backward_infer(dy, scale, run_var, eps, dx):
-    k = _flat(scale) * _invstd(_flat(run_var), eps)
+    k = _factor(_flat(scale), _flat(run_var), eps)
     np.multiply(_view3(dy), _channel(k.astype(np.float32)), out=_view3(dx), casting="same_kind")
 
 

@@ -10,6 +10,11 @@ Reductions run as two launches: a (C, nsplit) grid of Welford (or sum) partials 
 1, a (ceil(C / 32), nsplit) grid of 32-channel column blocks), then one warp per channel merging
 them in a fixed order. nsplit depends only on the shape, so results are bitwise
 repeatable and equal across devices.
+
+Numerics: threads accumulate in float32, partials merge in compensated float32 (float-float) within a
+block and in float64 per channel (the finalize kernels, the only ones using float64); the factors
+(normalize factor, dx coefficients, inference factor) are computed once in float64. See
+docs/numerics.md.
 """
 
 import numpy as np
@@ -23,6 +28,8 @@ MAX_BLOCK_ELEMENTS = 1 << 23  # per-block element counts stay exact in the kerne
 MAX_GRID_Y = 65535
 ELEMENTWISE_BLOCKS = 4096  # grid-stride elementwise kernels: blocks at most
 WARPS_PER_BLOCK = BLOCK // 32
+STATS_PARTIAL = 7  # floats per block partial of the statistics (bn::kPartial)
+SUM_PARTIAL = 6  # floats per block partial of the backward sums (bn::kSumPartial)
 
 _SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 
@@ -103,14 +110,28 @@ def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean,
         return
     vec, width = _vector(s, x.dtype, x, out)
     name, grid, nsplit, reduce_args = _reduction("bn_stats_partial", suffix, n, c, s, vec, width)
-    part = rt.empty((c * nsplit * 4,), np.float32)
+    part = rt.empty((c * nsplit * STATS_PARTIAL,), np.float32)
+    a = rt.empty((c,), np.float32)
     rt.launch(name, grid, (_ptr(x), _ptr(part)) + reduce_args)
     rt.launch("bn_stats_finalize", _channel_grid(c),
-              (_ptr(part), np.int32(c), np.int32(nsplit), np.float32(eps), np.float32(factor),
-               _ptr(savemean), _ptr(saveinvvar), _ptr(run_mean), _ptr(run_var)))
-    rt.launch("bn_forward_train_" + suffix + vec, _elementwise_grid(n * c * (s // width)),
-              (_ptr(x), _ptr(out), _ptr(savemean), _ptr(saveinvvar), _ptr(scale), _ptr(bias),
-               np.int64(n), np.int32(c), np.int64(s)))
+              (_ptr(part), np.int32(c), np.int32(nsplit), np.float64(eps), np.float64(factor),
+               _ptr(scale), _ptr(savemean), _ptr(saveinvvar), _ptr(a), _ptr(run_mean),
+               _ptr(run_var)))
+    _normalize(rt, suffix + vec, x, out, savemean, a, bias, n, c, s, width)
+
+
+def _normalize(rt, kind, x, out, mean, a, bias, n, c, s, width):
+    rt.launch("bn_normalize_" + kind, _elementwise_grid(n * c * (s // width)),
+              (_ptr(x), _ptr(out), _ptr(mean), _ptr(a), _ptr(bias), np.int64(n), np.int32(c),
+               np.int64(s)))
+
+
+def _channel_factor(rt, scale, run_var, eps, c):
+    """a = scale / sqrt(run_var + eps) per channel, in float64 rounded once (a workspace)."""
+    a = rt.empty((c,), np.float32)
+    rt.launch("bn_channel_factor", (-(-c // BLOCK),),
+              (_ptr(scale), _ptr(run_var), np.float64(eps), _ptr(a), np.int32(c)))
+    return a
 
 
 def forward_infer(x, scale, bias, run_mean, run_var, eps, out):
@@ -120,9 +141,8 @@ def forward_infer(x, scale, bias, run_mean, run_var, eps, out):
     if n * s < 1:
         return
     vec, width = _vector(s, x.dtype, x, out)
-    rt.launch("bn_forward_infer_" + suffix + vec, _elementwise_grid(n * c * (s // width)),
-              (_ptr(x), _ptr(out), _ptr(run_mean), _ptr(run_var), _ptr(scale), _ptr(bias),
-               np.float32(eps), np.int64(n), np.int32(c), np.int64(s)))
+    a = _channel_factor(rt, scale, run_var, eps, c)
+    _normalize(rt, suffix + vec, x, out, run_mean, a, bias, n, c, s, width)
 
 
 def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
@@ -133,7 +153,7 @@ def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
         return
     vec, width = _vector(s, x.dtype, x, dy, dx)
     name, grid, nsplit, reduce_args = _reduction("bn_backward_partial", suffix, n, c, s, vec, width)
-    part = rt.empty((c * nsplit * 2,), np.float32)
+    part = rt.empty((c * nsplit * SUM_PARTIAL,), np.float32)
     coef = rt.empty((c * 3,), np.float32)
     rt.launch(name, grid, (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(part)) + reduce_args)
     rt.launch("bn_backward_finalize", _channel_grid(c),
@@ -152,9 +172,9 @@ def backward_infer(dy, scale, run_var, eps, dx):
     if n * s < 1:
         return
     vec, width = _vector(s, dy.dtype, dy, dx)
+    k = _channel_factor(rt, scale, run_var, eps, c)
     rt.launch("bn_backward_infer_" + suffix + vec, _elementwise_grid(n * c * (s // width)),
-              (_ptr(dy), _ptr(scale), _ptr(run_var), np.float32(eps), _ptr(dx),
-               np.int64(n), np.int32(c), np.int64(s)))
+              (_ptr(dy), _ptr(k), _ptr(dx), np.int64(n), np.int32(c), np.int64(s)))
 
 
 def axpby(x, y, alpha, beta):
