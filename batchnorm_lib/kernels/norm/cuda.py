@@ -305,15 +305,20 @@ def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, save
         return
     vec, width = _rows_vector(c, x.dtype, x, out)
     grid, nsplit = _rows_reduction(r, c, width)
-    part = rt.empty((c * nsplit * 4,), np.float32)
+    part = rt.empty((c * nsplit * STATS_PARTIAL,), np.float32)
+    a = rt.empty((c,), np.float32)
     _rows_launch(rt, "rc_stats_partial_" + suffix + vec, grid,
                  (_ptr(x), _ptr(part), np.int64(r), np.int32(c)))
     rt.launch("bn_stats_finalize", _channel_grid(c),
-              (_ptr(part), np.int32(c), np.int32(nsplit), np.float32(eps), np.float32(factor),
-               _ptr(savemean), _ptr(saveinvvar), _ptr(run_mean), _ptr(run_var)))
-    _rows_launch(rt, "rc_forward_train_" + suffix + vec, _elementwise_grid(r * (c // width)),
-                 (_ptr(x), _ptr(out), _ptr(savemean), _ptr(saveinvvar), _ptr(scale), _ptr(bias),
-                  np.int64(r), np.int32(c)))
+              (_ptr(part), np.int32(c), np.int32(nsplit), np.float64(eps), np.float64(factor),
+               _ptr(scale), _ptr(savemean), _ptr(saveinvvar), _ptr(a), _ptr(run_mean),
+               _ptr(run_var)))
+    _rows_normalize(rt, suffix + vec, x, out, savemean, a, bias, r, c, width)
+
+
+def _rows_normalize(rt, kind, x, out, mean, a, bias, r, c, width):
+    _rows_launch(rt, "rc_normalize_" + kind, _elementwise_grid(r * (c // width)),
+                 (_ptr(x), _ptr(out), _ptr(mean), _ptr(a), _ptr(bias), np.int64(r), np.int32(c)))
 
 
 def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out):
@@ -323,9 +328,8 @@ def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out):
     if r < 1:
         return
     vec, width = _rows_vector(c, x.dtype, x, out)
-    _rows_launch(rt, "rc_forward_infer_" + suffix + vec, _elementwise_grid(r * (c // width)),
-                 (_ptr(x), _ptr(out), _ptr(run_mean), _ptr(run_var), _ptr(scale), _ptr(bias),
-                  np.float32(eps), np.int64(r), np.int32(c)))
+    a = _channel_factor(rt, scale, run_var, eps, c)
+    _rows_normalize(rt, suffix + vec, x, out, run_mean, a, bias, r, c, width)
 
 
 def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
@@ -336,7 +340,7 @@ def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
         return
     vec, width = _rows_vector(c, x.dtype, x, dy, dx)
     grid, nsplit = _rows_reduction(r, c, width)
-    part = rt.empty((c * nsplit * 2,), np.float32)
+    part = rt.empty((c * nsplit * SUM_PARTIAL,), np.float32)
     coef = rt.empty((c * 3,), np.float32)
     _rows_launch(rt, "rc_backward_partial_" + suffix + vec, grid,
                  (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(part), np.int64(r), np.int32(c)))
@@ -356,9 +360,9 @@ def rows_backward_infer(dy, scale, run_var, eps, dx):
     if r < 1:
         return
     vec, width = _rows_vector(c, dy.dtype, dy, dx)
+    k = _channel_factor(rt, scale, run_var, eps, c)
     _rows_launch(rt, "rc_backward_infer_" + suffix + vec, _elementwise_grid(r * (c // width)),
-                 (_ptr(dy), _ptr(scale), _ptr(run_var), np.float32(eps), _ptr(dx), np.int64(r),
-                  np.int32(c)))
+                 (_ptr(dy), _ptr(k), _ptr(dx), np.int64(r), np.int32(c)))
 
 
 def _compile_active():
