@@ -193,6 +193,7 @@ def axpby(x, y, alpha, beta):
 PER_ROW_SOURCE = "norm/per_row.cu"
 MAX_ROW_LENGTH = (1 << 24) - 1  # in-row indices are 32-bit and float counts stay exact
 MAX_ROW_BLOCKS = 65535  # blocks of a row kernel; more rows are walked grid-stride
+PARAM_PARTIAL = 4  # floats per block partial of the parameter gradients (per_row::kParamPartial)
 
 
 def _launch_in(source, rt, name, grid, args):
@@ -219,6 +220,11 @@ def _per_row_plan(x, rows, groups, spatial, *arrays):
     return length, vec, (min(rows, MAX_ROW_BLOCKS),)
 
 
+def _row_grid(rows):
+    """One thread per row (the per-row _finalize kernels)."""
+    return (-(-rows // BLOCK),)
+
+
 def per_row_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinvstd):
     rt = _runtime()
     suffix = _suffix(rt, x.dtype, out)
@@ -226,9 +232,11 @@ def per_row_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinv
     if rows < 1:
         return
     length, vec, grid = _per_row_plan(x, rows, groups, spatial, out)
+    part = rt.empty((rows * STATS_PARTIAL,), np.float32)
     _per_row_launch(rt, "per_row_stats_" + suffix + vec, grid,
-                 (_ptr(x), np.int64(rows), np.int32(length), np.float32(eps), _ptr(savemean),
-                  _ptr(saveinvstd)))
+                 (_ptr(x), _ptr(part), np.int64(rows), np.int32(length)))
+    _per_row_launch(rt, "per_row_stats_finalize", _row_grid(rows),
+                 (_ptr(part), np.int64(rows), np.float64(eps), _ptr(savemean), _ptr(saveinvstd)))
     _per_row_launch(rt, "per_row_normalize_" + suffix + vec, grid,
                  (_ptr(x), _ptr(out), _ptr(savemean), _ptr(saveinvstd), _ptr(scale), _ptr(bias),
                   np.int64(rows), np.int32(length), np.int32(groups), np.int32(spatial)))
@@ -242,11 +250,13 @@ def per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, ds
         return
     length, vec, grid = _per_row_plan(x, rows, groups, spatial, dy, dx)
     if dx is not None:
+        part = rt.empty((rows * SUM_PARTIAL,), np.float32)
         coef = rt.empty((2 * rows,), np.float32)
         row_args = (np.int64(rows), np.int32(length), np.int32(groups), np.int32(spatial))
         _per_row_launch(rt, "per_row_backward_sums_" + suffix + vec, grid,
-                     (_ptr(x), _ptr(dy), _ptr(scale), _ptr(savemean), _ptr(saveinvstd),
-                      _ptr(coef)) + row_args)
+                     (_ptr(x), _ptr(dy), _ptr(scale), _ptr(savemean), _ptr(part)) + row_args)
+        _per_row_launch(rt, "per_row_backward_finalize", _row_grid(rows),
+                     (_ptr(part), np.int64(rows), np.int32(length), _ptr(saveinvstd), _ptr(coef)))
         _per_row_launch(rt, "per_row_backward_dx_" + suffix + vec, grid,
                      (_ptr(x), _ptr(dy), _ptr(scale), _ptr(savemean), _ptr(saveinvstd),
                       _ptr(coef), _ptr(dx)) + row_args)
@@ -259,7 +269,7 @@ def per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, ds
     else:
         nsplit = _splits(c, n * spatial, n * spatial)
         name, pgrid, extra = "per_row_param_partial_" + suffix, (c, nsplit), (np.int64(spatial),)
-    part = rt.empty((c * nsplit * 2,), np.float32)
+    part = rt.empty((c * nsplit * PARAM_PARTIAL,), np.float32)
     _per_row_launch(rt, name, pgrid, (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(saveinvstd),
                                    _ptr(part), np.int64(n), np.int32(c), np.int32(cg)) + extra)
     _per_row_launch(rt, "per_row_param_finalize", _channel_grid(c),
