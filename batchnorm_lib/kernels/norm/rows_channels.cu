@@ -39,20 +39,6 @@ __device__ __forceinline__ Sums<K> merge(const Sums<K>& a, const Sums<K>& b)
     return bn::sums_merge(a, b);
 }
 
-// The reductions' per-warp results, one per thread, merged by warp 0 one pack position at a time
-// (so the buffer does not grow with VEC). One buffer for the whole file rather than a __shared__
-// array per template instance: a module's static shared memory is bounded as a whole where the
-// instances are counted together (the simulator).
-constexpr int kScratchItem = sizeof(Welford) > sizeof(Sums<bn::kSums>) ? sizeof(Welford)
-                                                                       : sizeof(Sums<bn::kSums>);
-__shared__ __align__(16) unsigned char scratch[kWarps * 32 * kScratchItem];
-
-template <typename R>
-__device__ __forceinline__ R (*warp_tiles())[32]
-{
-    return reinterpret_cast<R (*)[32]>(scratch);
-}
-
 // Warp 0's merge of the kWarps results of its lane's channel, in warp order.
 template <typename R>
 __device__ __forceinline__ R merge_warps(R (*tile)[32], int lane)
@@ -96,7 +82,9 @@ template <typename T, int VEC>
 __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __restrict__ part,
                                               long long n, int c)
 {
-    Welford (*tile)[32] = warp_tiles<Welford>();
+    // per-warp results, one per thread, merged by warp 0 one pack position at a time (so the tile
+    // does not grow with VEC)
+    __shared__ Welford tile[kWarps][32];
     const Tile t = Tile::make<VEC>(n);
     const int nsplit = gridDim.y;
     Welford total[VEC], chunk[VEC];
@@ -155,7 +143,7 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
                                                  const float* __restrict__ savemean,
                                                  float* __restrict__ part, long long n, int c)
 {
-    Sums<bn::kSums> (*tile)[32] = warp_tiles<Sums<bn::kSums>>();
+    __shared__ Sums<bn::kSums> tile[kWarps][32];
     const Tile t = Tile::make<VEC>(n);
     const int nsplit = gridDim.y;
     bn::SumStream<bn::kSums> acc[VEC];
