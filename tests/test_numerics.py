@@ -120,6 +120,56 @@ def test_accuracy_against_float64_and_pytorch(kernel_path, torch_errors):
         assert ours[k] <= torch_errors[k], "%s: ours worse than PyTorch\n%s" % (k, table)
 
 
+# The rows x channels kernels (channels-last data; BatchNorm on (N, C) in that layout), run on the
+# same cases moved to channels-last: odd C, vector and scalar packs, offsets up to 1e4, and a tall
+# (N, C) case whose channel tiles span several row splits and accumulation chunks.
+ROWS_CASES = [
+    ((613, 5), 100.0),
+    ((9, 4, 301), 3.0),
+    ((3, 8, 5, 7, 9), 100.0),
+    ((2, 3, 16, 16), 1e4),
+    ((200003, 3), 3.0),
+]
+
+
+def _run_rows(x, scale, bias, dy):
+    """run_ours through the rows_* entries: the data moved to channels-last, results moved back."""
+    from batchnorm_lib.backend import gpuarray
+    from batchnorm_lib.kernels import norm
+
+    ops = norm.ops()
+    c = x.shape[1]
+    last = lambda a: np.ascontiguousarray(np.moveaxis(a, 1, -1))  # noqa: E731
+    first = lambda a: np.moveaxis(a, -1, 1)  # noqa: E731
+    f32 = lambda v: gpuarray.to_gpu(np.ascontiguousarray(v, np.float32))  # noqa: E731
+    gx, gdy, gs, gb = gpuarray.to_gpu(last(x)), gpuarray.to_gpu(last(dy)), f32(scale), f32(bias)
+    rm, rv = f32(np.zeros(c)), f32(np.ones(c))
+    out, sm, si = gpuarray.empty(gx.shape, x.dtype), f32(np.zeros(c)), f32(np.zeros(c))
+    ops.rows_forward_train(gx, gs, gb, rm, rv, EPS, 1.0, out, sm, si)
+    dx, dsc, dbi = gpuarray.empty(gx.shape, x.dtype), f32(np.zeros(c)), f32(np.zeros(c))
+    ops.rows_backward_train(gx, gdy, gs, sm, si, dx, dsc, dbi)
+    ev = gpuarray.empty(gx.shape, x.dtype)
+    ops.rows_forward_infer(gx, gs, gb, rm, rv, EPS, ev)
+    return dict(mean=sm.get(), invstd=si.get(), var=rv.get(), run_mean=rm.get(),
+                y=first(out.get()), dx=first(dx.get()), dscale=dsc.get(), dbias=dbi.get(),
+                y_eval=first(ev.get()))
+
+
+def test_rows_accuracy_against_float64_and_pytorch(request, kernel_path):
+    if kernel_path == ("cpu", "native"):
+        # rows_channels_cpu.c keeps its float32 invstd and the float32 mean's gradients
+        request.applymarker(pytest.mark.xfail(strict=True, reason="rows_channels_cpu.c: invstd, "
+                                              "running variance and dscale not yet compensated"))
+    ours, theirs = _errors(_run_rows, ROWS_CASES), _errors(nm.run_torch, ROWS_CASES)
+    table = "\n".join("%-7s ours %6.2f  PyTorch %6.2f" % (k, ours[k], theirs[k])
+                      for k in nm.MEASURES)
+    assert ours["mean"] <= 1.0, table
+    assert ours["invstd"] <= 2.0, table
+    assert ours["var"] <= 2.0, table
+    for k in ("y", "dx", "dscale", "dbias", "y_eval"):
+        assert ours[k] <= theirs[k], "%s: ours worse than PyTorch\n%s" % (k, table)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_16bit_accuracy(cuda_path, dtype):
     if dtype == "bfloat16":

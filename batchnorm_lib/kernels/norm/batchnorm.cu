@@ -16,34 +16,6 @@ namespace bn {
 
 // --- batch statistics ---------------------------------------------------------------------------
 
-// Block partials are float32 records of kPartial values: count, mean, mean_lo, M2, M2_lo of the
-// shifted values, the plain total (see Welford) and the shift. Written once per block, read once
-// per channel by stats_finalize, which merges them in float64 (the partial kernels stay float32).
-constexpr int kPartial = 7;
-
-__device__ __forceinline__ void write_partial(float* out, const Welford& w, float shift)
-{
-    out[0] = w.n;
-    out[1] = w.mean;
-    out[2] = w.mean_lo;
-    out[3] = w.m2;
-    out[4] = w.m2_lo;
-    out[5] = w.total;
-    out[6] = shift;
-}
-
-__device__ __forceinline__ WelfordD read_partial(const float* p)
-{
-    Welford w;
-    w.n = p[0];
-    w.mean = p[1];
-    w.mean_lo = p[2];
-    w.m2 = p[3];
-    w.m2_lo = p[4];
-    w.total = p[5];
-    return to_double(w);
-}
-
 // Element offset of the pack a RowWalk over a channel's (N, S / VEC) packs points at.
 template <int VEC>
 __device__ __forceinline__ long long pack_offset(const RowWalk& walk, int c, int ch, long long s)
@@ -339,29 +311,6 @@ __device__ __forceinline__ void normalize(const T* x, T* y, const float* __restr
 }
 
 // --- backward -----------------------------------------------------------------------------------
-
-// The backward sums of a channel: sum(dy), sum(dy * (x - m)) and sum(x - m), m = savemean. The
-// last one gives the exact batch mean's offset from the float32 savemean, so the gradients are
-// those of the exact mean (the float32 mean would cost up to 0.5 ulp(mean) / std in every xhat).
-constexpr int kSums = 3;
-constexpr int kSumPartial = 2 * kSums;  // float-float pairs per block partial
-
-__device__ __forceinline__ void write_sums(float* out, const Sums<kSums>& r)
-{
-#pragma unroll
-    for (int i = 0; i < kSums; ++i) {
-        out[2 * i] = r.hi[i];
-        out[2 * i + 1] = r.lo[i];
-    }
-}
-
-// Adds one element's terms to the three backward sums.
-__device__ __forceinline__ void backward_terms(SumStream<kSums>& acc, float g, float xm)
-{
-    acc.add(0, g);
-    acc.add(1, __fmul_rn(g, xm));
-    acc.add(2, xm);
-}
 
 // Partial backward sums (kSums) of one (channel, split) tile, as float-float pairs.
 template <typename T, int VEC>

@@ -170,7 +170,8 @@ def per_row_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinv
     rows = savemean.size
     x4, o4 = _rows4(x, rows, groups, spatial), _rows4(out, rows, groups, spatial)
     mean, var = row_stats(x4)
-    invstd = _invstd(var, eps)
+    # 1 / sqrt(var + eps) in float64, rounded once (as per_row.cu's stats_finalize)
+    invstd = (1.0 / np.sqrt(var + eps)).astype(np.float32)
     mean32 = mean.astype(np.float32)
     _flat(savemean)[:] = mean32.ravel()
     _flat(saveinvstd)[:] = invstd.ravel()

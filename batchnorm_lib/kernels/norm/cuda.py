@@ -196,6 +196,7 @@ def axpby(x, y, alpha, beta):
 PER_ROW_SOURCE = "norm/per_row.cu"
 MAX_ROW_LENGTH = (1 << 24) - 1  # in-row indices are 32-bit and float counts stay exact
 MAX_ROWS = (1 << 31) - 1  # one block per row, on grid.x
+PARAM_PARTIAL = 4  # floats per block partial of the parameter gradients (per_row::kParamPartial)
 
 
 def _launch_in(source, rt, name, grid, args):
@@ -222,6 +223,11 @@ def _per_row_plan(x, rows, groups, spatial, *arrays):
     return length, vec, (rows,)
 
 
+def _row_grid(rows):
+    """One thread per row (the per-row _finalize kernels)."""
+    return (-(-rows // BLOCK),)
+
+
 def per_row_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinvstd):
     rt = _runtime()
     suffix = _suffix(rt, x.dtype, out)
@@ -229,9 +235,11 @@ def per_row_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinv
     if rows < 1:
         return
     length, vec, grid = _per_row_plan(x, rows, groups, spatial, out)
+    part = rt.empty((rows * STATS_PARTIAL,), np.float32)
     _per_row_launch(rt, "per_row_stats_" + suffix + vec, grid,
-                 (_ptr(x), np.int64(rows), np.int32(length), np.float32(eps), _ptr(savemean),
-                  _ptr(saveinvstd)))
+                 (_ptr(x), _ptr(part), np.int64(rows), np.int32(length)))
+    _per_row_launch(rt, "per_row_stats_finalize", _row_grid(rows),
+                 (_ptr(part), np.int64(rows), np.float64(eps), _ptr(savemean), _ptr(saveinvstd)))
     _per_row_launch(rt, "per_row_normalize_" + suffix + vec, grid,
                  (_ptr(x), _ptr(out), _ptr(savemean), _ptr(saveinvstd), _ptr(scale), _ptr(bias),
                   np.int64(rows), np.int32(length), np.int32(groups), np.int32(spatial)))
@@ -245,11 +253,13 @@ def per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, ds
         return
     length, vec, grid = _per_row_plan(x, rows, groups, spatial, dy, dx)
     if dx is not None:
+        part = rt.empty((rows * SUM_PARTIAL,), np.float32)
         coef = rt.empty((2 * rows,), np.float32)
         row_args = (np.int64(rows), np.int32(length), np.int32(groups), np.int32(spatial))
         _per_row_launch(rt, "per_row_backward_sums_" + suffix + vec, grid,
-                     (_ptr(x), _ptr(dy), _ptr(scale), _ptr(savemean), _ptr(saveinvstd),
-                      _ptr(coef)) + row_args)
+                     (_ptr(x), _ptr(dy), _ptr(scale), _ptr(savemean), _ptr(part)) + row_args)
+        _per_row_launch(rt, "per_row_backward_finalize", _row_grid(rows),
+                     (_ptr(part), np.int64(rows), np.int32(length), _ptr(saveinvstd), _ptr(coef)))
         _per_row_launch(rt, "per_row_backward_dx_" + suffix + vec, grid,
                      (_ptr(x), _ptr(dy), _ptr(scale), _ptr(savemean), _ptr(saveinvstd),
                       _ptr(coef), _ptr(dx)) + row_args)
@@ -262,7 +272,7 @@ def per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, ds
     else:
         nsplit = _splits(c, n * spatial, n * spatial)
         name, pgrid, extra = "per_row_param_partial_" + suffix, (c, nsplit), (np.int64(spatial),)
-    part = rt.empty((c * nsplit * 2,), np.float32)
+    part = rt.empty((c * nsplit * PARAM_PARTIAL,), np.float32)
     _per_row_launch(rt, name, pgrid, (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(saveinvstd),
                                    _ptr(part), np.int64(n), np.int32(c), np.int32(cg)) + extra)
     _per_row_launch(rt, "per_row_param_finalize", _channel_grid(c),
@@ -315,24 +325,28 @@ def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, save
     if r < 1:
         return
     grid, nsplit = _rows_reduction(r, c, width)
-    part = rt.empty((c * nsplit * 4,), np.float32)
+    part = rt.empty((c * nsplit * STATS_PARTIAL,), np.float32)
+    a = rt.empty((c,), np.float32)
     _rows_launch(rt, "rc_stats_partial_" + suffix + vec, grid,
                  (_ptr(x), _ptr(part), np.int64(r), np.int32(c)))
     rt.launch("bn_stats_finalize", _channel_grid(c),
-              (_ptr(part), np.int32(c), np.int32(nsplit), np.float32(eps), np.float32(factor),
-               _ptr(savemean), _ptr(saveinvvar), _ptr(run_mean), _ptr(run_var)))
-    _rows_launch(rt, "rc_forward_train_" + suffix + vec, _elementwise_grid(r * (c // width)),
-                 (_ptr(x), _ptr(out), _ptr(savemean), _ptr(saveinvvar), _ptr(scale), _ptr(bias),
-                  np.int64(r), np.int32(c)))
+              (_ptr(part), np.int32(c), np.int32(nsplit), np.float64(eps), np.float64(factor),
+               _ptr(scale), _ptr(savemean), _ptr(saveinvvar), _ptr(a), _ptr(run_mean),
+               _ptr(run_var)))
+    _rows_normalize(rt, suffix + vec, x, out, savemean, a, bias, r, c, width)
+
+
+def _rows_normalize(rt, kind, x, out, mean, a, bias, r, c, width):
+    _rows_launch(rt, "rc_normalize_" + kind, _elementwise_grid(r * (c // width)),
+                 (_ptr(x), _ptr(out), _ptr(mean), _ptr(a), _ptr(bias), np.int64(r), np.int32(c)))
 
 
 def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out):
     rt, suffix, r, c, vec, width = _rows_setup(x, out)
     if r < 1:
         return
-    _rows_launch(rt, "rc_forward_infer_" + suffix + vec, _elementwise_grid(r * (c // width)),
-                 (_ptr(x), _ptr(out), _ptr(run_mean), _ptr(run_var), _ptr(scale), _ptr(bias),
-                  np.float32(eps), np.int64(r), np.int32(c)))
+    a = _channel_factor(rt, scale, run_var, eps, c)
+    _rows_normalize(rt, suffix + vec, x, out, run_mean, a, bias, r, c, width)
 
 
 def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
@@ -340,7 +354,7 @@ def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
     if r < 1:
         return
     grid, nsplit = _rows_reduction(r, c, width)
-    part = rt.empty((c * nsplit * 2,), np.float32)
+    part = rt.empty((c * nsplit * SUM_PARTIAL,), np.float32)
     coef = rt.empty((c * 3,), np.float32)
     _rows_launch(rt, "rc_backward_partial_" + suffix + vec, grid,
                  (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(part), np.int64(r), np.int32(c)))
@@ -357,9 +371,9 @@ def rows_backward_infer(dy, scale, run_var, eps, dx):
     rt, suffix, r, c, vec, width = _rows_setup(dy, dx)
     if r < 1:
         return
+    k = _channel_factor(rt, scale, run_var, eps, c)
     _rows_launch(rt, "rc_backward_infer_" + suffix + vec, _elementwise_grid(r * (c // width)),
-                 (_ptr(dy), _ptr(scale), _ptr(run_var), np.float32(eps), _ptr(dx), np.int64(r),
-                  np.int32(c)))
+                 (_ptr(dy), _ptr(k), _ptr(dx), np.int64(r), np.int32(c)))
 
 
 def _compile_active():

@@ -8,9 +8,12 @@
 // on the _vec entries, launched only when every data pointer is 16-byte aligned and C is a
 // multiple of VEC). Reductions: a (ceil(C / (32 VEC)), nsplit) grid, each block owning a channel
 // tile over one contiguous range of rows; its 8 warps take interleaved rows and are merged per
-// channel in warp order. The partials have batchnorm.cu's layout (mean, m2, n, shift per channel
-// and split; sum(dy), sum(dy * (x - mean)) for the backward), so its finalize kernels merge them
-// in a fixed order: no atomics, results bitwise repeatable and dependent on the shape only.
+// channel in warp order. The partials are batchnorm.cu's (bn::write_partial, bn::write_sums), with
+// its numerics (values shifted by the channel's first one, float32 chunks folded into float-float
+// totals), so its finalize kernels merge them in float64 in a fixed order: no atomics, results
+// bitwise repeatable and dependent on the shape only. The elementwise passes take batchnorm.cu's
+// per-channel factors (bn_stats_finalize's a, bn_channel_factor's, bn_backward_finalize's
+// coefficients) and round as its kernels do.
 #include "bn_common.cuh"
 
 namespace rc {
@@ -18,24 +21,36 @@ namespace rc {
 using bn::kBlock;
 using bn::kWarps;
 using bn::Pack;
+using bn::Sums;
 using bn::Welford;
 using bn::from_float;
 using bn::load_pack;
 using bn::store_pack;
 using bn::to_float;
 
-// The reductions' per-warp results, for the largest pack (8 channels per lane). One buffer for the
-// whole file rather than a __shared__ array per template instance: a module's static shared
-// memory is bounded as a whole where the instances are counted together (the simulator).
-constexpr int kMaxVec = 8;
 constexpr int kUnroll = 4;  // rows per warp whose loads are issued together in the reductions
-__shared__ __align__(16) unsigned char scratch[kWarps * 32 * kMaxVec * sizeof(Welford)];
 
-template <typename R, int VEC>
-__device__ __forceinline__ R (*warp_tiles())[32 * VEC]
+__device__ __forceinline__ Welford merge(const Welford& a, const Welford& b)
 {
-    static_assert(VEC <= kMaxVec, "pack wider than the scratch buffer");
-    return reinterpret_cast<R (*)[32 * VEC]>(scratch);
+    return bn::welford_merge(a, b);
+}
+
+template <int K>
+__device__ __forceinline__ Sums<K> merge(const Sums<K>& a, const Sums<K>& b)
+{
+    return bn::sums_merge(a, b);
+}
+
+// Warp 0's merge of the kWarps results of its lane's channel, in warp order.
+template <typename R>
+__device__ __forceinline__ R merge_warps(R (*tile)[32], int lane)
+{
+    R r = tile[0][lane];
+#pragma unroll
+    for (int k = 1; k < kWarps; ++k) {
+        r = merge(r, tile[k][lane]);
+    }
+    return r;
 }
 
 // The block's channel tile and row range; every lane's first channel.
@@ -63,19 +78,23 @@ struct Tile {
 // --- batch statistics ---------------------------------------------------------------------------
 
 // Welford per channel over the split's rows, shifted by the channel's row-0 value (the same shift
-// in every split: the finalize kernel adds one shift per channel back).
+// in every split, as bn_stats_finalize expects). The VEC channels of a lane step together, so
+// one step counter closes all their float32 chunks (bn::kChunk) at once.
 template <typename T, int VEC>
 __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __restrict__ part,
                                               long long n, int c)
 {
-    Welford (*tile)[32 * VEC] = warp_tiles<Welford, VEC>();
+    // per-warp results, one per thread, merged by warp 0 one pack position at a time (so the tile
+    // does not grow with VEC)
+    __shared__ Welford tile[kWarps][32];
     const Tile t = Tile::make<VEC>(n);
     const int nsplit = gridDim.y;
-    Welford w[VEC];
+    Welford total[VEC], chunk[VEC];
     float shift[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-        w[i] = bn::welford_empty();
+        total[i] = bn::welford_empty();
+        chunk[i] = bn::welford_empty();
         shift[i] = 0.f;
     }
     if (t.ch0 < c) {
@@ -84,7 +103,26 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
         for (int i = 0; i < VEC; ++i) {
             shift[i] = to_float(p0.v[i]);
         }
-        // kUnroll rows' loads issued before their use, so more bytes are in flight per warp
+        int steps = 0;
+        // one row's values into the chunks; a chunk closes after bn::kChunk rows
+        auto add_row = [&](const Pack<T, VEC>& pk) {
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                const float xi = to_float(pk.v[i]);
+                const float v[1] = {__fsub_rn(xi, shift[i])};
+                bn::welford_add<1>(chunk[i], v, xi);
+            }
+            if (++steps == bn::kChunk) {
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    total[i] = bn::welford_merge(total[i], chunk[i]);
+                    chunk[i] = bn::welford_empty();
+                }
+                steps = 0;
+            }
+        };
+        // kUnroll rows' loads issued before their use, so more bytes are in flight per warp; the
+        // rows are added in the same order as one at a time (same results)
         long long row = t.begin + t.warp;
         for (; row + (kUnroll - 1) * kWarps < t.end; row += kUnroll * kWarps) {
             Pack<T, VEC> pk[kUnroll];
@@ -94,59 +132,43 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
             }
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) {
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) {
-                    const float v[1] = {to_float(pk[u].v[i]) - shift[i]};
-                    bn::welford_add<1>(w[i], v);
-                }
+                add_row(pk[u]);
             }
         }
         for (; row < t.end; row += kWarps) {
-            const Pack<T, VEC> pk = load_pack<T, VEC>(x + row * c + t.ch0);
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                const float v[1] = {to_float(pk.v[i]) - shift[i]};
-                bn::welford_add<1>(w[i], v);
-            }
+            add_row(load_pack<T, VEC>(x + row * c + t.ch0));
         }
     }
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-        tile[t.warp][t.lane * VEC + i] = w[i];
-    }
-    __syncthreads();
-    if (t.warp == 0 && t.ch0 < c) {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            Welford r = tile[0][t.lane * VEC + i];
-#pragma unroll
-            for (int k = 1; k < kWarps; ++k) {
-                r = bn::welford_merge(r, tile[k][t.lane * VEC + i]);
-            }
-            float* out = part + (static_cast<long long>(t.ch0 + i) * nsplit + blockIdx.y) * 4;
-            out[0] = r.mean;
-            out[1] = r.m2;
-            out[2] = r.n;
-            out[3] = shift[i];
+        tile[t.warp][t.lane] = bn::welford_merge(total[i], chunk[i]);
+        __syncthreads();
+        if (t.warp == 0 && t.ch0 < c) {
+            const Welford r = merge_warps(tile, t.lane);
+            bn::write_partial(part + (static_cast<long long>(t.ch0 + i) * nsplit + blockIdx.y) *
+                                         bn::kPartial,
+                              r, shift[i]);
         }
+        __syncthreads();  // the tile is reused for the next pack position
     }
 }
 
 // --- backward sums ------------------------------------------------------------------------------
 
+// bn::kSums compensated sums per channel (sum(dy), sum(dy * (x - m)), sum(x - m)), as
+// batchnorm.cu's backward partials.
 template <typename T, int VEC>
 __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const T* __restrict__ dy,
                                                  const float* __restrict__ savemean,
                                                  float* __restrict__ part, long long n, int c)
 {
-    float2 (*tile)[32 * VEC] = warp_tiles<float2, VEC>();
+    __shared__ Sums<bn::kSums> tile[kWarps][32];
     const Tile t = Tile::make<VEC>(n);
     const int nsplit = gridDim.y;
-    float2 acc[VEC];
+    bn::SumStream<bn::kSums> acc[VEC];
     float m[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-        acc[i] = make_float2(0.f, 0.f);
         m[i] = 0.f;
     }
     if (t.ch0 < c) {
@@ -154,6 +176,13 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
         for (int i = 0; i < VEC; ++i) {
             m[i] = savemean[t.ch0 + i];
         }
+        auto add_row = [&](const Pack<T, VEC>& px, const Pack<T, VEC>& pg) {
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                bn::backward_terms(acc[i], to_float(pg.v[i]), __fsub_rn(to_float(px.v[i]), m[i]));
+                acc[i].flush_step();
+            }
+        };
         long long row = t.begin + t.warp;
         for (; row + (kUnroll - 1) * kWarps < t.end; row += kUnroll * kWarps) {
             Pack<T, VEC> px[kUnroll], pg[kUnroll];
@@ -164,43 +193,25 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
             }
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) {
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) {
-                    const float g = to_float(pg[u].v[i]);
-                    acc[i].x += g;
-                    acc[i].y = fmaf(g, to_float(px[u].v[i]) - m[i], acc[i].y);
-                }
+                add_row(px[u], pg[u]);
             }
         }
         for (; row < t.end; row += kWarps) {
-            const Pack<T, VEC> px = load_pack<T, VEC>(x + row * c + t.ch0);
-            const Pack<T, VEC> pg = load_pack<T, VEC>(dy + row * c + t.ch0);
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                const float g = to_float(pg.v[i]);
-                acc[i].x += g;
-                acc[i].y = fmaf(g, to_float(px.v[i]) - m[i], acc[i].y);
-            }
+            add_row(load_pack<T, VEC>(x + row * c + t.ch0),
+                    load_pack<T, VEC>(dy + row * c + t.ch0));
         }
     }
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-        tile[t.warp][t.lane * VEC + i] = acc[i];
-    }
-    __syncthreads();
-    if (t.warp == 0 && t.ch0 < c) {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            float2 r = tile[0][t.lane * VEC + i];
-#pragma unroll
-            for (int k = 1; k < kWarps; ++k) {
-                r.x += tile[k][t.lane * VEC + i].x;
-                r.y += tile[k][t.lane * VEC + i].y;
-            }
-            float* out = part + (static_cast<long long>(t.ch0 + i) * nsplit + blockIdx.y) * 2;
-            out[0] = r.x;
-            out[1] = r.y;
+        tile[t.warp][t.lane] = acc[i].result();
+        __syncthreads();
+        if (t.warp == 0 && t.ch0 < c) {
+            const Sums<bn::kSums> r = merge_warps(tile, t.lane);
+            bn::write_sums(part + (static_cast<long long>(t.ch0 + i) * nsplit + blockIdx.y) *
+                                      bn::kSumPartial,
+                           r);
         }
+        __syncthreads();
     }
 }
 
@@ -218,14 +229,12 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
     bn::RowWalk walk(j, stride, cols);                                                            \
     for (; j < total; j += stride, walk.advance())
 
-// y = (x - mean) * a + bias per channel, rounded step by step in that order as everywhere else;
-// a = scale * saveinvvar (training) or scale * (1 / sqrt(run_var + eps)) (inference). y may be x.
-template <typename T, int VEC, bool kInfer>
+// y = fma(x - mean, a, bias) per channel, a = bn_stats_finalize's (training) or
+// bn_channel_factor's (inference) factor, as batchnorm.cu's normalize. y may be x.
+template <typename T, int VEC>
 __device__ __forceinline__ void normalize(const T* x, T* y, const float* __restrict__ mean,
-                                          const float* __restrict__ spread,
-                                          const float* __restrict__ scale,
-                                          const float* __restrict__ bias, float eps, long long n,
-                                          int c)
+                                          const float* __restrict__ factor,
+                                          const float* __restrict__ bias, long long n, int c)
 {
     RC_FOR_EACH_PACK(n, c)
     {
@@ -233,17 +242,15 @@ __device__ __forceinline__ void normalize(const T* x, T* y, const float* __restr
         Pack<T, VEC> pk = load_pack<T, VEC>(x + j * VEC);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-            const float a = kInfer ? __fmul_rn(scale[ch + i], 1.f / sqrtf(spread[ch + i] + eps))
-                                   : __fmul_rn(scale[ch + i], spread[ch + i]);
-            const float t = __fmul_rn(__fsub_rn(to_float(pk.v[i]), mean[ch + i]), a);
-            pk.v[i] = from_float<T>(__fadd_rn(t, bias[ch + i]));
+            pk.v[i] = from_float<T>(fmaf(__fsub_rn(to_float(pk.v[i]), mean[ch + i]),
+                                         factor[ch + i], bias[ch + i]));
         }
         store_pack<T, VEC>(y + j * VEC, pk);
     }
 }
 
-// dx = k * (dy - (x - mean) * c1 - dbias / m), in batchnorm.cu's order, with its coefficients
-// coef[3 ch ..] = (k, c1, dbias / m).
+// dx = dy * k - ((x - mean) * c1 + c0) as two FMAs with bn_backward_finalize's coefficients
+// coef[3 ch ..] = (k, c0, c1), as batchnorm.cu's backward_dx.
 template <typename T, int VEC>
 __device__ __forceinline__ void backward_dx(const T* __restrict__ x, const T* __restrict__ dy,
                                             const float* __restrict__ savemean,
@@ -258,19 +265,17 @@ __device__ __forceinline__ void backward_dx(const T* __restrict__ x, const T* __
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
             const float* k3 = coef + (ch + i) * 3;
-            float t = __fmul_rn(__fsub_rn(to_float(px.v[i]), savemean[ch + i]), -k3[1]);
-            t = __fsub_rn(__fadd_rn(t, to_float(pg.v[i])), k3[2]);
-            pg.v[i] = from_float<T>(__fmul_rn(t, k3[0]));
+            const float u = fmaf(__fsub_rn(to_float(px.v[i]), savemean[ch + i]), k3[2], k3[1]);
+            pg.v[i] = from_float<T>(fmaf(to_float(pg.v[i]), k3[0], -u));
         }
         store_pack<T, VEC>(dx + j * VEC, pg);
     }
 }
 
-// dx = dy * scale / sqrt(run_var + eps)
+// dx = dy * k, k = bn_channel_factor's scale / sqrt(run_var + eps) (frozen statistics)
 template <typename T, int VEC>
 __device__ __forceinline__ void backward_infer(const T* __restrict__ dy,
-                                               const float* __restrict__ scale,
-                                               const float* __restrict__ run_var, float eps,
+                                               const float* __restrict__ factor,
                                                T* __restrict__ dx, long long n, int c)
 {
     RC_FOR_EACH_PACK(n, c)
@@ -279,8 +284,7 @@ __device__ __forceinline__ void backward_infer(const T* __restrict__ dy,
         Pack<T, VEC> pg = load_pack<T, VEC>(dy + j * VEC);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-            const float k = __fmul_rn(scale[ch + i], 1.f / sqrtf(run_var[ch + i] + eps));
-            pg.v[i] = from_float<T>(__fmul_rn(to_float(pg.v[i]), k));
+            pg.v[i] = from_float<T>(__fmul_rn(to_float(pg.v[i]), factor[ch + i]));
         }
         store_pack<T, VEC>(dx + j * VEC, pg);
     }
@@ -294,7 +298,7 @@ __device__ __forceinline__ void backward_infer(const T* __restrict__ dy,
 // Plain signatures only; 256-thread blocks. Reductions: grid (ceil(C / (32 VEC)), nsplit), then
 // batchnorm.cu's bn_stats_finalize / bn_backward_finalize. Elementwise: a 1-D grid-stride grid.
 
-// Batch statistics, phase 1.
+// Batch statistics, phase 1 (bn::kPartial records).
 extern "C" __global__ void rc_stats_partial_f32(const float* x, float* part, long long n, int c)
 {
     rc::stats_partial<float, 1>(x, part, n, c);
@@ -320,59 +324,34 @@ extern "C" __global__ void rc_stats_partial_bf16_vec(const __nv_bfloat16* x, flo
     rc::stats_partial<__nv_bfloat16, 8>(x, part, n, c);
 }
 
-// Training forward: y = (x - savemean) * (scale * saveinvvar) + bias.
-extern "C" __global__ void rc_forward_train_f32(const float* x, float* y, const float* savemean, const float* saveinvvar, const float* scale, const float* bias, long long n, int c)
+// Normalization y = fmaf(x - mean, a, bias): training (savemean, bn_stats_finalize's a) and
+// inference (run_mean, bn_channel_factor's a); y may be x.
+extern "C" __global__ void rc_normalize_f32(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
-    rc::normalize<float, 1, false>(x, y, savemean, saveinvvar, scale, bias, 0.f, n, c);
+    rc::normalize<float, 1>(x, y, mean, a, bias, n, c);
 }
-extern "C" __global__ void rc_forward_train_f32_vec(const float* x, float* y, const float* savemean, const float* saveinvvar, const float* scale, const float* bias, long long n, int c)
+extern "C" __global__ void rc_normalize_f32_vec(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
-    rc::normalize<float, 4, false>(x, y, savemean, saveinvvar, scale, bias, 0.f, n, c);
+    rc::normalize<float, 4>(x, y, mean, a, bias, n, c);
 }
-extern "C" __global__ void rc_forward_train_f16(const __half* x, __half* y, const float* savemean, const float* saveinvvar, const float* scale, const float* bias, long long n, int c)
+extern "C" __global__ void rc_normalize_f16(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
-    rc::normalize<__half, 1, false>(x, y, savemean, saveinvvar, scale, bias, 0.f, n, c);
+    rc::normalize<__half, 1>(x, y, mean, a, bias, n, c);
 }
-extern "C" __global__ void rc_forward_train_f16_vec(const __half* x, __half* y, const float* savemean, const float* saveinvvar, const float* scale, const float* bias, long long n, int c)
+extern "C" __global__ void rc_normalize_f16_vec(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
-    rc::normalize<__half, 8, false>(x, y, savemean, saveinvvar, scale, bias, 0.f, n, c);
+    rc::normalize<__half, 8>(x, y, mean, a, bias, n, c);
 }
-extern "C" __global__ void rc_forward_train_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* savemean, const float* saveinvvar, const float* scale, const float* bias, long long n, int c)
+extern "C" __global__ void rc_normalize_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
-    rc::normalize<__nv_bfloat16, 1, false>(x, y, savemean, saveinvvar, scale, bias, 0.f, n, c);
+    rc::normalize<__nv_bfloat16, 1>(x, y, mean, a, bias, n, c);
 }
-extern "C" __global__ void rc_forward_train_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* savemean, const float* saveinvvar, const float* scale, const float* bias, long long n, int c)
+extern "C" __global__ void rc_normalize_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
-    rc::normalize<__nv_bfloat16, 8, false>(x, y, savemean, saveinvvar, scale, bias, 0.f, n, c);
-}
-
-// Inference: the running statistics.
-extern "C" __global__ void rc_forward_infer_f32(const float* x, float* y, const float* run_mean, const float* run_var, const float* scale, const float* bias, float eps, long long n, int c)
-{
-    rc::normalize<float, 1, true>(x, y, run_mean, run_var, scale, bias, eps, n, c);
-}
-extern "C" __global__ void rc_forward_infer_f32_vec(const float* x, float* y, const float* run_mean, const float* run_var, const float* scale, const float* bias, float eps, long long n, int c)
-{
-    rc::normalize<float, 4, true>(x, y, run_mean, run_var, scale, bias, eps, n, c);
-}
-extern "C" __global__ void rc_forward_infer_f16(const __half* x, __half* y, const float* run_mean, const float* run_var, const float* scale, const float* bias, float eps, long long n, int c)
-{
-    rc::normalize<__half, 1, true>(x, y, run_mean, run_var, scale, bias, eps, n, c);
-}
-extern "C" __global__ void rc_forward_infer_f16_vec(const __half* x, __half* y, const float* run_mean, const float* run_var, const float* scale, const float* bias, float eps, long long n, int c)
-{
-    rc::normalize<__half, 8, true>(x, y, run_mean, run_var, scale, bias, eps, n, c);
-}
-extern "C" __global__ void rc_forward_infer_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* run_mean, const float* run_var, const float* scale, const float* bias, float eps, long long n, int c)
-{
-    rc::normalize<__nv_bfloat16, 1, true>(x, y, run_mean, run_var, scale, bias, eps, n, c);
-}
-extern "C" __global__ void rc_forward_infer_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* run_mean, const float* run_var, const float* scale, const float* bias, float eps, long long n, int c)
-{
-    rc::normalize<__nv_bfloat16, 8, true>(x, y, run_mean, run_var, scale, bias, eps, n, c);
+    rc::normalize<__nv_bfloat16, 8>(x, y, mean, a, bias, n, c);
 }
 
-// Backward reduction, phase 1.
+// Backward reduction, phase 1 (bn::kSumPartial records).
 extern "C" __global__ void rc_backward_partial_f32(const float* x, const float* dy, const float* savemean, float* part, long long n, int c)
 {
     rc::backward_partial<float, 1>(x, dy, savemean, part, n, c);
@@ -398,7 +377,7 @@ extern "C" __global__ void rc_backward_partial_bf16_vec(const __nv_bfloat16* x, 
     rc::backward_partial<__nv_bfloat16, 8>(x, dy, savemean, part, n, c);
 }
 
-// Training backward, dx.
+// Training backward, dx, with bn_backward_finalize's coefficients.
 extern "C" __global__ void rc_backward_train_f32(const float* x, const float* dy, const float* savemean, const float* coef, float* dx, long long n, int c)
 {
     rc::backward_dx<float, 1>(x, dy, savemean, coef, dx, n, c);
@@ -424,28 +403,28 @@ extern "C" __global__ void rc_backward_train_bf16_vec(const __nv_bfloat16* x, co
     rc::backward_dx<__nv_bfloat16, 8>(x, dy, savemean, coef, dx, n, c);
 }
 
-// Backward with frozen statistics.
-extern "C" __global__ void rc_backward_infer_f32(const float* dy, const float* scale, const float* run_var, float eps, float* dx, long long n, int c)
+// Backward with frozen statistics: dx = dy * k, k from bn_channel_factor.
+extern "C" __global__ void rc_backward_infer_f32(const float* dy, const float* k, float* dx, long long n, int c)
 {
-    rc::backward_infer<float, 1>(dy, scale, run_var, eps, dx, n, c);
+    rc::backward_infer<float, 1>(dy, k, dx, n, c);
 }
-extern "C" __global__ void rc_backward_infer_f32_vec(const float* dy, const float* scale, const float* run_var, float eps, float* dx, long long n, int c)
+extern "C" __global__ void rc_backward_infer_f32_vec(const float* dy, const float* k, float* dx, long long n, int c)
 {
-    rc::backward_infer<float, 4>(dy, scale, run_var, eps, dx, n, c);
+    rc::backward_infer<float, 4>(dy, k, dx, n, c);
 }
-extern "C" __global__ void rc_backward_infer_f16(const __half* dy, const float* scale, const float* run_var, float eps, __half* dx, long long n, int c)
+extern "C" __global__ void rc_backward_infer_f16(const __half* dy, const float* k, __half* dx, long long n, int c)
 {
-    rc::backward_infer<__half, 1>(dy, scale, run_var, eps, dx, n, c);
+    rc::backward_infer<__half, 1>(dy, k, dx, n, c);
 }
-extern "C" __global__ void rc_backward_infer_f16_vec(const __half* dy, const float* scale, const float* run_var, float eps, __half* dx, long long n, int c)
+extern "C" __global__ void rc_backward_infer_f16_vec(const __half* dy, const float* k, __half* dx, long long n, int c)
 {
-    rc::backward_infer<__half, 8>(dy, scale, run_var, eps, dx, n, c);
+    rc::backward_infer<__half, 8>(dy, k, dx, n, c);
 }
-extern "C" __global__ void rc_backward_infer_bf16(const __nv_bfloat16* dy, const float* scale, const float* run_var, float eps, __nv_bfloat16* dx, long long n, int c)
+extern "C" __global__ void rc_backward_infer_bf16(const __nv_bfloat16* dy, const float* k, __nv_bfloat16* dx, long long n, int c)
 {
-    rc::backward_infer<__nv_bfloat16, 1>(dy, scale, run_var, eps, dx, n, c);
+    rc::backward_infer<__nv_bfloat16, 1>(dy, k, dx, n, c);
 }
-extern "C" __global__ void rc_backward_infer_bf16_vec(const __nv_bfloat16* dy, const float* scale, const float* run_var, float eps, __nv_bfloat16* dx, long long n, int c)
+extern "C" __global__ void rc_backward_infer_bf16_vec(const __nv_bfloat16* dy, const float* k, __nv_bfloat16* dx, long long n, int c)
 {
-    rc::backward_infer<__nv_bfloat16, 8>(dy, scale, run_var, eps, dx, n, c);
+    rc::backward_infer<__nv_bfloat16, 8>(dy, k, dx, n, c);
 }
