@@ -132,7 +132,10 @@ __device__ __forceinline__ void stats_finalize(const float* __restrict__ part, i
     w = warp_reduce(w);
     if (lane == 0) {
         const float mean = base[3] + w.mean;
-        const float var = fmaxf(w.m2 / w.n, 0.f);
+        // a variance negative from rounding clamps to 0, but a NaN (non-finite data) must stay NaN,
+        // which fmaxf would turn into 0
+        const float biased = w.m2 / w.n;
+        const float var = biased < 0.f ? 0.f : biased;
         const float invstd = 1.f / sqrtf(var + eps);
         savemean[ch] = mean;
         saveinvvar[ch] = invstd;

@@ -55,7 +55,10 @@ __device__ __forceinline__ void stats(const T* __restrict__ x, long long nrows, 
         }
         w = bn::block_reduce(w);
         if (threadIdx.x == 0) {
-            const float var = fmaxf(w.m2 / w.n, 0.f);
+            // a variance negative from rounding clamps to 0, but a NaN (non-finite data) must stay NaN,
+            // which fmaxf would turn into 0
+            const float biased = w.m2 / w.n;
+            const float var = biased < 0.f ? 0.f : biased;
             savemean[row] = __fadd_rn(shift, w.mean);
             saveinvstd[row] = 1.f / sqrtf(__fadd_rn(var, eps));
         }
