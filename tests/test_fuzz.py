@@ -243,6 +243,8 @@ def close(actual, expected, dtype, what, scale_by=1.0):
     expected = np.asarray(expected, np.float64)
     actual = np.asarray(actual, np.float64)
     assert actual.shape == expected.shape, what
+    if not np.isfinite(scale_by):  # zero variance with epsilon 0: NaN and Inf outputs
+        scale_by = 1.0
     tol = TOL[str(np.dtype(dtype))] * max(1.0, scale_by)
     if expected.size:
         tol *= max(1.0, float(np.nanmax(np.abs(np.where(np.isfinite(expected), expected, 0)))))
@@ -342,6 +344,9 @@ def run(target, spec, lead, spatial, ops, seed):
                 if last is None or m.inData is None:
                     refused(m, lambda: m.backward(dyd, **kw), "backward before forward")
                     continue
+                if last[0].dtype != dtype:
+                    refused(m, lambda: m.backward(dyd, **kw), "dtype changed since the forward")
+                    continue
                 results.append(check_backward(m, spec, last, dy, dyd, kw))
             elif op == "mode":
                 m.evalMode() if m.train else m.trainMode()
@@ -376,7 +381,8 @@ def run(target, spec, lead, spatial, ops, seed):
                     other = np.float64
                     refused(m, lambda: m(gpuarray.to_gpu(np.zeros(shape, other))), "dtype")
                 elif bad == 1:
-                    wrong = tuple(shape) + (2,)
+                    wrong = tuple(shape) + (2,) if spec["kind"] != "layer" else \
+                        tuple(shape[:-1]) + (shape[-1] + 1,)
                     refused(m, lambda: m(gpuarray.to_gpu(np.zeros(wrong, dtype))), "ndim")
                     if last is not None:
                         refused(m, lambda: m.backward(gpuarray.to_gpu(np.zeros(wrong, dtype))),
@@ -505,7 +511,17 @@ def check_poison(m, spec, seed, x, rng):
             np.testing.assert_array_equal(a[keep], b[keep], err_msg=k)
         assert np.isnan(host(dirty.var).ravel()[ch]), "running var of the poisoned channel"
         assert np.isnan(host(dirty.saveinvvar).ravel()[ch]), "saveinvvar of the poisoned channel"
-    return [yp]
+    if not m.train:
+        return [yp]
+    # the backward: the poisoned group's dx is NaN, every other value bitwise as without poison
+    dy = rng.normal(size=x.shape).astype(x.dtype)
+    dxc, dxp = host(clean.backward(gpuarray.to_gpu(dy))), host(dirty.backward(gpuarray.to_gpu(dy)))
+    np.testing.assert_array_equal(dxp[~hit], dxc[~hit], err_msg="a clean dx changed")
+    assert np.isnan(dxp[hit]).all(), "the poisoned group's dx is not all NaN"
+    for name, var in dirty.vars.items():
+        a, b = host(var.grad), host(clean.vars[name].grad)
+        assert ((a == b) | np.isnan(a)).all(), "%s grad changed outside the poisoned group" % name
+    return [yp, dxp]
 
 
 def compare_targets(all_results):
@@ -571,3 +587,21 @@ def test_poisoned_row_stays_nan(backend):
     assert np.isnan(y[1, 0]).all() and np.isfinite(np.delete(y.reshape(6, -1), 2, 0)).all()
     invstd = module.saveinvvar.get()
     assert np.isnan(invstd[2]) and np.isfinite(np.delete(invstd, 2)).all()
+
+
+def test_backward_after_calcmode_is_refused(backend):
+    """A forward in float32, calcMode(float16), then a float16 grad: the kernels got arrays of two
+    dtypes and raised TypeError; now a ModuleError with the module unchanged."""
+    from batchnorm_lib import config
+
+    dtypes = [np.dtype(d) for d in config.backend_module().supported_dtypes()]
+    other = next((d for d in dtypes if d != np.float32), np.dtype(np.float32))
+    for module in (BatchNorm2D(2), InstanceNorm2D(2)):
+        module(gpuarray.to_gpu(np.random.default_rng(7).normal(size=(3, 2, 2, 3))
+                               .astype(np.float32)))
+        module.calcMode(other)
+        grad = gpuarray.to_gpu(np.ones((3, 2, 2, 3), other))
+        if other == np.float32:  # a backend with float32 alone: nothing to refuse
+            assert module.backward(grad).shape == (3, 2, 2, 3)
+            continue
+        refused(module, lambda: module.backward(grad), "dtype changed since the forward")
