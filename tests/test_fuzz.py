@@ -381,8 +381,12 @@ def run(target, spec, lead, spatial, ops, seed):
                     other = np.float64
                     refused(m, lambda: m(gpuarray.to_gpu(np.zeros(shape, other))), "dtype")
                 elif bad == 1:
-                    wrong = tuple(shape) + (2,) if spec["kind"] != "layer" else \
-                        tuple(shape[:-1]) + (shape[-1] + 1,)
+                    if spec["kind"] == "layer":  # any leading axes are fine: change the last
+                        wrong = tuple(shape[:-1]) + (shape[-1] + 1,)
+                    elif spec["kind"] == "group":  # any spatial axes are fine: the channels
+                        wrong = (shape[0], shape[1] + 1) + tuple(shape[2:])
+                    else:
+                        wrong = tuple(shape) + (2,)
                     refused(m, lambda: m(gpuarray.to_gpu(np.zeros(wrong, dtype))), "ndim")
                     if last is not None:
                         refused(m, lambda: m.backward(gpuarray.to_gpu(np.zeros(wrong, dtype))),
