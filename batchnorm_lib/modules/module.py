@@ -97,10 +97,6 @@ class Module:
             raise ModuleError("%s: backward called before any forward pass (trainMode, evalMode "
                               "and reset forget the last one)" % self)
         self._checkArray(grad, "grad")
-        if grad.dtype != self.inData.dtype:  # calcMode changed the dtype since the forward
-            raise ModuleError("%s: grad dtype %s differs from the dtype %s of the last forward's "
-                              "data (run a forward after calcMode)"
-                              % (self, grad.dtype, self.inData.dtype))
         self.checkGradShape(grad.shape)
         scale = check_finite(self, "scale", scale)
         momentum = check_finite(self, "momentum", momentum)
