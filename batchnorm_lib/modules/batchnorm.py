@@ -20,6 +20,15 @@ def _positive_int(owner, name, value, low=1):
     return int(value)
 
 
+def check_grad_dtype(module, grad):
+    """calcMode may change the dtype after a forward: the kernels take data and grad of one dtype,
+    so a grad in the new one is refused until a forward in it ran."""
+    data = module.inData
+    if data is not None and gpuarray.is_array(grad) and grad.dtype != data.dtype:
+        raise ModuleError("%s: grad dtype %s differs from the dtype %s of the last forward's data "
+                          "(run a forward after calcMode)" % (module, grad.dtype, data.dtype))
+
+
 class BatchNormND(Module):
     """Batch normalization over every axis but axis 1 of (N, C, *spatial) data with ``nd`` spatial
     axes. Parameters and statistics have shape (1, C, 1, 1) for nd <= 2 and (1, C) + (1,) * nd above.
@@ -228,6 +237,7 @@ class BatchNormND(Module):
         ops.axpby(self.biasgrad.ravel(), self.vars["bias"].grad.ravel(), scale, momentum)
 
     def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
+        check_grad_dtype(self, grad)
         if self.syncedCount is not None and (updGrad or (updParamGrads and self.affine)):
             # the other ranks are about to exchange sums: a refusal here must reach them
             try:

@@ -13,7 +13,7 @@ import numpy as np
 
 from batchnorm_lib import config, kernels
 from batchnorm_lib.backend import gpuarray
-from batchnorm_lib.modules.batchnorm import _positive_int
+from batchnorm_lib.modules.batchnorm import _positive_int, check_grad_dtype
 from batchnorm_lib.modules.module import Module, ModuleError, check_finite
 from batchnorm_lib.variable import Variable
 
@@ -89,6 +89,7 @@ class RowNorm(Module):
         ops.axpby(self.biasgrad.ravel(), self.vars["bias"].grad.ravel(), scale, momentum)
 
     def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
+        check_grad_dtype(self, grad)
         previous = self.scalegrad, self.biasgrad
         self.scalegrad = self.biasgrad = None  # this pass's gradients, computed at most once
         try:
