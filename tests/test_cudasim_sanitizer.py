@@ -505,3 +505,73 @@ def test_a_barrier_deleted_from_our_reduction_is_a_race(monkeypatch, tmp_path):
             assert "bn_common.cuh:" in msg, msg
     finally:
         cfg.set_backend(previous)
+
+
+TILES = r"""
+struct Stat {
+    float n, mean, m2;
+};
+
+// a function-local __shared__ tile of a template (kept in .bss, not in the shared section):
+// every thread writes its slot, warp 0 merges a column after the barrier, VEC times
+template <int VEC>
+__device__ __forceinline__ void column_sums(const float* x, float* out, int rows)
+{
+    __shared__ Stat tile[8][32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int i = 0; i < VEC; ++i) {
+        Stat s = {0.f, 0.f, 0.f};
+        for (int r = warp; r < rows; r += 8) {
+            const float v = x[(blockIdx.x * rows + r) * 32 + lane] + i;
+            s.n += 1.f;
+            s.mean += v;
+            s.m2 += v * v;
+        }
+        tile[warp][lane] = s;
+        __syncthreads();
+        if (warp == 0) {
+            Stat t = tile[0][lane];
+            for (int k = 1; k < 8; ++k) {
+                t.n += tile[k][lane].n;
+                t.mean += tile[k][lane].mean;
+                t.m2 += tile[k][lane].m2;
+            }
+            out[(blockIdx.x * VEC + i) * 32 + lane] = t.mean;
+        }
+        __syncthreads();  // the tile is reused by the next i
+    }
+}
+
+extern "C" __global__ void tile_sums_1(const float* x, float* out, int rows)
+{
+    column_sums<1>(x, out, rows);
+}
+extern "C" __global__ void tile_sums_3(const float* x, float* out, int rows)
+{
+    column_sums<3>(x, out, rows);
+}
+"""
+
+
+def test_shared_tiles_over_many_launches_report_nothing(monkeypatch):
+    """A function-local tile written by every thread and read after a barrier is clean at every
+    grid size and after other launches, and in launches long enough for the runtime's watchdog
+    thread to poll during them (its accesses are not the kernel's)."""
+    monkeypatch.setenv(instrument.SANITIZE_ENV, "1")
+    rng = np.random.default_rng(7)
+    rows = 9
+    for blocks in (1, 7, 3, 160, 5, 301):
+        xh = rng.standard_normal(blocks * rows * 32).astype(np.float32)
+        x = gpuarray.to_gpu(xh)
+        cols = xh.astype(np.float64).reshape(blocks, rows, 32).sum(1)
+        for name, vec in (("tile_sums_1", 1), ("tile_sums_3", 3)):
+            out = gpuarray.empty(blocks * vec * 32, np.float32)
+            fn(TILES, name)(x.gpudata, out.gpudata, np.int32(rows), block=(256, 1, 1),
+                            grid=(blocks, 1))
+            want = cols[:, None, :] + rows * np.arange(vec)[None, :, None]
+            np.testing.assert_allclose(out.get().reshape(blocks, vec, 32), want, rtol=1e-4,
+                                       atol=1e-4)
+        # another kernel of another module in between
+        out = gpuarray.empty(256, np.float32)
+        fn(GOOD, "reuse")(gpuarray.to_gpu(rng.standard_normal(768).astype(np.float32)).gpudata,
+                          out.gpudata, block=(256, 1, 1), grid=(1, 1))

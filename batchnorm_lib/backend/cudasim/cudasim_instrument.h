@@ -239,6 +239,7 @@ struct St {
     std::unordered_map<Key, uint32_t, KeyHash> exec_count;  // (thread, pc) -> executions
     std::unordered_map<Key, Request, KeyHash> requests;     // (warp, pc, k) -> sectors
     int atomic_depth;
+    pthread_t launcher;  // the thread that runs the launch's blocks
     bool busy;  // inside a hook: the hooks' own (instrumented library) accesses are not the kernel's
     bool atomic_first;
     bool atomic_ordered;
@@ -486,6 +487,9 @@ static CUDASIM_NOINSTR void note(int kind, int space, uint64_t addr, int64_t off
 static CUDASIM_NOINSTR void access(uint64_t addr, uint32_t size, bool write, uint64_t pc) {
     cudasim::Fiber* f = cudasim::g.cur;
     if (!f || size == 0 || s.busy) return;
+    // another thread of the process (the runtime's watchdog, say) is not the kernel: its accesses
+    // would set `busy` under the launch's feet and hide the kernel's own
+    if (!pthread_equal(pthread_self(), s.launcher)) return;
     // the simulator's own state and the threads' stacks, which most non-kernel accesses touch
     const cudasim::State& g = cudasim::g;
     if ((addr >= (uint64_t)(uintptr_t)&g && addr < (uint64_t)(uintptr_t)(&g + 1)) ||
@@ -676,6 +680,7 @@ CUDASIM_EXPORT CUDASIM_NOINSTR void cudasim_instr_begin(int sanitize, int profil
     using namespace cudasim_instr;
     s.sanitize = sanitize != 0;
     s.profile = profile != 0;
+    s.launcher = pthread_self();
     s.allocs = allocs;
     s.nallocs = nallocs;
     s.last_alloc = -1;
