@@ -78,13 +78,21 @@ static inline void vst(float *p, rc_vf v) { *(rc_vfu *)p = v; }
 
 /* 4 floats and 4 doubles: the double lanes of the sums (a float32 difference converted to double
  * squares and multiplies exactly) */
-typedef float rc_vf4 __attribute__((vector_size(16)));
-typedef float rc_vf4u __attribute__((vector_size(16), aligned(4), may_alias));
 typedef double rc_vd __attribute__((vector_size(32)));
 typedef double rc_vdu __attribute__((vector_size(32), aligned(8), may_alias));
-static inline rc_vd vldd4(const float *p) { return __builtin_convertvector(*(const rc_vf4u *)p, rc_vd); }
 static inline rc_vd vldd(const double *p) { return *(const rc_vdu *)p; }
+static inline rc_vd lo_d(rc_vf v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3), rc_vd); }
+static inline rc_vd hi_d(rc_vf v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7), rc_vd); }
 static inline void vstd(double *p, rc_vd v) { *(rc_vdu *)p = v; }
+
+/* acc[0..16) += the 16 floats of (a, b), in double */
+static inline void flush16(double *acc, rc_vf a, rc_vf b)
+{
+    vstd(acc, vldd(acc) + lo_d(a));
+    vstd(acc + 4, vldd(acc + 4) + hi_d(a));
+    vstd(acc + 8, vldd(acc + 8) + lo_d(b));
+    vstd(acc + 12, vldd(acc + 12) + hi_d(b));
+}
 
 #define RC_RB 8 /* rows per register block of the reductions (sequential streams, within L1's ways) */
 
@@ -153,38 +161,34 @@ static int rc_tasks(const rc_plan *p, i64 R, i64 C, i64 ws_doubles, rc_task_fn f
  * sets, so RC_RB of them stay within its ways), with t = x - c[j] in float32:
  *   dy NULL: f1[j] += sum(t), f2[j] += sum(t * t)
  *   else:    f1[j] += sum(dy), f2[j] += sum(dy * t), f3[j] += sum(t)
- * in double, 8 channels held in double registers while the rows go by. Inlined, so each caller
+ 16 channels held in float registers while the rows go by (at most RC_RB terms: exact enough,
+ * the terms are deviations from a nearby shift), then added into double. Inlined, so each caller
  * gets its own loop. */
 static inline __attribute__((always_inline)) void block_sums(const float *x, const float *dy, i64 C,
                                                              i64 rb, i64 re, i64 w, const float *c,
                                                              double *f1, double *f2, double *f3)
 {
     i64 j = 0;
-    for (; j + 8 <= w; j += 8) {
-        rc_vf c8 = vld(c + j);
-        rc_vd a0 = vldd(f1 + j), a1 = vldd(f1 + j + 4);
-        rc_vd q0 = vldd(f2 + j), q1 = vldd(f2 + j + 4);
-        rc_vd e0 = {0}, e1 = {0};
+    for (; j + 16 <= w; j += 16) {
+        rc_vf c0 = vld(c + j), c1 = vld(c + j + 8);
+        rc_vf a0 = {0}, a1 = {0}, q0 = {0}, q1 = {0}, e0 = {0}, e1 = {0};
         for (i64 r = rb; r < re; r++) {
-            float t8[8];
-            vst(t8, vld(x + r * C + j) - c8);
-            rc_vd t0 = vldd4(t8), t1 = vldd4(t8 + 4);
-            rc_vd u0 = dy ? vldd4(dy + r * C + j) : t0, u1 = dy ? vldd4(dy + r * C + j + 4) : t1;
+            const float *xr = x + r * C + j;
+            rc_vf t0 = vld(xr) - c0, t1 = vld(xr + 8) - c1;
+            rc_vf u0 = dy ? vld(dy + r * C + j) : t0, u1 = dy ? vld(dy + r * C + j + 8) : t1;
             a0 += u0;
-            a1 += u1;
             q0 += u0 * t0;
+            a1 += u1;
             q1 += u1 * t1;
-            e0 += t0;
-            e1 += t1;
+            if (dy) {
+                e0 += t0;
+                e1 += t1;
+            }
         }
-        vstd(f1 + j, a0);
-        vstd(f1 + j + 4, a1);
-        vstd(f2 + j, q0);
-        vstd(f2 + j + 4, q1);
-        if (dy) {
-            vstd(f3 + j, vldd(f3 + j) + e0);
-            vstd(f3 + j + 4, vldd(f3 + j + 4) + e1);
-        }
+        flush16(f1 + j, a0, a1);
+        flush16(f2 + j, q0, q1);
+        if (dy)
+            flush16(f3 + j, e0, e1);
     }
     for (; j < w; j++) {
         for (i64 r = rb; r < re; r++) {
