@@ -17,12 +17,12 @@
  * widest vector width the CPU has); per-channel constants are expanded once per call into arrays.
  *
  * Numerics, as in bn_cpu.c: a tile's statistics are a corrected two-pass around the tile's rough
- * mean, the deviations (float32, exact or nearly so near the shift) summed and squared in double
- * lanes, so no float rounding grows with the rows; tiles and parts merge with Chan's formula in
- * double. The per-channel constants are computed in float64 and rounded once; the backward also
- * sums x - savemean, the float32 mean's offset from the exact one, and corrects the gradients for
- * it. The elementwise formulas are evaluated in float32 in bn_cpu.c's order:
- *   forward:  out = (x - mean) * a + bias,            a = scale * invstd
+ * mean, the deviations summed in float registers over blocks of RC_RB rows and then in double, so
+ * no float rounding grows with the rows; tiles and parts merge with Chan's formula in double. The
+ * per-channel constants are computed in float64 and rounded once; the backward also sums
+ * x - savemean, the float32 mean's offset from the exact one, and corrects the gradients for it.
+ * The elementwise formulas are evaluated in float32 in bn_cpu.c's order:
+ *   forward:  out = (x - mean) * a + bias,            a = scale / sqrt(var + eps)
  *   backward: dx  = (dy * k - c0) - (x - mean) * c1,  k = scale * invstd
  * so the two layouts give the same results up to the order of the double sums.
  */
@@ -76,8 +76,7 @@ typedef float rc_vfu __attribute__((vector_size(32), aligned(4), may_alias));
 static inline rc_vf vld(const float *p) { return *(const rc_vfu *)p; }
 static inline void vst(float *p, rc_vf v) { *(rc_vfu *)p = v; }
 
-/* 4 floats and 4 doubles: the double lanes of the sums (a float32 difference converted to double
- * squares and multiplies exactly) */
+/* 4 doubles: the double lanes the register sums are added into */
 typedef double rc_vd __attribute__((vector_size(32)));
 typedef double rc_vdu __attribute__((vector_size(32), aligned(8), may_alias));
 static inline rc_vd vldd(const double *p) { return *(const rc_vdu *)p; }
