@@ -22,7 +22,7 @@
  * per-channel constants are computed in float64 and rounded once; the backward also sums
  * x - savemean, the float32 mean's offset from the exact one, and corrects the gradients for it.
  * The elementwise formulas are evaluated in float32 in bn_cpu.c's order:
- *   forward:  out = (x - mean) * a + bias,            a = scale / sqrt(var + eps)
+ *   forward:  out = fmaf(x - mean, a, bias),          a = scale / sqrt(var + eps)
  *   backward: dx  = (dy * k - c0) - (x - mean) * c1,  k = scale * invstd
  * so the two layouts give the same results up to the order of the double sums.
  */
@@ -32,7 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__AVX__)
+#if defined(__AVX__) && defined(__FMA__)
 #include <immintrin.h>
 #define RC_STREAM 1 /* 32-byte non-temporal stores */
 #endif
@@ -309,16 +309,16 @@ static void row_affine(const float *xr, float *o, i64 C, const float *restrict m
     i64 j = 0, head = rc_peel(o, C, stream);
     if (m) {
         for (; j < head; j++)
-            o[j] = (xr[j] - m[j]) * a[j] + b[j];
+            o[j] = fmaf(xr[j] - m[j], a[j], b[j]);
 #ifdef RC_STREAM
         for (; stream && j + 8 <= C; j += 8) {
             __m256 v = _mm256_sub_ps(_mm256_loadu_ps(xr + j), _mm256_loadu_ps(m + j));
-            v = _mm256_add_ps(_mm256_mul_ps(v, _mm256_loadu_ps(a + j)), _mm256_loadu_ps(b + j));
+            v = _mm256_fmadd_ps(v, _mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j));
             _mm256_stream_ps(o + j, v);
         }
 #endif
         for (; j < C; j++)
-            o[j] = (xr[j] - m[j]) * a[j] + b[j];
+            o[j] = fmaf(xr[j] - m[j], a[j], b[j]);
     } else {
         for (; j < head; j++)
             o[j] = xr[j] * a[j];
