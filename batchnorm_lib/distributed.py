@@ -147,8 +147,14 @@ def sync_backward(bn, grad, dx):
         dbias = gpuarray.empty(shape, np.float32)
         bn._op("backward_train")(bn.inData, grad, bn.scale, bn.savemean, bn.saveinvvar, None,
                                  dscale, dbias)
-        sums = (grad.size // c, dbias.get().ravel().astype(np.float64),
-                dscale.get().ravel().astype(np.float64))
+        sum_dy = dbias.get().ravel().astype(np.float64)
+        # backward_train corrects its sums to this shard's own exact mean (r = its offset from
+        # savemean); here savemean is the whole batch's, so the correction is taken back out
+        shard_mean = partials.channel_partials(bn.inData, bn.rowsLayout)[1]
+        r = shard_mean - bn.savemean.get().ravel().astype(np.float64)
+        invstd = bn.saveinvvar.get().ravel().astype(np.float64)
+        sums = (grad.size // c, sum_dy,
+                dscale.get().ravel().astype(np.float64) + r * sum_dy * invstd)
     parts = exchange(bn, bn.comm, "the backward", sums)
     sum_dy = sum_in_order([p[1] for p in parts])
     sum_dy_xhat = sum_in_order([p[2] for p in parts])

@@ -155,11 +155,7 @@ def _run_rows(x, scale, bias, dy):
                 y_eval=first(ev.get()))
 
 
-def test_rows_accuracy_against_float64_and_pytorch(request, kernel_path):
-    if kernel_path == ("cpu", "native"):
-        # rows_channels_cpu.c keeps its float32 invstd and the float32 mean's gradients
-        request.applymarker(pytest.mark.xfail(strict=True, reason="rows_channels_cpu.c: invstd, "
-                                              "running variance and dscale not yet compensated"))
+def test_rows_accuracy_against_float64_and_pytorch(kernel_path):
     ours, theirs = _errors(_run_rows, ROWS_CASES), _errors(nm.run_torch, ROWS_CASES)
     table = "\n".join("%-7s ours %6.2f  PyTorch %6.2f" % (k, ours[k], theirs[k])
                       for k in nm.MEASURES)

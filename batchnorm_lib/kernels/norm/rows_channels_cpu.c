@@ -17,10 +17,12 @@
  * widest vector width the CPU has); per-channel constants are expanded once per call into arrays.
  *
  * Numerics, as in bn_cpu.c: a tile's statistics are a corrected two-pass around the tile's rough
- * mean (float sums over at most RC_FBLOCK rows, then double); tiles and parts merge with Chan's
- * formula in double. The per-channel constants are computed in bn_cpu.c's float32 / float64 steps
- * and the elementwise formulas are evaluated in float32 in its order:
- *   forward:  out = (x - mean) * a + bias,            a = scale * invstd
+ * mean, the deviations summed in float registers over blocks of RC_RB rows and then in double, so
+ * no float rounding grows with the rows; tiles and parts merge with Chan's formula in double. The
+ * per-channel constants are computed in float64 and rounded once; the backward also sums
+ * x - savemean, the float32 mean's offset from the exact one, and corrects the gradients for it.
+ * The elementwise formulas are evaluated in float32 in bn_cpu.c's order:
+ *   forward:  out = fmaf(x - mean, a, bias),          a = scale / sqrt(var + eps)
  *   backward: dx  = (dy * k - c0) - (x - mean) * c1,  k = scale * invstd
  * so the two layouts give the same results up to the order of the double sums.
  */
@@ -30,7 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__AVX__)
+#if defined(__AVX__) && defined(__FMA__)
 #include <immintrin.h>
 #define RC_STREAM 1 /* 32-byte non-temporal stores */
 #endif
@@ -40,7 +42,7 @@ typedef int64_t i64;
 int bn_get_num_threads(void); /* bn_cpu.c, same library */
 
 #ifndef RC_FBLOCK
-#define RC_FBLOCK 64                  /* rows summed in float before the sums go into double */
+#define RC_FBLOCK 64                  /* rows per tile, at most (its rough mean is a float sum) */
 #endif
 #ifndef RC_CHUNK
 #define RC_CHUNK 1024                 /* channels per reduction task */
@@ -73,6 +75,23 @@ typedef float rc_vf __attribute__((vector_size(32)));
 typedef float rc_vfu __attribute__((vector_size(32), aligned(4), may_alias));
 static inline rc_vf vld(const float *p) { return *(const rc_vfu *)p; }
 static inline void vst(float *p, rc_vf v) { *(rc_vfu *)p = v; }
+
+/* 4 doubles: the double lanes the register sums are added into */
+typedef double rc_vd __attribute__((vector_size(32)));
+typedef double rc_vdu __attribute__((vector_size(32), aligned(8), may_alias));
+static inline rc_vd vldd(const double *p) { return *(const rc_vdu *)p; }
+static inline rc_vd lo_d(rc_vf v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3), rc_vd); }
+static inline rc_vd hi_d(rc_vf v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7), rc_vd); }
+static inline void vstd(double *p, rc_vd v) { *(rc_vdu *)p = v; }
+
+/* acc[0..16) += the 16 floats of (a, b), in double */
+static inline void flush16(double *acc, rc_vf a, rc_vf b)
+{
+    vstd(acc, vldd(acc) + lo_d(a));
+    vstd(acc + 4, vldd(acc + 4) + hi_d(a));
+    vstd(acc + 8, vldd(acc + 8) + lo_d(b));
+    vstd(acc + 12, vldd(acc + 12) + hi_d(b));
+}
 
 #define RC_RB 8 /* rows per register block of the reductions (sequential streams, within L1's ways) */
 
@@ -107,17 +126,17 @@ static rc_plan rc_make_plan(i64 R, i64 C)
 
 /* One reduction task: channels [c0, c0 + w) of rows [r0, r1), writing row part `part`'s results;
  * ws is the calling thread's workspace. */
-typedef void (*rc_task_fn)(void *ctx, i64 part, i64 c0, i64 w, i64 r0, i64 r1, float *ws);
+typedef void (*rc_task_fn)(void *ctx, i64 part, i64 c0, i64 w, i64 r0, i64 r1, double *ws);
 
 /* Runs every (row part, channel chunk) task of plan p on the threads, each thread with a workspace
- * of ws_floats * p->W floats; returns -1 when a workspace cannot be allocated. */
-static int rc_tasks(const rc_plan *p, i64 R, i64 C, i64 ws_floats, rc_task_fn fn, void *ctx)
+ * of ws_doubles * p->W doubles; returns -1 when a workspace cannot be allocated. */
+static int rc_tasks(const rc_plan *p, i64 R, i64 C, i64 ws_doubles, rc_task_fn fn, void *ctx)
 {
     int failed = 0;
     i64 ntask = p->P * p->nchunk;
 #pragma omp parallel num_threads(rc_threads(R * C))
     {
-        float *ws = malloc(sizeof(float) * (size_t)(p->W * ws_floats));
+        double *ws = malloc(sizeof(double) * (size_t)(p->W * ws_doubles));
         if (!ws) {
 #pragma omp atomic write
             failed = 1;
@@ -137,19 +156,21 @@ static int rc_tasks(const rc_plan *p, i64 R, i64 C, i64 ws_floats, rc_task_fn fn
 /* ---------------------------------------------------------------------------------------------- */
 /* statistics                                                                                      */
 
-/* f1[j] += sum(u), f2[j] += sum(u * (x - c[j])) over rows [rb, re) (at most RC_RB: sequential
- * streams, and rows a multiple of 4 KB apart share L1 sets, so RC_RB of them stay within its
- * ways), 16 channels held in registers while the rows go by; u = dy, or u = x - c when dy is NULL
- * (sums of deviations). Inlined, so each caller gets its own loop. */
+/* Over rows [rb, re) (at most RC_RB: sequential streams, and rows a multiple of 4 KB apart share L1
+ * sets, so RC_RB of them stay within its ways), with t = x - c[j] in float32:
+ *   dy NULL: f1[j] += sum(t), f2[j] += sum(t * t)
+ *   else:    f1[j] += sum(dy), f2[j] += sum(dy * t), f3[j] += sum(t)
+ 16 channels held in float registers while the rows go by (at most RC_RB terms: exact enough,
+ * the terms are deviations from a nearby shift), then added into double. Inlined, so each caller
+ * gets its own loop. */
 static inline __attribute__((always_inline)) void block_sums(const float *x, const float *dy, i64 C,
                                                              i64 rb, i64 re, i64 w, const float *c,
-                                                             float *f1, float *f2)
+                                                             double *f1, double *f2, double *f3)
 {
     i64 j = 0;
     for (; j + 16 <= w; j += 16) {
         rc_vf c0 = vld(c + j), c1 = vld(c + j + 8);
-        rc_vf a0 = vld(f1 + j), a1 = vld(f1 + j + 8);
-        rc_vf q0 = vld(f2 + j), q1 = vld(f2 + j + 8);
+        rc_vf a0 = {0}, a1 = {0}, q0 = {0}, q1 = {0}, e0 = {0}, e1 = {0};
         for (i64 r = rb; r < re; r++) {
             const float *xr = x + r * C + j;
             rc_vf t0 = vld(xr) - c0, t1 = vld(xr + 8) - c1;
@@ -158,27 +179,34 @@ static inline __attribute__((always_inline)) void block_sums(const float *x, con
             q0 += u0 * t0;
             a1 += u1;
             q1 += u1 * t1;
+            if (dy) {
+                e0 += t0;
+                e1 += t1;
+            }
         }
-        vst(f1 + j, a0);
-        vst(f1 + j + 8, a1);
-        vst(f2 + j, q0);
-        vst(f2 + j + 8, q1);
+        flush16(f1 + j, a0, a1);
+        flush16(f2 + j, q0, q1);
+        if (dy)
+            flush16(f3 + j, e0, e1);
     }
     for (; j < w; j++) {
         for (i64 r = rb; r < re; r++) {
-            float t = x[r * C + j] - c[j], u = dy ? dy[r * C + j] : t;
+            double t = (double)(x[r * C + j] - c[j]), u = dy ? (double)dy[r * C + j] : t;
             f1[j] += u;
             f2[j] += u * t;
+            if (dy)
+                f3[j] += t;
         }
     }
 }
 
 /* Mean and M2 of channels [0, w) of rows [r0, r1) (row r at x + r * C) into mean[], m2[]; ws holds
- * 3 * w floats. Chan-merges tile after tile in row order. */
+ * 3 * w doubles. Chan-merges tile after tile in row order. */
 static void part_stats(const float *x, i64 C, i64 r0, i64 r1, i64 w, i64 B, double *restrict mean,
-                       double *restrict m2, float *ws)
+                       double *restrict m2, double *ws)
 {
-    float *restrict sum = ws, *restrict f1 = ws + w, *restrict f2 = ws + 2 * w;
+    double *restrict f1 = ws, *restrict f2 = ws + w;
+    float *restrict sum = (float *)(ws + 2 * w);
     double na = 0.0;
     for (i64 j = 0; j < w; j++)
         mean[j] = m2[j] = 0.0;
@@ -197,15 +225,15 @@ static void part_stats(const float *x, i64 C, i64 r0, i64 r1, i64 w, i64 B, doub
             sum[j] *= inv_nb; /* now the shift */
         /* pass 2, from cache: sums of deviations from the shift */
         for (i64 j = 0; j < w; j++)
-            f1[j] = f2[j] = 0.0f;
+            f1[j] = f2[j] = 0.0;
         for (i64 rb = t0; rb < t1; rb += RC_RB)
-            block_sums(x, NULL, C, rb, rc_min(rb + RC_RB, t1), w, sum, f1, f2);
+            block_sums(x, NULL, C, rb, rc_min(rb + RC_RB, t1), w, sum, f1, f2, NULL);
         /* the tile's (mean, M2), merged into the part's (Chan; the weights are per tile) */
         double n = na + nb, wb = nb / n, wab = na * wb;
         for (i64 j = 0; j < w; j++) {
-            double s1 = (double)f1[j], dm = s1 / nb;
+            double s1 = f1[j], dm = s1 / nb;
             double tm = (double)sum[j] + dm;
-            double tm2 = (double)f2[j] - s1 * dm;
+            double tm2 = f2[j] - s1 * dm;
             tm2 = tm2 > 0.0 ? tm2 : 0.0;
             double d = tm - mean[j];
             mean[j] += d * wb;
@@ -221,16 +249,17 @@ typedef struct {
     double *pmean, *pm2;
 } stats_ctx;
 
-static void stats_task(void *ctx, i64 part, i64 c0, i64 w, i64 r0, i64 r1, float *ws)
+static void stats_task(void *ctx, i64 part, i64 c0, i64 w, i64 r0, i64 r1, double *ws)
 {
     const stats_ctx *k = ctx;
     i64 o = part * k->C + c0;
     part_stats(k->x + c0, k->C, r0, r1, w, k->B, k->pmean + o, k->pm2 + o, ws);
 }
 
-static float invstd_f32(double var, double eps)
+/* scale / sqrt(var + eps) in float64, rounded once */
+static float affine_f32(float scale, double var, double eps)
 {
-    return 1.0f / sqrtf((float)var + (float)eps);
+    return (float)((double)scale / sqrt(var + eps));
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -280,16 +309,16 @@ static void row_affine(const float *xr, float *o, i64 C, const float *restrict m
     i64 j = 0, head = rc_peel(o, C, stream);
     if (m) {
         for (; j < head; j++)
-            o[j] = (xr[j] - m[j]) * a[j] + b[j];
+            o[j] = fmaf(xr[j] - m[j], a[j], b[j]);
 #ifdef RC_STREAM
         for (; stream && j + 8 <= C; j += 8) {
             __m256 v = _mm256_sub_ps(_mm256_loadu_ps(xr + j), _mm256_loadu_ps(m + j));
-            v = _mm256_add_ps(_mm256_mul_ps(v, _mm256_loadu_ps(a + j)), _mm256_loadu_ps(b + j));
+            v = _mm256_fmadd_ps(v, _mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j));
             _mm256_stream_ps(o + j, v);
         }
 #endif
         for (; j < C; j++)
-            o[j] = (xr[j] - m[j]) * a[j] + b[j];
+            o[j] = fmaf(xr[j] - m[j], a[j], b[j]);
     } else {
         for (; j < head; j++)
             o[j] = xr[j] * a[j];
@@ -379,7 +408,7 @@ int rc_forward_train(const float *x, float *out, i64 R, i64 C, const float *scal
         wab[part] = na * (nb / n);
         na = n;
     }
-    float keep = (float)(1.0 - factor);
+    double keep = 1.0 - factor;
     double unbias = (double)R / (double)(R - 1);
     for (i64 c = 0; c < C; c++) {
         double mean = 0.0, m2 = 0.0;
@@ -389,13 +418,12 @@ int rc_forward_train(const float *x, float *out, i64 R, i64 C, const float *scal
             m2 += pm2[part * C + c] + d * d * wab[part];
         }
         double var = m2 / (double)R;
-        float inv = invstd_f32(var, eps);
         mean32[c] = (float)mean;
-        a32[c] = scale[c] * inv;
+        a32[c] = affine_f32(scale[c], var, eps);
         savemean[c] = (float)mean;
-        saveinvvar[c] = inv;
-        run_mean[c] = (float)((double)(keep * run_mean[c]) + factor * mean);
-        run_var[c] = (float)((double)(keep * run_var[c]) + factor * var * unbias);
+        saveinvvar[c] = (float)(1.0 / sqrt(var + eps));
+        run_mean[c] = (float)(keep * run_mean[c] + factor * mean);
+        run_var[c] = (float)(keep * run_var[c] + factor * (var * unbias));
     }
     free(pmean);
     free(pm2);
@@ -412,7 +440,7 @@ static int rc_frozen(const float *x, float *out, i64 R, i64 C, const float *scal
     if (!a32)
         return -1;
     for (i64 c = 0; c < C; c++)
-        a32[c] = scale[c] * invstd_f32(run_var[c], eps);
+        a32[c] = affine_f32(scale[c], run_var[c], eps);
     rc_affine(x, out, R, C, m, a32, b);
     free(a32);
     return 0;
@@ -427,39 +455,37 @@ int rc_forward_infer(const float *x, float *out, i64 R, i64 C, const float *scal
 /* ---------------------------------------------------------------------------------------------- */
 /* backward                                                                                        */
 
-/* sum(dy) and sum(dy * (x - m)) of channels [0, w) over rows [r0, r1) into s1[], s2[]; ws holds
- * 2 * w floats */
+/* sum(dy), sum(dy * (x - m)) and sum(x - m) of channels [0, w) over rows [r0, r1) into s1[], s2[],
+ * s3[] */
 static void part_sums(const float *x, const float *dy, i64 C, i64 r0, i64 r1, i64 w,
-                      const float *m, double *restrict s1, double *restrict s2, float *ws)
+                      const float *m, double *restrict s1, double *restrict s2,
+                      double *restrict s3)
 {
-    float *restrict f1 = ws, *restrict f2 = ws + w;
-    const float *restrict mm = m;
     for (i64 j = 0; j < w; j++)
-        s1[j] = s2[j] = 0.0;
-    for (i64 b0 = r0; b0 < r1; b0 += RC_FBLOCK) {
-        i64 b1 = rc_min(b0 + RC_FBLOCK, r1);
-        for (i64 j = 0; j < w; j++)
-            f1[j] = f2[j] = 0.0f;
-        for (i64 rb = b0; rb < b1; rb += RC_RB)
-            block_sums(x, dy, C, rb, rc_min(rb + RC_RB, b1), w, mm, f1, f2);
-        for (i64 j = 0; j < w; j++) {
-            s1[j] += (double)f1[j];
-            s2[j] += (double)f2[j];
-        }
-    }
+        s1[j] = s2[j] = s3[j] = 0.0;
+    for (i64 rb = r0; rb < r1; rb += RC_RB)
+        block_sums(x, dy, C, rb, rc_min(rb + RC_RB, r1), w, m, s1, s2, s3);
 }
 
 typedef struct {
     const float *x, *dy, *m;
     i64 C;
-    double *s1, *s2;
+    double *s1, *s2, *s3;
 } sums_ctx;
 
-static void sums_task(void *ctx, i64 part, i64 c0, i64 w, i64 r0, i64 r1, float *ws)
+static void sums_task(void *ctx, i64 part, i64 c0, i64 w, i64 r0, i64 r1, double *ws)
 {
     const sums_ctx *k = ctx;
     i64 o = part * k->C + c0;
-    part_sums(k->x + c0, k->dy + c0, k->C, r0, r1, w, k->m + c0, k->s1 + o, k->s2 + o, ws);
+    (void)ws;
+    part_sums(k->x + c0, k->dy + c0, k->C, r0, r1, w, k->m + c0, k->s1 + o, k->s2 + o, k->s3 + o);
+}
+
+/* A rounding-level correction term, or 0 where it is not finite (bn_cpu.c's rule: with an Inf in
+ * dy the result is PyTorch's formula without it, not Inf - Inf = NaN). */
+static double rc_correction(double v)
+{
+    return v - v == 0.0 ? v : 0.0;
 }
 
 int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
@@ -467,34 +493,37 @@ int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
                       float *dscale, float *dbias)
 {
     rc_plan p = rc_make_plan(R, C);
-    double *ps = malloc(sizeof(double) * 2 * (size_t)(p.P * C));
+    double *ps = malloc(sizeof(double) * 3 * (size_t)(p.P * C));
     float *consts = malloc(sizeof(float) * (size_t)C * 3);
     if (!ps || !consts) {
         free(ps); free(consts);
         return -1;
     }
-    sums_ctx ctx = {x, dy, savemean, C, ps, ps + p.P * C};
-    if (rc_tasks(&p, R, C, 2, sums_task, &ctx) != 0) {
+    sums_ctx ctx = {x, dy, savemean, C, ps, ps + p.P * C, ps + 2 * p.P * C};
+    if (rc_tasks(&p, R, C, 1, sums_task, &ctx) != 0) {
         free(ps); free(consts);
         return -1;
     }
-    const double *ps1 = ctx.s1, *ps2 = ctx.s2;
-    /* the numpy path's float64 steps: k = scale * invstd, c1 = k * invstd * gs / m,
-     * c0 = k * gb / m */
+    const double *ps1 = ctx.s1, *ps2 = ctx.s2, *ps3 = ctx.s3;
+    /* bn_cpu.c's float64 steps: r = sum(x - mean) / m, the exact mean's offset from savemean;
+     * gs = (sum(dy (x - mean)) - r sum(dy)) * invstd, k = scale * invstd,
+     * c1 = k * invstd * gs / m, c0 = k * gb / m - r * c1 */
     float *k32 = consts, *c032 = consts + C, *c132 = consts + 2 * C;
     for (i64 c = 0; c < C; c++) {
-        double sdy = 0.0, sdyx = 0.0;
+        double sdy = 0.0, sdyx = 0.0, sxm = 0.0;
         for (i64 part = 0; part < p.P; part++) {
             sdy += ps1[part * C + c];
             sdyx += ps2[part * C + c];
+            sxm += ps3[part * C + c];
         }
-        double inv = (double)saveinvvar[c];
-        double gs = sdyx * inv, k = (double)scale[c] * inv;
+        double inv = (double)saveinvvar[c], fm = (double)R, r = sxm / fm;
+        double gs = (sdyx - rc_correction(r * sdy)) * inv, k = (double)scale[c] * inv;
+        double c1 = k * inv * gs / fm;
         dbias[c] = (float)sdy;
         dscale[c] = (float)gs;
         k32[c] = (float)k;
-        c132[c] = (float)(k * inv * gs / (double)R);
-        c032[c] = (float)(k * sdy / (double)R);
+        c132[c] = (float)c1;
+        c032[c] = (float)(k * sdy / fm - rc_correction(r * c1));
     }
     free(ps);
     if (dx != NULL) {
