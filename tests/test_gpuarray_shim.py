@@ -218,7 +218,7 @@ def test_modules_and_costs_copy_strided_views_once(backend, rng):
 def test_elementwise_kernels_clean_under_the_sanitizer(monkeypatch, rng):
     """Every elementwise.cu entry the shim launches, in the simulator's instrumented build (races,
     uninitialized loads, out-of-bounds accesses raise LaunchError), on odd sizes."""
-    from tests.conftest import active_backend
+    from conftest import active_backend
     from batchnorm_lib.backend.cudasim import instrument
 
     with active_backend("cudasim"):
