@@ -142,6 +142,9 @@ def sync_backward(bn, grad, dx):
 
     c, shape = bn.maps, bn.paramShape
     sums = (0, np.zeros(c), np.zeros(c))
+    if grad.size and bn.relu:
+        # the fused relu's gradient mask, applied once: everything below sees relu'(y) * dy
+        grad = partials.relu_mask(grad, bn.data, bn.rowsLayout)
     if grad.size:
         dscale = gpuarray.empty(shape, np.float32)
         dbias = gpuarray.empty(shape, np.float32)

@@ -12,6 +12,7 @@ from batchnorm_lib.variable import Variable
 
 
 LAYOUTS = ("channels_first", "channels_last")
+ACTIVATIONS = (None, "relu")
 
 
 def _positive_int(owner, name, value, low=1):
@@ -33,6 +34,8 @@ class BatchNormND(Module):
     """Batch normalization over every axis but axis 1 of (N, C, *spatial) data with ``nd`` spatial
     axes. Parameters and statistics have shape (1, C, 1, 1) for nd <= 2 and (1, C) + (1,) * nd above.
     ``layout="channels_last"`` takes (N, *spatial, C) data instead; nothing else depends on it.
+    ``activation="relu"`` applies relu to the output in the same pass (and masks the gradient by
+    the output in the same backward pass): ``relu(batchnorm(x))`` without a second module.
     """
 
     axes = None  # what subclasses call the axes (channels first), for error messages
@@ -40,12 +43,16 @@ class BatchNormND(Module):
 
     def __init__(self, nd, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01,
                  affine=True, name=None, empty=False, inplace=False, layout="channels_first",
-                 comm=None):
+                 comm=None, activation=None):
         super().__init__(name)
         if layout not in LAYOUTS:
             raise ModuleError("%s: layout must be one of %s, got %r"
                               % (self, ", ".join(map(repr, LAYOUTS)), layout))
+        if not (activation is None or isinstance(activation, str) and activation in ACTIVATIONS):
+            raise ModuleError("%s: activation must be one of %s, got %r"
+                              % (self, ", ".join(map(repr, ACTIVATIONS)), activation))
         self.layout = layout
+        self.activation = activation
         self.nd = _positive_int(self, "nd", nd, low=0)
         self.maps = _positive_int(self, "maps", maps)
         self.epsilon = check_finite(self, "epsilon", epsilon, low=0.0)
@@ -127,6 +134,16 @@ class BatchNormND(Module):
                 raise ModuleError("%s: training needs more than one value per channel, got shape %s"
                                   % (self, tuple(shape)))
 
+    @property
+    def relu(self):
+        """Whether relu is fused into this module's passes."""
+        return self.activation == "relu"
+
+    @property
+    def reluOutput(self):
+        """The forward's output, which masks the gradient when relu is fused (else None)."""
+        return self.data if self.relu else None
+
     # -- forward ---------------------------------------------------------------------------------
     def _op(self, name):
         """The kernel ``name`` for this module's layout: the rows x channels family for (N, C) and
@@ -163,14 +180,15 @@ class BatchNormND(Module):
             savemean = gpuarray.empty(self.paramShape, np.float32)
             saveinvvar = gpuarray.empty(self.paramShape, np.float32)
             self._op("forward_train")(data, self.scale, self.bias, self.mean, self.var,
-                                      self.epsilon, factor, out, savemean, saveinvvar)
+                                      self.epsilon, factor, out, savemean, saveinvvar,
+                                      relu=self.relu)
             self.numOfProps += 1
             self.savemean, self.saveinvvar = savemean, saveinvvar
             self._fwdTrain = True
         else:
             out = data if self.inplace else gpuarray.empty(data.shape, data.dtype)
             self._op("forward_infer")(data, self.scale, self.bias, self.mean, self.var,
-                                      self.epsilon, out)
+                                      self.epsilon, out, relu=self.relu)
             self._fwdTrain = False
         return out
 
@@ -187,7 +205,7 @@ class BatchNormND(Module):
         out = gpuarray.empty(data.shape, data.dtype)
         if data.size:
             self._op("forward_infer")(data, self.scale, self.bias, savemean, batchvar,
-                                      self.epsilon, out)
+                                      self.epsilon, out, relu=self.relu)
         runmean = self.mean.get().astype(np.float64).reshape(shape)
         runvar = self.var.get().astype(np.float64).reshape(shape)
         self.mean.set(((1 - factor) * runmean + factor * mean.reshape(shape)).astype(np.float32))
@@ -208,7 +226,8 @@ class BatchNormND(Module):
         elif self._fwdTrain:
             self._paramGrads(grad, dx)
         else:
-            self._op("backward_infer")(grad, self.scale, self.var, self.epsilon, dx)
+            self._op("backward_infer")(grad, self.scale, self.var, self.epsilon, dx,
+                                       y=self.reluOutput)
         return dx
 
     def _paramGrads(self, grad, dx=None):
@@ -224,7 +243,7 @@ class BatchNormND(Module):
         dscale = gpuarray.empty(self.paramShape, np.float32)
         dbias = gpuarray.empty(self.paramShape, np.float32)
         self._op("backward_train")(self.inData, grad, self.scale, self.savemean, self.saveinvvar,
-                                   dx, dscale, dbias)
+                                   dx, dscale, dbias, y=self.reluOutput)
         self.scalegrad, self.biasgrad = dscale, dbias
 
     def accGradParams(self, grad, scale=1.0, momentum=0.0):
@@ -305,9 +324,10 @@ class BatchNorm(BatchNormND):
     axes = "(N, size)"
 
     def __init__(self, size, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
-                 name=None, empty=False, inplace=False, layout="channels_first", comm=None):
+                 name=None, empty=False, inplace=False, layout="channels_first", comm=None,
+                 activation=None):
         super().__init__(0, size, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace, layout=layout, comm=comm)
+                         inplace, layout=layout, comm=comm, activation=activation)
 
 
 class BatchNorm1D(BatchNormND):
@@ -316,9 +336,10 @@ class BatchNorm1D(BatchNormND):
     axes = "(N, C, L)"
 
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
-                 name=None, empty=False, inplace=False, layout="channels_first", comm=None):
+                 name=None, empty=False, inplace=False, layout="channels_first", comm=None,
+                 activation=None):
         super().__init__(1, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace, layout=layout, comm=comm)
+                         inplace, layout=layout, comm=comm, activation=activation)
 
 
 class BatchNorm2D(BatchNormND):
@@ -327,9 +348,10 @@ class BatchNorm2D(BatchNormND):
     axes = "(N, C, H, W)"
 
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
-                 name=None, empty=False, inplace=False, layout="channels_first", comm=None):
+                 name=None, empty=False, inplace=False, layout="channels_first", comm=None,
+                 activation=None):
         super().__init__(2, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace, layout=layout, comm=comm)
+                         inplace, layout=layout, comm=comm, activation=activation)
 
 
 class BatchNorm3D(BatchNormND):
@@ -338,6 +360,7 @@ class BatchNorm3D(BatchNormND):
     axes = "(N, C, D, H, W)"
 
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
-                 name=None, empty=False, inplace=False, layout="channels_first", comm=None):
+                 name=None, empty=False, inplace=False, layout="channels_first", comm=None,
+                 activation=None):
         super().__init__(3, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace, layout=layout, comm=comm)
+                         inplace, layout=layout, comm=comm, activation=activation)
