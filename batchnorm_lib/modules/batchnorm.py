@@ -1,36 +1,19 @@
 """Batch normalization: BatchNormND carries all state and logic; the other classes only say which
 data shapes they accept."""
 
-import numbers
-
 import numpy as np
 
-from batchnorm_lib import config, kernels
+from batchnorm_lib import kernels
 from batchnorm_lib.backend import gpuarray
-from batchnorm_lib.modules.module import Module, ModuleError, check_finite
-from batchnorm_lib.variable import Variable
+from batchnorm_lib.modules.module import ModuleError, check_finite
+from batchnorm_lib.modules.normalization import Normalization, check_grad_dtype, positive_int
 
 
 LAYOUTS = ("channels_first", "channels_last")
 ACTIVATIONS = (None, "relu")
 
 
-def _positive_int(owner, name, value, low=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ModuleError("%s: %s must be an integer >= %d, got %r" % (owner, name, low, value))
-    return int(value)
-
-
-def check_grad_dtype(module, grad):
-    """calcMode may change the dtype after a forward: the kernels take data and grad of one dtype,
-    so a grad in the new one is refused until a forward in it ran."""
-    data = module.inData
-    if data is not None and gpuarray.is_array(grad) and grad.dtype != data.dtype:
-        raise ModuleError("%s: grad dtype %s differs from the dtype %s of the last forward's data "
-                          "(run a forward after calcMode)" % (module, grad.dtype, data.dtype))
-
-
-class BatchNormND(Module):
+class BatchNormND(Normalization):
     """Batch normalization over every axis but axis 1 of (N, C, *spatial) data with ``nd`` spatial
     axes. Parameters and statistics have shape (1, C, 1, 1) for nd <= 2 and (1, C) + (1,) * nd above.
     ``layout="channels_last"`` takes (N, *spatial, C) data instead; nothing else depends on it.
@@ -53,8 +36,8 @@ class BatchNormND(Module):
                               % (self, ", ".join(map(repr, ACTIVATIONS)), activation))
         self.layout = layout
         self.activation = activation
-        self.nd = _positive_int(self, "nd", nd, low=0)
-        self.maps = _positive_int(self, "maps", maps)
+        self.nd = positive_int(self, "nd", nd, low=0)
+        self.maps = positive_int(self, "maps", maps)
         self.epsilon = check_finite(self, "epsilon", epsilon, low=0.0)
         self.initFactor = check_finite(self, "initFactor", initFactor, low=0.0, high=1.0)
         self.minFactor = check_finite(self, "minFactor", minFactor, low=0.0, high=1.0)
@@ -80,13 +63,7 @@ class BatchNormND(Module):
 
         shape = self.paramShape
         scale = np.random.normal(1.0, sscale if affine else 0.0, shape).astype(np.float32)
-        bias = np.zeros(shape, dtype=np.float32)
-        if self.affine:
-            self.setVar("scale", Variable(gpuarray.to_gpu(scale)))
-            self.setVar("bias", Variable(gpuarray.to_gpu(bias)))
-        else:
-            self.setAttr("scale", gpuarray.to_gpu(scale))
-            self.setAttr("bias", gpuarray.to_gpu(bias))
+        self.initAffine(affine, scale, np.zeros(shape, dtype=np.float32))
         self.setAttr("mean", gpuarray.zeros(shape, dtype=np.float32))
         self.setAttr("var", gpuarray.to_gpu(np.ones(shape, dtype=np.float32)))
 
@@ -222,15 +199,15 @@ class BatchNormND(Module):
         dx = gpuarray.empty(grad.shape, grad.dtype)
         if grad.size == 0:
             if self._fwdTrain:
-                self._paramGrads(grad)
+                self.paramGrads(grad)
         elif self._fwdTrain:
-            self._paramGrads(grad, dx)
+            self.paramGrads(grad, dx)
         else:
             self._op("backward_infer")(grad, self.scale, self.var, self.epsilon, dx,
                                        y=self.reluOutput)
         return dx
 
-    def _paramGrads(self, grad, dx=None):
+    def paramGrads(self, grad, dx=None):
         if self.syncedCount is not None:
             from batchnorm_lib.distributed import sync_backward
 
@@ -246,20 +223,14 @@ class BatchNormND(Module):
                                    dx, dscale, dbias, y=self.reluOutput)
         self.scalegrad, self.biasgrad = dscale, dbias
 
-    def accGradParams(self, grad, scale=1.0, momentum=0.0):
-        if not self.affine or not self._fwdTrain:
-            return
-        if self.scalegrad is None:  # backward ran with updGrad=False
-            self._paramGrads(grad)
-        ops = kernels.norm.ops()
-        ops.axpby(self.scalegrad.ravel(), self.vars["scale"].grad.ravel(), scale, momentum)
-        ops.axpby(self.biasgrad.ravel(), self.vars["bias"].grad.ravel(), scale, momentum)
+    def hasParamGrads(self):
+        return self.affine and bool(self._fwdTrain)
 
     def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
-        check_grad_dtype(self, grad)
         if self.syncedCount is not None and (updGrad or (updParamGrads and self.affine)):
             # the other ranks are about to exchange sums: a refusal here must reach them
             try:
+                check_grad_dtype(self, grad)
                 self._checkArray(grad, "grad")
                 self.checkGradShape(grad.shape)
                 check_finite(self, "scale", scale)
@@ -268,28 +239,13 @@ class BatchNormND(Module):
                 from batchnorm_lib.distributed import refuse_everywhere
 
                 refuse_everywhere(self, "the backward", e)
-        previous = self.scalegrad, self.biasgrad
-        self.scalegrad = self.biasgrad = None  # this pass's gradients, computed at most once
-        try:
-            return super().backward(grad, updParamGrads, updGrad, scale, momentum)
-        except ModuleError:
-            self.scalegrad, self.biasgrad = previous
-            raise
+        return super().backward(grad, updParamGrads, updGrad, scale, momentum)
 
     # -- modes and state -------------------------------------------------------------------------
     def reset(self):
         super().reset()
-        self.savemean = self.saveinvvar = None
-        self.scalegrad = self.biasgrad = None
         self._fwdTrain = None
         self.syncedCount = None
-
-    def calcMode(self, T):
-        T = np.dtype(T)
-        if T not in config.backend_module().supported_dtypes():
-            raise ModuleError("%s: dtype %s is not supported on the %r backend" %
-                              (self, T, config.get_backend()))
-        self.calctype = T
 
     def stateSpec(self):
         shape, f32 = self.paramShape, np.dtype(np.float32)
