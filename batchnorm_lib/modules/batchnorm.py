@@ -53,6 +53,7 @@ class BatchNormND(Normalization):
         self.comm = None
         self._synced = None  # merged statistics of this training pass (with comm)
         self.syncedCount = None  # values per channel in the whole batch of the last synced pass
+        self.shardMean = None  # this rank's own batch mean in that pass (float64)
         if comm is not None:
             from batchnorm_lib import distributed
 
@@ -171,7 +172,7 @@ class BatchNormND(Normalization):
 
     def _syncedForward(self, data):
         """Training forward with the whole batch's statistics (``self._synced``)."""
-        count, mean, m2 = self._synced
+        count, mean, m2, shardMean = self._synced
         var = m2 / count
         factor = max(self.initFactor / (self.numOfProps + 1), self.minFactor)
         shape = self.paramShape
@@ -191,7 +192,7 @@ class BatchNormND(Normalization):
         self.numOfProps += 1
         self.savemean, self.saveinvvar = savemean, saveinvvar
         self._fwdTrain = True
-        self.syncedCount = count
+        self.syncedCount, self.shardMean = count, shardMean
         return out
 
     # -- backward --------------------------------------------------------------------------------
@@ -245,7 +246,7 @@ class BatchNormND(Normalization):
     def reset(self):
         super().reset()
         self._fwdTrain = None
-        self.syncedCount = None
+        self.syncedCount = self.shardMean = None
 
     def stateSpec(self):
         shape, f32 = self.paramShape, np.dtype(np.float32)
