@@ -228,3 +228,24 @@ def test_train_relu_nan_channel(cpu_path, shape, rows, rng):
                                atol=1e-4 * np.abs(dyf).sum(axis=sum_axes).max())
     assert np.isnan(_first(dx, rows)[:, 1]).all()
 
+
+def test_cpu_benchmark_relu_rows(capsys, monkeypatch):
+    """--relu times the bn+relu rows on the --shape shapes, both layouts."""
+    from batchnorm_lib.bench import cpu as bench_cpu
+
+    monkeypatch.setattr(bench_cpu, "WARMUP_SECONDS", 0.0)
+    argv = ["--relu", "--shape", "6,3,5,5", "--shape", "9,4", "--layout", "both", "--rounds", "1",
+            "--per-round", "1", "--warmup", "0", "--threads", "1", "--no-naive"]
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        argv.append("--no-torch")
+    assert bench_cpu.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("bn+relu ")]
+    assert sorted({(r[1], r[2]) for r in rows}) == [("6x3x5x5", "NCHW"), ("6x3x5x5", "NHWC"),
+                                                    ("9x4", "NC")]
+    assert len(rows) == 3 * len(bench_cpu.PASSES)
+    if "--no-torch" not in argv:
+        diff = float(out.rsplit("relative to max |value|): ", 1)[1].split()[0])
+        assert diff < 1e-4
