@@ -13,6 +13,13 @@ GroupNorm (32 groups) and InstanceNorm2D modules against PyTorch's ``F.layer_nor
 ``F.group_norm`` and ``F.instance_norm``. They keep no running statistics, so ``infer`` is the
 forward in evaluation mode, computing what ``fwd`` computes; the byte counts are the same.
 
+``--relu`` times batch norm fused with relu (the "bn+relu" rows, also in the default run): ours is
+the training forward with ``relu=True`` then the backward given its output ``y`` (the mask), and
+the inference forward with ``relu=True``, through the kernels the modules call (outputs allocated
+per call, as a module does); PyTorch's is ``F.batch_norm`` followed by ``F.relu(..., inplace=True)``
+as a PyTorch user writes it, then ``backward(dy)`` through autograd. Its fewest bytes: training
+24 B per element (forward 8, backward 16: x, dy and y read, dx written), inference 8 B.
+
 Each row has a layout: channels first (NCHW, the default; (N, C) data has one layout) or channels
 last (NHWC and the other channels-last layouts: our module with ``layout="channels_last"`` on the
 channels-last array, PyTorch on the same values in ``torch.channels_last`` memory format).
@@ -61,10 +68,17 @@ FAMILY_CASES = (
 )
 FAMILY_GROUPS = 32
 QUICK_LAST = ((32, 64, 56, 56),)
+RELU = "bn+relu"
+# batch norm + relu: the ResNet shapes at both ends of the network, in both layouts, and (N, C)
+RELU_CASES = tuple((RELU, s, lay) for lay in ("channels_first", "channels_last")
+                   for s in ((32, 64, 56, 56), (256, 512, 7, 7))) \
+    + ((RELU, (4096, 1024), "channels_first"),)
+QUICK_RELU = ((RELU, (32, 64, 56, 56), "channels_first"),)
 LAYOUTS = ("channels_first", "channels_last")
 PASSES = ("train", "infer", "fwd")
 TARGET_PASSES = ("train", "infer")
 FEWEST_BYTES = {"train": 20, "infer": 8, "fwd": 8}
+FEWEST_BYTES_RELU = {"train": 24, "infer": 8, "fwd": 8}  # the backward reads y too
 EPS = 1e-5
 WARMUP_SECONDS = float(os.environ.get("BATCHNORM_LIB_BENCH_WARMUP_S", "0.25"))  # per function
 MAX_WARMUP = 50
@@ -119,6 +133,13 @@ def add_arguments(p):
                         "--quick shapes)"
                         % (FAMILY_GROUPS, ", ".join("%s %s" % (k, "x".join(map(str, s)))
                                                     for k, s in FAMILY_CASES)))
+    p.add_argument("--relu", action="store_true",
+                   help="time only batch norm fused with relu (the 'bn+relu' rows, which the "
+                        "default run ends with): ours with relu=True in the forward and the "
+                        "output's mask in the backward, against PyTorch's batch_norm then "
+                        "relu_; on %s, or the --shape shapes"
+                        % ", ".join("x".join(map(str, s)) + ("" if len(s) == 2 else " " + lay)
+                                    for _, s, lay in RELU_CASES))
     p.add_argument("--cpu-path", choices=("auto", "native", "numpy"), default=None,
                    help="our CPU kernel path (default: BATCHNORM_LIB_CPU_KERNELS or auto)")
     p.add_argument("--settle", type=float, default=0.0, metavar="SECONDS",
@@ -276,9 +297,10 @@ def param_count(kind, shape):
 
 def _case(item):
     """(module kind, shape, layout) of a benchmark case: a shape (batch norm, channels first), a
-    (shape, layout) pair, or a (module name, shape) pair of the rest of the family."""
+    (shape, layout) pair, a (module name, shape) pair of the rest of the family, or a
+    (kind, shape, layout) triple (RELU)."""
     if isinstance(item[0], str):
-        return item[0], tuple(item[1]), "channels_first"
+        return item[0], tuple(item[1]), item[2] if len(item) > 2 else "channels_first"
     if isinstance(item[0], (int, np.integer)):
         return "BatchNorm", tuple(item), "channels_first"
     return "BatchNorm", tuple(item[0]), item[1]
@@ -297,13 +319,57 @@ def to_last(a):
     return np.ascontiguousarray(np.moveaxis(a, 1, -1)) if a.ndim > 2 else a
 
 
+def _ours_relu(x, dy, scale, bias, last):
+    """(train, infer, fwd, results) closures over the kernels with the fused relu, each call
+    allocating its outputs as a module does; x and dy as ours() takes them."""
+    from batchnorm_lib.backend import gpuarray
+    from batchnorm_lib.kernels import norm
+
+    ops = norm.ops("cpu")
+    rows = last or x.ndim == 2
+    op = lambda name: getattr(ops, ("rows_" if rows else "") + name)  # noqa: E731
+    C = x.shape[1]
+    ps = (1, C, 1, 1)
+    data = gpuarray.to_gpu(to_last(x) if last else x)
+    grad = gpuarray.to_gpu(to_last(dy) if last else dy)
+    sc, bi = gpuarray.to_gpu(scale.reshape(ps)), gpuarray.to_gpu(bias.reshape(ps))
+    rm, rv = gpuarray.zeros(ps, np.float32), gpuarray.to_gpu(np.ones(ps, np.float32))
+    sm, si = gpuarray.empty(ps, np.float32), gpuarray.empty(ps, np.float32)
+    ds, db = gpuarray.empty(ps, np.float32), gpuarray.empty(ps, np.float32)
+    back = (lambda a: np.moveaxis(a, -1, 1)) if last else (lambda a: a)  # noqa: E731
+
+    def fwd():
+        y = gpuarray.empty(data.shape, np.float32)
+        op("forward_train")(data, sc, bi, rm, rv, EPS, 0.1, y, sm, si, relu=True)
+        return y
+
+    def train():
+        y = fwd()
+        dx = gpuarray.empty(data.shape, np.float32)
+        op("backward_train")(data, grad, sc, sm, si, dx, ds, db, y=y)
+        return y, dx
+
+    def infer():
+        y = gpuarray.empty(data.shape, np.float32)
+        op("forward_infer")(data, sc, bi, rm, rv, EPS, y, relu=True)
+
+    def results():
+        y, dx = train()
+        return {"y": back(y.get()), "dx": back(dx.get()), "dscale": ds.get().ravel(),
+                "dbias": db.get().ravel()}
+
+    return train, infer, fwd, results
+
+
 def ours(x, dy, scale, bias, layout="channels_first", kind="BatchNorm"):
     """(train, infer, fwd, results) closures over a batchnorm_lib module on the CPU backend; x and
     dy are (N, C, *spatial), stored channels last for ``layout="channels_last"``; ``kind`` names a
-    module of the normalization family other than batch norm."""
+    module of the normalization family other than batch norm, or RELU (the fused kernels)."""
     from batchnorm_lib import modules
     from batchnorm_lib.backend import gpuarray
 
+    if kind == RELU:
+        return _ours_relu(x, dy, scale, bias, layout == "channels_last" and x.ndim > 2)
     C = x.shape[1]
     mod = getattr(modules, _MODULE_FOR_NDIM[x.ndim])(C, layout=layout) if kind == "BatchNorm" \
         else _family_module(kind, x.shape)
@@ -363,6 +429,8 @@ def pytorch(torch, x, dy, scale, bias, layout="channels_first", kind="BatchNorm"
     w = torch.from_numpy(scale.copy()).requires_grad_()
     b = torch.from_numpy(bias.copy()).requires_grad_()
     rm, rv = torch.zeros(C), torch.ones(C)
+    if kind == RELU:
+        return _pytorch_relu(torch, xt, dyt, w, b, rm, rv)
     if kind != "BatchNorm":
         return _pytorch_family(torch, _torch_family(F, kind, x.shape), xt, dyt, w, b)
 
@@ -382,6 +450,37 @@ def pytorch(torch, x, dy, scale, bias, layout="channels_first", kind="BatchNorm"
     def results():
         xt.grad = w.grad = b.grad = None
         y = F.batch_norm(xt, rm, rv, w, b, training=True, momentum=0.1, eps=EPS)
+        y.backward(dyt)
+        return {"y": y.detach().numpy(), "dx": xt.grad.numpy(), "dscale": w.grad.numpy(),
+                "dbias": b.grad.numpy()}
+
+    return train, infer, fwd, results
+
+
+def _pytorch_relu(torch, xt, dyt, w, b, rm, rv):
+    """batch_norm then an in-place relu (its backward needs the input, not the output, so autograd
+    allows it), as a PyTorch user writes it."""
+    F = torch.nn.functional
+
+    def forward(training):
+        y = F.batch_norm(xt, rm, rv, w, b, training=training, momentum=0.1, eps=EPS)
+        return F.relu(y, inplace=True)
+
+    def train():
+        xt.grad = w.grad = b.grad = None
+        forward(True).backward(dyt)
+
+    def fwd():
+        with torch.no_grad():
+            forward(True)
+
+    def infer():
+        with torch.no_grad():
+            forward(False)
+
+    def results():
+        xt.grad = w.grad = b.grad = None
+        y = forward(True)
         y.backward(dyt)
         return {"y": y.detach().numpy(), "dx": xt.grad.numpy(), "dscale": w.grad.numpy(),
                 "dbias": b.grad.numpy()}
@@ -496,8 +595,9 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
     rng = np.random.default_rng(1234)
     for item in shapes:
         kind, shape, layout = _case(item)
+        batch = kind in ("BatchNorm", RELU)
         label = ("" if kind == "BatchNorm" else kind + " ") + "x".join(map(str, shape)) \
-            + ("" if kind != "BatchNorm" else " " + layout_name(shape, layout))
+            + (" " + layout_name(shape, layout) if batch else "")
         if settle > 0:
             if progress:
                 progress(done, total, "%s: waiting for a quiet machine" % label)
@@ -516,6 +616,12 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
         agreement = None
         if torch is not None:
             a, b = contestants["ours"][3](), contestants["torch"][3]()
+            if kind == RELU:
+                # outputs within rounding of 0 can fall on either side of the relu in the two
+                # libraries, and one such element moves dx by a whole dy: compare the gradients
+                # with PyTorch's batch-norm backward given our mask
+                masked = np.where(a["y"] <= 0, np.float32(0), dy)
+                b = dict(pytorch(torch, x, masked, scale, bias, layout)[3](), y=b["y"])
             agreement = max(_max_rel(a[k], b[k]) for k in a)
         done += 1
         naive_fns = naive(x, dy, scale, bias, layout) if use_naive and kind == "BatchNorm" else None
@@ -528,9 +634,9 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
             if naive_fns is not None:
                 # slow and single-threaded: a few calls are enough to place it
                 t["naive"] = compare({"naive": naive_fns[idx]}, 1, 3, 1, clock=clock)["naive"]
-            nbytes = FEWEST_BYTES[p] * x.size
+            nbytes = (FEWEST_BYTES_RELU if kind == RELU else FEWEST_BYTES)[p] * x.size
             row = {"shape": list(shape), "module": kind,
-                   "layout": layout_name(shape, layout) if kind == "BatchNorm" else "",
+                   "layout": layout_name(shape, layout) if batch else "",
                    "pass": p, "ms": {k: v * 1e3 for k, v in t.items()},
                    "gbs": nbytes / t["ours"] / 1e9, "copy_gbs": copy_gbs,
                    "frac": nbytes / t["ours"] / 1e9 / copy_gbs,
@@ -542,10 +648,16 @@ def run_benchmark(shapes, passes, threads, rounds, per_round, warmup, use_torch=
     if progress:
         progress(done, total, "done")
     env["load_after"] = machine_load()
+    # the bn+relu rows get their own geomeans; the others keep the batch-norm (or family) target
+    main = [r for r in rows if r["module"] != RELU] or rows
     summary = {}
     for p in passes:
-        summary[p] = _geomean([r["ratio"] for r in rows if r["pass"] == p])
-    summary["target"] = _geomean([r["ratio"] for r in rows if r["pass"] in TARGET_PASSES])
+        summary[p] = _geomean([r["ratio"] for r in main if r["pass"] == p])
+    summary["target"] = _geomean([r["ratio"] for r in main if r["pass"] in TARGET_PASSES])
+    relu_rows = [r for r in rows if r["module"] == RELU]
+    if relu_rows and len(relu_rows) < len(rows):
+        summary[RELU] = {p: _geomean([r["ratio"] for r in relu_rows if r["pass"] == p])
+                         for p in passes}
     return {"env": env, "rows": rows, "geomean": summary}
 
 
@@ -617,6 +729,9 @@ def format_table(result, markdown=False):
         parts = ["%s %.2fx" % (p, g[p]) for p in PASSES if p in g]
         out.append("geomean torch/ours: %s | target passes (%s) %.2fx"
                    % (", ".join(parts), " + ".join(TARGET_PASSES), g["target"]))
+        if RELU in g:
+            out.append("geomean torch/ours of the %s rows: %s" % (RELU, ", ".join(
+                "%s %.2fx" % (p, g[RELU][p]) for p in PASSES if p in g[RELU])))
         diffs = [r["max_rel_diff"] for r in rows if r["max_rel_diff"] is not None]
         if diffs:
             out.append("largest difference from torch (y, dx, dscale, dbias; relative to max |value|): "
@@ -720,6 +835,11 @@ def run_from_args(args, progress=None):
     else:
         first, last = (QUICK_SHAPES, QUICK_LAST) if args.quick else (DEFAULT_SHAPES, DEFAULT_LAST)
         shapes = [(s, "channels_first") for s in first] + [(s, "channels_last") for s in last]
+        if not args.kernels:
+            shapes += list(QUICK_RELU if args.quick else RELU_CASES)
+    if getattr(args, "relu", False) and not args.kernels:
+        shapes = [(RELU,) + _case(item)[1:] for item in args.shape and shapes or
+                  (QUICK_RELU if args.quick else RELU_CASES)]
     passes = tuple(dict.fromkeys(args.passes)) if args.passes else PASSES
     rounds = min(args.rounds, 3) if args.quick else args.rounds
     threads = args.threads or usable_cores()

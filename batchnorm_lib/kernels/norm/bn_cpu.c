@@ -94,6 +94,22 @@ static inline vf splat(float s)
     return v;
 }
 
+/* The fused relu and its gradient mask, on the bits: v <= 0 is false for NaN, so NaN stays, and
+ * -0 (all bits but the sign clear) becomes +0. */
+typedef int32_t vi __attribute__((vector_size(LANES * sizeof(float))));
+static inline vf vzero_where_le0(vf v, vf test) { return (vf)((vi)v & ~(vi)(test <= splat(0.0f))); }
+static inline vf vrelu(vf v) { return vzero_where_le0(v, v); }
+static inline float srelu(float v) { return v <= 0.0f ? 0.0f : v; }
+/* dy masked by the forward's output y (y NULL: dy as is) */
+static inline vf vgrad(const float *dy, const float *y, i64 i)
+{
+    return y ? vzero_where_le0(ld(dy + i), ld(y + i)) : ld(dy + i);
+}
+static inline float sgrad(const float *dy, const float *y, i64 i)
+{
+    return y && y[i] <= 0.0f ? 0.0f : dy[i];
+}
+
 #if defined(__GNUC__) || defined(__clang__)
 #define PREFETCH(p) __builtin_prefetch((p), 0, 2)
 #else
@@ -111,7 +127,7 @@ static int threads_for(i64 total)
 }
 
 static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S,
-                       const float *m, const float *a, const float *b);
+                       const float *m, const float *a, const float *b, int relu, const float *y);
 
 int bn_set_num_threads(int n)
 {
@@ -282,47 +298,51 @@ static stat_t tile_stats_long(const float *xc, i64 rs, i64 n0, i64 n1, i64 S)
     return stat_from_sums(cnt, total, c, fold(a1), fold(a2));
 }
 
-static void row_affine(const float *x, float *o, i64 S, float m, float a, float b)
+/* o = fmaf(x - m, a, b), relu'd when relu, prefetching pf[0..S) (the next tile) into L2 as it
+ * goes when pf is not NULL; inlined with constant flags, so each variant is its own loop */
+static inline __attribute__((always_inline)) void row_affine_k(const float *x, float *o, i64 S,
+                                                               float m, float a, float b,
+                                                               const float *pf, int relu)
 {
-    vf mv = splat(m), av = splat(a), bv = splat(b);
-    i64 i = 0;
-    for (; i + LANES <= S; i += LANES)
-        st(o + i, vfma(ld(x + i) - mv, av, bv));
-    for (; i < S; i++)
-        o[i] = fmaf(x[i] - m, a, b);
-}
-
-/* row_affine, prefetching pf[0..S) (the next tile) into L2 as it goes */
-static void row_affine_pf(const float *x, float *o, i64 S, float m, float a, float b,
-                          const float *pf)
-{
-    if (!pf) {
-        row_affine(x, o, S, m, a, b);
-        return;
-    }
     vf mv = splat(m), av = splat(a), bv = splat(b);
     i64 i = 0;
     for (; i + LANES <= S; i += LANES) {
-        PREFETCH(pf + i);
-        st(o + i, vfma(ld(x + i) - mv, av, bv));
+        if (pf)
+            PREFETCH(pf + i);
+        vf v = vfma(ld(x + i) - mv, av, bv);
+        st(o + i, relu ? vrelu(v) : v);
     }
-    for (; i < S; i++)
-        o[i] = fmaf(x[i] - m, a, b);
+    for (; i < S; i++) {
+        float v = fmaf(x[i] - m, a, b);
+        o[i] = relu ? srelu(v) : v;
+    }
 }
 
-static void row_scale(const float *x, float *o, i64 S, float a)
+static void row_affine(const float *x, float *o, i64 S, float m, float a, float b,
+                       const float *pf, int relu)
+{
+    if (pf)
+        relu ? row_affine_k(x, o, S, m, a, b, pf, 1) : row_affine_k(x, o, S, m, a, b, pf, 0);
+    else
+        relu ? row_affine_k(x, o, S, m, a, b, NULL, 1) : row_affine_k(x, o, S, m, a, b, NULL, 0);
+}
+
+/* o = x * a, x masked by y where y is not NULL */
+static void row_scale(const float *x, const float *y, float *o, i64 S, float a)
 {
     vf av = splat(a);
     i64 i = 0;
     for (; i + LANES <= S; i += LANES)
-        st(o + i, ld(x + i) * av);
+        st(o + i, vgrad(x, y, i) * av);
     for (; i < S; i++)
-        o[i] = x[i] * a;
+        o[i] = sgrad(x, y, i) * a;
 }
 
-/* a1 += sum(dy), a2 += sum(dy * (x - m)), a3 += sum(x - m) (see backward_const) */
-static void lanes_bwd(const float *x, const float *dy, i64 S, float m, double *a1, double *a2,
-                      double *a3)
+/* a1 += sum(dy), a2 += sum(dy * (x - m)), a3 += sum(x - m) (see backward_const); dy masked by
+ * y where y is not NULL */
+static inline __attribute__((always_inline)) void lanes_bwd_k(const float *x, const float *dy,
+                                                              const float *y, i64 S, float m,
+                                                              double *a1, double *a2, double *a3)
 {
     i64 i = 0, nv = S / LANES;
     vf mv = splat(m);
@@ -332,7 +352,7 @@ static void lanes_bwd(const float *x, const float *dy, i64 S, float m, double *a
         vf f1 = {0}, f2 = {0}, f3 = {0}, g1 = {0}, g2 = {0};
         i64 v = 0;
         for (; v + 2 <= nb; v += 2, i += 2 * LANES) {
-            vf g = ld(dy + i), h = ld(dy + i + LANES);
+            vf g = vgrad(dy, y, i), h = vgrad(dy, y, i + LANES);
             vf d = ld(x + i) - mv, e = ld(x + i + LANES) - mv;
             f1 += g;
             f2 += g * d;
@@ -341,7 +361,7 @@ static void lanes_bwd(const float *x, const float *dy, i64 S, float m, double *a
             f3 += d + e;
         }
         if (v < nb) {
-            vf g = ld(dy + i), d = ld(x + i) - mv;
+            vf g = vgrad(dy, y, i), d = ld(x + i) - mv;
             f1 += g;
             f2 += g * d;
             f3 += d;
@@ -353,22 +373,31 @@ static void lanes_bwd(const float *x, const float *dy, i64 S, float m, double *a
         nv -= nb;
     }
     for (int k = 0; i < S; i++, k++) {
-        float g = dy[i], d = x[i] - m;
+        float g = sgrad(dy, y, i), d = x[i] - m;
         a1[k] += g;
         a2[k] += g * d;
         a3[k] += d;
     }
 }
 
-static void row_dx(const float *x, const float *dy, float *dx, i64 S, float m, float k, float c0,
-                   float c1)
+static void lanes_bwd(const float *x, const float *dy, const float *y, i64 S, float m, double *a1,
+                      double *a2, double *a3)
+{
+    if (y)
+        lanes_bwd_k(x, dy, y, S, m, a1, a2, a3);
+    else
+        lanes_bwd_k(x, dy, NULL, S, m, a1, a2, a3);
+}
+
+static void row_dx(const float *x, const float *dy, const float *y, float *dx, i64 S, float m,
+                   float k, float c0, float c1)
 {
     vf mv = splat(m), kv = splat(k), c0v = splat(c0), c1v = splat(c1);
     i64 i = 0;
     for (; i + LANES <= S; i += LANES)
-        st(dx + i, vfma(ld(dy + i), kv, -vfma(ld(x + i) - mv, c1v, c0v)));
+        st(dx + i, vfma(vgrad(dy, y, i), kv, -vfma(ld(x + i) - mv, c1v, c0v)));
     for (; i < S; i++)
-        dx[i] = fmaf(dy[i], k, -fmaf(x[i] - m, c1, c0));
+        dx[i] = fmaf(sgrad(dy, y, i), k, -fmaf(x[i] - m, c1, c0));
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -485,9 +514,11 @@ static void cols_dev(const float *x, i64 rs, i64 n0, i64 n1, i64 L, const float 
  * each block adds into float partials f1, f2, f3 (L floats each), which go into double every FBLOCK
  * rows. */
 #define RB 8
-static void cols_bwd(const float *x, const float *dy, i64 rs, i64 n0, i64 n1, i64 L,
-                     const float *m, double *a1, double *a2, double *a3, float *f1, float *f2,
-                     float *f3)
+static inline __attribute__((always_inline)) void cols_bwd_k(const float *x, const float *dy,
+                                                             const float *y, i64 rs, i64 n0,
+                                                             i64 n1, i64 L, const float *m,
+                                                             double *a1, double *a2, double *a3,
+                                                             float *f1, float *f2, float *f3)
 {
     for (i64 nb = n0; nb < n1; nb += FBLOCK) {
         i64 ne = nb + FBLOCK < n1 ? nb + FBLOCK : n1;
@@ -504,7 +535,8 @@ static void cols_bwd(const float *x, const float *dy, i64 rs, i64 n0, i64 n1, i6
                 vf u0 = ld(f3 + j), u1 = ld(f3 + j + LANES);
                 for (i64 n = rb; n < re; n++) {
                     const float *r = x + n * rs + j, *g = dy + n * rs + j;
-                    vf g0 = ld(g), g1 = ld(g + LANES);
+                    const float *yr = y ? y + n * rs + j : NULL;
+                    vf g0 = vgrad(g, yr, 0), g1 = vgrad(g, yr, LANES);
                     vf d0 = ld(r) - m0, d1 = ld(r + LANES) - m1;
                     s0 += g0;
                     q0 += g0 * d0;
@@ -523,7 +555,7 @@ static void cols_bwd(const float *x, const float *dy, i64 rs, i64 n0, i64 n1, i6
             for (; j < L; j++) {
                 float s0 = f1[j], q0 = f2[j], u0 = f3[j];
                 for (i64 n = rb; n < re; n++) {
-                    float g0 = dy[n * rs + j], d0 = x[n * rs + j] - m[j];
+                    float g0 = sgrad(dy, y, n * rs + j), d0 = x[n * rs + j] - m[j];
                     s0 += g0;
                     q0 += g0 * d0;
                     u0 += d0;
@@ -539,6 +571,16 @@ static void cols_bwd(const float *x, const float *dy, i64 rs, i64 n0, i64 n1, i6
             a3[j] += f3[j];
         }
     }
+}
+
+static void cols_bwd(const float *x, const float *dy, const float *y, i64 rs, i64 n0, i64 n1,
+                     i64 L, const float *m, double *a1, double *a2, double *a3, float *f1,
+                     float *f2, float *f3)
+{
+    if (y)
+        cols_bwd_k(x, dy, y, rs, n0, n1, L, m, a1, a2, a3, f1, f2, f3);
+    else
+        cols_bwd_k(x, dy, NULL, rs, n0, n1, L, m, a1, a2, a3, f1, f2, f3);
 }
 
 /* statistics of a group of channels c0..c0+g over rows n0..n1; st gets g entries.
@@ -582,25 +624,63 @@ static void expand(const float *v, i64 c0, i64 g, i64 S, float *lanes)
             lanes[q * S + t] = v[c0 + q];
 }
 
-static void rows_affine_lanes(const float *x, float *o, i64 rs, i64 n0, i64 n1, i64 L,
-                              const float *ml, const float *al, const float *bl)
+static inline __attribute__((always_inline)) void rows_affine_lanes_k(
+    const float *x, float *o, i64 rs, i64 n0, i64 n1, i64 L, const float *ml, const float *al,
+    const float *bl, int relu)
 {
     for (i64 n = n0; n < n1; n++) {
         const float *r = x + n * rs;
         float *w = o + n * rs;
-        for (i64 j = 0; j < L; j++)
-            w[j] = fmaf(r[j] - ml[j], al[j], bl[j]);
+        for (i64 j = 0; j < L; j++) {
+            float v = fmaf(r[j] - ml[j], al[j], bl[j]);
+            w[j] = relu ? srelu(v) : v;
+        }
     }
 }
 
-static void rows_scale_lanes(const float *x, float *o, i64 rs, i64 n0, i64 n1, i64 L,
-                             const float *al)
+static void rows_affine_lanes(const float *x, float *o, i64 rs, i64 n0, i64 n1, i64 L,
+                              const float *ml, const float *al, const float *bl, int relu)
+{
+    if (relu)
+        rows_affine_lanes_k(x, o, rs, n0, n1, L, ml, al, bl, 1);
+    else
+        rows_affine_lanes_k(x, o, rs, n0, n1, L, ml, al, bl, 0);
+}
+
+/* o = x * a per lane, x masked by y where y is not NULL */
+static void rows_scale_lanes(const float *x, const float *y, float *o, i64 rs, i64 n0, i64 n1,
+                             i64 L, const float *al)
 {
     for (i64 n = n0; n < n1; n++) {
-        const float *r = x + n * rs;
+        const float *r = x + n * rs, *yr = y ? y + n * rs : NULL;
         float *w = o + n * rs;
-        for (i64 j = 0; j < L; j++)
-            w[j] = r[j] * al[j];
+        if (yr)
+            for (i64 j = 0; j < L; j++)
+                w[j] = sgrad(r, yr, j) * al[j];
+        else
+            for (i64 j = 0; j < L; j++)
+                w[j] = r[j] * al[j];
+    }
+}
+
+/* dx = fmaf(dy, k, -fmaf(x - m, c1, c0)) per lane over rows n0..n1, dy masked by y where y is not
+ * NULL */
+static void rows_dx_lanes(const float *x, const float *dy, const float *y, float *dx, i64 rs,
+                          i64 n0, i64 n1, i64 L, const float *ml, const float *kl,
+                          const float *c0l, const float *c1l)
+{
+    for (i64 n = n0; n < n1; n++) {
+        i64 o = n * rs;
+        const float *xr = x + o, *gr = dy + o;
+        float *w = dx + o;
+        if (y) {
+            const float *yr = y + o;
+            for (i64 j = 0; j < L; j++)
+                w[j] = fmaf(sgrad(gr, yr, j), kl[j], -fmaf(xr[j] - ml[j], c1l[j], c0l[j]));
+        } else {
+            for (i64 j = 0; j < L; j++)
+                w[j] = fmaf(gr[j], kl[j], -fmaf(xr[j] - ml[j], c1l[j], c0l[j]));
+        }
     }
 }
 
@@ -639,7 +719,7 @@ static void finish_forward(i64 C, i64 m, const stat_t *st, const float *scale, c
 
 int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const float *scale,
                      const float *bias, float *run_mean, float *run_var, double eps, double factor,
-                     float *savemean, float *saveinvvar)
+                     float *savemean, float *saveinvvar, int relu)
 {
     plan_t p = make_plan(N, C, S, TILE_BYTES);
     i64 rs = C * S, m = N * S;
@@ -670,8 +750,8 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
                 float b = bias[c];
                 i64 cn = c + nt < C ? c + nt : -1;
                 for (i64 n = 0; n < N; n++)
-                    row_affine_pf(x + n * rs + c * S, out + n * rs + c * S, S, mc, a, b,
-                                  cn >= 0 ? x + n * rs + cn * S : NULL);
+                    row_affine(x + n * rs + c * S, out + n * rs + c * S, S, mc, a, b,
+                               cn >= 0 ? x + n * rs + cn * S : NULL, relu);
             }
         }
     } else {
@@ -705,7 +785,8 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
                                 bl[q * S + tt] = bias[c0 + q];
                             }
                         }
-                        rows_affine_lanes(x + c0 * S, out + c0 * S, rs, 0, N, g * S, ml, al, bl);
+                        rows_affine_lanes(x + c0 * S, out + c0 * S, rs, 0, N, g * S, ml, al, bl,
+                                          relu);
                     }
                 }
             }
@@ -729,7 +810,7 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
 
     int rc = 0;
     if (!fused) {
-        rc = elementwise(x, out, N, C, S, mean32, a32, bias);
+        rc = elementwise(x, out, N, C, S, mean32, a32, bias, relu, NULL);
     }
     free(part); free(st); free(mean32); free(a32);
     return rc;
@@ -777,9 +858,10 @@ static i64 lane_task(const lane_plan *p, i64 t, i64 N, i64 C, i64 *c0, i64 *g, i
     return gi;
 }
 
-/* out = fmaf(x - m[c], a[c], b[c]), or out = x * a[c] when m is NULL; out may be x */
+/* out = fmaf(x - m[c], a[c], b[c]) (relu'd when relu), or out = x * a[c] when m is NULL (x masked
+ * by y where y is not NULL); out may be x */
 static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S, const float *m,
-                       const float *a, const float *b)
+                       const float *a, const float *b, int relu, const float *y)
 {
     i64 rs = C * S;
     int nt = threads_for(N * rs);
@@ -789,9 +871,9 @@ static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S, const fl
         for (i64 t = 0; t < ntask; t++) {
             i64 c = t % C;
             if (m)
-                row_affine(x + t * S, out + t * S, S, m[c], a[c], b[c]);
+                row_affine(x + t * S, out + t * S, S, m[c], a[c], b[c], NULL, relu);
             else
-                row_scale(x + t * S, out + t * S, S, a[c]);
+                row_scale(x + t * S, y ? y + t * S : NULL, out + t * S, S, a[c]);
         }
         return 0;
     }
@@ -821,9 +903,10 @@ static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S, const fl
                 }
                 if (m)
                     rows_affine_lanes(x + c0 * S, out + c0 * S, rs, n0, n1, g * S, lanes,
-                                      lanes + L, lanes + 2 * L);
+                                      lanes + L, lanes + 2 * L, relu);
                 else
-                    rows_scale_lanes(x + c0 * S, out + c0 * S, rs, n0, n1, g * S, lanes + L);
+                    rows_scale_lanes(x + c0 * S, y ? y + c0 * S : NULL, out + c0 * S, rs, n0, n1,
+                                     g * S, lanes + L);
             }
         }
         free(lanes);
@@ -835,28 +918,29 @@ static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S, const fl
 /* forward, inference                                                                              */
 
 int bn_forward_infer(const float *x, float *out, i64 N, i64 C, i64 S, const float *scale,
-                     const float *bias, const float *run_mean, const float *run_var, double eps)
+                     const float *bias, const float *run_mean, const float *run_var, double eps,
+                     int relu)
 {
     float *a32 = malloc(sizeof(float) * (size_t)C);
     if (!a32)
         return -1;
     for (i64 c = 0; c < C; c++)
         a32[c] = affine_factor(scale[c], run_var[c], eps);
-    int rc = elementwise(x, out, N, C, S, run_mean, a32, bias);
+    int rc = elementwise(x, out, N, C, S, run_mean, a32, bias, relu, NULL);
     free(a32);
     return rc;
 }
 
-/* dx = dy * k[c], k = scale * invstd(run_var) */
+/* dx = dy * k[c], k = scale * invstd(run_var), dy masked by the forward's output y if not NULL */
 int bn_backward_infer(const float *dy, float *dx, i64 N, i64 C, i64 S, const float *scale,
-                      const float *run_var, double eps)
+                      const float *run_var, double eps, const float *y)
 {
     float *k = malloc(sizeof(float) * (size_t)C);
     if (!k)
         return -1;
     for (i64 c = 0; c < C; c++)
         k[c] = affine_factor(scale[c], run_var[c], eps);
-    int rc = elementwise(dy, dx, N, C, S, NULL, k, NULL);
+    int rc = elementwise(dy, dx, N, C, S, NULL, k, NULL, 0, y);
     free(k);
     return rc;
 }
@@ -900,7 +984,7 @@ static bconst_t backward_const(i64 m, float scale, float mean, float invstd, con
 
 int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, i64 S,
                       const float *scale, const float *savemean, const float *saveinvvar,
-                      float *dscale, float *dbias)
+                      float *dscale, float *dbias, const float *y)
 {
     plan_t p = make_plan(N, C, S, BWD_TILE_BYTES);
     i64 rs = C * S, m = N * S;
@@ -920,7 +1004,8 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
             double a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
             float mc = savemean[c];
             for (i64 n = n0; n < n1; n++)
-                lanes_bwd(x + n * rs + c * S, dy + n * rs + c * S, S, mc, a1, a2, a3);
+                lanes_bwd(x + n * rs + c * S, dy + n * rs + c * S, y ? y + n * rs + c * S : NULL, S,
+                          mc, a1, a2, a3);
             double *sums = part + NSUMS * (c * p.nrb + rb);
             sums[0] = fold(a1);
             sums[1] = fold(a2);
@@ -929,7 +1014,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                 bconst_t q = backward_const(m, scale[c], mc, saveinvvar[c], sums);
                 for (i64 n = 0; n < N; n++) {
                     i64 o = n * rs + c * S;
-                    row_dx(x + o, dy + o, dx + o, S, q.m, q.k, q.c0, q.c1);
+                    row_dx(x + o, dy + o, y ? y + o : NULL, dx + o, S, q.m, q.k, q.c0, q.c1);
                 }
             }
         }
@@ -953,7 +1038,8 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                     float *ml = lanes;
                     expand(savemean, c0, g, S, ml);
                     memset(acc, 0, sizeof(double) * (size_t)L * NSUMS);
-                    cols_bwd(x + c0 * S, dy + c0 * S, rs, n0, n1, Lg, ml, acc, acc + L,
+                    cols_bwd(x + c0 * S, dy + c0 * S, y ? y + c0 * S : NULL, rs, n0, n1, Lg, ml,
+                             acc, acc + L,
                              acc + 2 * L, lanes + L, lanes + 2 * L, lanes + 3 * L);
                     for (i64 q = 0; q < g; q++) {
                         double *sums = part + NSUMS * ((c0 + q) * p.nrb + rb);
@@ -976,13 +1062,8 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                                 c1l[q * S + tt] = b.c1;
                             }
                         }
-                        for (i64 n = 0; n < N; n++) {
-                            i64 o = n * rs + c0 * S;
-                            const float *xr = x + o, *gr = dy + o;
-                            float *w = dx + o;
-                            for (i64 j = 0; j < Lg; j++)
-                                w[j] = fmaf(gr[j], kl[j], -fmaf(xr[j] - ml[j], c1l[j], c0l[j]));
-                        }
+                        rows_dx_lanes(x + c0 * S, dy + c0 * S, y ? y + c0 * S : NULL, dx + c0 * S,
+                                      rs, 0, N, Lg, ml, kl, c0l, c1l);
                     }
                 }
             }
@@ -1017,7 +1098,8 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
 #pragma omp parallel for schedule(static) num_threads(nt)
             for (i64 t = 0; t < ntask; t++) {
                 bconst_t b = q[t % C];
-                row_dx(x + t * S, dy + t * S, dx + t * S, S, b.m, b.k, b.c0, b.c1);
+                row_dx(x + t * S, dy + t * S, y ? y + t * S : NULL, dx + t * S, S, b.m, b.k, b.c0,
+                       b.c1);
             }
         } else {
             lane_plan plan = plan_lanes(N, C, S);
@@ -1047,13 +1129,8 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                                 }
                             cur = gi;
                         }
-                        for (i64 n = n0; n < n1; n++) {
-                            i64 o = n * rs + c0 * S;
-                            const float *xr = x + o, *gr = dy + o;
-                            float *w = dx + o;
-                            for (i64 j = 0; j < Lg; j++)
-                                w[j] = fmaf(gr[j], kl[j], -fmaf(xr[j] - ml[j], c1l[j], c0l[j]));
-                        }
+                        rows_dx_lanes(x + c0 * S, dy + c0 * S, y ? y + c0 * S : NULL, dx + c0 * S,
+                                      rs, n0, n1, Lg, ml, kl, c0l, c1l);
                     }
                 }
                 free(lanes);

@@ -108,21 +108,22 @@ def get_num_threads():
     return impl.get_num_threads() if _name == "native" else 1
 
 
-def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
+def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar,
+                  relu=False):
     return _active().forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean,
-                                   saveinvvar)
+                                   saveinvvar, relu)
 
 
-def forward_infer(x, scale, bias, run_mean, run_var, eps, out):
-    return _active().forward_infer(x, scale, bias, run_mean, run_var, eps, out)
+def forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
+    return _active().forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu)
 
 
-def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
-    return _active().backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias)
+def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None):
+    return _active().backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y)
 
 
-def backward_infer(dy, scale, run_var, eps, dx):
-    return _active().backward_infer(dy, scale, run_var, eps, dx)
+def backward_infer(dy, scale, run_var, eps, dx, y=None):
+    return _active().backward_infer(dy, scale, run_var, eps, dx, y)
 
 
 def axpby(x, y, alpha, beta):
@@ -137,18 +138,20 @@ def per_row_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinv
 def per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, dscale, dbias):
     return _active().per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx,
                                       dscale, dbias)
-def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
+def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar,
+                       relu=False):
     return _active().rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out,
-                                        savemean, saveinvvar)
+                                        savemean, saveinvvar, relu)
 
 
-def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out):
-    return _active().rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out)
+def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
+    return _active().rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu)
 
 
-def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
-    return _active().rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias)
+def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None):
+    return _active().rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias,
+                                         y)
 
 
-def rows_backward_infer(dy, scale, run_var, eps, dx):
-    return _active().rows_backward_infer(dy, scale, run_var, eps, dx)
+def rows_backward_infer(dy, scale, run_var, eps, dx, y=None):
+    return _active().rows_backward_infer(dy, scale, run_var, eps, dx, y)

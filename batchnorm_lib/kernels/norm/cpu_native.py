@@ -46,6 +46,7 @@ _build_info = {}
 _f32p = ctypes.c_void_p
 _i64 = ctypes.c_int64
 _dbl = ctypes.c_double
+_int = ctypes.c_int
 
 
 def cache_dir():
@@ -126,12 +127,12 @@ def _writable_dir():
 
 def _declare(lib):
     lib.bn_forward_train.argtypes = [_f32p, _f32p, _i64, _i64, _i64, _f32p, _f32p, _f32p, _f32p,
-                                     _dbl, _dbl, _f32p, _f32p]
+                                     _dbl, _dbl, _f32p, _f32p, _int]
     lib.bn_forward_infer.argtypes = [_f32p, _f32p, _i64, _i64, _i64, _f32p, _f32p, _f32p, _f32p,
-                                     _dbl]
+                                     _dbl, _int]
     lib.bn_backward_train.argtypes = [_f32p, _f32p, _f32p, _i64, _i64, _i64, _f32p, _f32p, _f32p,
-                                      _f32p, _f32p]
-    lib.bn_backward_infer.argtypes = [_f32p, _f32p, _i64, _i64, _i64, _f32p, _f32p, _dbl]
+                                      _f32p, _f32p, _f32p]
+    lib.bn_backward_infer.argtypes = [_f32p, _f32p, _i64, _i64, _i64, _f32p, _f32p, _dbl, _f32p]
     for fn in (lib.bn_forward_train, lib.bn_forward_infer, lib.bn_backward_train,
                lib.bn_backward_infer):
         fn.restype = ctypes.c_int
@@ -263,55 +264,67 @@ def _nsc(ary):
     return n, c, s
 
 
+def _mask(y):
+    """The relu mask argument of the backwards: (ok, pointer). No y: (True, None); a y the
+    compiled kernels cannot take: (False, None), the numpy path then handles the call."""
+    if y is None:
+        return True, None
+    ya = _f32(y)
+    return ya is not None, None if ya is None else ya.ctypes.data
+
+
 def _check(rc):
     if rc != 0:
         raise MemoryError("batchnorm_lib: the CPU kernels could not allocate their workspace")
 
 
-def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
+def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar,
+                  relu=False):
     arys = [_f32(a) for a in (x, out, scale, bias, run_mean, run_var, savemean, saveinvvar)]
     if any(a is None for a in arys):
         return cpu_numpy.forward_train(x, scale, bias, run_mean, run_var, eps, factor, out,
-                                       savemean, saveinvvar)
+                                       savemean, saveinvvar, relu)
     xa, oa, sc, bi, rm, rv, sm, si = arys
     n, c, s = _nsc(xa)
     _check(_library().bn_forward_train(xa.ctypes.data, oa.ctypes.data, n, c, s, sc.ctypes.data,
                                        bi.ctypes.data, rm.ctypes.data, rv.ctypes.data, float(eps),
-                                       float(factor), sm.ctypes.data, si.ctypes.data))
+                                       float(factor), sm.ctypes.data, si.ctypes.data, bool(relu)))
 
 
-def forward_infer(x, scale, bias, run_mean, run_var, eps, out):
+def forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
     arys = [_f32(a) for a in (x, out, scale, bias, run_mean, run_var)]
     if any(a is None for a in arys):
-        return cpu_numpy.forward_infer(x, scale, bias, run_mean, run_var, eps, out)
+        return cpu_numpy.forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu)
     xa, oa, sc, bi, rm, rv = arys
     n, c, s = _nsc(xa)
     _check(_library().bn_forward_infer(xa.ctypes.data, oa.ctypes.data, n, c, s, sc.ctypes.data,
                                        bi.ctypes.data, rm.ctypes.data, rv.ctypes.data,
-                                       float(eps)))
+                                       float(eps), bool(relu)))
 
 
-def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
+def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None):
     arys = [_f32(a) for a in (x, dy, scale, savemean, saveinvvar, dscale, dbias)]
     dxa = _f32(dx) if dx is not None else None
-    if any(a is None for a in arys) or (dx is not None and dxa is None):
-        return cpu_numpy.backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias)
+    ok, yp = _mask(y)
+    if any(a is None for a in arys) or (dx is not None and dxa is None) or not ok:
+        return cpu_numpy.backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y)
     xa, ga, sc, sm, si, ds, db = arys
     n, c, s = _nsc(xa)
     _check(_library().bn_backward_train(xa.ctypes.data, ga.ctypes.data,
                                         None if dxa is None else dxa.ctypes.data, n, c, s,
                                         sc.ctypes.data, sm.ctypes.data, si.ctypes.data,
-                                        ds.ctypes.data, db.ctypes.data))
+                                        ds.ctypes.data, db.ctypes.data, yp))
 
 
-def backward_infer(dy, scale, run_var, eps, dx):
+def backward_infer(dy, scale, run_var, eps, dx, y=None):
     arys = [_f32(a) for a in (dy, dx, scale, run_var)]
-    if any(a is None for a in arys):
-        return cpu_numpy.backward_infer(dy, scale, run_var, eps, dx)
+    ok, yp = _mask(y)
+    if any(a is None for a in arys) or not ok:
+        return cpu_numpy.backward_infer(dy, scale, run_var, eps, dx, y)
     ga, da, sc, rv = arys
     n, c, s = _nsc(ga)
     _check(_library().bn_backward_infer(ga.ctypes.data, da.ctypes.data, n, c, s, sc.ctypes.data,
-                                        rv.ctypes.data, float(eps)))
+                                        rv.ctypes.data, float(eps), yp))
 
 
 # parameter-sized arrays: numpy is as fast as a call into the library
@@ -349,11 +362,12 @@ def per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, ds
 
 def _declare_rows(lib):
     lib.rc_forward_train.argtypes = [_f32p, _f32p, _i64, _i64, _f32p, _f32p, _f32p, _f32p, _dbl,
-                                     _dbl, _f32p, _f32p]
-    lib.rc_forward_infer.argtypes = [_f32p, _f32p, _i64, _i64, _f32p, _f32p, _f32p, _f32p, _dbl]
+                                     _dbl, _f32p, _f32p, _int]
+    lib.rc_forward_infer.argtypes = [_f32p, _f32p, _i64, _i64, _f32p, _f32p, _f32p, _f32p, _dbl,
+                                     _int]
     lib.rc_backward_train.argtypes = [_f32p, _f32p, _f32p, _i64, _i64, _f32p, _f32p, _f32p,
-                                      _f32p, _f32p]
-    lib.rc_backward_infer.argtypes = [_f32p, _f32p, _i64, _i64, _f32p, _f32p, _dbl]
+                                      _f32p, _f32p, _f32p]
+    lib.rc_backward_infer.argtypes = [_f32p, _f32p, _i64, _i64, _f32p, _f32p, _dbl, _f32p]
     for fn in (lib.rc_forward_train, lib.rc_forward_infer, lib.rc_backward_train,
                lib.rc_backward_infer):
         fn.restype = ctypes.c_int
@@ -373,47 +387,51 @@ def _rc(ary):
     return ary.size // c, c
 
 
-def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
+def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar,
+                       relu=False):
     arys = [_f32(a) for a in (x, out, scale, bias, run_mean, run_var, savemean, saveinvvar)]
     if any(a is None for a in arys):
         return cpu_numpy.rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out,
-                                            savemean, saveinvvar)
+                                            savemean, saveinvvar, relu)
     xa, oa, sc, bi, rm, rv, sm, si = arys
     r, c = _rc(xa)
     _check(_library().rc_forward_train(xa.ctypes.data, oa.ctypes.data, r, c, sc.ctypes.data,
                                        bi.ctypes.data, rm.ctypes.data, rv.ctypes.data, float(eps),
-                                       float(factor), sm.ctypes.data, si.ctypes.data))
+                                       float(factor), sm.ctypes.data, si.ctypes.data, bool(relu)))
 
 
-def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out):
+def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
     arys = [_f32(a) for a in (x, out, scale, bias, run_mean, run_var)]
     if any(a is None for a in arys):
-        return cpu_numpy.rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out)
+        return cpu_numpy.rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu)
     xa, oa, sc, bi, rm, rv = arys
     r, c = _rc(xa)
     _check(_library().rc_forward_infer(xa.ctypes.data, oa.ctypes.data, r, c, sc.ctypes.data,
-                                       bi.ctypes.data, rm.ctypes.data, rv.ctypes.data, float(eps)))
+                                       bi.ctypes.data, rm.ctypes.data, rv.ctypes.data, float(eps),
+                                       bool(relu)))
 
 
-def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
+def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None):
     arys = [_f32(a) for a in (x, dy, scale, savemean, saveinvvar, dscale, dbias)]
     dxa = _f32(dx) if dx is not None else None
-    if any(a is None for a in arys) or (dx is not None and dxa is None):
+    ok, yp = _mask(y)
+    if any(a is None for a in arys) or (dx is not None and dxa is None) or not ok:
         return cpu_numpy.rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale,
-                                             dbias)
+                                             dbias, y)
     xa, ga, sc, sm, si, ds, db = arys
     r, c = _rc(xa)
     _check(_library().rc_backward_train(xa.ctypes.data, ga.ctypes.data,
                                         None if dxa is None else dxa.ctypes.data, r, c,
                                         sc.ctypes.data, sm.ctypes.data, si.ctypes.data,
-                                        ds.ctypes.data, db.ctypes.data))
+                                        ds.ctypes.data, db.ctypes.data, yp))
 
 
-def rows_backward_infer(dy, scale, run_var, eps, dx):
+def rows_backward_infer(dy, scale, run_var, eps, dx, y=None):
     arys = [_f32(a) for a in (dy, dx, scale, run_var)]
-    if any(a is None for a in arys):
-        return cpu_numpy.rows_backward_infer(dy, scale, run_var, eps, dx)
+    ok, yp = _mask(y)
+    if any(a is None for a in arys) or not ok:
+        return cpu_numpy.rows_backward_infer(dy, scale, run_var, eps, dx, y)
     ga, da, sc, rv = arys
     r, c = _rc(ga)
     _check(_library().rc_backward_infer(ga.ctypes.data, da.ctypes.data, r, c, sc.ctypes.data,
-                                        rv.ctypes.data, float(eps)))
+                                        rv.ctypes.data, float(eps), yp))

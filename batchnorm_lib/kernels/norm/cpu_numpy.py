@@ -71,20 +71,32 @@ def _fma(a, b, c, out):
     out[...] = t
 
 
-def _normalize(x3, mean, a, bias, o3):
+def _normalize(x3, mean, a, bias, o3, relu=False):
     """``o = fmaf(x - mean, a, bias)``, the form every backend uses: subtracting the mean first
-    keeps values equal to it exactly zero."""
+    keeps values equal to it exactly zero. ``relu``: then ``o = 0 where o <= 0`` (NaN is not
+    <= 0 and stays; -0 becomes +0)."""
     xmu = np.subtract(x3, _channel(mean.astype(np.float32)), dtype=np.float32)
     _fma(xmu, _channel(a.astype(np.float32)), _channel(bias.astype(np.float32)), o3)
+    if relu:
+        np.copyto(o3, np.float32(0), where=o3 <= 0)
+
+
+def _masked(dy3, y):
+    """The gradient through the fused relu: ``dy`` where the forward's output ``y`` is not <= 0,
+    else 0 (a NaN output passes its gradient); ``dy3`` itself when there is no ``y``."""
+    if y is None:
+        return dy3
+    return np.where(_view3(y).reshape(dy3.shape) <= 0, np.float32(0), dy3)
 
 
 @_quiet
-def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
+def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar,
+                  relu=False):
     x3 = _view3(x)
     m = x3.shape[0] * x3.shape[2]
     mean, var = batch_stats(x3)
 
-    _normalize(x3, mean, _factor(_flat(scale), var, eps), _flat(bias), _view3(out))
+    _normalize(x3, mean, _factor(_flat(scale), var, eps), _flat(bias), _view3(out), relu)
 
     _flat(savemean)[:] = mean
     _flat(saveinvvar)[:] = 1.0 / np.sqrt(var + eps)
@@ -94,14 +106,15 @@ def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean,
 
 
 @_quiet
-def forward_infer(x, scale, bias, run_mean, run_var, eps, out):
+def forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
     a = _factor(_flat(scale), _flat(run_var), eps)
-    _normalize(_view3(x), _flat(run_mean), a, _flat(bias), _view3(out))
+    _normalize(_view3(x), _flat(run_mean), a, _flat(bias), _view3(out), relu)
 
 
 @_quiet
-def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
-    x3, dy3 = _view3(x), _view3(dy)
+def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None):
+    x3 = _view3(x)
+    dy3 = _masked(_view3(dy), y)
     m = x3.shape[0] * x3.shape[2]
     mean32 = _flat(savemean)
     invstd = _flat(saveinvvar).astype(np.float64)
@@ -130,9 +143,10 @@ def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
 
 
 @_quiet
-def backward_infer(dy, scale, run_var, eps, dx):
+def backward_infer(dy, scale, run_var, eps, dx, y=None):
     k = _factor(_flat(scale), _flat(run_var), eps)
-    np.multiply(_view3(dy), _channel(k.astype(np.float32)), out=_view3(dx), casting="same_kind")
+    np.multiply(_masked(_view3(dy), y), _channel(k.astype(np.float32)), out=_view3(dx),
+                casting="same_kind")
 
 
 def axpby(x, y, alpha, beta):
@@ -219,18 +233,20 @@ def _rows(a):
     return None if a is None else a.reshape(-1, a.shape[-1], 1)
 
 
-def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
+def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar,
+                       relu=False):
     forward_train(_rows(x), scale, bias, run_mean, run_var, eps, factor, _rows(out), savemean,
-                  saveinvvar)
+                  saveinvvar, relu)
 
 
-def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out):
-    forward_infer(_rows(x), scale, bias, run_mean, run_var, eps, _rows(out))
+def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
+    forward_infer(_rows(x), scale, bias, run_mean, run_var, eps, _rows(out), relu)
 
 
-def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
-    backward_train(_rows(x), _rows(dy), scale, savemean, saveinvvar, _rows(dx), dscale, dbias)
+def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None):
+    backward_train(_rows(x), _rows(dy), scale, savemean, saveinvvar, _rows(dx), dscale, dbias,
+                   _rows(y))
 
 
-def rows_backward_infer(dy, scale, run_var, eps, dx):
-    backward_infer(_rows(dy), scale, run_var, eps, _rows(dx))
+def rows_backward_infer(dy, scale, run_var, eps, dx, y=None):
+    backward_infer(_rows(dy), scale, run_var, eps, _rows(dx), _rows(y))

@@ -84,6 +84,25 @@ static inline rc_vd lo_d(rc_vf v) { return __builtin_convertvector(__builtin_shu
 static inline rc_vd hi_d(rc_vf v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7), rc_vd); }
 static inline void vstd(double *p, rc_vd v) { *(rc_vdu *)p = v; }
 
+/* The fused relu and its gradient mask, on the bits: v <= 0 is false for NaN, so NaN stays, and
+ * -0 becomes +0. */
+typedef int32_t rc_vi __attribute__((vector_size(32)));
+static inline rc_vf zero_where_le0(rc_vf v, rc_vf test)
+{
+    const rc_vf zero = {0};
+    return (rc_vf)((rc_vi)v & ~(rc_vi)(test <= zero));
+}
+static inline float rc_relu(float v) { return v <= 0.0f ? 0.0f : v; }
+/* dy[i] masked by the forward's output y (y NULL: dy as is) */
+static inline float rc_grad(const float *dy, const float *y, i64 i)
+{
+    return y && y[i] <= 0.0f ? 0.0f : dy[i];
+}
+static inline rc_vf rc_vgrad(const float *dy, const float *y, i64 i)
+{
+    return y ? zero_where_le0(vld(dy + i), vld(y + i)) : vld(dy + i);
+}
+
 /* acc[0..16) += the 16 floats of (a, b), in double */
 static inline void flush16(double *acc, rc_vf a, rc_vf b)
 {
@@ -159,13 +178,14 @@ static int rc_tasks(const rc_plan *p, i64 R, i64 C, i64 ws_doubles, rc_task_fn f
 /* Over rows [rb, re) (at most RC_RB: sequential streams, and rows a multiple of 4 KB apart share L1
  * sets, so RC_RB of them stay within its ways), with t = x - c[j] in float32:
  *   dy NULL: f1[j] += sum(t), f2[j] += sum(t * t)
- *   else:    f1[j] += sum(dy), f2[j] += sum(dy * t), f3[j] += sum(t)
+ *   else:    f1[j] += sum(dy), f2[j] += sum(dy * t), f3[j] += sum(t), dy masked by y if not NULL
  16 channels held in float registers while the rows go by (at most RC_RB terms: exact enough,
  * the terms are deviations from a nearby shift), then added into double. Inlined, so each caller
  * gets its own loop. */
-static inline __attribute__((always_inline)) void block_sums(const float *x, const float *dy, i64 C,
-                                                             i64 rb, i64 re, i64 w, const float *c,
-                                                             double *f1, double *f2, double *f3)
+static inline __attribute__((always_inline)) void block_sums(const float *x, const float *dy,
+                                                             const float *y, i64 C, i64 rb, i64 re,
+                                                             i64 w, const float *c, double *f1,
+                                                             double *f2, double *f3)
 {
     i64 j = 0;
     for (; j + 16 <= w; j += 16) {
@@ -174,7 +194,8 @@ static inline __attribute__((always_inline)) void block_sums(const float *x, con
         for (i64 r = rb; r < re; r++) {
             const float *xr = x + r * C + j;
             rc_vf t0 = vld(xr) - c0, t1 = vld(xr + 8) - c1;
-            rc_vf u0 = dy ? vld(dy + r * C + j) : t0, u1 = dy ? vld(dy + r * C + j + 8) : t1;
+            rc_vf u0 = dy ? rc_vgrad(dy, y, r * C + j) : t0;
+            rc_vf u1 = dy ? rc_vgrad(dy, y, r * C + j + 8) : t1;
             a0 += u0;
             q0 += u0 * t0;
             a1 += u1;
@@ -191,7 +212,8 @@ static inline __attribute__((always_inline)) void block_sums(const float *x, con
     }
     for (; j < w; j++) {
         for (i64 r = rb; r < re; r++) {
-            double t = (double)(x[r * C + j] - c[j]), u = dy ? (double)dy[r * C + j] : t;
+            double t = (double)(x[r * C + j] - c[j]);
+            double u = dy ? (double)rc_grad(dy, y, r * C + j) : t;
             f1[j] += u;
             f2[j] += u * t;
             if (dy)
@@ -227,7 +249,7 @@ static void part_stats(const float *x, i64 C, i64 r0, i64 r1, i64 w, i64 B, doub
         for (i64 j = 0; j < w; j++)
             f1[j] = f2[j] = 0.0;
         for (i64 rb = t0; rb < t1; rb += RC_RB)
-            block_sums(x, NULL, C, rb, rc_min(rb + RC_RB, t1), w, sum, f1, f2, NULL);
+            block_sums(x, NULL, NULL, C, rb, rc_min(rb + RC_RB, t1), w, sum, f1, f2, NULL);
         /* the tile's (mean, M2), merged into the part's (Chan; the weights are per tile) */
         double n = na + nb, wb = nb / n, wab = na * wb;
         for (i64 j = 0; j < w; j++) {
@@ -302,46 +324,81 @@ static i64 rc_peel(const float *o, i64 C, int stream)
     return rc_min(C, mis ? 8 - mis : 0);
 }
 
-/* One row: o = (x - m) * a + b, or o = x * a when m is NULL; o may be x. */
-static void row_affine(const float *xr, float *o, i64 C, const float *restrict m,
-                       const float *restrict a, const float *restrict b, int stream)
+#ifdef RC_STREAM
+/* v <= 0 ? 0 : v, ordered compare: NaN stays */
+static inline __m256 relu256(__m256 v)
+{
+    return _mm256_andnot_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LE_OQ), v);
+}
+#endif
+
+/* One row: o = (x - m) * a + b (relu'd when relu), or o = x * a when m is NULL (x masked by y
+ * where y is not NULL); o may be x. Inlined with constant flags: each variant is its own loop. */
+static inline __attribute__((always_inline)) void row_affine_k(
+    const float *xr, float *o, i64 C, const float *restrict m, const float *restrict a,
+    const float *restrict b, int relu, const float *y, int stream)
 {
     i64 j = 0, head = rc_peel(o, C, stream);
     if (m) {
-        for (; j < head; j++)
-            o[j] = fmaf(xr[j] - m[j], a[j], b[j]);
+        for (; j < head; j++) {
+            float v = fmaf(xr[j] - m[j], a[j], b[j]);
+            o[j] = relu ? rc_relu(v) : v;
+        }
 #ifdef RC_STREAM
         for (; stream && j + 8 <= C; j += 8) {
             __m256 v = _mm256_sub_ps(_mm256_loadu_ps(xr + j), _mm256_loadu_ps(m + j));
             v = _mm256_fmadd_ps(v, _mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j));
-            _mm256_stream_ps(o + j, v);
+            _mm256_stream_ps(o + j, relu ? relu256(v) : v);
+        }
+#endif
+        for (; j < C; j++) {
+            float v = fmaf(xr[j] - m[j], a[j], b[j]);
+            o[j] = relu ? rc_relu(v) : v;
+        }
+    } else {
+        for (; j < head; j++)
+            o[j] = rc_grad(xr, y, j) * a[j];
+#ifdef RC_STREAM
+        for (; stream && j + 8 <= C; j += 8) {
+            __m256 g = _mm256_loadu_ps(xr + j);
+            if (y)
+                g = _mm256_andnot_ps(_mm256_cmp_ps(_mm256_loadu_ps(y + j), _mm256_setzero_ps(),
+                                                   _CMP_LE_OQ), g);
+            _mm256_stream_ps(o + j, _mm256_mul_ps(g, _mm256_loadu_ps(a + j)));
         }
 #endif
         for (; j < C; j++)
-            o[j] = fmaf(xr[j] - m[j], a[j], b[j]);
-    } else {
-        for (; j < head; j++)
-            o[j] = xr[j] * a[j];
-#ifdef RC_STREAM
-        for (; stream && j + 8 <= C; j += 8)
-            _mm256_stream_ps(o + j, _mm256_mul_ps(_mm256_loadu_ps(xr + j), _mm256_loadu_ps(a + j)));
-#endif
-        for (; j < C; j++)
-            o[j] = xr[j] * a[j];
+            o[j] = rc_grad(xr, y, j) * a[j];
     }
 }
 
-/* One row: dx = (dy * k - c0) - (x - m) * c1. */
-static void row_dx(const float *restrict xr, const float *restrict g, float *restrict o, i64 C,
-                   const float *restrict m, const float *restrict k, const float *restrict c0,
-                   const float *restrict c1, int stream)
+static void row_affine(const float *xr, float *o, i64 C, const float *m, const float *a,
+                       const float *b, int relu, const float *y, int stream)
+{
+    if (relu)
+        row_affine_k(xr, o, C, m, a, b, 1, NULL, stream);
+    else if (y)
+        row_affine_k(xr, o, C, m, a, b, 0, y, stream);
+    else
+        row_affine_k(xr, o, C, m, a, b, 0, NULL, stream);
+}
+
+/* One row: dx = (dy * k - c0) - (x - m) * c1, dy masked by y where y is not NULL. */
+static inline __attribute__((always_inline)) void row_dx_k(
+    const float *restrict xr, const float *restrict g, const float *restrict y, float *restrict o,
+    i64 C, const float *restrict m, const float *restrict k, const float *restrict c0,
+    const float *restrict c1, int stream)
 {
     i64 j = 0, head = rc_peel(o, C, stream);
     for (; j < head; j++)
-        o[j] = (g[j] * k[j] - c0[j]) - (xr[j] - m[j]) * c1[j];
+        o[j] = (rc_grad(g, y, j) * k[j] - c0[j]) - (xr[j] - m[j]) * c1[j];
 #ifdef RC_STREAM
     for (; stream && j + 8 <= C; j += 8) {
-        __m256 u = _mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(g + j), _mm256_loadu_ps(k + j)),
+        __m256 gv = _mm256_loadu_ps(g + j);
+        if (y)
+            gv = _mm256_andnot_ps(_mm256_cmp_ps(_mm256_loadu_ps(y + j), _mm256_setzero_ps(),
+                                                _CMP_LE_OQ), gv);
+        __m256 u = _mm256_sub_ps(_mm256_mul_ps(gv, _mm256_loadu_ps(k + j)),
                                  _mm256_loadu_ps(c0 + j));
         __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + j), _mm256_loadu_ps(m + j)),
                                  _mm256_loadu_ps(c1 + j));
@@ -349,7 +406,16 @@ static void row_dx(const float *restrict xr, const float *restrict g, float *res
     }
 #endif
     for (; j < C; j++)
-        o[j] = (g[j] * k[j] - c0[j]) - (xr[j] - m[j]) * c1[j];
+        o[j] = (rc_grad(g, y, j) * k[j] - c0[j]) - (xr[j] - m[j]) * c1[j];
+}
+
+static void row_dx(const float *xr, const float *g, const float *y, float *o, i64 C,
+                   const float *m, const float *k, const float *c0, const float *c1, int stream)
+{
+    if (y)
+        row_dx_k(xr, g, y, o, C, m, k, c0, c1, stream);
+    else
+        row_dx_k(xr, g, NULL, o, C, m, k, c0, c1, stream);
 }
 
 static void rc_fence(int stream)
@@ -362,9 +428,10 @@ static void rc_fence(int stream)
 #endif
 }
 
-/* out = (x - m) * a + b per channel, or out = x * a when m is NULL; out may be x */
+/* out = (x - m) * a + b per channel (relu'd when relu), or out = x * a when m is NULL (x masked
+ * by y where y is not NULL); out may be x */
 static void rc_affine(const float *x, float *out, i64 R, i64 C, const float *m, const float *a,
-                      const float *b)
+                      const float *b, int relu, const float *y)
 {
     i64 rows = rc_max(1, RC_ELEMWISE_CHUNK / C);
     i64 ntask = rc_ceil_div(R, rows);
@@ -373,7 +440,7 @@ static void rc_affine(const float *x, float *out, i64 R, i64 C, const float *m, 
     for (i64 t = 0; t < ntask; t++) {
         i64 r1 = rc_min(R, (t + 1) * rows);
         for (i64 r = t * rows; r < r1; r++)
-            row_affine(x + r * C, out + r * C, C, m, a, b, stream);
+            row_affine(x + r * C, out + r * C, C, m, a, b, relu, y ? y + r * C : NULL, stream);
         rc_fence(stream);
     }
 }
@@ -383,7 +450,7 @@ static void rc_affine(const float *x, float *out, i64 R, i64 C, const float *m, 
 
 int rc_forward_train(const float *x, float *out, i64 R, i64 C, const float *scale,
                      const float *bias, float *run_mean, float *run_var, double eps,
-                     double factor, float *savemean, float *saveinvvar)
+                     double factor, float *savemean, float *saveinvvar, int relu)
 {
     rc_plan p = rc_make_plan(R, C);
     double *pmean = malloc(sizeof(double) * (size_t)(p.P * C));
@@ -427,29 +494,32 @@ int rc_forward_train(const float *x, float *out, i64 R, i64 C, const float *scal
     }
     free(pmean);
     free(pm2);
-    rc_affine(x, out, R, C, mean32, a32, bias);
+    rc_affine(x, out, R, C, mean32, a32, bias, relu, NULL);
     free(consts);
     return 0;
 }
 
-/* out = (x - m) * a + b (m NULL: out = x * a) with a = scale * invstd(run_var): frozen statistics */
+/* out = (x - m) * a + b (m NULL: out = x * a) with a = scale * invstd(run_var): frozen statistics;
+ * relu and y as in rc_affine */
 static int rc_frozen(const float *x, float *out, i64 R, i64 C, const float *scale,
-                     const float *run_var, double eps, const float *m, const float *b)
+                     const float *run_var, double eps, const float *m, const float *b, int relu,
+                     const float *y)
 {
     float *a32 = malloc(sizeof(float) * (size_t)C);
     if (!a32)
         return -1;
     for (i64 c = 0; c < C; c++)
         a32[c] = affine_f32(scale[c], run_var[c], eps);
-    rc_affine(x, out, R, C, m, a32, b);
+    rc_affine(x, out, R, C, m, a32, b, relu, y);
     free(a32);
     return 0;
 }
 
 int rc_forward_infer(const float *x, float *out, i64 R, i64 C, const float *scale,
-                     const float *bias, const float *run_mean, const float *run_var, double eps)
+                     const float *bias, const float *run_mean, const float *run_var, double eps,
+                     int relu)
 {
-    return rc_frozen(x, out, R, C, scale, run_var, eps, run_mean, bias);
+    return rc_frozen(x, out, R, C, scale, run_var, eps, run_mean, bias, relu, NULL);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -457,18 +527,22 @@ int rc_forward_infer(const float *x, float *out, i64 R, i64 C, const float *scal
 
 /* sum(dy), sum(dy * (x - m)) and sum(x - m) of channels [0, w) over rows [r0, r1) into s1[], s2[],
  * s3[] */
-static void part_sums(const float *x, const float *dy, i64 C, i64 r0, i64 r1, i64 w,
-                      const float *m, double *restrict s1, double *restrict s2,
+static void part_sums(const float *x, const float *dy, const float *y, i64 C, i64 r0, i64 r1,
+                      i64 w, const float *m, double *restrict s1, double *restrict s2,
                       double *restrict s3)
 {
     for (i64 j = 0; j < w; j++)
         s1[j] = s2[j] = s3[j] = 0.0;
-    for (i64 rb = r0; rb < r1; rb += RC_RB)
-        block_sums(x, dy, C, rb, rc_min(rb + RC_RB, r1), w, m, s1, s2, s3);
+    if (y)
+        for (i64 rb = r0; rb < r1; rb += RC_RB)
+            block_sums(x, dy, y, C, rb, rc_min(rb + RC_RB, r1), w, m, s1, s2, s3);
+    else
+        for (i64 rb = r0; rb < r1; rb += RC_RB)
+            block_sums(x, dy, NULL, C, rb, rc_min(rb + RC_RB, r1), w, m, s1, s2, s3);
 }
 
 typedef struct {
-    const float *x, *dy, *m;
+    const float *x, *dy, *y, *m;
     i64 C;
     double *s1, *s2, *s3;
 } sums_ctx;
@@ -478,7 +552,8 @@ static void sums_task(void *ctx, i64 part, i64 c0, i64 w, i64 r0, i64 r1, double
     const sums_ctx *k = ctx;
     i64 o = part * k->C + c0;
     (void)ws;
-    part_sums(k->x + c0, k->dy + c0, k->C, r0, r1, w, k->m + c0, k->s1 + o, k->s2 + o, k->s3 + o);
+    part_sums(k->x + c0, k->dy + c0, k->y ? k->y + c0 : NULL, k->C, r0, r1, w, k->m + c0,
+              k->s1 + o, k->s2 + o, k->s3 + o);
 }
 
 /* A rounding-level correction term, or 0 where it is not finite (bn_cpu.c's rule: with an Inf in
@@ -490,7 +565,7 @@ static double rc_correction(double v)
 
 int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
                       const float *scale, const float *savemean, const float *saveinvvar,
-                      float *dscale, float *dbias)
+                      float *dscale, float *dbias, const float *y)
 {
     rc_plan p = rc_make_plan(R, C);
     double *ps = malloc(sizeof(double) * 3 * (size_t)(p.P * C));
@@ -499,7 +574,7 @@ int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
         free(ps); free(consts);
         return -1;
     }
-    sums_ctx ctx = {x, dy, savemean, C, ps, ps + p.P * C, ps + 2 * p.P * C};
+    sums_ctx ctx = {x, dy, y, savemean, C, ps, ps + p.P * C, ps + 2 * p.P * C};
     if (rc_tasks(&p, R, C, 1, sums_task, &ctx) != 0) {
         free(ps); free(consts);
         return -1;
@@ -534,7 +609,8 @@ int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
         for (i64 t = 0; t < ntask2; t++) {
             i64 r1 = rc_min(R, (t + 1) * rows);
             for (i64 r = t * rows; r < r1; r++)
-                row_dx(x + r * C, dy + r * C, dx + r * C, C, savemean, k32, c032, c132, stream);
+                row_dx(x + r * C, dy + r * C, y ? y + r * C : NULL, dx + r * C, C, savemean, k32,
+                       c032, c132, stream);
             rc_fence(stream);
         }
     }
@@ -542,9 +618,10 @@ int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
     return 0;
 }
 
-/* dx = dy * k per channel, k = scale * invstd(run_var) */
+/* dx = dy * k per channel, k = scale * invstd(run_var), dy masked by the forward's output y if not
+ * NULL */
 int rc_backward_infer(const float *dy, float *dx, i64 R, i64 C, const float *scale,
-                      const float *run_var, double eps)
+                      const float *run_var, double eps, const float *y)
 {
-    return rc_frozen(dy, dx, R, C, scale, run_var, eps, NULL, NULL);
+    return rc_frozen(dy, dx, R, C, scale, run_var, eps, NULL, NULL, 0, y);
 }
