@@ -194,7 +194,8 @@ def test_matches_torch_batch_norm_then_relu(rng):
 
     with active_backend("cpu"):
         shape = (4, 6, 5, 7)
-        bn, _, _ = _module(BatchNorm2D, shape, "channels_first", rng)
+        bn, _, _ = _module(BatchNorm2D, shape, "channels_first", rng, initFactor=0.1,
+                           minFactor=0.1)  # PyTorch momentum=0.1
         tm = interop.to_torch(bn)
         assert [type(m).__name__ for m in tm] == ["BatchNorm2d", "ReLU"]
         x = rng.normal(0.0, 1.0, shape).astype(np.float32)
