@@ -249,3 +249,43 @@ def test_cpu_benchmark_relu_rows(capsys, monkeypatch):
     if "--no-torch" not in argv:
         diff = float(out.rsplit("relative to max |value|): ", 1)[1].split()[0])
         assert diff < 1e-4
+
+
+def _all_outputs(x, dy, scale, bias, rows, relu):
+    """Every output of the four kernels, training and frozen statistics, with and without relu."""
+    y, mean, invstd, rm, rv = _train(x, scale, bias, rows, relu=relu)
+    mask = {"y": y} if relu else {}
+    dx, dscale, dbias = _backward(x, dy, scale, mean, invstd, rows, **mask)
+    C = scale.size
+    args = [_vec(v) for v in (scale, bias, mean, rv)]
+    inf, idx = gpuarray.empty(x.shape, np.float32), gpuarray.empty(x.shape, np.float32)
+    _op("forward_infer", rows)(gpuarray.to_gpu(x), *args, EPS, inf, relu=relu)
+    _op("backward_infer", rows)(gpuarray.to_gpu(dy), args[0], args[3], EPS, idx,
+                                y=gpuarray.to_gpu(y) if relu else None)
+    assert C == mean.size
+    return [y, mean, invstd, rm, rv, dx, dscale, dbias, inf.get(), idx.get()]
+
+
+@pytest.mark.parametrize("shape,rows", [c for c in CASES if not c[1]] + [((9, 5, 61, 60), False)],
+                         ids=[i for c, i in zip(CASES, IDS) if not c[1]] + ["9x5x61x60"])
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+def test_native_streaming_stores_same_results(shape, rows, relu, rng):
+    """Large outputs go out with non-temporal stores (whole 64-byte lines; row heads and tails
+    normally): bitwise the results of normal stores, on NCHW data of every code path."""
+    if not cpu_native.probe()[0]:
+        pytest.skip("native CPU kernels unavailable: %s" % cpu_native.probe()[1])
+    x, dy, scale, bias = _data(shape, rows, rng)
+    previous = cpu_native.rows_stream_bytes()
+    with active_backend("cpu"):
+        previous_path = cpu_kernels.active_path()
+        runs = []
+        try:
+            cpu_kernels.use("native", quiet=True)
+            for threshold in (0, 1 << 62):  # always, never
+                cpu_native.rows_stream_bytes(threshold)
+                runs.append(_all_outputs(x, dy, scale, bias, rows, relu))
+        finally:
+            cpu_native.rows_stream_bytes(previous)
+            cpu_kernels.use(previous_path, quiet=True)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)

@@ -292,6 +292,11 @@ static float affine_f32(float scale, double var, double eps)
  * first reads the line it writes (write-allocate), one more pass over memory. */
 static i64 g_stream_bytes = RC_STREAM_BYTES;
 
+i64 rc_stream_threshold(void)
+{
+    return g_stream_bytes;
+}
+
 i64 rc_set_stream_bytes(i64 n)
 {
     i64 previous = g_stream_bytes;
