@@ -105,8 +105,29 @@ static inline vf splat(float s)
 
 /* The fused relu and its gradient mask, on the bits: v <= 0 is false for NaN, so NaN stays, and
  * -0 (all bits but the sign clear) becomes +0. */
+#ifdef __AVX__
+/* With AVX, on 8-float halves: gcc lowers a 16-lane generic compare to scalar code on AVX2. */
+typedef float vf8 __attribute__((vector_size(8 * sizeof(float))));
+static inline vf8 zero_where_le0_8(vf8 v, vf8 test)
+{
+    return (vf8)_mm256_andnot_ps(_mm256_cmp_ps((__m256)test, _mm256_setzero_ps(), _CMP_LE_OQ),
+                                 (__m256)v);
+}
+
+static inline vf vzero_where_le0(vf v, vf test)
+{
+    vf8 h[2], t[2];
+    memcpy(h, &v, sizeof h);
+    memcpy(t, &test, sizeof t);
+    for (int k = 0; k < 2; k++)
+        h[k] = zero_where_le0_8(h[k], t[k]);
+    memcpy(&v, h, sizeof h);
+    return v;
+}
+#else
 typedef int32_t vi __attribute__((vector_size(LANES * sizeof(float))));
 static inline vf vzero_where_le0(vf v, vf test) { return (vf)((vi)v & ~(vi)(test <= splat(0.0f))); }
+#endif
 static inline vf vrelu(vf v) { return vzero_where_le0(v, v); }
 static inline float srelu(float v) { return v <= 0.0f ? 0.0f : v; }
 /* dy masked by the forward's output y (y NULL: dy as is) */
@@ -486,7 +507,30 @@ static inline __attribute__((always_inline)) void cols_bwd_k(const float *x, con
         for (i64 rb = nb; rb < ne; rb += RB) {
             i64 re = rb + RB < ne ? rb + RB : ne;
             i64 j = 0;
-            for (; j + 2 * LANES <= L; j += 2 * LANES) {
+#ifdef __AVX__
+            /* with the mask, 8 lanes at a time: its loads and compares next to the accumulators
+             * of 16-lane vectors spill on AVX2 (same sums per lane either way) */
+            for (; y && j + 8 <= L; j += 8) {
+                vf8 m0, s0, q0, u0;
+                memcpy(&m0, m + j, sizeof m0);
+                memcpy(&s0, f1 + j, sizeof s0);
+                memcpy(&q0, f2 + j, sizeof q0);
+                memcpy(&u0, f3 + j, sizeof u0);
+                for (i64 n = rb; n < re; n++) {
+                    i64 o = n * rs + j;
+                    vf8 g0 = zero_where_le0_8((vf8)_mm256_loadu_ps(dy + o),
+                                              (vf8)_mm256_loadu_ps(y + o));
+                    vf8 d0 = (vf8)_mm256_loadu_ps(x + o) - m0;
+                    s0 += g0;
+                    q0 += g0 * d0;
+                    u0 += d0;
+                }
+                memcpy(f1 + j, &s0, sizeof s0);
+                memcpy(f2 + j, &q0, sizeof q0);
+                memcpy(f3 + j, &u0, sizeof u0);
+            }
+#endif
+            for (; !y && j + 2 * LANES <= L; j += 2 * LANES) {
                 vf m0 = ld(m + j), m1 = ld(m + j + LANES);
                 vf s0 = ld(f1 + j), s1 = ld(f1 + j + LANES);
                 vf q0 = ld(f2 + j), q1 = ld(f2 + j + LANES);
@@ -509,6 +553,19 @@ static inline __attribute__((always_inline)) void cols_bwd_k(const float *x, con
                 st(f2 + j + LANES, q1);
                 st(f3 + j, u0);
                 st(f3 + j + LANES, u1);
+            }
+            for (; j + LANES <= L; j += LANES) {
+                vf m0 = ld(m + j), s0 = ld(f1 + j), q0 = ld(f2 + j), u0 = ld(f3 + j);
+                for (i64 n = rb; n < re; n++) {
+                    const float *yr = y ? y + n * rs + j : NULL;
+                    vf g0 = vgrad(dy + n * rs + j, yr, 0), d0 = ld(x + n * rs + j) - m0;
+                    s0 += g0;
+                    q0 += g0 * d0;
+                    u0 += d0;
+                }
+                st(f1 + j, s0);
+                st(f2 + j, q0);
+                st(f3 + j, u0);
             }
             for (; j < L; j++) {
                 float s0 = f1[j], q0 = f2[j], u0 = f3[j];
