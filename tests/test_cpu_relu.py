@@ -249,3 +249,4 @@ def test_cpu_benchmark_relu_rows(capsys, monkeypatch):
     if "--no-torch" not in argv:
         diff = float(out.rsplit("relative to max |value|): ", 1)[1].split()[0])
         assert diff < 1e-4
+

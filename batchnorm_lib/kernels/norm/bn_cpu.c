@@ -15,6 +15,10 @@
  * one accumulator per position. The first pass over a tile reads memory row by row (sequential
  * streams for the prefetcher); re-reads of a cached tile may go column by column.
  *
+ * Outputs larger than the caches (rc_stream_threshold(), 8 MB by default) go out with
+ * non-temporal stores: a normal store first reads the line it writes, so streaming takes the
+ * normalize pass from 12 to 8 bytes per element and dx from 16 to 12.
+ *
  * Numerics. Statistics of a tile are a corrected two-pass: the tile's rough mean c first, then
  * s1 = sum(x - c) and s2 = sum((x - c)^2), mean = c + s1/n, M2 = s2 - s1^2/n. The sums run in
  * float over at most FBLOCK terms per lane (deviations from c are small, so this is exact enough)
@@ -41,6 +45,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#define BN_STREAM 1 /* non-temporal stores of large outputs */
 #endif
 
 #define LANES 16
@@ -96,8 +105,29 @@ static inline vf splat(float s)
 
 /* The fused relu and its gradient mask, on the bits: v <= 0 is false for NaN, so NaN stays, and
  * -0 (all bits but the sign clear) becomes +0. */
+#ifdef __AVX__
+/* With AVX, on 8-float halves: gcc lowers a 16-lane generic compare to scalar code on AVX2. */
+typedef float vf8 __attribute__((vector_size(8 * sizeof(float))));
+static inline vf8 zero_where_le0_8(vf8 v, vf8 test)
+{
+    return (vf8)_mm256_andnot_ps(_mm256_cmp_ps((__m256)test, _mm256_setzero_ps(), _CMP_LE_OQ),
+                                 (__m256)v);
+}
+
+static inline vf vzero_where_le0(vf v, vf test)
+{
+    vf8 h[2], t[2];
+    memcpy(h, &v, sizeof h);
+    memcpy(t, &test, sizeof t);
+    for (int k = 0; k < 2; k++)
+        h[k] = zero_where_le0_8(h[k], t[k]);
+    memcpy(&v, h, sizeof h);
+    return v;
+}
+#else
 typedef int32_t vi __attribute__((vector_size(LANES * sizeof(float))));
 static inline vf vzero_where_le0(vf v, vf test) { return (vf)((vi)v & ~(vi)(test <= splat(0.0f))); }
+#endif
 static inline vf vrelu(vf v) { return vzero_where_le0(v, v); }
 static inline float srelu(float v) { return v <= 0.0f ? 0.0f : v; }
 /* dy masked by the forward's output y (y NULL: dy as is) */
@@ -298,46 +328,6 @@ static stat_t tile_stats_long(const float *xc, i64 rs, i64 n0, i64 n1, i64 S)
     return stat_from_sums(cnt, total, c, fold(a1), fold(a2));
 }
 
-/* o = fmaf(x - m, a, b), relu'd when relu, prefetching pf[0..S) (the next tile) into L2 as it
- * goes when pf is not NULL; inlined with constant flags, so each variant is its own loop */
-static inline __attribute__((always_inline)) void row_affine_k(const float *x, float *o, i64 S,
-                                                               float m, float a, float b,
-                                                               const float *pf, int relu)
-{
-    vf mv = splat(m), av = splat(a), bv = splat(b);
-    i64 i = 0;
-    for (; i + LANES <= S; i += LANES) {
-        if (pf)
-            PREFETCH(pf + i);
-        vf v = vfma(ld(x + i) - mv, av, bv);
-        st(o + i, relu ? vrelu(v) : v);
-    }
-    for (; i < S; i++) {
-        float v = fmaf(x[i] - m, a, b);
-        o[i] = relu ? srelu(v) : v;
-    }
-}
-
-static void row_affine(const float *x, float *o, i64 S, float m, float a, float b,
-                       const float *pf, int relu)
-{
-    if (pf)
-        relu ? row_affine_k(x, o, S, m, a, b, pf, 1) : row_affine_k(x, o, S, m, a, b, pf, 0);
-    else
-        relu ? row_affine_k(x, o, S, m, a, b, NULL, 1) : row_affine_k(x, o, S, m, a, b, NULL, 0);
-}
-
-/* o = x * a, x masked by y where y is not NULL */
-static void row_scale(const float *x, const float *y, float *o, i64 S, float a)
-{
-    vf av = splat(a);
-    i64 i = 0;
-    for (; i + LANES <= S; i += LANES)
-        st(o + i, vgrad(x, y, i) * av);
-    for (; i < S; i++)
-        o[i] = sgrad(x, y, i) * a;
-}
-
 /* a1 += sum(dy), a2 += sum(dy * (x - m)), a3 += sum(x - m) (see backward_const); dy masked by
  * y where y is not NULL */
 static inline __attribute__((always_inline)) void lanes_bwd_k(const float *x, const float *dy,
@@ -387,17 +377,6 @@ static void lanes_bwd(const float *x, const float *dy, const float *y, i64 S, fl
         lanes_bwd_k(x, dy, y, S, m, a1, a2, a3);
     else
         lanes_bwd_k(x, dy, NULL, S, m, a1, a2, a3);
-}
-
-static void row_dx(const float *x, const float *dy, const float *y, float *dx, i64 S, float m,
-                   float k, float c0, float c1)
-{
-    vf mv = splat(m), kv = splat(k), c0v = splat(c0), c1v = splat(c1);
-    i64 i = 0;
-    for (; i + LANES <= S; i += LANES)
-        st(dx + i, vfma(vgrad(dy, y, i), kv, -vfma(ld(x + i) - mv, c1v, c0v)));
-    for (; i < S; i++)
-        dx[i] = fmaf(sgrad(dy, y, i), k, -fmaf(x[i] - m, c1, c0));
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -528,7 +507,30 @@ static inline __attribute__((always_inline)) void cols_bwd_k(const float *x, con
         for (i64 rb = nb; rb < ne; rb += RB) {
             i64 re = rb + RB < ne ? rb + RB : ne;
             i64 j = 0;
-            for (; j + 2 * LANES <= L; j += 2 * LANES) {
+#ifdef __AVX__
+            /* with the mask, 8 lanes at a time: its loads and compares next to the accumulators
+             * of 16-lane vectors spill on AVX2 (same sums per lane either way) */
+            for (; y && j + 8 <= L; j += 8) {
+                vf8 m0, s0, q0, u0;
+                memcpy(&m0, m + j, sizeof m0);
+                memcpy(&s0, f1 + j, sizeof s0);
+                memcpy(&q0, f2 + j, sizeof q0);
+                memcpy(&u0, f3 + j, sizeof u0);
+                for (i64 n = rb; n < re; n++) {
+                    i64 o = n * rs + j;
+                    vf8 g0 = zero_where_le0_8((vf8)_mm256_loadu_ps(dy + o),
+                                              (vf8)_mm256_loadu_ps(y + o));
+                    vf8 d0 = (vf8)_mm256_loadu_ps(x + o) - m0;
+                    s0 += g0;
+                    q0 += g0 * d0;
+                    u0 += d0;
+                }
+                memcpy(f1 + j, &s0, sizeof s0);
+                memcpy(f2 + j, &q0, sizeof q0);
+                memcpy(f3 + j, &u0, sizeof u0);
+            }
+#endif
+            for (; !y && j + 2 * LANES <= L; j += 2 * LANES) {
                 vf m0 = ld(m + j), m1 = ld(m + j + LANES);
                 vf s0 = ld(f1 + j), s1 = ld(f1 + j + LANES);
                 vf q0 = ld(f2 + j), q1 = ld(f2 + j + LANES);
@@ -551,6 +553,19 @@ static inline __attribute__((always_inline)) void cols_bwd_k(const float *x, con
                 st(f2 + j + LANES, q1);
                 st(f3 + j, u0);
                 st(f3 + j + LANES, u1);
+            }
+            for (; j + LANES <= L; j += LANES) {
+                vf m0 = ld(m + j), s0 = ld(f1 + j), q0 = ld(f2 + j), u0 = ld(f3 + j);
+                for (i64 n = rb; n < re; n++) {
+                    const float *yr = y ? y + n * rs + j : NULL;
+                    vf g0 = vgrad(dy + n * rs + j, yr, 0), d0 = ld(x + n * rs + j) - m0;
+                    s0 += g0;
+                    q0 += g0 * d0;
+                    u0 += d0;
+                }
+                st(f1 + j, s0);
+                st(f2 + j, q0);
+                st(f3 + j, u0);
             }
             for (; j < L; j++) {
                 float s0 = f1[j], q0 = f2[j], u0 = f3[j];
@@ -624,64 +639,193 @@ static void expand(const float *v, i64 c0, i64 g, i64 S, float *lanes)
             lanes[q * S + t] = v[c0 + q];
 }
 
-static inline __attribute__((always_inline)) void rows_affine_lanes_k(
-    const float *x, float *o, i64 rs, i64 n0, i64 n1, i64 L, const float *ml, const float *al,
-    const float *bl, int relu)
+/* ---------------------------------------------------------------------------------------------- */
+/* elementwise output passes                                                                       */
+
+/* Outputs of at least rc_stream_threshold() bytes (rows_channels_cpu.c's setting, one for the
+ * library) that are not written in place go out with non-temporal stores: such an output is
+ * evicted from the caches before anyone reads it, and a normal store first reads the line it
+ * writes (write-allocate), one more pass over memory. Only whole 64-byte lines are streamed (a
+ * row's head up to the first line boundary and its tail are stored normally), so no line is
+ * written partly each way. */
+i64 rc_stream_threshold(void);
+
+static int bn_stream(const float *out, const float *in, i64 n)
 {
+#ifdef BN_STREAM
+    return out != in && n * (i64)sizeof(float) >= rc_stream_threshold();
+#else
+    (void)out; (void)in; (void)n;
+    return 0;
+#endif
+}
+
+static inline void st_nt(float *p, vf v)
+{
+#ifdef BN_STREAM
+    __m256 lo, hi;
+    memcpy(&lo, &v, sizeof lo);
+    memcpy(&hi, (const char *)&v + sizeof lo, sizeof hi);
+    _mm256_stream_ps(p, lo);
+    _mm256_stream_ps(p + 8, hi);
+#else
+    st(p, v);
+#endif
+}
+
+static void bn_fence(int stream)
+{
+#ifdef BN_STREAM
+    if (stream)
+        _mm_sfence(); /* the streamed lines are visible before the threads join */
+#else
+    (void)stream;
+#endif
+}
+
+/* The three elementwise formulas, in float32 with explicit fused multiply-adds:
+ *   EW_AFFINE: o = fmaf(x - m, a, b), relu'd when flag (the forwards)
+ *   EW_SCALE:  o = g * a, g = dy masked by y when flag (the frozen-statistics backward; x is dy)
+ *   EW_DX:     o = fmaf(g, a, -fmaf(x - m, c1, b)), a = k, b = c0 (the training backward)
+ * Constants are per row (m, a, b, c1 scalars) or per lane (arrays indexed like the row: the
+ * short-row groups). Every variant is its own loop: ew_span is inlined with constant flags. */
+enum { EW_AFFINE, EW_SCALE, EW_DX };
+
+typedef struct {
+    const float *x, *dy, *y;        /* row starts; y the relu mask (flag) */
+    const float *pf;                /* prefetched into L2 alongside the row (row mode), or NULL */
+    const float *ml, *al, *bl, *cl; /* lane arrays (lane mode) */
+    float m, a, b, c1;              /* row constants (row mode) */
+} ew_t;
+
+static inline __attribute__((always_inline)) vf ew_vec(int kind, int flag, int lanes,
+                                                      const ew_t *p, i64 j)
+{
+    vf a = lanes ? ld(p->al + j) : splat(p->a);
+    if (kind == EW_SCALE)
+        return (flag ? vgrad(p->x, p->y, j) : ld(p->x + j)) * a;
+    vf m = lanes ? ld(p->ml + j) : splat(p->m), b = lanes ? ld(p->bl + j) : splat(p->b);
+    if (kind == EW_AFFINE) {
+        vf v = vfma(ld(p->x + j) - m, a, b);
+        return flag ? vrelu(v) : v;
+    }
+    vf c1 = lanes ? ld(p->cl + j) : splat(p->c1);
+    return vfma(flag ? vgrad(p->dy, p->y, j) : ld(p->dy + j), a, -vfma(ld(p->x + j) - m, c1, b));
+}
+
+static inline __attribute__((always_inline)) float ew_one(int kind, int flag, int lanes,
+                                                         const ew_t *p, i64 j)
+{
+    float a = lanes ? p->al[j] : p->a;
+    if (kind == EW_SCALE)
+        return (flag ? sgrad(p->x, p->y, j) : p->x[j]) * a;
+    float m = lanes ? p->ml[j] : p->m, b = lanes ? p->bl[j] : p->b;
+    if (kind == EW_AFFINE) {
+        float v = fmaf(p->x[j] - m, a, b);
+        return flag ? srelu(v) : v;
+    }
+    float c1 = lanes ? p->cl[j] : p->c1;
+    return fmaf(flag ? sgrad(p->dy, p->y, j) : p->dy[j], a, -fmaf(p->x[j] - m, c1, b));
+}
+
+static inline __attribute__((always_inline)) void ew_span(int kind, int flag, int lanes,
+                                                         int stream, const ew_t *p, float *o,
+                                                         i64 n)
+{
+    i64 j = 0;
+    if (stream) {
+        i64 head = (i64)(((64 - ((uintptr_t)o & 63)) & 63) / sizeof(float));
+        for (; j < head && j < n; j++)
+            o[j] = ew_one(kind, flag, lanes, p, j);
+    }
+    for (; j + LANES <= n; j += LANES) {
+        if (!lanes && p->pf)
+            PREFETCH(p->pf + j);
+        vf v = ew_vec(kind, flag, lanes, p, j);
+        if (stream)
+            st_nt(o + j, v);
+        else
+            st(o + j, v);
+    }
+    for (; j < n; j++)
+        o[j] = ew_one(kind, flag, lanes, p, j);
+}
+
+#define EW_CASE(k, f, l, s) \
+    case ((k) * 8 + (f) * 4 + (l) * 2 + (s)): ew_span(k, f, l, s, p, o, n); break;
+#define EW_CASES(k, f) EW_CASE(k, f, 0, 0) EW_CASE(k, f, 0, 1) EW_CASE(k, f, 1, 0) EW_CASE(k, f, 1, 1)
+
+/* one row of n values into o: formula kind, flag (relu or mask), lane or row constants, streamed */
+static void ew_row(int kind, int flag, int lanes, int stream, const ew_t *p, float *o, i64 n)
+{
+    switch (kind * 8 + !!flag * 4 + !!lanes * 2 + !!stream) {
+        EW_CASES(EW_AFFINE, 0) EW_CASES(EW_AFFINE, 1)
+        EW_CASES(EW_SCALE, 0) EW_CASES(EW_SCALE, 1)
+        EW_CASES(EW_DX, 0) EW_CASES(EW_DX, 1)
+    }
+}
+
+/* o = fmaf(x - m, a, b) over one row of S, relu'd when relu, prefetching pf[0..S) (the next tile)
+ * into L2 as it goes when pf is not NULL */
+static void row_affine(const float *x, float *o, i64 S, float m, float a, float b,
+                       const float *pf, int relu, int stream)
+{
+    ew_t p = {.x = x, .pf = pf, .m = m, .a = a, .b = b};
+    ew_row(EW_AFFINE, relu, 0, stream, &p, o, S);
+}
+
+/* o = x * a, x masked by y where y is not NULL */
+static void row_scale(const float *x, const float *y, float *o, i64 S, float a, int stream)
+{
+    ew_t p = {.x = x, .y = y, .a = a};
+    ew_row(EW_SCALE, y != NULL, 0, stream, &p, o, S);
+}
+
+static void row_dx(const float *x, const float *dy, const float *y, float *dx, i64 S, float m,
+                   float k, float c0, float c1, int stream)
+{
+    ew_t p = {.x = x, .dy = dy, .y = y, .m = m, .a = k, .b = c0, .c1 = c1};
+    ew_row(EW_DX, y != NULL, 0, stream, &p, dx, S);
+}
+
+/* the same with per-lane constants, over rows n0..n1 of L lanes (row n at offset n * rs) */
+static void ew_lanes(int kind, int flag, int stream, ew_t p, float *o, i64 rs, i64 n0, i64 n1,
+                     i64 L)
+{
+    const float *x = p.x, *dy = p.dy, *y = p.y;
     for (i64 n = n0; n < n1; n++) {
-        const float *r = x + n * rs;
-        float *w = o + n * rs;
-        for (i64 j = 0; j < L; j++) {
-            float v = fmaf(r[j] - ml[j], al[j], bl[j]);
-            w[j] = relu ? srelu(v) : v;
-        }
+        i64 off = n * rs;
+        p.x = x + off;
+        p.dy = dy ? dy + off : NULL;
+        p.y = y ? y + off : NULL;
+        ew_row(kind, flag, 1, stream, &p, o + off, L);
     }
 }
 
 static void rows_affine_lanes(const float *x, float *o, i64 rs, i64 n0, i64 n1, i64 L,
-                              const float *ml, const float *al, const float *bl, int relu)
+                              const float *ml, const float *al, const float *bl, int relu,
+                              int stream)
 {
-    if (relu)
-        rows_affine_lanes_k(x, o, rs, n0, n1, L, ml, al, bl, 1);
-    else
-        rows_affine_lanes_k(x, o, rs, n0, n1, L, ml, al, bl, 0);
+    ew_t p = {.x = x, .ml = ml, .al = al, .bl = bl};
+    ew_lanes(EW_AFFINE, relu, stream, p, o, rs, n0, n1, L);
 }
 
 /* o = x * a per lane, x masked by y where y is not NULL */
 static void rows_scale_lanes(const float *x, const float *y, float *o, i64 rs, i64 n0, i64 n1,
-                             i64 L, const float *al)
+                             i64 L, const float *al, int stream)
 {
-    for (i64 n = n0; n < n1; n++) {
-        const float *r = x + n * rs, *yr = y ? y + n * rs : NULL;
-        float *w = o + n * rs;
-        if (yr)
-            for (i64 j = 0; j < L; j++)
-                w[j] = sgrad(r, yr, j) * al[j];
-        else
-            for (i64 j = 0; j < L; j++)
-                w[j] = r[j] * al[j];
-    }
+    ew_t p = {.x = x, .y = y, .al = al};
+    ew_lanes(EW_SCALE, y != NULL, stream, p, o, rs, n0, n1, L);
 }
 
 /* dx = fmaf(dy, k, -fmaf(x - m, c1, c0)) per lane over rows n0..n1, dy masked by y where y is not
  * NULL */
 static void rows_dx_lanes(const float *x, const float *dy, const float *y, float *dx, i64 rs,
                           i64 n0, i64 n1, i64 L, const float *ml, const float *kl,
-                          const float *c0l, const float *c1l)
+                          const float *c0l, const float *c1l, int stream)
 {
-    for (i64 n = n0; n < n1; n++) {
-        i64 o = n * rs;
-        const float *xr = x + o, *gr = dy + o;
-        float *w = dx + o;
-        if (y) {
-            const float *yr = y + o;
-            for (i64 j = 0; j < L; j++)
-                w[j] = fmaf(sgrad(gr, yr, j), kl[j], -fmaf(xr[j] - ml[j], c1l[j], c0l[j]));
-        } else {
-            for (i64 j = 0; j < L; j++)
-                w[j] = fmaf(gr[j], kl[j], -fmaf(xr[j] - ml[j], c1l[j], c0l[j]));
-        }
-    }
+    ew_t p = {.x = x, .dy = dy, .y = y, .ml = ml, .al = kl, .bl = c0l, .cl = c1l};
+    ew_lanes(EW_DX, y != NULL, stream, p, dx, rs, n0, n1, L);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -734,6 +878,7 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
     }
     int fused = p.nrb == 1;
     int failed = 0;
+    int stream = fused && bn_stream(out, x, N * rs);
 
     if (S >= SHORT_S) {
         i64 ntask = C * p.nrb;
@@ -751,7 +896,8 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
                 i64 cn = c + nt < C ? c + nt : -1;
                 for (i64 n = 0; n < N; n++)
                     row_affine(x + n * rs + c * S, out + n * rs + c * S, S, mc, a, b,
-                               cn >= 0 ? x + n * rs + cn * S : NULL, relu);
+                               cn >= 0 ? x + n * rs + cn * S : NULL, relu, stream);
+                bn_fence(stream);
             }
         }
     } else {
@@ -786,7 +932,8 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
                             }
                         }
                         rows_affine_lanes(x + c0 * S, out + c0 * S, rs, 0, N, g * S, ml, al, bl,
-                                          relu);
+                                          relu, stream);
+                        bn_fence(stream);
                     }
                 }
             }
@@ -865,15 +1012,20 @@ static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S, const fl
 {
     i64 rs = C * S;
     int nt = threads_for(N * rs);
+    int stream = bn_stream(out, x, N * rs);
     if (S >= SHORT_S) {
         i64 ntask = N * C;
-#pragma omp parallel for schedule(static) num_threads(nt)
-        for (i64 t = 0; t < ntask; t++) {
-            i64 c = t % C;
-            if (m)
-                row_affine(x + t * S, out + t * S, S, m[c], a[c], b[c], NULL, relu);
-            else
-                row_scale(x + t * S, y ? y + t * S : NULL, out + t * S, S, a[c]);
+#pragma omp parallel num_threads(nt)
+        {
+#pragma omp for schedule(static) nowait
+            for (i64 t = 0; t < ntask; t++) {
+                i64 c = t % C;
+                if (m)
+                    row_affine(x + t * S, out + t * S, S, m[c], a[c], b[c], NULL, relu, stream);
+                else
+                    row_scale(x + t * S, y ? y + t * S : NULL, out + t * S, S, a[c], stream);
+            }
+            bn_fence(stream); /* once per thread: a fence per row stalls on short rows */
         }
         return 0;
     }
@@ -903,12 +1055,13 @@ static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S, const fl
                 }
                 if (m)
                     rows_affine_lanes(x + c0 * S, out + c0 * S, rs, n0, n1, g * S, lanes,
-                                      lanes + L, lanes + 2 * L, relu);
+                                      lanes + L, lanes + 2 * L, relu, stream);
                 else
                     rows_scale_lanes(x + c0 * S, y ? y + c0 * S : NULL, out + c0 * S, rs, n0, n1,
-                                     g * S, lanes + L);
+                                     g * S, lanes + L, stream);
             }
         }
+        bn_fence(stream);
         free(lanes);
     }
     return failed ? -1 : 0;
@@ -994,6 +1147,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
         return -1;
     int fused = p.nrb == 1 && dx != NULL;
     int failed = 0;
+    int stream = dx != NULL && bn_stream(dx, dy, N * rs);
 
     if (S >= SHORT_S) {
         i64 ntask = C * p.nrb;
@@ -1014,8 +1168,10 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                 bconst_t q = backward_const(m, scale[c], mc, saveinvvar[c], sums);
                 for (i64 n = 0; n < N; n++) {
                     i64 o = n * rs + c * S;
-                    row_dx(x + o, dy + o, y ? y + o : NULL, dx + o, S, q.m, q.k, q.c0, q.c1);
+                    row_dx(x + o, dy + o, y ? y + o : NULL, dx + o, S, q.m, q.k, q.c0, q.c1,
+                           stream);
                 }
+                bn_fence(stream);
             }
         }
     } else {
@@ -1063,7 +1219,8 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                             }
                         }
                         rows_dx_lanes(x + c0 * S, dy + c0 * S, y ? y + c0 * S : NULL, dx + c0 * S,
-                                      rs, 0, N, Lg, ml, kl, c0l, c1l);
+                                      rs, 0, N, Lg, ml, kl, c0l, c1l, stream);
+                        bn_fence(stream);
                     }
                 }
             }
@@ -1095,11 +1252,15 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
     if (dx != NULL && !fused) {
         if (S >= SHORT_S) {
             i64 ntask = N * C;
-#pragma omp parallel for schedule(static) num_threads(nt)
-            for (i64 t = 0; t < ntask; t++) {
-                bconst_t b = q[t % C];
-                row_dx(x + t * S, dy + t * S, y ? y + t * S : NULL, dx + t * S, S, b.m, b.k, b.c0,
-                       b.c1);
+#pragma omp parallel num_threads(nt)
+            {
+#pragma omp for schedule(static) nowait
+                for (i64 t = 0; t < ntask; t++) {
+                    bconst_t b = q[t % C];
+                    row_dx(x + t * S, dy + t * S, y ? y + t * S : NULL, dx + t * S, S, b.m, b.k,
+                           b.c0, b.c1, stream);
+                }
+                bn_fence(stream); /* once per thread, as in elementwise() */
             }
         } else {
             lane_plan plan = plan_lanes(N, C, S);
@@ -1130,9 +1291,10 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                             cur = gi;
                         }
                         rows_dx_lanes(x + c0 * S, dy + c0 * S, y ? y + c0 * S : NULL, dx + c0 * S,
-                                      rs, n0, n1, Lg, ml, kl, c0l, c1l);
+                                      rs, n0, n1, Lg, ml, kl, c0l, c1l, stream);
                     }
                 }
+                bn_fence(stream);
                 free(lanes);
             }
         }

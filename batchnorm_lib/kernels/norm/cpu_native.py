@@ -376,8 +376,9 @@ def _declare_rows(lib):
 
 
 def rows_stream_bytes(n=-1):
-    """Output size (bytes) from which the rows x channels elementwise passes use non-temporal
-    stores; ``n >= 0`` sets it. Returns the previous value. For tests and tuning."""
+    """Output size (bytes) from which the elementwise passes (normalize, dx; both data families)
+    use non-temporal stores; ``n >= 0`` sets it. Returns the previous value. For tests and
+    tuning."""
     return _library().rc_set_stream_bytes(int(n))
 
 

@@ -14,7 +14,9 @@
  * (x - c)^2 around its float32 rounding c (mean = c + s1 / L, M2 = s2 - s1^2 / L). Sums run in
  * float over at most BLOCK_FLOATS values per lane and go into double from there, lanes folded in
  * a fixed order, so a row's results do not depend on the thread count or the machine's vector
- * width. Parameter gradients are merged in double in a fixed order (per row when a row holds
+ * width. Outputs larger than the caches go out with non-temporal stores (bn_cpu.c's rule), which
+ * saves the read of each written line: the forward moves 8 bytes per element, not 12. Parameter
+ * gradients are merged in double in a fixed order (per row when a row holds
  * whole channels of S > 1 values, per fixed block of rows for S = 1), so backward is bitwise
  * repeatable too. Elementwise formulas are evaluated in float32 in the order cpu_numpy.py uses:
  *   forward:  out = (x - mean) * a + bias,            a = scale * invstd
@@ -25,6 +27,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#define PR_STREAM 1 /* non-temporal stores of large outputs */
+#endif
 
 typedef int64_t i64;
 
@@ -48,12 +55,116 @@ typedef float rvfu __attribute__((vector_size(8 * sizeof(float)), aligned(4), ma
 
 static inline rvf rld(const float *p) { return *(const rvfu *)p; }
 static inline void rst(float *p, rvf v) { *(rvfu *)p = v; }
+static inline rvf rsplat(float v) { rvf r = {v, v, v, v, v, v, v, v}; return r; }
 
 int bn_get_num_threads(void);
 
 static int rows_threads(i64 total)
 {
     return total < ROWS_SERIAL_BELOW ? 1 : bn_get_num_threads();
+}
+
+/* Outputs of at least rc_stream_threshold() bytes (rows_channels_cpu.c's setting) not written in
+ * place go out with non-temporal stores, as in bn_cpu.c: such an output leaves the caches before
+ * anyone reads it, and a normal store first reads the line it writes. Whole 64-byte lines only:
+ * a run's head up to the first line boundary and its tail are stored normally. */
+i64 rc_stream_threshold(void);
+
+static int pr_stream(const float *out, const float *in, i64 n)
+{
+#ifdef PR_STREAM
+    return out != in && n * (i64)sizeof(float) >= rc_stream_threshold();
+#else
+    (void)out; (void)in; (void)n;
+    return 0;
+#endif
+}
+
+static void pr_fence(int stream)
+{
+#ifdef PR_STREAM
+    if (stream)
+        _mm_sfence();
+#else
+    (void)stream;
+#endif
+}
+
+static inline void pr_put(float *o, rvf v, int stream)
+{
+#ifdef PR_STREAM
+    if (stream) {
+        _mm256_stream_ps(o, (__m256)v);
+        return;
+    }
+#endif
+    (void)stream;
+    rst(o, v);
+}
+
+/* first index of o + j on a 64-byte line boundary when streaming (at most n), else 0 */
+static inline i64 pr_head(const float *o, i64 n, int stream)
+{
+    i64 h = stream ? (i64)(((64 - ((uintptr_t)o & 63)) & 63) / sizeof(float)) : 0;
+    return h < n ? h : n;
+}
+
+/* o = (x - m) * a_j + b_j over n values, in float32 without fused multiply-adds; per value
+ * (lanes: a_j = sc[j] * inv, b_j = bi[j]) or one a, b for the run. Inlined with constant flags. */
+static inline __attribute__((always_inline)) void pr_affine(const float *x, float *o, i64 n,
+                                                           float m, const float *sc,
+                                                           const float *bi, float inv, float a,
+                                                           float b, int lanes, int stream)
+{
+    i64 j = 0, h = pr_head(o, n, stream);
+    for (; j < h; j++)
+        o[j] = (x[j] - m) * (lanes ? sc[j] * inv : a) + (lanes ? bi[j] : b);
+    for (; j + 8 <= n; j += 8) {
+        rvf v = (rld(x + j) - m) * (lanes ? rld(sc + j) * inv : rsplat(a)) +
+                (lanes ? rld(bi + j) : rsplat(b));
+        pr_put(o + j, v, stream);
+    }
+    for (; j < n; j++)
+        o[j] = (x[j] - m) * (lanes ? sc[j] * inv : a) + (lanes ? bi[j] : b);
+}
+
+/* dx = (dy * k_j - c0) - (x - m) * c1 over n values, k_j = sc[j] * inv (lanes) or k */
+static inline __attribute__((always_inline)) void pr_dx(const float *x, const float *dy,
+                                                       float *o, i64 n, float m, const float *sc,
+                                                       float inv, float k, float c0, float c1,
+                                                       int lanes, int stream)
+{
+    i64 j = 0, h = pr_head(o, n, stream);
+    for (; j < h; j++)
+        o[j] = (dy[j] * (lanes ? sc[j] * inv : k) - c0) - (x[j] - m) * c1;
+    for (; j + 8 <= n; j += 8) {
+        rvf v = (rld(dy + j) * (lanes ? rld(sc + j) * inv : rsplat(k)) - c0) - (rld(x + j) - m) * c1;
+        pr_put(o + j, v, stream);
+    }
+    for (; j < n; j++)
+        o[j] = (dy[j] * (lanes ? sc[j] * inv : k) - c0) - (x[j] - m) * c1;
+}
+
+static void affine_run(const float *x, float *o, i64 n, float m, const float *sc,
+                       const float *bi, float inv, float a, float b, int lanes, int stream)
+{
+    if (lanes)
+        stream ? pr_affine(x, o, n, m, sc, bi, inv, a, b, 1, 1)
+               : pr_affine(x, o, n, m, sc, bi, inv, a, b, 1, 0);
+    else
+        stream ? pr_affine(x, o, n, m, sc, bi, inv, a, b, 0, 1)
+               : pr_affine(x, o, n, m, sc, bi, inv, a, b, 0, 0);
+}
+
+static void dx_run(const float *x, const float *dy, float *o, i64 n, float m, const float *sc,
+                   float inv, float k, float c0, float c1, int lanes, int stream)
+{
+    if (lanes)
+        stream ? pr_dx(x, dy, o, n, m, sc, inv, k, c0, c1, 1, 1)
+               : pr_dx(x, dy, o, n, m, sc, inv, k, c0, c1, 1, 0);
+    else
+        stream ? pr_dx(x, dy, o, n, m, sc, inv, k, c0, c1, 0, 1)
+               : pr_dx(x, dy, o, n, m, sc, inv, k, c0, c1, 0, 0);
 }
 
 static inline double fold(rvf v0, rvf v1)
@@ -151,44 +262,33 @@ static void row_stats(const float *x, i64 n, double eps, float *mean, float *inv
     *invstd = 1.0f / sqrtf((float)var + (float)eps);
 }
 
-/* out = (x - m) * a + b over n values with one a, b */
-static inline void norm_const(const float *restrict x, float *restrict out, i64 n, float m,
-                              float a, float b)
-{
-    for (i64 j = 0; j < n; j++)
-        out[j] = (x[j] - m) * a + b;
-}
-
 int per_row_forward(const float *x, float *out, i64 R, i64 L, i64 G, i64 S, const float *scale,
                  const float *bias, double eps, float *savemean, float *saveinvstd)
 {
     const i64 cg = L / S;
-#pragma omp parallel for schedule(static) num_threads(rows_threads(R * L))
-    for (i64 r = 0; r < R; r++) {
-        const float *xr = x + r * L;
-        float *orow = out + r * L;
-        float m, inv;
-        row_stats(xr, L, eps, &m, &inv);
-        savemean[r] = m;
-        saveinvstd[r] = inv;
-        const float *sc = scale + (r % G) * cg, *bi = bias + (r % G) * cg;
-        if (S == 1) {
-            for (i64 j = 0; j < L; j++)
-                orow[j] = (xr[j] - m) * (sc[j] * inv) + bi[j];
-        } else {
-            for (i64 k = 0; k < cg; k++)
-                norm_const(xr + k * S, orow + k * S, S, m, sc[k] * inv, bi[k]);
+    const int stream = pr_stream(out, x, R * L);
+#pragma omp parallel num_threads(rows_threads(R * L))
+    {
+#pragma omp for schedule(static) nowait
+        for (i64 r = 0; r < R; r++) {
+            const float *xr = x + r * L;
+            float *orow = out + r * L;
+            float m, inv;
+            row_stats(xr, L, eps, &m, &inv);
+            savemean[r] = m;
+            saveinvstd[r] = inv;
+            const float *sc = scale + (r % G) * cg, *bi = bias + (r % G) * cg;
+            if (S == 1) {
+                affine_run(xr, orow, L, m, sc, bi, inv, 0.0f, 0.0f, 1, stream);
+            } else {
+                for (i64 k = 0; k < cg; k++)
+                    affine_run(xr + k * S, orow + k * S, S, m, NULL, NULL, inv, sc[k] * inv,
+                               bi[k], 0, stream);
+            }
         }
+        pr_fence(stream); /* once per thread */
     }
     return 0;
-}
-
-/* dx = (dy * k - c0) - (x - m) * c1 over n values with one k */
-static inline void dx_const(const float *restrict x, const float *restrict dy, float *restrict dx,
-                            i64 n, float m, float k, float c0, float c1)
-{
-    for (i64 j = 0; j < n; j++)
-        dx[j] = (dy[j] * k - c0) - (x[j] - m) * c1;
 }
 
 /* Rows holding whole channels of S > 1 values: per (row, channel) sums, merged over rows after. */
@@ -200,7 +300,10 @@ static int backward_channels(const float *x, const float *dy, float *dx, i64 R, 
     double *w = (double *)malloc(sizeof(double) * 2 * (size_t)(R * cg));
     if (w == NULL)
         return 1;
-#pragma omp parallel for schedule(static) num_threads(rows_threads(R * L))
+    const int stream = dx != NULL && pr_stream(dx, dy, R * L);
+#pragma omp parallel num_threads(rows_threads(R * L))
+    {
+#pragma omp for schedule(static) nowait
     for (i64 r = 0; r < R; r++) {
         const float *xr = x + r * L, *gr = dy + r * L;
         const float m = savemean[r], inv = saveinvstd[r];
@@ -220,8 +323,11 @@ static int backward_channels(const float *x, const float *dy, float *dx, i64 R, 
             const float c0 = (float)(id * a / (double)L);
             const float c1 = (float)(id * id * id * b / (double)L);
             for (i64 k = 0; k < cg; k++)
-                dx_const(xr + k * S, gr + k * S, dx + r * L + k * S, S, m, sc[k] * inv, c0, c1);
+                dx_run(xr + k * S, gr + k * S, dx + r * L + k * S, S, m, NULL, inv, sc[k] * inv,
+                       c0, c1, 0, stream);
         }
+    }
+    pr_fence(stream);
     }
     const i64 n = R / G, c = G * cg;
     for (i64 ch = 0; ch < c; ch++) {
@@ -255,7 +361,10 @@ static int backward_columns(const float *x, const float *dy, float *dx, i64 R, i
     float *part = (float *)calloc((size_t)(2 * tasks * c), sizeof(float));
     if (part == NULL)
         return 1;
-#pragma omp parallel for schedule(static) num_threads(rows_threads(R * L))
+    const int stream = dx != NULL && pr_stream(dx, dy, R * L);
+#pragma omp parallel num_threads(rows_threads(R * L))
+    {
+#pragma omp for schedule(static) nowait
     for (i64 t = 0; t < tasks; t++) {
         const i64 r1 = (t + 1) * per < R ? (t + 1) * per : R;
         for (i64 r = t * per; r < r1; r++) {
@@ -294,11 +403,11 @@ static int backward_columns(const float *x, const float *dy, float *dx, i64 R, i
                 const double id = (double)inv;
                 const float c0 = (float)(id * a / (double)L);
                 const float c1 = (float)(id * id * id * b / (double)L);
-                float *dr = dx + r * L;
-                for (i64 q = 0; q < L; q++)
-                    dr[q] = (gr[q] * (sc[q] * inv) - c0) - (xr[q] - m) * c1;
+                dx_run(xr, gr, dx + r * L, L, m, sc, inv, 0.0f, c0, c1, 1, stream);
             }
         }
+    }
+    pr_fence(stream);
     }
 #pragma omp parallel for schedule(static) num_threads(rows_threads(tasks * c))
     for (i64 j = 0; j < c; j++) {

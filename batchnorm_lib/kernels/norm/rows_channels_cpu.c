@@ -32,6 +32,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #if defined(__AVX__) && defined(__FMA__)
 #include <immintrin.h>
 #define RC_STREAM 1 /* 32-byte non-temporal stores */
@@ -292,6 +296,11 @@ static float affine_f32(float scale, double var, double eps)
  * first reads the line it writes (write-allocate), one more pass over memory. */
 static i64 g_stream_bytes = RC_STREAM_BYTES;
 
+i64 rc_stream_threshold(void)
+{
+    return g_stream_bytes;
+}
+
 i64 rc_set_stream_bytes(i64 n)
 {
     i64 previous = g_stream_bytes;
@@ -428,6 +437,23 @@ static void rc_fence(int stream)
 #endif
 }
 
+/* The elementwise passes run after a reduction that read the same rows in ascending order, each
+ * thread its static share (rc_tasks). So each thread takes its static share of the row tasks here
+ * in descending order: the rows read last, still in the shared last-level cache, come first, and
+ * fewer of them come from memory again (for data up to twice the cache, about half a pass).
+ * [*lo, *hi) is the calling thread's share of ntask tasks. */
+static void rc_share(i64 ntask, i64 *lo, i64 *hi)
+{
+#ifdef _OPENMP
+    i64 nt = omp_get_num_threads(), id = omp_get_thread_num();
+#else
+    i64 nt = 1, id = 0;
+#endif
+    i64 per = ntask / nt, extra = ntask % nt;
+    *lo = id * per + rc_min(id, extra);
+    *hi = *lo + per + (id < extra);
+}
+
 /* out = (x - m) * a + b per channel (relu'd when relu), or out = x * a when m is NULL (x masked
  * by y where y is not NULL); out may be x */
 static void rc_affine(const float *x, float *out, i64 R, i64 C, const float *m, const float *a,
@@ -436,12 +462,17 @@ static void rc_affine(const float *x, float *out, i64 R, i64 C, const float *m, 
     i64 rows = rc_max(1, RC_ELEMWISE_CHUNK / C);
     i64 ntask = rc_ceil_div(R, rows);
     int stream = rc_stream(out, x, R, C);
-#pragma omp parallel for schedule(static) num_threads(rc_threads(R * C))
-    for (i64 t = 0; t < ntask; t++) {
-        i64 r1 = rc_min(R, (t + 1) * rows);
-        for (i64 r = t * rows; r < r1; r++)
-            row_affine(x + r * C, out + r * C, C, m, a, b, relu, y ? y + r * C : NULL, stream);
-        rc_fence(stream);
+#pragma omp parallel num_threads(rc_threads(R * C))
+    {
+        i64 lo, hi;
+        rc_share(ntask, &lo, &hi);
+        for (i64 t = hi - 1; t >= lo; t--) {
+            i64 r1 = rc_min(R, (t + 1) * rows);
+            for (i64 r = t * rows; r < r1; r++)
+                row_affine(x + r * C, out + r * C, C, m, a, b, relu, y ? y + r * C : NULL,
+                           stream);
+        }
+        rc_fence(stream); /* once per thread: a fence per task stalls */
     }
 }
 
@@ -605,12 +636,16 @@ int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
         i64 rows = rc_max(1, RC_ELEMWISE_CHUNK / C);
         i64 ntask2 = rc_ceil_div(R, rows);
         int stream = rc_stream(dx, NULL, R, C);
-#pragma omp parallel for schedule(static) num_threads(rc_threads(R * C))
-        for (i64 t = 0; t < ntask2; t++) {
-            i64 r1 = rc_min(R, (t + 1) * rows);
-            for (i64 r = t * rows; r < r1; r++)
-                row_dx(x + r * C, dy + r * C, y ? y + r * C : NULL, dx + r * C, C, savemean, k32,
-                       c032, c132, stream);
+#pragma omp parallel num_threads(rc_threads(R * C))
+        {
+            i64 lo, hi;
+            rc_share(ntask2, &lo, &hi); /* descending, as in rc_affine */
+            for (i64 t = hi - 1; t >= lo; t--) {
+                i64 r1 = rc_min(R, (t + 1) * rows);
+                for (i64 r = t * rows; r < r1; r++)
+                    row_dx(x + r * C, dy + r * C, y ? y + r * C : NULL, dx + r * C, C, savemean,
+                           k32, c032, c132, stream);
+            }
             rc_fence(stream);
         }
     }
