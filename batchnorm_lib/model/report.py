@@ -4,8 +4,9 @@ For each shape, dtype and pass the report runs the pass on the ``cudasim`` backe
 simulator's traffic counters (:func:`batchnorm_lib.backend.cudasim.profile`) at a reduced size,
 and replays the same call at the full shape through a recording runtime that keeps the launches
 (kernel, grid) without running them. From the counters: DRAM bytes per element (distinct 32-byte
-sectors x 32, per launch, summed) next to the byte floor, and the sector efficiency (requested
-bytes / 32 over the sectors the warps touch, per launch at most 1). From the compiler (:mod:`.sass`) and :mod:`.h100`,
+sectors x 32, per launch, summed) next to the byte floor, and the sector efficiency (ideal
+sectors over the sectors the warps touch, where a warp request's ideal is its distinct bytes packed
+from its lowest address: ceil((lowest % 32 + distinct bytes) / 32)). From the compiler (:mod:`.sass`) and :mod:`.h100`,
 for each launch of the full shape: registers, occupancy, waves, loads and bytes in flight, and the
 modelled time; the pass's bandwidth fraction is its bytes over achievable bandwidth, divided by
 its modelled time, at 600, 700 and 800 ns.
@@ -215,12 +216,11 @@ def model_case(shape, dtype_name, pass_name, budget, rng, latency=h100.LATENCY):
     sim_blocks = {}
     for l in sim:
         sim_blocks[l.name] = sim_blocks.get(l.name, 0) + int(np.prod(l.grid))
-    # ideal sectors: the requested bytes in whole sectors, at most the sectors touched (a warp's
-    # lanes reading one value, a broadcast, ask for more bytes than the one sector they touch)
+    # ideal sectors, per warp request: its distinct bytes packed from its lowest address (a
+    # broadcast of one value needs one sector), counted by the simulator
     def efficiency(kind):
         sectors = sum(getattr(l, kind + "_sectors") for l in sim)
-        ideal = sum(min(getattr(l, kind + "_bytes") / 32.0, getattr(l, kind + "_sectors"))
-                    for l in sim)
+        ideal = sum(getattr(l, "ideal_%s_sectors" % kind) for l in sim)
         return ideal, sectors
 
     (ideal_ld, sectors_ld), (ideal_st, sectors_st) = efficiency("load"), efficiency("store")
