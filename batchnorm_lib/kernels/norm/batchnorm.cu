@@ -270,9 +270,10 @@ __device__ __forceinline__ void channel_stream(const Op& op, long long n, int c,
 }
 
 // y = fma(x - mean, a, bias) with the per-channel factor a of stats_finalize or channel_factor:
-// two roundings, as the CPU backend does (values equal to the mean give bias exactly). Each thread reloads the channel's constants only when its channel changes. x and y may
-// be the same buffer.
-template <typename T, int VEC>
+// two roundings, as the CPU backend does (values equal to the mean give bias exactly), then relu
+// when RELU (before the rounding to T: the same result, and -0 stays out). Each thread reloads the
+// channel's constants only when its channel changes. x and y may be the same buffer.
+template <typename T, int VEC, bool RELU>
 struct NormalizeOp {
     const T* x;
     T* y;
@@ -295,26 +296,29 @@ struct NormalizeOp {
     {
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-            pk.v[i] = from_float<T>(fmaf(__fsub_rn(to_float(pk.v[i]), k.m), k.a, k.b));
+            const float v = fmaf(__fsub_rn(to_float(pk.v[i]), k.m), k.a, k.b);
+            pk.v[i] = from_float<T>(RELU ? relu(v) : v);
         }
         store_pack<T, VEC>(y + j * VEC, pk);
     }
 };
 
-template <typename T, int VEC>
+template <typename T, int VEC, bool RELU = false>
 __device__ __forceinline__ void normalize(const T* x, T* y, const float* __restrict__ mean,
                                           const float* __restrict__ factor,
                                           const float* __restrict__ bias, long long n, int c,
                                           long long s)
 {
-    channel_stream<T, VEC>(NormalizeOp<T, VEC>{x, y, mean, factor, bias}, n, c, s);
+    channel_stream<T, VEC>(NormalizeOp<T, VEC, RELU>{x, y, mean, factor, bias}, n, c, s);
 }
 
 // --- backward -----------------------------------------------------------------------------------
 
-// Partial backward sums (kSums) of one (channel, split) tile, as float-float pairs.
-template <typename T, int VEC>
+// Partial backward sums (kSums) of one (channel, split) tile, as float-float pairs. RELU: dy masked
+// by the forward's output y (bn::relu_grad); y is not read otherwise.
+template <typename T, int VEC, bool RELU = false>
 __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const T* __restrict__ dy,
+                                                 const T* __restrict__ y,
                                                  const float* __restrict__ savemean,
                                                  float* __restrict__ part, long long n, int c,
                                                  long long s)
@@ -336,19 +340,21 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
         RowWalk walk(j, kBlock, cols);
         // kUnroll steps' loads first, then their sums in step order
         for (; j + (kUnroll - 1) * kBlock < end; j += kUnroll * kBlock) {
-            Pack<T, VEC> px[kUnroll], pg[kUnroll];
+            Pack<T, VEC> px[kUnroll], pg[kUnroll], py[kUnroll];
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) {
                 const long long off = pack_offset<VEC>(walk, c, ch, s);
                 px[u] = load_pack<T, VEC>(x + off);
                 pg[u] = load_pack<T, VEC>(dy + off);
+                py[u] = load_mask<T, VEC, RELU>(y, off);
                 walk.advance();
             }
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) {
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) {
-                    backward_terms(acc, to_float(pg[u].v[i]), __fsub_rn(to_float(px[u].v[i]), m));
+                    backward_terms(acc, masked<T, VEC, RELU>(to_float(pg[u].v[i]), py[u], i),
+                                   __fsub_rn(to_float(px[u].v[i]), m));
                 }
                 acc.flush_step();
             }
@@ -357,9 +363,11 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
             const long long off = pack_offset<VEC>(walk, c, ch, s);
             const Pack<T, VEC> px = load_pack<T, VEC>(x + off);
             const Pack<T, VEC> pg = load_pack<T, VEC>(dy + off);
+            const Pack<T, VEC> py = load_mask<T, VEC, RELU>(y, off);
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
-                backward_terms(acc, to_float(pg.v[i]), __fsub_rn(to_float(px.v[i]), m));
+                backward_terms(acc, masked<T, VEC, RELU>(to_float(pg.v[i]), py, i),
+                               __fsub_rn(to_float(px.v[i]), m));
             }
             acc.flush_step();
             walk.advance();
@@ -372,9 +380,10 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
 }
 
 // Spatial size 1: the column layout of stats_partial_cols for the backward sums.
-template <typename T>
+template <typename T, bool RELU = false>
 __device__ __forceinline__ void backward_partial_cols(const T* __restrict__ x,
                                                       const T* __restrict__ dy,
+                                                      const T* __restrict__ y,
                                                       const float* __restrict__ savemean,
                                                       float* __restrict__ part, long long n, int c)
 {
@@ -392,7 +401,9 @@ __device__ __forceinline__ void backward_partial_cols(const T* __restrict__ x,
     if (ch < c) {
         const float m = savemean[ch];
         for (long long row = begin + warp; row < end; row += kWarps) {
-            backward_terms(acc, to_float(dy[row * c + ch]), __fsub_rn(to_float(x[row * c + ch]), m));
+            const long long at = row * c + ch;
+            const float g = to_float(dy[at]);
+            backward_terms(acc, RELU ? relu_grad(g, y[at]) : g, __fsub_rn(to_float(x[at]), m));
             acc.flush_step();
         }
     }
@@ -454,21 +465,22 @@ __device__ __forceinline__ void backward_finalize(const float* __restrict__ part
 }
 
 // dx = dy * k - ((x - mean) * c1 + c0) as two FMAs, as the CPU backend does; keeping (x - mean)
-// whole avoids the cancellation of x * c1 - mean * c1.
-template <typename T, int VEC>
+// whole avoids the cancellation of x * c1 - mean * c1. RELU: dy masked by y first.
+template <typename T, int VEC, bool RELU>
 struct BackwardDxOp {
     const T* __restrict__ x;
     const T* __restrict__ dy;
+    const T* __restrict__ y;
     const float* __restrict__ savemean;
     const float* __restrict__ coef;
     T* __restrict__ dx;
 
-    static constexpr int kArrays = 2;
+    static constexpr int kArrays = RELU ? 3 : 2;
     struct Constants {
         float m, k, c0, c1;
     };
     struct Loaded {
-        Pack<T, VEC> px, pg;
+        Pack<T, VEC> px, pg, py;
     };
 
     __device__ __forceinline__ Constants constants(int ch) const
@@ -477,60 +489,70 @@ struct BackwardDxOp {
     }
     __device__ __forceinline__ Loaded load(long long j) const
     {
-        return {load_pack<T, VEC>(x + j * VEC), load_pack<T, VEC>(dy + j * VEC)};
+        return {load_pack<T, VEC>(x + j * VEC), load_pack<T, VEC>(dy + j * VEC),
+                load_mask<T, VEC, RELU>(y, j * VEC)};
     }
     __device__ __forceinline__ void finish(long long j, Loaded in, const Constants& k) const
     {
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
             const float u = fmaf(__fsub_rn(to_float(in.px.v[i]), k.m), k.c1, k.c0);
-            in.pg.v[i] = from_float<T>(fmaf(to_float(in.pg.v[i]), k.k, -u));
+            const float g = masked<T, VEC, RELU>(to_float(in.pg.v[i]), in.py, i);
+            in.pg.v[i] = from_float<T>(fmaf(g, k.k, -u));
         }
         store_pack<T, VEC>(dx + j * VEC, in.pg);
     }
 };
 
-template <typename T, int VEC>
+template <typename T, int VEC, bool RELU = false>
 __device__ __forceinline__ void backward_dx(const T* __restrict__ x, const T* __restrict__ dy,
+                                            const T* __restrict__ y,
                                             const float* __restrict__ savemean,
                                             const float* __restrict__ coef, T* __restrict__ dx,
                                             long long n, int c, long long s)
 {
-    channel_stream<T, VEC>(BackwardDxOp<T, VEC>{x, dy, savemean, coef, dx}, n, c, s);
+    channel_stream<T, VEC>(BackwardDxOp<T, VEC, RELU>{x, dy, y, savemean, coef, dx}, n, c, s);
 }
 
 // dx = dy * k with the per-channel factor k = scale / sqrt(run_var + eps) of channel_factor
-// (frozen statistics).
-template <typename T, int VEC>
+// (frozen statistics). RELU: dy masked by y first.
+template <typename T, int VEC, bool RELU>
 struct BackwardInferOp {
     const T* __restrict__ dy;
+    const T* __restrict__ y;
     const float* __restrict__ factor;
     T* __restrict__ dx;
 
-    static constexpr int kArrays = 1;
+    static constexpr int kArrays = RELU ? 2 : 1;
     struct Constants {
         float k;
     };
-    typedef Pack<T, VEC> Loaded;
+    struct Loaded {
+        Pack<T, VEC> pg, py;
+    };
 
     __device__ __forceinline__ Constants constants(int ch) const { return {factor[ch]}; }
-    __device__ __forceinline__ Loaded load(long long j) const { return load_pack<T, VEC>(dy + j * VEC); }
-    __device__ __forceinline__ void finish(long long j, Loaded pg, const Constants& k) const
+    __device__ __forceinline__ Loaded load(long long j) const
+    {
+        return {load_pack<T, VEC>(dy + j * VEC), load_mask<T, VEC, RELU>(y, j * VEC)};
+    }
+    __device__ __forceinline__ void finish(long long j, Loaded in, const Constants& k) const
     {
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-            pg.v[i] = from_float<T>(__fmul_rn(to_float(pg.v[i]), k.k));
+            const float g = masked<T, VEC, RELU>(to_float(in.pg.v[i]), in.py, i);
+            in.pg.v[i] = from_float<T>(__fmul_rn(g, k.k));
         }
-        store_pack<T, VEC>(dx + j * VEC, pg);
+        store_pack<T, VEC>(dx + j * VEC, in.pg);
     }
 };
 
-template <typename T, int VEC>
-__device__ __forceinline__ void backward_infer(const T* __restrict__ dy,
+template <typename T, int VEC, bool RELU = false>
+__device__ __forceinline__ void backward_infer(const T* __restrict__ dy, const T* __restrict__ y,
                                                const float* __restrict__ factor,
                                                T* __restrict__ dx, long long n, int c, long long s)
 {
-    channel_stream<T, VEC>(BackwardInferOp<T, VEC>{dy, factor, dx}, n, c, s);
+    channel_stream<T, VEC>(BackwardInferOp<T, VEC, RELU>{dy, y, factor, dx}, n, c, s);
 }
 
 }  // namespace bn
@@ -625,79 +647,79 @@ extern "C" __global__ void bn_normalize_bf16_vec(const __nv_bfloat16* x, __nv_bf
 // Backward reduction, phase 1: grid (C, nsplit), partial sum(dy) and sum(dy * (x - mean)).
 extern "C" __global__ void bn_backward_partial_f32(const float* x, const float* dy, const float* savemean, float* part, long long n, int c, long long s)
 {
-    bn::backward_partial<float, 1>(x, dy, savemean, part, n, c, s);
+    bn::backward_partial<float, 1>(x, dy, nullptr, savemean, part, n, c, s);
 }
 extern "C" __global__ void bn_backward_partial_f32_vec(const float* x, const float* dy, const float* savemean, float* part, long long n, int c, long long s)
 {
-    bn::backward_partial<float, 4>(x, dy, savemean, part, n, c, s);
+    bn::backward_partial<float, 4>(x, dy, nullptr, savemean, part, n, c, s);
 }
 extern "C" __global__ void bn_backward_partial_f16(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c, long long s)
 {
-    bn::backward_partial<__half, 1>(x, dy, savemean, part, n, c, s);
+    bn::backward_partial<__half, 1>(x, dy, nullptr, savemean, part, n, c, s);
 }
 extern "C" __global__ void bn_backward_partial_f16_vec(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c, long long s)
 {
-    bn::backward_partial<__half, 8>(x, dy, savemean, part, n, c, s);
+    bn::backward_partial<__half, 8>(x, dy, nullptr, savemean, part, n, c, s);
 }
 extern "C" __global__ void bn_backward_partial_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c, long long s)
 {
-    bn::backward_partial<__nv_bfloat16, 1>(x, dy, savemean, part, n, c, s);
+    bn::backward_partial<__nv_bfloat16, 1>(x, dy, nullptr, savemean, part, n, c, s);
 }
 extern "C" __global__ void bn_backward_partial_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c, long long s)
 {
-    bn::backward_partial<__nv_bfloat16, 8>(x, dy, savemean, part, n, c, s);
+    bn::backward_partial<__nv_bfloat16, 8>(x, dy, nullptr, savemean, part, n, c, s);
 }
 
 // Backward elementwise (training statistics) with the coefficients of bn_backward_finalize.
 extern "C" __global__ void bn_backward_train_f32(const float* x, const float* dy, const float* savemean, const float* coef, float* dx, long long n, int c, long long s)
 {
-    bn::backward_dx<float, 1>(x, dy, savemean, coef, dx, n, c, s);
+    bn::backward_dx<float, 1>(x, dy, nullptr, savemean, coef, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_train_f32_vec(const float* x, const float* dy, const float* savemean, const float* coef, float* dx, long long n, int c, long long s)
 {
-    bn::backward_dx<float, 4>(x, dy, savemean, coef, dx, n, c, s);
+    bn::backward_dx<float, 4>(x, dy, nullptr, savemean, coef, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_train_f16(const __half* x, const __half* dy, const float* savemean, const float* coef, __half* dx, long long n, int c, long long s)
 {
-    bn::backward_dx<__half, 1>(x, dy, savemean, coef, dx, n, c, s);
+    bn::backward_dx<__half, 1>(x, dy, nullptr, savemean, coef, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_train_f16_vec(const __half* x, const __half* dy, const float* savemean, const float* coef, __half* dx, long long n, int c, long long s)
 {
-    bn::backward_dx<__half, 8>(x, dy, savemean, coef, dx, n, c, s);
+    bn::backward_dx<__half, 8>(x, dy, nullptr, savemean, coef, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_train_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, const float* coef, __nv_bfloat16* dx, long long n, int c, long long s)
 {
-    bn::backward_dx<__nv_bfloat16, 1>(x, dy, savemean, coef, dx, n, c, s);
+    bn::backward_dx<__nv_bfloat16, 1>(x, dy, nullptr, savemean, coef, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_train_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, const float* coef, __nv_bfloat16* dx, long long n, int c, long long s)
 {
-    bn::backward_dx<__nv_bfloat16, 8>(x, dy, savemean, coef, dx, n, c, s);
+    bn::backward_dx<__nv_bfloat16, 8>(x, dy, nullptr, savemean, coef, dx, n, c, s);
 }
 
 // Backward elementwise with frozen (running) statistics: dx = dy * k, k from bn_channel_factor.
 extern "C" __global__ void bn_backward_infer_f32(const float* dy, const float* k, float* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<float, 1>(dy, k, dx, n, c, s);
+    bn::backward_infer<float, 1>(dy, nullptr, k, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_infer_f32_vec(const float* dy, const float* k, float* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<float, 4>(dy, k, dx, n, c, s);
+    bn::backward_infer<float, 4>(dy, nullptr, k, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_infer_f16(const __half* dy, const float* k, __half* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__half, 1>(dy, k, dx, n, c, s);
+    bn::backward_infer<__half, 1>(dy, nullptr, k, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_infer_f16_vec(const __half* dy, const float* k, __half* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__half, 8>(dy, k, dx, n, c, s);
+    bn::backward_infer<__half, 8>(dy, nullptr, k, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_infer_bf16(const __nv_bfloat16* dy, const float* k, __nv_bfloat16* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__nv_bfloat16, 1>(dy, k, dx, n, c, s);
+    bn::backward_infer<__nv_bfloat16, 1>(dy, nullptr, k, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_infer_bf16_vec(const __nv_bfloat16* dy, const float* k, __nv_bfloat16* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__nv_bfloat16, 8>(dy, k, dx, n, c, s);
+    bn::backward_infer<__nv_bfloat16, 8>(dy, nullptr, k, dx, n, c, s);
 }
 
 // Spatial size 1: column-layout partials for bn_stats_finalize, grid (ceil(C / 32), nsplit).
@@ -717,13 +739,132 @@ extern "C" __global__ void bn_stats_partial_cols_bf16(const __nv_bfloat16* x, fl
 // Spatial size 1: column-layout partials for bn_backward_finalize, grid (ceil(C / 32), nsplit).
 extern "C" __global__ void bn_backward_partial_cols_f32(const float* x, const float* dy, const float* savemean, float* part, long long n, int c)
 {
-    bn::backward_partial_cols<float>(x, dy, savemean, part, n, c);
+    bn::backward_partial_cols<float>(x, dy, nullptr, savemean, part, n, c);
 }
 extern "C" __global__ void bn_backward_partial_cols_f16(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c)
 {
-    bn::backward_partial_cols<__half>(x, dy, savemean, part, n, c);
+    bn::backward_partial_cols<__half>(x, dy, nullptr, savemean, part, n, c);
 }
 extern "C" __global__ void bn_backward_partial_cols_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c)
 {
-    bn::backward_partial_cols<__nv_bfloat16>(x, dy, savemean, part, n, c);
+    bn::backward_partial_cols<__nv_bfloat16>(x, dy, nullptr, savemean, part, n, c);
+}
+
+// --- fused ReLU (relu(v) = v <= 0 ? 0 : v): the same passes with relu applied to the output, or the
+// gradient masked by the forward's output y (0 where y <= 0), in the same pass.
+
+// y = relu(fmaf(x - mean, a, bias)); y may be x.
+extern "C" __global__ void bn_normalize_relu_f32(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<float, 1, true>(x, y, mean, a, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_relu_f32_vec(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<float, 4, true>(x, y, mean, a, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_relu_f16(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<__half, 1, true>(x, y, mean, a, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_relu_f16_vec(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<__half, 8, true>(x, y, mean, a, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_relu_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<__nv_bfloat16, 1, true>(x, y, mean, a, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_relu_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<__nv_bfloat16, 8, true>(x, y, mean, a, bias, n, c, s);
+}
+
+// Backward reduction, phase 1, of dy masked by y.
+extern "C" __global__ void bn_backward_partial_relu_f32(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c, long long s)
+{
+    bn::backward_partial<float, 1, true>(x, dy, y, savemean, part, n, c, s);
+}
+extern "C" __global__ void bn_backward_partial_relu_f32_vec(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c, long long s)
+{
+    bn::backward_partial<float, 4, true>(x, dy, y, savemean, part, n, c, s);
+}
+extern "C" __global__ void bn_backward_partial_relu_f16(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c, long long s)
+{
+    bn::backward_partial<__half, 1, true>(x, dy, y, savemean, part, n, c, s);
+}
+extern "C" __global__ void bn_backward_partial_relu_f16_vec(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c, long long s)
+{
+    bn::backward_partial<__half, 8, true>(x, dy, y, savemean, part, n, c, s);
+}
+extern "C" __global__ void bn_backward_partial_relu_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c, long long s)
+{
+    bn::backward_partial<__nv_bfloat16, 1, true>(x, dy, y, savemean, part, n, c, s);
+}
+extern "C" __global__ void bn_backward_partial_relu_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c, long long s)
+{
+    bn::backward_partial<__nv_bfloat16, 8, true>(x, dy, y, savemean, part, n, c, s);
+}
+extern "C" __global__ void bn_backward_partial_relu_cols_f32(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c)
+{
+    bn::backward_partial_cols<float, true>(x, dy, y, savemean, part, n, c);
+}
+extern "C" __global__ void bn_backward_partial_relu_cols_f16(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c)
+{
+    bn::backward_partial_cols<__half, true>(x, dy, y, savemean, part, n, c);
+}
+extern "C" __global__ void bn_backward_partial_relu_cols_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c)
+{
+    bn::backward_partial_cols<__nv_bfloat16, true>(x, dy, y, savemean, part, n, c);
+}
+
+// Backward elementwise (training statistics) of dy masked by y.
+extern "C" __global__ void bn_backward_train_relu_f32(const float* x, const float* dy, const float* y, const float* savemean, const float* coef, float* dx, long long n, int c, long long s)
+{
+    bn::backward_dx<float, 1, true>(x, dy, y, savemean, coef, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_train_relu_f32_vec(const float* x, const float* dy, const float* y, const float* savemean, const float* coef, float* dx, long long n, int c, long long s)
+{
+    bn::backward_dx<float, 4, true>(x, dy, y, savemean, coef, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_train_relu_f16(const __half* x, const __half* dy, const __half* y, const float* savemean, const float* coef, __half* dx, long long n, int c, long long s)
+{
+    bn::backward_dx<__half, 1, true>(x, dy, y, savemean, coef, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_train_relu_f16_vec(const __half* x, const __half* dy, const __half* y, const float* savemean, const float* coef, __half* dx, long long n, int c, long long s)
+{
+    bn::backward_dx<__half, 8, true>(x, dy, y, savemean, coef, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_train_relu_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, const float* coef, __nv_bfloat16* dx, long long n, int c, long long s)
+{
+    bn::backward_dx<__nv_bfloat16, 1, true>(x, dy, y, savemean, coef, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_train_relu_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, const float* coef, __nv_bfloat16* dx, long long n, int c, long long s)
+{
+    bn::backward_dx<__nv_bfloat16, 8, true>(x, dy, y, savemean, coef, dx, n, c, s);
+}
+
+// Backward with frozen statistics of dy masked by y: dx = relu_grad(dy, y) * k.
+extern "C" __global__ void bn_backward_infer_relu_f32(const float* dy, const float* y, const float* k, float* dx, long long n, int c, long long s)
+{
+    bn::backward_infer<float, 1, true>(dy, y, k, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_infer_relu_f32_vec(const float* dy, const float* y, const float* k, float* dx, long long n, int c, long long s)
+{
+    bn::backward_infer<float, 4, true>(dy, y, k, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_infer_relu_f16(const __half* dy, const __half* y, const float* k, __half* dx, long long n, int c, long long s)
+{
+    bn::backward_infer<__half, 1, true>(dy, y, k, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_infer_relu_f16_vec(const __half* dy, const __half* y, const float* k, __half* dx, long long n, int c, long long s)
+{
+    bn::backward_infer<__half, 8, true>(dy, y, k, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_infer_relu_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* k, __nv_bfloat16* dx, long long n, int c, long long s)
+{
+    bn::backward_infer<__nv_bfloat16, 1, true>(dy, y, k, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_infer_relu_bf16_vec(const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* k, __nv_bfloat16* dx, long long n, int c, long long s)
+{
+    bn::backward_infer<__nv_bfloat16, 8, true>(dy, y, k, dx, n, c, s);
 }

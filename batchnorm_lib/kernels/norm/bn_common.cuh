@@ -46,6 +46,36 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T, VEC>& pk)
     *reinterpret_cast<Pack<T, VEC>*>(p) = pk;
 }
 
+// --- fused ReLU ---------------------------------------------------------------------------------
+// relu(v) = (v <= 0 ? 0 : v): a NaN passes (the comparison is false for it) and -0 becomes +0.
+__device__ __forceinline__ float relu(float v) { return v <= 0.f ? 0.f : v; }
+
+// The gradient through a ReLU whose output was y: 0 where y <= 0, else g. With 16-bit data the
+// mask reads the stored (rounded) y, which is what the next layer saw.
+template <typename T>
+__device__ __forceinline__ float relu_grad(float g, T y)
+{
+    return to_float(y) <= 0.f ? 0.f : g;
+}
+
+// A pack of the forward's output y where the gradient is masked by it (RELU), nothing otherwise:
+// the non-fused kernels neither take nor load y.
+template <typename T, int VEC, bool RELU>
+__device__ __forceinline__ Pack<T, VEC> load_mask(const T* y, long long offset)
+{
+    if (RELU) {
+        return load_pack<T, VEC>(y + offset);
+    }
+    return Pack<T, VEC>{};
+}
+
+// g, masked by element i of the y pack when RELU
+template <typename T, int VEC, bool RELU>
+__device__ __forceinline__ float masked(float g, const Pack<T, VEC>& py, int i)
+{
+    return RELU ? relu_grad(g, py.v[i]) : g;
+}
+
 // --- compensated arithmetic ------------------------------------------------------------------------
 // Every kernel adds with __fadd_rn/__fsub_rn here, so neither nvcc (-fmad=false aside) nor the
 // simulator's host compiler can reassociate or fuse these steps: the error terms are exact only if

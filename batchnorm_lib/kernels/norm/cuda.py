@@ -97,6 +97,20 @@ def _reduction(kernel, suffix, n, c, s, vec, width):
             (np.int64(n), np.int32(c), np.int64(s)))
 
 
+def _relu(name, on):
+    """Entry ``name`` or its fused-ReLU twin: ``bn_normalize`` -> ``bn_normalize_relu``."""
+    return name + "_relu" if on else name
+
+
+def _mask(y, dy):
+    """The forward's output y masking a gradient: (pointer args, vector-check arrays)."""
+    if y is None:
+        return (), ()
+    if tuple(y.shape) != tuple(dy.shape):
+        raise ValueError("the relu mask y has shape %s, the gradient %s" % (y.shape, dy.shape))
+    return (_ptr(y),), (y,)
+
+
 def _elementwise_grid(total_packs, per_thread=ELEMENTWISE_PACKS_PER_THREAD):
     return (max(1, min(-(-total_packs // (BLOCK * per_thread)), ELEMENTWISE_BLOCKS)),)
 
@@ -105,7 +119,8 @@ def _channel_grid(c):
     return (-(-c // WARPS_PER_BLOCK),)
 
 
-def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
+def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar,
+                  relu=False):
     rt = _runtime()
     suffix = _suffix(rt, x.dtype, out)
     n, c, s = _ncs(x.shape)
@@ -120,11 +135,11 @@ def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean,
               (_ptr(part), np.int32(c), np.int32(nsplit), np.float64(eps), np.float64(factor),
                _ptr(scale), _ptr(savemean), _ptr(saveinvvar), _ptr(a), _ptr(run_mean),
                _ptr(run_var)))
-    _normalize(rt, suffix + vec, x, out, savemean, a, bias, n, c, s, width)
+    _normalize(rt, suffix + vec, x, out, savemean, a, bias, n, c, s, width, relu)
 
 
-def _normalize(rt, kind, x, out, mean, a, bias, n, c, s, width):
-    rt.launch("bn_normalize_" + kind, _elementwise_grid(n * c * (s // width)),
+def _normalize(rt, kind, x, out, mean, a, bias, n, c, s, width, relu):
+    rt.launch(_relu("bn_normalize", relu) + "_" + kind, _elementwise_grid(n * c * (s // width)),
               (_ptr(x), _ptr(out), _ptr(mean), _ptr(a), _ptr(bias), np.int64(n), np.int32(c),
                np.int64(s)))
 
@@ -137,7 +152,7 @@ def _channel_factor(rt, scale, run_var, eps, c):
     return a
 
 
-def forward_infer(x, scale, bias, run_mean, run_var, eps, out):
+def forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
     rt = _runtime()
     suffix = _suffix(rt, x.dtype, out)
     n, c, s = _ncs(x.shape)
@@ -145,39 +160,44 @@ def forward_infer(x, scale, bias, run_mean, run_var, eps, out):
         return
     vec, width = _vector(s, x.dtype, x, out)
     a = _channel_factor(rt, scale, run_var, eps, c)
-    _normalize(rt, suffix + vec, x, out, run_mean, a, bias, n, c, s, width)
+    _normalize(rt, suffix + vec, x, out, run_mean, a, bias, n, c, s, width, relu)
 
 
-def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
+def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None):
     rt = _runtime()
-    suffix = _suffix(rt, x.dtype, dy, dx)
+    suffix = _suffix(rt, x.dtype, dy, dx, y)
     n, c, s = _ncs(x.shape)
+    mask, masks = _mask(y, dy)
     if n * s < 1:
         return
-    vec, width = _vector(s, x.dtype, x, dy, dx)
-    name, grid, nsplit, reduce_args = _reduction("bn_backward_partial", suffix, n, c, s, vec, width)
+    vec, width = _vector(s, x.dtype, x, dy, dx, *masks)
+    name, grid, nsplit, reduce_args = _reduction(_relu("bn_backward_partial", mask), suffix, n, c,
+                                                 s, vec, width)
     part = rt.empty((c * nsplit * SUM_PARTIAL,), np.float32)
     coef = rt.empty((c * 3,), np.float32)
-    rt.launch(name, grid, (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(part)) + reduce_args)
+    rt.launch(name, grid, (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(part)) + reduce_args)
     rt.launch("bn_backward_finalize", _channel_grid(c),
               (_ptr(part), np.int32(c), np.int32(nsplit), np.int64(n * s), _ptr(scale),
                _ptr(saveinvvar), _ptr(dscale), _ptr(dbias), _ptr(coef)))
     if dx is not None:
-        rt.launch("bn_backward_train_" + suffix + vec, _elementwise_grid(n * c * (s // width)),
-                  (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(coef), _ptr(dx), np.int64(n),
-                   np.int32(c), np.int64(s)))
+        rt.launch(_relu("bn_backward_train", mask) + "_" + suffix + vec,
+                  _elementwise_grid(n * c * (s // width)),
+                  (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(coef), _ptr(dx), np.int64(n),
+                                                np.int32(c), np.int64(s)))
 
 
-def backward_infer(dy, scale, run_var, eps, dx):
+def backward_infer(dy, scale, run_var, eps, dx, y=None):
     rt = _runtime()
-    suffix = _suffix(rt, dy.dtype, dx)
+    suffix = _suffix(rt, dy.dtype, dx, y)
     n, c, s = _ncs(dy.shape)
+    mask, masks = _mask(y, dy)
     if n * s < 1:
         return
-    vec, width = _vector(s, dy.dtype, dy, dx)
+    vec, width = _vector(s, dy.dtype, dy, dx, *masks)
     k = _channel_factor(rt, scale, run_var, eps, c)
-    rt.launch("bn_backward_infer_" + suffix + vec, _elementwise_grid(n * c * (s // width)),
-              (_ptr(dy), _ptr(k), _ptr(dx), np.int64(n), np.int32(c), np.int64(s)))
+    rt.launch(_relu("bn_backward_infer", mask) + "_" + suffix + vec,
+              _elementwise_grid(n * c * (s // width)),
+              (_ptr(dy),) + mask + (_ptr(k), _ptr(dx), np.int64(n), np.int32(c), np.int64(s)))
 
 
 def axpby(x, y, alpha, beta):
@@ -320,7 +340,8 @@ def _rows_reduction(r, c, width):
     return (tiles, nsplit), nsplit
 
 
-def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
+def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar,
+                       relu=False):
     rt, suffix, r, c, vec, width = _rows_setup(x, out)
     if r < 1:
         return
@@ -333,47 +354,52 @@ def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, save
               (_ptr(part), np.int32(c), np.int32(nsplit), np.float64(eps), np.float64(factor),
                _ptr(scale), _ptr(savemean), _ptr(saveinvvar), _ptr(a), _ptr(run_mean),
                _ptr(run_var)))
-    _rows_normalize(rt, suffix + vec, x, out, savemean, a, bias, r, c, width)
+    _rows_normalize(rt, suffix + vec, x, out, savemean, a, bias, r, c, width, relu)
 
 
-def _rows_normalize(rt, kind, x, out, mean, a, bias, r, c, width):
-    _rows_launch(rt, "rc_normalize_" + kind, _elementwise_grid(r * (c // width)),
+def _rows_normalize(rt, kind, x, out, mean, a, bias, r, c, width, relu):
+    _rows_launch(rt, _relu("rc_normalize", relu) + "_" + kind, _elementwise_grid(r * (c // width)),
                  (_ptr(x), _ptr(out), _ptr(mean), _ptr(a), _ptr(bias), np.int64(r), np.int32(c)))
 
 
-def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out):
+def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
     rt, suffix, r, c, vec, width = _rows_setup(x, out)
     if r < 1:
         return
     a = _channel_factor(rt, scale, run_var, eps, c)
-    _rows_normalize(rt, suffix + vec, x, out, run_mean, a, bias, r, c, width)
+    _rows_normalize(rt, suffix + vec, x, out, run_mean, a, bias, r, c, width, relu)
 
 
-def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
-    rt, suffix, r, c, vec, width = _rows_setup(x, dy, dx)
+def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None):
+    mask, masks = _mask(y, dy)
+    rt, suffix, r, c, vec, width = _rows_setup(x, dy, dx, *masks)
     if r < 1:
         return
     grid, nsplit = _rows_reduction(r, c, width)
     part = rt.empty((c * nsplit * SUM_PARTIAL,), np.float32)
     coef = rt.empty((c * 3,), np.float32)
-    _rows_launch(rt, "rc_backward_partial_" + suffix + vec, grid,
-                 (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(part), np.int64(r), np.int32(c)))
+    _rows_launch(rt, _relu("rc_backward_partial", mask) + "_" + suffix + vec, grid,
+                 (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(part), np.int64(r),
+                                               np.int32(c)))
     rt.launch("bn_backward_finalize", _channel_grid(c),
               (_ptr(part), np.int32(c), np.int32(nsplit), np.int64(r), _ptr(scale),
                _ptr(saveinvvar), _ptr(dscale), _ptr(dbias), _ptr(coef)))
     if dx is not None:
-        _rows_launch(rt, "rc_backward_train_" + suffix + vec, _elementwise_grid(r * (c // width)),
-                     (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(coef), _ptr(dx), np.int64(r),
-                      np.int32(c)))
+        _rows_launch(rt, _relu("rc_backward_train", mask) + "_" + suffix + vec,
+                     _elementwise_grid(r * (c // width)),
+                     (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(coef), _ptr(dx),
+                                                   np.int64(r), np.int32(c)))
 
 
-def rows_backward_infer(dy, scale, run_var, eps, dx):
-    rt, suffix, r, c, vec, width = _rows_setup(dy, dx)
+def rows_backward_infer(dy, scale, run_var, eps, dx, y=None):
+    mask, masks = _mask(y, dy)
+    rt, suffix, r, c, vec, width = _rows_setup(dy, dx, *masks)
     if r < 1:
         return
     k = _channel_factor(rt, scale, run_var, eps, c)
-    _rows_launch(rt, "rc_backward_infer_" + suffix + vec, _elementwise_grid(r * (c // width)),
-                 (_ptr(dy), _ptr(k), _ptr(dx), np.int64(r), np.int32(c)))
+    _rows_launch(rt, _relu("rc_backward_infer", mask) + "_" + suffix + vec,
+                 _elementwise_grid(r * (c // width)),
+                 (_ptr(dy),) + mask + (_ptr(k), _ptr(dx), np.int64(r), np.int32(c)))
 
 
 def _compile_active():

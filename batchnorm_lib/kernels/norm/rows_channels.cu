@@ -24,7 +24,9 @@ using bn::Pack;
 using bn::Sums;
 using bn::Welford;
 using bn::from_float;
+using bn::load_mask;
 using bn::load_pack;
+using bn::masked;
 using bn::store_pack;
 using bn::to_float;
 
@@ -156,9 +158,10 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
 // --- backward sums ------------------------------------------------------------------------------
 
 // bn::kSums compensated sums per channel (sum(dy), sum(dy * (x - m)), sum(x - m)), as
-// batchnorm.cu's backward partials.
-template <typename T, int VEC>
+// batchnorm.cu's backward partials; RELU: dy masked by the forward's output y.
+template <typename T, int VEC, bool RELU = false>
 __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const T* __restrict__ dy,
+                                                 const T* __restrict__ y,
                                                  const float* __restrict__ savemean,
                                                  float* __restrict__ part, long long n, int c)
 {
@@ -176,29 +179,33 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
         for (int i = 0; i < VEC; ++i) {
             m[i] = savemean[t.ch0 + i];
         }
-        auto add_row = [&](const Pack<T, VEC>& px, const Pack<T, VEC>& pg) {
+        auto add_row = [&](const Pack<T, VEC>& px, const Pack<T, VEC>& pg, const Pack<T, VEC>& py) {
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
-                bn::backward_terms(acc[i], to_float(pg.v[i]), __fsub_rn(to_float(px.v[i]), m[i]));
+                bn::backward_terms(acc[i], masked<T, VEC, RELU>(to_float(pg.v[i]), py, i),
+                                   __fsub_rn(to_float(px.v[i]), m[i]));
                 acc[i].flush_step();
             }
         };
         long long row = t.begin + t.warp;
         for (; row + (kUnroll - 1) * kWarps < t.end; row += kUnroll * kWarps) {
-            Pack<T, VEC> px[kUnroll], pg[kUnroll];
+            Pack<T, VEC> px[kUnroll], pg[kUnroll], py[kUnroll];
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) {
-                px[u] = load_pack<T, VEC>(x + (row + u * kWarps) * c + t.ch0);
-                pg[u] = load_pack<T, VEC>(dy + (row + u * kWarps) * c + t.ch0);
+                const long long at = (row + u * kWarps) * c + t.ch0;
+                px[u] = load_pack<T, VEC>(x + at);
+                pg[u] = load_pack<T, VEC>(dy + at);
+                py[u] = load_mask<T, VEC, RELU>(y, at);
             }
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) {
-                add_row(px[u], pg[u]);
+                add_row(px[u], pg[u], py[u]);
             }
         }
         for (; row < t.end; row += kWarps) {
-            add_row(load_pack<T, VEC>(x + row * c + t.ch0),
-                    load_pack<T, VEC>(dy + row * c + t.ch0));
+            const long long at = row * c + t.ch0;
+            add_row(load_pack<T, VEC>(x + at), load_pack<T, VEC>(dy + at),
+                    load_mask<T, VEC, RELU>(y, at));
         }
     }
 #pragma unroll
@@ -230,8 +237,9 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
     for (; j < total; j += stride, walk.advance())
 
 // y = fma(x - mean, a, bias) per channel, a = bn_stats_finalize's (training) or
-// bn_channel_factor's (inference) factor, as batchnorm.cu's normalize. y may be x.
-template <typename T, int VEC>
+// bn_channel_factor's (inference) factor, as batchnorm.cu's normalize (relu too when RELU). y may
+// be x.
+template <typename T, int VEC, bool RELU = false>
 __device__ __forceinline__ void normalize(const T* x, T* y, const float* __restrict__ mean,
                                           const float* __restrict__ factor,
                                           const float* __restrict__ bias, long long n, int c)
@@ -242,17 +250,19 @@ __device__ __forceinline__ void normalize(const T* x, T* y, const float* __restr
         Pack<T, VEC> pk = load_pack<T, VEC>(x + j * VEC);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-            pk.v[i] = from_float<T>(fmaf(__fsub_rn(to_float(pk.v[i]), mean[ch + i]),
-                                         factor[ch + i], bias[ch + i]));
+            const float v = fmaf(__fsub_rn(to_float(pk.v[i]), mean[ch + i]), factor[ch + i],
+                                 bias[ch + i]);
+            pk.v[i] = from_float<T>(RELU ? bn::relu(v) : v);
         }
         store_pack<T, VEC>(y + j * VEC, pk);
     }
 }
 
 // dx = dy * k - ((x - mean) * c1 + c0) as two FMAs with bn_backward_finalize's coefficients
-// coef[3 ch ..] = (k, c0, c1), as batchnorm.cu's backward_dx.
-template <typename T, int VEC>
+// coef[3 ch ..] = (k, c0, c1), as batchnorm.cu's backward_dx (dy masked by y when RELU).
+template <typename T, int VEC, bool RELU = false>
 __device__ __forceinline__ void backward_dx(const T* __restrict__ x, const T* __restrict__ dy,
+                                            const T* __restrict__ y,
                                             const float* __restrict__ savemean,
                                             const float* __restrict__ coef, T* __restrict__ dx,
                                             long long n, int c)
@@ -262,19 +272,22 @@ __device__ __forceinline__ void backward_dx(const T* __restrict__ x, const T* __
         const int ch = static_cast<int>(walk.col) * VEC;
         const Pack<T, VEC> px = load_pack<T, VEC>(x + j * VEC);
         Pack<T, VEC> pg = load_pack<T, VEC>(dy + j * VEC);
+        const Pack<T, VEC> py = load_mask<T, VEC, RELU>(y, j * VEC);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
             const float* k3 = coef + (ch + i) * 3;
             const float u = fmaf(__fsub_rn(to_float(px.v[i]), savemean[ch + i]), k3[2], k3[1]);
-            pg.v[i] = from_float<T>(fmaf(to_float(pg.v[i]), k3[0], -u));
+            const float g = masked<T, VEC, RELU>(to_float(pg.v[i]), py, i);
+            pg.v[i] = from_float<T>(fmaf(g, k3[0], -u));
         }
         store_pack<T, VEC>(dx + j * VEC, pg);
     }
 }
 
-// dx = dy * k, k = bn_channel_factor's scale / sqrt(run_var + eps) (frozen statistics)
-template <typename T, int VEC>
-__device__ __forceinline__ void backward_infer(const T* __restrict__ dy,
+// dx = dy * k, k = bn_channel_factor's scale / sqrt(run_var + eps) (frozen statistics); dy masked
+// by y when RELU
+template <typename T, int VEC, bool RELU = false>
+__device__ __forceinline__ void backward_infer(const T* __restrict__ dy, const T* __restrict__ y,
                                                const float* __restrict__ factor,
                                                T* __restrict__ dx, long long n, int c)
 {
@@ -282,9 +295,11 @@ __device__ __forceinline__ void backward_infer(const T* __restrict__ dy,
     {
         const int ch = static_cast<int>(walk.col) * VEC;
         Pack<T, VEC> pg = load_pack<T, VEC>(dy + j * VEC);
+        const Pack<T, VEC> py = load_mask<T, VEC, RELU>(y, j * VEC);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-            pg.v[i] = from_float<T>(__fmul_rn(to_float(pg.v[i]), factor[ch + i]));
+            const float g = masked<T, VEC, RELU>(to_float(pg.v[i]), py, i);
+            pg.v[i] = from_float<T>(__fmul_rn(g, factor[ch + i]));
         }
         store_pack<T, VEC>(dx + j * VEC, pg);
     }
@@ -354,77 +369,176 @@ extern "C" __global__ void rc_normalize_bf16_vec(const __nv_bfloat16* x, __nv_bf
 // Backward reduction, phase 1 (bn::kSumPartial records).
 extern "C" __global__ void rc_backward_partial_f32(const float* x, const float* dy, const float* savemean, float* part, long long n, int c)
 {
-    rc::backward_partial<float, 1>(x, dy, savemean, part, n, c);
+    rc::backward_partial<float, 1>(x, dy, nullptr, savemean, part, n, c);
 }
 extern "C" __global__ void rc_backward_partial_f32_vec(const float* x, const float* dy, const float* savemean, float* part, long long n, int c)
 {
-    rc::backward_partial<float, 4>(x, dy, savemean, part, n, c);
+    rc::backward_partial<float, 4>(x, dy, nullptr, savemean, part, n, c);
 }
 extern "C" __global__ void rc_backward_partial_f16(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c)
 {
-    rc::backward_partial<__half, 1>(x, dy, savemean, part, n, c);
+    rc::backward_partial<__half, 1>(x, dy, nullptr, savemean, part, n, c);
 }
 extern "C" __global__ void rc_backward_partial_f16_vec(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c)
 {
-    rc::backward_partial<__half, 8>(x, dy, savemean, part, n, c);
+    rc::backward_partial<__half, 8>(x, dy, nullptr, savemean, part, n, c);
 }
 extern "C" __global__ void rc_backward_partial_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c)
 {
-    rc::backward_partial<__nv_bfloat16, 1>(x, dy, savemean, part, n, c);
+    rc::backward_partial<__nv_bfloat16, 1>(x, dy, nullptr, savemean, part, n, c);
 }
 extern "C" __global__ void rc_backward_partial_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c)
 {
-    rc::backward_partial<__nv_bfloat16, 8>(x, dy, savemean, part, n, c);
+    rc::backward_partial<__nv_bfloat16, 8>(x, dy, nullptr, savemean, part, n, c);
 }
 
 // Training backward, dx, with bn_backward_finalize's coefficients.
 extern "C" __global__ void rc_backward_train_f32(const float* x, const float* dy, const float* savemean, const float* coef, float* dx, long long n, int c)
 {
-    rc::backward_dx<float, 1>(x, dy, savemean, coef, dx, n, c);
+    rc::backward_dx<float, 1>(x, dy, nullptr, savemean, coef, dx, n, c);
 }
 extern "C" __global__ void rc_backward_train_f32_vec(const float* x, const float* dy, const float* savemean, const float* coef, float* dx, long long n, int c)
 {
-    rc::backward_dx<float, 4>(x, dy, savemean, coef, dx, n, c);
+    rc::backward_dx<float, 4>(x, dy, nullptr, savemean, coef, dx, n, c);
 }
 extern "C" __global__ void rc_backward_train_f16(const __half* x, const __half* dy, const float* savemean, const float* coef, __half* dx, long long n, int c)
 {
-    rc::backward_dx<__half, 1>(x, dy, savemean, coef, dx, n, c);
+    rc::backward_dx<__half, 1>(x, dy, nullptr, savemean, coef, dx, n, c);
 }
 extern "C" __global__ void rc_backward_train_f16_vec(const __half* x, const __half* dy, const float* savemean, const float* coef, __half* dx, long long n, int c)
 {
-    rc::backward_dx<__half, 8>(x, dy, savemean, coef, dx, n, c);
+    rc::backward_dx<__half, 8>(x, dy, nullptr, savemean, coef, dx, n, c);
 }
 extern "C" __global__ void rc_backward_train_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, const float* coef, __nv_bfloat16* dx, long long n, int c)
 {
-    rc::backward_dx<__nv_bfloat16, 1>(x, dy, savemean, coef, dx, n, c);
+    rc::backward_dx<__nv_bfloat16, 1>(x, dy, nullptr, savemean, coef, dx, n, c);
 }
 extern "C" __global__ void rc_backward_train_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, const float* coef, __nv_bfloat16* dx, long long n, int c)
 {
-    rc::backward_dx<__nv_bfloat16, 8>(x, dy, savemean, coef, dx, n, c);
+    rc::backward_dx<__nv_bfloat16, 8>(x, dy, nullptr, savemean, coef, dx, n, c);
 }
 
 // Backward with frozen statistics: dx = dy * k, k from bn_channel_factor.
 extern "C" __global__ void rc_backward_infer_f32(const float* dy, const float* k, float* dx, long long n, int c)
 {
-    rc::backward_infer<float, 1>(dy, k, dx, n, c);
+    rc::backward_infer<float, 1>(dy, nullptr, k, dx, n, c);
 }
 extern "C" __global__ void rc_backward_infer_f32_vec(const float* dy, const float* k, float* dx, long long n, int c)
 {
-    rc::backward_infer<float, 4>(dy, k, dx, n, c);
+    rc::backward_infer<float, 4>(dy, nullptr, k, dx, n, c);
 }
 extern "C" __global__ void rc_backward_infer_f16(const __half* dy, const float* k, __half* dx, long long n, int c)
 {
-    rc::backward_infer<__half, 1>(dy, k, dx, n, c);
+    rc::backward_infer<__half, 1>(dy, nullptr, k, dx, n, c);
 }
 extern "C" __global__ void rc_backward_infer_f16_vec(const __half* dy, const float* k, __half* dx, long long n, int c)
 {
-    rc::backward_infer<__half, 8>(dy, k, dx, n, c);
+    rc::backward_infer<__half, 8>(dy, nullptr, k, dx, n, c);
 }
 extern "C" __global__ void rc_backward_infer_bf16(const __nv_bfloat16* dy, const float* k, __nv_bfloat16* dx, long long n, int c)
 {
-    rc::backward_infer<__nv_bfloat16, 1>(dy, k, dx, n, c);
+    rc::backward_infer<__nv_bfloat16, 1>(dy, nullptr, k, dx, n, c);
 }
 extern "C" __global__ void rc_backward_infer_bf16_vec(const __nv_bfloat16* dy, const float* k, __nv_bfloat16* dx, long long n, int c)
 {
-    rc::backward_infer<__nv_bfloat16, 8>(dy, k, dx, n, c);
+    rc::backward_infer<__nv_bfloat16, 8>(dy, nullptr, k, dx, n, c);
+}
+
+// Fused ReLU: the same passes with relu(v) = v <= 0 ? 0 : v on the output, or the gradient masked
+// by the forward's output y (0 where y <= 0), in the same pass.
+extern "C" __global__ void rc_normalize_relu_f32(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c)
+{
+    rc::normalize<float, 1, true>(x, y, mean, a, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_relu_f32_vec(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c)
+{
+    rc::normalize<float, 4, true>(x, y, mean, a, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_relu_f16(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c)
+{
+    rc::normalize<__half, 1, true>(x, y, mean, a, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_relu_f16_vec(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c)
+{
+    rc::normalize<__half, 8, true>(x, y, mean, a, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_relu_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c)
+{
+    rc::normalize<__nv_bfloat16, 1, true>(x, y, mean, a, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_relu_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c)
+{
+    rc::normalize<__nv_bfloat16, 8, true>(x, y, mean, a, bias, n, c);
+}
+extern "C" __global__ void rc_backward_partial_relu_f32(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c)
+{
+    rc::backward_partial<float, 1, true>(x, dy, y, savemean, part, n, c);
+}
+extern "C" __global__ void rc_backward_partial_relu_f32_vec(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c)
+{
+    rc::backward_partial<float, 4, true>(x, dy, y, savemean, part, n, c);
+}
+extern "C" __global__ void rc_backward_partial_relu_f16(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c)
+{
+    rc::backward_partial<__half, 1, true>(x, dy, y, savemean, part, n, c);
+}
+extern "C" __global__ void rc_backward_partial_relu_f16_vec(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c)
+{
+    rc::backward_partial<__half, 8, true>(x, dy, y, savemean, part, n, c);
+}
+extern "C" __global__ void rc_backward_partial_relu_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c)
+{
+    rc::backward_partial<__nv_bfloat16, 1, true>(x, dy, y, savemean, part, n, c);
+}
+extern "C" __global__ void rc_backward_partial_relu_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c)
+{
+    rc::backward_partial<__nv_bfloat16, 8, true>(x, dy, y, savemean, part, n, c);
+}
+extern "C" __global__ void rc_backward_train_relu_f32(const float* x, const float* dy, const float* y, const float* savemean, const float* coef, float* dx, long long n, int c)
+{
+    rc::backward_dx<float, 1, true>(x, dy, y, savemean, coef, dx, n, c);
+}
+extern "C" __global__ void rc_backward_train_relu_f32_vec(const float* x, const float* dy, const float* y, const float* savemean, const float* coef, float* dx, long long n, int c)
+{
+    rc::backward_dx<float, 4, true>(x, dy, y, savemean, coef, dx, n, c);
+}
+extern "C" __global__ void rc_backward_train_relu_f16(const __half* x, const __half* dy, const __half* y, const float* savemean, const float* coef, __half* dx, long long n, int c)
+{
+    rc::backward_dx<__half, 1, true>(x, dy, y, savemean, coef, dx, n, c);
+}
+extern "C" __global__ void rc_backward_train_relu_f16_vec(const __half* x, const __half* dy, const __half* y, const float* savemean, const float* coef, __half* dx, long long n, int c)
+{
+    rc::backward_dx<__half, 8, true>(x, dy, y, savemean, coef, dx, n, c);
+}
+extern "C" __global__ void rc_backward_train_relu_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, const float* coef, __nv_bfloat16* dx, long long n, int c)
+{
+    rc::backward_dx<__nv_bfloat16, 1, true>(x, dy, y, savemean, coef, dx, n, c);
+}
+extern "C" __global__ void rc_backward_train_relu_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, const float* coef, __nv_bfloat16* dx, long long n, int c)
+{
+    rc::backward_dx<__nv_bfloat16, 8, true>(x, dy, y, savemean, coef, dx, n, c);
+}
+extern "C" __global__ void rc_backward_infer_relu_f32(const float* dy, const float* y, const float* k, float* dx, long long n, int c)
+{
+    rc::backward_infer<float, 1, true>(dy, y, k, dx, n, c);
+}
+extern "C" __global__ void rc_backward_infer_relu_f32_vec(const float* dy, const float* y, const float* k, float* dx, long long n, int c)
+{
+    rc::backward_infer<float, 4, true>(dy, y, k, dx, n, c);
+}
+extern "C" __global__ void rc_backward_infer_relu_f16(const __half* dy, const __half* y, const float* k, __half* dx, long long n, int c)
+{
+    rc::backward_infer<__half, 1, true>(dy, y, k, dx, n, c);
+}
+extern "C" __global__ void rc_backward_infer_relu_f16_vec(const __half* dy, const __half* y, const float* k, __half* dx, long long n, int c)
+{
+    rc::backward_infer<__half, 8, true>(dy, y, k, dx, n, c);
+}
+extern "C" __global__ void rc_backward_infer_relu_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* k, __nv_bfloat16* dx, long long n, int c)
+{
+    rc::backward_infer<__nv_bfloat16, 1, true>(dy, y, k, dx, n, c);
+}
+extern "C" __global__ void rc_backward_infer_relu_bf16_vec(const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* k, __nv_bfloat16* dx, long long n, int c)
+{
+    rc::backward_infer<__nv_bfloat16, 8, true>(dy, y, k, dx, n, c);
 }
