@@ -118,7 +118,30 @@ def analyze(source, tmp_path, kernel, grid="1056", block="256"):
                        ("bytes in flight per SM", "bytes_in_flight_per_sm"),
                        ("bandwidth fraction", "bandwidth_fraction")):
         assert float(lines[label]) == pytest.approx(figures[key], rel=1e-3), label
+    # every figure printed is in the JSON under its key, and the other way round
+    from batchnorm_lib.cli.model import KERNEL_LABELS, _format
+
+    printed = {label: key for key, label in KERNEL_LABELS if key in figures}
+    assert set(printed) == set(lines) - {"modelled H100 figures (not measured)"}
+    for label, key in printed.items():
+        assert lines[label] == _format(figures[key]), label
+    assert {"shared_bytes", "blocks_per_sm", "waves", "tail_wave_fill", "spill_stores",
+            "bandwidth_fraction_600ns", "bandwidth_fraction_800ns"} <= set(printed.values())
     return figures
+
+
+@needs_tools
+def test_modelled_time_with_bytes(source, tmp_path):
+    out = tmp_path / "t.json"
+    proc = run_model("--source", source, "--kernel", "scalar_copy", "--grid", "2112", "--block",
+                     "256", "--bytes", "1000000000", "--latency", "800", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(out.read_text())
+    lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line)
+    expected = h100.launch_time(1e9, figures["bytes_in_flight_per_sm"], 800e-9) * 1e6
+    assert figures["modelled_time_us"] == pytest.approx(expected)
+    assert float(lines["modelled time us"]) == pytest.approx(expected, rel=1e-3)
+    assert figures["latency_ns"] == pytest.approx(800)
 
 
 def test_occupancy_limits():
