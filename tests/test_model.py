@@ -256,9 +256,13 @@ def test_library_report(tmp_path):
     out = tmp_path / "report.json"
     # 4-D: aligned rows of whole 16-byte packs (the vector kernels), larger than the simulated
     # budget so the batch is reduced; 2-D: the rows x channels kernels, odd sizes
+    md = tmp_path / "report.md"
     proc = run_model("--quick", "--shape", "64x8x12x12", "--shape", "301x70", "--dtype",
-                     "float32", "--sim-elements", "20000", "--no-progress", "--json", str(out))
+                     "float32", "--sim-elements", "20000", "--no-progress", "--json", str(out),
+                     "--markdown", str(md))
     assert proc.returncode == 0, proc.stderr
+    rows = md.read_text().splitlines()
+    assert len(rows) == 2 + 12 and rows[2].startswith("| 64x8x12x12 | float32 | forward train | 3 |")
     lines = proc.stdout.strip().splitlines()
     assert "MODELLED" in lines[0] and "measured" in lines[0]
     assert lines[-1].startswith("summary (modelled, not measured): 12 cases")

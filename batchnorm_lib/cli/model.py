@@ -66,6 +66,8 @@ def add_parser(sub):
                    help="library report: simulate at most N elements per case (default %d, "
                         "--quick %d)" % (report.SIM_ELEMENTS, report.QUICK_SIM_ELEMENTS))
     p.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
+    p.add_argument("--markdown", metavar="PATH",
+                   help="library report: also write the table as Markdown to PATH")
     p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
     return p

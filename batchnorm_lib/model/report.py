@@ -443,6 +443,20 @@ def table_lines(cases):
                         for i, (_, w, fn) in enumerate(COLUMNS))
 
 
+def markdown_lines(cases):
+    """The cases as a Markdown table (docs/benchmarks.md): one row per case, modelled figures."""
+    yield ("| case | dtype | pass | launches | B/elem (floor) | sector eff. | modelled us "
+           "| bw 600 / 700 / 800 ns |")
+    yield "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"
+    for f in cases:
+        yield ("| %s | %s | %s | %d | %.2f (%d) | %.0f%% | %.1f | %.2f / %.2f / %.2f |"
+               % (case_text(f["op"], f["shape"]), f["dtype"], f["pass"], f["launches_per_call"],
+                  f["dram_bytes_per_element"], f["floor_bytes_per_element"],
+                  100 * f["sector_efficiency"], f["modelled_time_us"],
+                  f["bandwidth_fraction_600ns"], f["bandwidth_fraction_700ns"],
+                  f["bandwidth_fraction_800ns"]))
+
+
 def _geomean(values):
     values = [v for v in values if v > 0]
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
@@ -522,5 +536,9 @@ def main(args):
                 "peak_bandwidth": h100.PEAK_BANDWIDTH, "latency": h100.LATENCY,
                 "latency_range": list(h100.LATENCY_RANGE), "launch_cost": h100.LAUNCH_COST,
                 "simulated_elements": budget}, "cases": cases}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            for line in markdown_lines(cases):
+                f.write(line + "\n")
     print(summary(cases) if cases else "summary: nothing to model")
     return 0
