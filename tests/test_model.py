@@ -106,6 +106,14 @@ def run_model(*argv):
     return Result(code, out.getvalue(), err.getvalue())
 
 
+def require_cudasim():
+    from batchnorm_lib import config
+
+    ok, why = config.probe("cudasim")
+    if not ok:
+        pytest.skip("cudasim unavailable: " + why)
+
+
 def analyze(source, tmp_path, kernel, grid="1056", block="256"):
     out = tmp_path / (kernel + ".json")
     proc = run_model("--source", source, "--kernel", kernel, "--grid", grid, "--block", block,
@@ -248,11 +256,7 @@ def test_vector_kernels_issue_128_bit_loads():
 
 @needs_tools
 def test_library_report(tmp_path):
-    from batchnorm_lib import config
-
-    ok, why = config.probe("cudasim")
-    if not ok:
-        pytest.skip("cudasim unavailable: " + why)
+    require_cudasim()
     out = tmp_path / "report.json"
     # 4-D: aligned rows of whole 16-byte packs (the vector kernels), larger than the simulated
     # budget so the batch is reduced; 2-D: the rows x channels kernels, odd sizes
@@ -367,11 +371,7 @@ def test_reduced_shapes_keep_the_code_path():
 
 @needs_tools
 def test_family_report(tmp_path):
-    from batchnorm_lib import config
-
-    ok, why = config.probe("cudasim")
-    if not ok:
-        pytest.skip("cudasim unavailable: " + why)
+    require_cudasim()
     out = tmp_path / "family.json"
     proc = run_model("--shape", "nhwc:3x5x7x24", "--shape", "layernorm:37x100", "--shape",
                      "groupnorm32:3x64x5x5", "--shape", "instancenorm:2x6x7x9", "--dtype",

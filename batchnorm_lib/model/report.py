@@ -181,8 +181,6 @@ class _Recorder:
     """A runtime that records (kernel, grid, source) instead of launching: the full shape's launch
     configuration, computed by the same code that launches it."""
 
-    sync_each_launch = False
-
     def __init__(self, real):
         self.name = real.name
         self._dtypes = real.supported_dtypes()
@@ -203,27 +201,24 @@ class _Recorder:
     def launch(self, name, grid, args, source=None):
         self.launches.append((name, tuple(int(g) for g in grid), source))
 
-    def functions_of(self, source):
-        recorder = self
-
-        class Entries:
-            def __getitem__(self, name):
-                def record(*args, **kw):
-                    recorder.launch(name, kw["grid"], args, source)
-                return record
-        return Entries()
-
 
 @contextlib.contextmanager
 def _recording(impl, real):
-    """Route ``impl``'s launches (a kernels/<op>/cuda.py module) to a recorder for the block."""
+    """Route ``impl``'s launches (a kernels/<op>/cuda.py module) to a recorder for the block: the
+    runtime's own launches and those of ``impl._launch_in`` (entries of other sources). The
+    recorder has no ``functions_of``: launch code may take that as "no device behind it"."""
     recorder = _Recorder(real)
-    saved = impl._runtime
+    saved = impl._runtime, getattr(impl, "_launch_in", None)
     impl._runtime = lambda: recorder
+    if saved[1] is not None:
+        impl._launch_in = lambda source, rt, name, grid, args: recorder.launch(name, grid, args,
+                                                                              source)
     try:
         yield recorder
     finally:
-        impl._runtime = saved
+        impl._runtime = saved[0]
+        if saved[1] is not None:
+            impl._launch_in = saved[1]
 
 
 def _call(op, pass_name, impl, alloc, shape, dtype):
@@ -284,7 +279,10 @@ def _static(kernel, grid, block, source=None):
     from batchnorm_lib import model
     from batchnorm_lib.backend.cuda.core import KERNEL_DIR, SOURCES
 
-    for name in ((source,) if source else SOURCES):
+    # a launch through the runtime names no source: any of the norm sources may hold it
+    norm = sorted("norm/" + f for f in os.listdir(os.path.join(KERNEL_DIR, "norm"))
+                  if f.endswith(".cu"))
+    for name in ((source,) if source else tuple(SOURCES) + tuple(norm)):
         path = os.path.join(KERNEL_DIR, name)
         try:
             if kernel in sass.compile_cubin(path)[1]:
