@@ -16,7 +16,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 kernels="$here/batchnorm_lib/kernels"
 nvcc=${NVCC:-$(command -v nvcc || true)}
 archs=${ARCHS:-"sm_80 sm_90"}
-DOUBLE_OK='_finalize$|^bn_channel_factor$'
+# bn_persist_*: the single-read kernels merge their channel's block partials in float64 once per
+# block, as the finalize kernels do (kernels/norm/persistent.cu); their per-element work is float32.
+DOUBLE_OK='_finalize$|^bn_channel_factor$|^bn_persist_'
 
 if [ -z "$nvcc" ]; then
     echo "check_kernels: nvcc not found (set NVCC or put it on PATH)" >&2
