@@ -48,6 +48,7 @@ MIN_SIM_CHANNEL_ELEMENTS = 512
 ON_CHIP_BYTES = h100.SMS * h100.SHARED_PER_BLOCK_MAX
 HEAVY_SHARE = 0.1             # launches with at least this share of a pass's bytes are its main ones
 SOURCE = "norm/batchnorm.cu"
+PERSIST_SOURCE = "norm/persistent.cu"  # the single-read training kernels, bn_persist_*
 
 
 def parse_shape(text):
@@ -174,7 +175,8 @@ def _static(kernel, grid, block):
     from batchnorm_lib.backend.cuda.core import KERNEL_DIR
 
     try:
-        return model.analyze_kernel(os.path.join(KERNEL_DIR, SOURCE), kernel, grid, block)
+        source = PERSIST_SOURCE if kernel.startswith("bn_persist_") else SOURCE
+        return model.analyze_kernel(os.path.join(KERNEL_DIR, source), kernel, grid, block)
     except sass.ToolError:
         return None
 
