@@ -160,13 +160,15 @@ def test_blocks_of_a_channel_meet_at_the_barrier(small_device, rng):
 
 @pytest.mark.parametrize("kind, shape, fits", [
     ("forward", (6, 1, 32, 40), True),     # 7680 values: 4 blocks of 8 KiB, 2 per SM
-    ("forward", (7, 1, 30, 40), False),    # 8400: no split fits 2 SMs of 20 KiB
-    ("forward", (11, 2, 13, 31), True),    # scalar entries
-    ("forward", (12, 2, 13, 31), False),
+    ("forward", (7, 1, 30, 40), False),    # 8400: no split fits 2 SMs of 20 KiB, 2 blocks each
+    ("forward", (10, 2, 13, 31), True),    # scalar entries
+    ("forward", (11, 2, 13, 31), False),
+    ("forward", (3, 21, 5, 8), True),      # one block a channel, more blocks than fit at once
+    ("backward", (3, 21, 5, 8), True),
     ("backward", (4, 1, 25, 40), True),    # x and dy: 4000 values each
     ("backward", (4, 1, 26, 40), False),
-    ("backward", (11, 1, 13, 31), True),
-    ("backward", (12, 1, 13, 31), False),
+    ("backward", (10, 1, 13, 31), True),
+    ("backward", (11, 1, 13, 31), False),
 ])
 def test_only_tensors_that_fit_take_the_single_read_path(small_device, rng, kind, shape, fits):
     x, scale, bias, dy = data(rng, shape)
@@ -187,8 +189,8 @@ def test_sanitizer_finds_nothing(small_device, rng, monkeypatch):
     from batchnorm_lib.backend.cudasim import instrument
 
     monkeypatch.setenv(instrument.SANITIZE_ENV, "1")
-    x, scale, bias, dy = data(rng, (3, 2, 13, 31))
-    assert bn_cuda._persistent_plan(small_device, "backward", "f32", "", 1, 4, 2, 3, 2, 403)[2] == 1
+    x, scale, bias, dy = data(rng, (3, 2, 7, 31))
+    assert bn_cuda._persistent_plan(small_device, "backward", "f32", "", 1, 4, 2, 3, 2, 217)[2] == 1
     got, names = launched(lambda: forward(small_device, x, scale, bias, relu=True))
     assert names == ["bn_persist_forward_f32"]
     check_forward(got, x, scale, bias, True)

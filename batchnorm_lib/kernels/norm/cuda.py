@@ -393,19 +393,24 @@ def rows_backward_infer(dy, scale, run_var, eps, dx):
 PERSIST_SOURCE = "norm/persistent.cu"
 SMEM_RESERVED = 1024  # shared memory the driver keeps per resident block (compute capability >= 8)
 PERSIST_MIN_PACKS = 4  # packs per thread before a channel is split further (2 batches of loads)
+# resident blocks per SM at least: 16 warps of 2 packs in flight each is ~16 KB per SM, what an
+# H100 needs at ~700 ns (Little's law); one block of 8 warps would leave half the bandwidth unused
+PERSIST_MIN_RESIDENT = 2
 _persist_sync = {}  # id(runtime) -> (runtime, uint32 counters): 2 per channel, zeroed once
 
 
 def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
-    """(entry name, function, nsplit, slots, shared bytes) of the single-read kernel ``kind`` ("forward" or
-    "backward"), or None when the tensor cannot stay on chip with every block resident at once.
+    """(entry name, function, nsplit, slots, shared bytes) of the single-read kernel ``kind``
+    ("forward" or "backward"), or None when the data cannot stay on chip.
 
     Block (split, channel) holds ``slots`` packs per thread of each of ``arrays`` data arrays in
-    shared memory. The grid must fit the device at once, as the blocks of a channel wait for each
-    other: resident blocks per SM follow the occupancy rule (threads, registers in 256-register
-    warp allocations, shared memory plus SMEM_RESERVED per block) from the kernel's registers and
-    the device's limits. nsplit: the most blocks that fit, at most one per PERSIST_MIN_PACKS packs
-    per thread unless only a finer split fits."""
+    shared memory. With nsplit > 1 the grid must fit the device at once, as the blocks of a
+    channel wait for each other: resident blocks per SM follow the occupancy rule (threads,
+    registers in 256-register warp allocations, shared memory plus SMEM_RESERVED per block) from
+    the kernel's registers and the device's limits. nsplit: the most blocks that fit, at most one
+    per PERSIST_MIN_PACKS packs per thread unless only a finer split fits; else one block per
+    channel (any number of channels: no block waits) where a channel fits one block. Always at
+    least PERSIST_MIN_RESIDENT blocks per SM."""
     if s == 1 or c > MAX_GRID_Y:
         return None  # spatial size 1 reads a channel C apart: the column kernels are better
     waiting_cap = None
@@ -431,7 +436,7 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
     fills = [sms * k // c for k in range(per_sm, 0, -1)]
     work = max(1, packs // (BLOCK * PERSIST_MIN_PACKS))
     tried = set()
-    for nsplit in [min(f, work) for f in fills] + fills:
+    for nsplit in [min(f, work) for f in fills] + fills + [1]:
         if nsplit in tried or not 1 <= nsplit <= packs:
             continue
         tried.add(nsplit)
@@ -443,8 +448,10 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
         if shared > dynamic_max:
             continue
         resident = min(per_sm, smem_sm // (fn.shared_size_bytes + shared + SMEM_RESERVED))
-        if c * nsplit <= sms * resident:
-            return name, fn, nsplit, slots, shared
+        if resident < PERSIST_MIN_RESIDENT:
+            continue
+        if nsplit == 1 or c * nsplit <= sms * resident:
+            return name, fn, nsplit, slots, shared  # (one block a channel: nothing waits)
     return None
 
 

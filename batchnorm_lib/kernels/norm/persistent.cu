@@ -12,9 +12,10 @@
 // block's partial is the one the two-pass kernel writes for the same nsplit.
 //
 // The blocks of a channel meet at a barrier on two counters of `sync` (arrivals, generation) after
-// writing their partials. That needs every block of the grid resident at once, which the host
-// guarantees by sizing the grid from the kernel's registers and shared memory and the device's
-// SMs (kernels/norm/cuda.py, _persistent_plan): pycuda has no cooperative launch. The last block
+// writing their partials. With nsplit > 1 that needs every block of the grid resident at once,
+// which the host guarantees by sizing the grid from the kernel's registers and shared memory and
+// the device's SMs (kernels/norm/cuda.py, _persistent_plan): pycuda has no cooperative launch.
+// With nsplit 1 no block waits, and the grid may be of any size. The last block
 // to arrive sets the arrival count back to 0 and advances the generation, so the counters are
 // ready for the next launch without a memset. After the barrier every block merges all of its
 // channel's partials in the same fixed order, in float64 as bn_stats_finalize and
