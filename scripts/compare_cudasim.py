@@ -26,6 +26,18 @@ WITHIN_BOUND = {"softmax_cross_entropy", "activation_forward sigmoid", "activati
                 "activation_backward softPlus"}  # expm1f, expf, log1pf: the host libm's bits
 
 
+def _two_pass(case):
+    """``case`` with the single-read training kernels turned off."""
+    def run(ops, dense, to_gpu):
+        saved = ops._persistent_plan
+        ops._persistent_plan = lambda *args: None
+        try:
+            return case(ops, dense, to_gpu)
+        finally:
+            ops._persistent_plan = saved
+    return run
+
+
 def _cases(rng, dtypes):
     """(name, dtype, callable(ops, dense, to_gpu) -> list of output arrays) for every operation."""
     cases = []
@@ -77,6 +89,10 @@ def _cases(rng, dtypes):
             cases += [("forward_train " + tag, train), ("forward_infer " + tag, infer),
                       ("backward_train " + tag, backward),
                       ("backward_infer " + tag, backward_infer)]
+            # the training passes once more on the two-pass kernels, which the single-read ones
+            # (kernels/norm/persistent.cu) replace wherever the data fits on chip
+            cases += [("forward_train two-pass " + tag, _two_pass(train)),
+                      ("backward_train two-pass " + tag, _two_pass(backward))]
     a = rng.standard_normal(37).astype(np.float32)
     b = rng.standard_normal(37).astype(np.float32)
 

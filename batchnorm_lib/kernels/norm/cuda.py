@@ -432,9 +432,10 @@ def rows_backward_infer(dy, scale, run_var, eps, dx, y=None):
 
 
 # -- single-read training passes: kernels/norm/persistent.cu ---------------------------------------
-# Where every block a channel needs can be resident at once, one launch keeps the data on chip
-# between the statistics and the elementwise pass (8 bytes per float32 element forward, 12
-# backward, instead of 12 and 20); otherwise the two-pass kernels above run.
+# Where a channel fits one block, or every block of a split channel can be resident at once, one
+# launch keeps the data on chip between the statistics and the elementwise pass (8 bytes per
+# float32 element forward, 12 backward, instead of 12 and 20); otherwise the two-pass kernels
+# above run.
 
 PERSIST_SOURCE = "norm/persistent.cu"
 SMEM_RESERVED = 1024  # shared memory the driver keeps per resident block (compute capability >= 8)
