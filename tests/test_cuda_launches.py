@@ -23,6 +23,13 @@ CASES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def two_pass_kernels(monkeypatch):
+    """The test-sized tensors fit on the simulated device's chip: keep them on the two-pass
+    kernels these tests are about (the single-read ones are tests/test_persistent.py's)."""
+    monkeypatch.setenv(norm_cuda.SINGLE_READ_ENV, "0")
+
+
 def _splits(layout, shape, dtype):
     if layout == "rows":
         c = shape[-1]

@@ -629,7 +629,7 @@ def _run_copy(monkeypatch, tmp_path, core, shapes=COPY_SHAPES):
     from batchnorm_lib.kernels.norm import ops
 
     # the two-pass kernels of batchnorm.cu, which the callers mutate, not the single-read ones
-    monkeypatch.setattr(norm_cuda, "_persistent_plan", lambda *args: None)
+    monkeypatch.setenv(norm_cuda.SINGLE_READ_ENV, "0")
     monkeypatch.setattr(core, "KERNEL_DIR", str(tmp_path))
     monkeypatch.setattr(cudasim, "_runtime", core.CudaBackend(cudasim.api, "cudasim"))
     previous = config.get_backend()

@@ -14,6 +14,12 @@ EPS = 1e-5
 FACTOR = 0.3
 
 
+@pytest.fixture(autouse=True)
+def single_read_on(monkeypatch):
+    """These tests are about the single-read path: whatever the environment says."""
+    monkeypatch.delenv(bn_cuda.SINGLE_READ_ENV, raising=False)
+
+
 @pytest.fixture
 def sim():
     with active_backend("cudasim"):
@@ -45,7 +51,7 @@ def launched(fn):
 
 
 def two_pass(monkeypatch):
-    monkeypatch.setattr(bn_cuda, "_persistent_plan", lambda *args: None)
+    monkeypatch.setenv(bn_cuda.SINGLE_READ_ENV, "0")
 
 
 def forward(rt, x, scale, bias, relu=False, dtype=np.float32):
