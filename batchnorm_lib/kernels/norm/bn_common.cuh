@@ -359,7 +359,7 @@ __device__ __forceinline__ float2 warp_reduce(float2 s)
     return s;
 }
 
-// --- per-channel float64 (finalize kernels: a warp per channel, a few partials per lane) --------
+// --- per-channel float64 (finalize steps: a warp per channel, a few partials per lane) ----------
 
 // Welford statistics in float64, for merging block partials once per channel.
 struct WelfordD {
@@ -438,12 +438,12 @@ __device__ __forceinline__ void welford_finish(const WelfordD& w, double shift, 
     }
 }
 
-// --- block partials (batchnorm.cu's finalize kernels read them; every source that feeds those
-// kernels writes these formats) ---------------------------------------------------------------
+// --- block partials (the reductions' last blocks and per_row.cu's finalize kernels read them;
+// every source that feeds them writes these formats) ------------------------------------------
 
 // Block partials are float32 records of kPartial values: count, mean, mean_lo, M2, M2_lo of the
 // shifted values, the plain total (see Welford) and the shift. Written once per block, read once
-// per channel by stats_finalize, which merges them in float64 (the partial kernels stay float32).
+// per channel by stats_finalize, which merges them in float64 (the per-element loops stay float32).
 constexpr int kPartial = 7;
 
 __device__ __forceinline__ void write_partial(float* out, const Welford& w, float shift)
