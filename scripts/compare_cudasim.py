@@ -93,6 +93,7 @@ def _cases(rng, dtypes):
             # (kernels/norm/persistent.cu) replace wherever the data fits on chip
             cases += [("forward_train two-pass " + tag, _two_pass(train)),
                       ("backward_train two-pass " + tag, _two_pass(backward))]
+    cases += _relu_and_misaligned_cases(rng, dtypes)
     a = rng.standard_normal(37).astype(np.float32)
     b = rng.standard_normal(37).astype(np.float32)
 
@@ -158,6 +159,58 @@ def _cases(rng, dtypes):
                          ("elu", (1.0,)), ("softPlus", ()), ("clip", (-0.5, 0.75))):
         cases.append(("activation_forward " + kind, dense_case(act(kind, False, params))))
         cases.append(("activation_backward " + kind, dense_case(act(kind, True, params))))
+    return cases
+
+
+def _relu_and_misaligned_cases(rng, dtypes):
+    """The fused-ReLU passes (relu=True forward, the output y masking the backward) on the scalar,
+    16-byte and column paths, and every pass on data one element off 16-byte alignment (the
+    scalar elementwise kernels)."""
+    cases = []
+    for dtype in dtypes:
+        for shape, misaligned in (((5, 3, 7, 9), False), ((2, 3, 8, 8), False),
+                                  ((4, 6, 1, 1), False), ((5, 3, 7, 9), True)):
+            x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
+            dy = rng.standard_normal(shape).astype(np.float32)
+            mask = np.where(rng.random(shape) < 0.3, 0.0, rng.standard_normal(shape))
+            c = shape[1]
+            scale = (rng.standard_normal(c) + 1).astype(np.float32)
+            bias = rng.standard_normal(c).astype(np.float32)
+            rvar = (rng.random(c) + 0.5).astype(np.float32)
+
+            def passes(ops, dense, to_gpu, x=x, dy=dy, mask=mask, scale=scale, bias=bias,
+                       rvar=rvar, dtype=dtype, misaligned=misaligned):
+                def data(a):
+                    a = np.asarray(a).astype(dtype)
+                    if not misaligned:
+                        return to_gpu(a)
+                    return to_gpu(np.concatenate([np.zeros(1, dtype), a.ravel()]))[1:] \
+                        .reshape(a.shape)
+
+                c = len(scale)
+                vec = lambda v: to_gpu(np.asarray(v, np.float32))  # noqa: E731
+                xs, dys, ys = data(x), data(dy), data(mask)
+                outs = []
+                for relu in (False, True) if misaligned else (True,):
+                    out, dx, dxi = data(np.zeros(x.shape)), data(np.zeros(x.shape)), \
+                        data(np.zeros(x.shape))
+                    sm, si, rm, rv = vec(np.zeros(c)), vec(np.zeros(c)), vec(np.zeros(c)), \
+                        vec(np.ones(c))
+                    ds, db = vec(np.zeros(c)), vec(np.zeros(c))
+                    y = out if relu else None
+                    ops.forward_train(xs, vec(scale), vec(bias), rm, rv, 1e-5, 0.1, out, sm, si,
+                                      relu=relu)
+                    ops.backward_train(xs, dys, vec(scale), sm, si, dx, ds, db, y=y)
+                    inf = data(np.zeros(x.shape))
+                    ops.forward_infer(xs, vec(scale), vec(bias), rm, rv, 1e-5, inf, relu=relu)
+                    ops.backward_infer(dys, vec(scale), vec(rvar), 1e-5, dxi,
+                                       y=ys if relu else None)
+                    outs += [out, sm, si, rm, rv, dx, ds, db, inf, dxi]
+                return outs
+
+            tag = "%s %s" % (np.dtype(dtype).name, "x".join(map(str, shape)))
+            cases.append(("misaligned passes " + tag if misaligned else "relu passes " + tag,
+                          passes))
     return cases
 
 

@@ -5,7 +5,8 @@
 // Layout: element (n, ch, s) lives at (n * C + ch) * S + s. Every index is 64-bit. Data is T
 // (float, __half or __nv_bfloat16); statistics, parameters and accumulation are float32.
 // Entries ending in _vec move 16 bytes per load/store and are launched only when every data
-// pointer is 16-byte aligned and S is a multiple of the pack width.
+// pointer is 16-byte aligned and, for the reductions, S is a multiple of the pack width (the
+// elementwise passes' packs may run across a channel boundary, and their last one may be partial).
 //
 // Reductions take one launch: a (C, nsplit) grid writes one partial per block, and the last block
 // of each channel to finish (an integer counter per channel, bn::last_block) merges the channel's
@@ -198,30 +199,80 @@ __host__ __device__ constexpr int elementwise_unroll()
 }
 
 // Grid-stride walk over the flat (N * C * S / VEC) pack index for an elementwise pass Op. Each step
-// takes kUnroll packs kBlock * gridDim.x apart: it resolves their channel constants first
-// (Op::constants, reloaded only when the channel changes), then issues every load (Op::load), then
-// computes and stores (Op::finish). The output may alias an input, so the compiler may not hoist a
-// later load above an earlier store by itself: written this way each thread keeps kUnroll loads
-// in flight instead of one.
+// takes kUnroll packs kBlock * gridDim.x apart: it issues every load (Op::load), resolves their
+// channel constants (Op::constants, reloaded only when the channel changes), then computes
+// (Op::apply, per element) and stores (Op::store). The output may alias an input, so the compiler
+// may not hoist a later load above an earlier store by itself: written this way each thread keeps
+// kUnroll loads in flight instead of one.
+//
+// Packs run over the flat index whatever S is (the host needs only the pointers aligned): a pack
+// that runs past the end of its channel (S not a multiple of VEC, or S < VEC) takes each
+// element's own channel's constants, so small spatial sizes (7x7, 14x14 in 16-bit data) still
+// move 16-byte packs, and the last N * C * S % VEC elements go as one partial pack (thread 0 of
+// block 0, before its share of whole packs).
 template <typename T, int VEC, typename Op>
 __device__ __forceinline__ void channel_stream(const Op& op, long long n, int c, long long s)
 {
     constexpr int kUnroll = elementwise_unroll<T, VEC, Op::kArrays>();
-    const long long cols = s / VEC;
-    const long long total = n * c * cols;
+    const long long total = n * c * s / VEC;
     const long long stride = static_cast<long long>(gridDim.x) * kBlock;
     long long j = static_cast<long long>(blockIdx.x) * kBlock + threadIdx.x;
+    // one pack: all elements with its first element's channel's constants k, or, when fewer than
+    // VEC of the channel's elements are left from there, each element with its own channel's
+    auto compute = [&](typename Op::Loaded& in, const typename Op::Constants& k, int ch,
+                       int left) {
+        if (VEC > 1 && left < VEC) {
+            typename Op::Constants ki = k;
+            long long rem = left;
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                if (rem == 0) {
+                    ch = ch + 1 == c ? 0 : ch + 1;
+                    ki = op.constants(ch);
+                    rem = s;
+                }
+                op.apply(in, i, ki);
+                --rem;
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                op.apply(in, i, k);
+            }
+        }
+    };
+    auto finish = [&](long long jj, typename Op::Loaded& in, const typename Op::Constants& k,
+                      int ch, int left) {
+        compute(in, k, ch, left);
+        op.store(jj, in);
+    };
+    if (VEC > 1 && j == 0) {
+        const int tail = static_cast<int>(n * c * s - total * VEC);
+        if (tail > 0) {
+            const ChannelWalk at(total * VEC, 1, s, c);
+            typename Op::Loaded in = op.load_part(total, tail);
+            compute(in, op.constants(at.channel), at.channel,
+                    static_cast<int>(min(s - at.col, static_cast<long long>(VEC))));
+            op.store_part(total, in, tail);
+        }
+    }
     if (j >= total) {
         return;
     }
-    ChannelWalk walk(j, stride, cols, c);
+    ChannelWalk walk(j * VEC, stride * VEC, s, c);  // in elements: the first element's channel
+    // elements of the pack's first channel from its start, capped at VEC
+    auto left_of = [&](const ChannelWalk& w) {
+        return static_cast<int>(min(s - w.col, static_cast<long long>(VEC)));
+    };
     // each of the kUnroll slots keeps its own channel's constants, so no slot's reload waits on
     // another's
     int cached[kUnroll];
+    int left[kUnroll];
     typename Op::Constants ku[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
         cached[u] = -1;
+        left[u] = VEC;
         ku[u] = {};
     }
     for (; j + (kUnroll - 1) * stride < total; j += kUnroll * stride) {
@@ -236,11 +287,12 @@ __device__ __forceinline__ void channel_stream(const Op& op, long long n, int c,
                 cached[u] = walk.channel;
                 ku[u] = op.constants(walk.channel);
             }
+            left[u] = left_of(walk);
             walk.advance();
         }
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-            op.finish(j + u * stride, in[u], ku[u]);
+            finish(j + u * stride, in[u], ku[u], cached[u], left[u]);
         }
     }
     int last = -1;
@@ -250,7 +302,8 @@ __device__ __forceinline__ void channel_stream(const Op& op, long long n, int c,
             last = walk.channel;
             k = op.constants(last);
         }
-        op.finish(j, op.load(j), k);
+        typename Op::Loaded in = op.load(j);
+        finish(j, in, k, last, left_of(walk));
         walk.advance();
     }
 }
@@ -278,14 +331,22 @@ struct NormalizeOp {
         return {mean[ch], factor[ch], bias[ch]};
     }
     __device__ __forceinline__ Loaded load(long long j) const { return load_pack<T, VEC>(x + j * VEC); }
-    __device__ __forceinline__ void finish(long long j, Loaded pk, const Constants& k) const
+    __device__ __forceinline__ void apply(Loaded& pk, int i, const Constants& k) const
     {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            const float v = fmaf(__fsub_rn(to_float(pk.v[i]), k.m), k.a, k.b);
-            pk.v[i] = from_float<T>(RELU ? relu(v) : v);
-        }
+        const float v = fmaf(__fsub_rn(to_float(pk.v[i]), k.m), k.a, k.b);
+        pk.v[i] = from_float<T>(RELU ? relu(v) : v);
+    }
+    __device__ __forceinline__ void store(long long j, const Loaded& pk) const
+    {
         store_pack<T, VEC>(y + j * VEC, pk);
+    }
+    __device__ __forceinline__ Loaded load_part(long long j, int count) const
+    {
+        return bn::load_part<T, VEC>(x + j * VEC, count);
+    }
+    __device__ __forceinline__ void store_part(long long j, const Loaded& pk, int count) const
+    {
+        bn::store_part<T, VEC>(y + j * VEC, pk, count);
     }
 };
 
@@ -443,15 +504,24 @@ struct BackwardDxOp {
         return {load_pack<T, VEC>(x + j * VEC), load_pack<T, VEC>(dy + j * VEC),
                 load_mask<T, VEC, RELU>(y, j * VEC)};
     }
-    __device__ __forceinline__ void finish(long long j, Loaded in, const Constants& k) const
+    __device__ __forceinline__ void apply(Loaded& in, int i, const Constants& k) const
     {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            const float u = fmaf(__fsub_rn(to_float(in.px.v[i]), k.m), k.c1, k.c0);
-            const float g = masked<T, VEC, RELU>(to_float(in.pg.v[i]), in.py, i);
-            in.pg.v[i] = from_float<T>(fmaf(g, k.k, -u));
-        }
+        const float u = fmaf(__fsub_rn(to_float(in.px.v[i]), k.m), k.c1, k.c0);
+        const float g = masked<T, VEC, RELU>(to_float(in.pg.v[i]), in.py, i);
+        in.pg.v[i] = from_float<T>(fmaf(g, k.k, -u));
+    }
+    __device__ __forceinline__ void store(long long j, const Loaded& in) const
+    {
         store_pack<T, VEC>(dx + j * VEC, in.pg);
+    }
+    __device__ __forceinline__ Loaded load_part(long long j, int count) const
+    {
+        return {bn::load_part<T, VEC>(x + j * VEC, count), bn::load_part<T, VEC>(dy + j * VEC, count),
+                load_mask_part<T, VEC, RELU>(y, j * VEC, count)};
+    }
+    __device__ __forceinline__ void store_part(long long j, const Loaded& in, int count) const
+    {
+        bn::store_part<T, VEC>(dx + j * VEC, in.pg, count);
     }
 };
 
@@ -487,14 +557,23 @@ struct BackwardInferOp {
     {
         return {load_pack<T, VEC>(dy + j * VEC), load_mask<T, VEC, RELU>(y, j * VEC)};
     }
-    __device__ __forceinline__ void finish(long long j, Loaded in, const Constants& k) const
+    __device__ __forceinline__ void apply(Loaded& in, int i, const Constants& k) const
     {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            const float g = masked<T, VEC, RELU>(to_float(in.pg.v[i]), in.py, i);
-            in.pg.v[i] = from_float<T>(__fmul_rn(g, k.k));
-        }
+        const float g = masked<T, VEC, RELU>(to_float(in.pg.v[i]), in.py, i);
+        in.pg.v[i] = from_float<T>(__fmul_rn(g, k.k));
+    }
+    __device__ __forceinline__ void store(long long j, const Loaded& in) const
+    {
         store_pack<T, VEC>(dx + j * VEC, in.pg);
+    }
+    __device__ __forceinline__ Loaded load_part(long long j, int count) const
+    {
+        return {bn::load_part<T, VEC>(dy + j * VEC, count),
+                load_mask_part<T, VEC, RELU>(y, j * VEC, count)};
+    }
+    __device__ __forceinline__ void store_part(long long j, const Loaded& in, int count) const
+    {
+        bn::store_part<T, VEC>(dx + j * VEC, in.pg, count);
     }
 };
 

@@ -46,6 +46,32 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T, VEC>& pk)
     *reinterpret_cast<Pack<T, VEC>*>(p) = pk;
 }
 
+// The first `count` (< VEC) elements at p as a pack (the rest 0), and back: the last, partial pack
+// of a flat array.
+template <typename T, int VEC>
+__device__ __forceinline__ Pack<T, VEC> load_part(const T* p, int count)
+{
+    Pack<T, VEC> pk{};
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {  // fixed indices keep the pack in registers
+        if (i < count) {
+            pk.v[i] = p[i];
+        }
+    }
+    return pk;
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void store_part(T* p, const Pack<T, VEC>& pk, int count)
+{
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+        if (i < count) {
+            p[i] = pk.v[i];
+        }
+    }
+}
+
 // --- fused ReLU ---------------------------------------------------------------------------------
 // relu(v) = (v <= 0 ? 0 : v): a NaN passes (the comparison is false for it) and -0 becomes +0.
 __device__ __forceinline__ float relu(float v) { return v <= 0.f ? 0.f : v; }
@@ -65,6 +91,16 @@ __device__ __forceinline__ Pack<T, VEC> load_mask(const T* y, long long offset)
 {
     if (RELU) {
         return load_pack<T, VEC>(y + offset);
+    }
+    return Pack<T, VEC>{};
+}
+
+// the same for the partial pack of `count` elements at the end of a flat array
+template <typename T, int VEC, bool RELU>
+__device__ __forceinline__ Pack<T, VEC> load_mask_part(const T* y, long long offset, int count)
+{
+    if (RELU) {
+        return load_part<T, VEC>(y + offset, count);
     }
     return Pack<T, VEC>{};
 }
@@ -323,7 +359,7 @@ __device__ __forceinline__ float2 warp_reduce(float2 s)
     return s;
 }
 
-// --- per-channel float64 (finalize kernels: a warp per channel, a few partials per lane) --------
+// --- per-channel float64 (finalize steps: a warp per channel, a few partials per lane) ----------
 
 // Welford statistics in float64, for merging block partials once per channel.
 struct WelfordD {
@@ -402,12 +438,12 @@ __device__ __forceinline__ void welford_finish(const WelfordD& w, double shift, 
     }
 }
 
-// --- block partials (batchnorm.cu's finalize kernels read them; every source that feeds those
-// kernels writes these formats) ---------------------------------------------------------------
+// --- block partials (the reductions' last blocks and per_row.cu's finalize kernels read them;
+// every source that feeds them writes these formats) ------------------------------------------
 
 // Block partials are float32 records of kPartial values: count, mean, mean_lo, M2, M2_lo of the
 // shifted values, the plain total (see Welford) and the shift. Written once per block, read once
-// per channel by stats_finalize, which merges them in float64 (the partial kernels stay float32).
+// per channel by stats_finalize, which merges them in float64 (the per-element loops stay float32).
 constexpr int kPartial = 7;
 
 __device__ __forceinline__ void write_partial(float* out, const Welford& w, float shift)

@@ -95,6 +95,14 @@ def _vector(s, dtype, *arrays):
     return "", 1
 
 
+def _flat_vector(dtype, *arrays):
+    """'_vec' for the NCHW elementwise passes: their packs run over the flat index, across channel
+    boundaries, with a partial last pack, so they need only every pointer 16-byte aligned."""
+    if all(int(a.ptr) % 16 == 0 for a in arrays if a is not None):
+        return "_vec", 16 // np.dtype(dtype).itemsize
+    return "", 1
+
+
 def _splits(blocks_per_split, work, elements):
     """Blocks per channel group: enough to fill the device, at least MIN_PACKS_PER_THREAD loads per
     thread, and few enough elements per block for exact float counts. Shapes alone decide it."""
@@ -156,7 +164,7 @@ def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean,
     a = rt.empty((c,), np.float32)
     rt.launch(name, grid, (_ptr(x), _ptr(part)) + reduce_args
               + _stats_out(rt, grid, eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var))
-    _normalize(rt, suffix + vec, x, out, savemean, a, bias, n, c, s, width, relu)
+    _normalize(rt, suffix, x, out, savemean, a, bias, n, c, s, relu)
 
 
 def _stats_out(rt, grid, eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var):
@@ -172,8 +180,10 @@ def _sums_out(rt, grid, scale, saveinvvar, dscale, dbias, coef):
             _ptr(coef))
 
 
-def _normalize(rt, kind, x, out, mean, a, bias, n, c, s, width, relu):
-    rt.launch(_relu("bn_normalize", relu) + "_" + kind, _elementwise_grid(n * c * (s // width)),
+def _normalize(rt, suffix, x, out, mean, a, bias, n, c, s, relu):
+    vec, width = _flat_vector(x.dtype, x, out)
+    rt.launch(_relu("bn_normalize", relu) + "_" + suffix + vec,
+              _elementwise_grid(n * c * s // width),
               (_ptr(x), _ptr(out), _ptr(mean), _ptr(a), _ptr(bias), np.int64(n), np.int32(c),
                np.int64(s)))
 
@@ -192,9 +202,8 @@ def forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
     n, c, s = _ncs(x.shape)
     if n * s < 1:
         return
-    vec, width = _vector(s, x.dtype, x, out)
     a = _channel_factor(rt, scale, run_var, eps, c)
-    _normalize(rt, suffix + vec, x, out, run_mean, a, bias, n, c, s, width, relu)
+    _normalize(rt, suffix, x, out, run_mean, a, bias, n, c, s, relu)
 
 
 def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None):
@@ -214,8 +223,9 @@ def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None
     rt.launch(name, grid, (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(part)) + reduce_args
               + _sums_out(rt, grid, scale, saveinvvar, dscale, dbias, coef))
     if dx is not None:
-        rt.launch(_relu("bn_backward_train", mask) + "_" + suffix + vec,
-                  _elementwise_grid(n * c * (s // width)),
+        evec, ewidth = _flat_vector(x.dtype, x, dy, dx, *masks)
+        rt.launch(_relu("bn_backward_train", mask) + "_" + suffix + evec,
+                  _elementwise_grid(n * c * s // ewidth),
                   (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(coef), _ptr(dx), np.int64(n),
                                                 np.int32(c), np.int64(s)))
 
@@ -227,10 +237,10 @@ def backward_infer(dy, scale, run_var, eps, dx, y=None):
     mask, masks = _mask(y, dy)
     if n * s < 1:
         return
-    vec, width = _vector(s, dy.dtype, dy, dx, *masks)
+    vec, width = _flat_vector(dy.dtype, dy, dx, *masks)
     k = _channel_factor(rt, scale, run_var, eps, c)
     rt.launch(_relu("bn_backward_infer", mask) + "_" + suffix + vec,
-              _elementwise_grid(n * c * (s // width)),
+              _elementwise_grid(n * c * s // width),
               (_ptr(dy),) + mask + (_ptr(k), _ptr(dx), np.int64(n), np.int32(c), np.int64(s)))
 
 
