@@ -26,6 +26,28 @@ WITHIN_BOUND = {"softmax_cross_entropy", "activation_forward sigmoid", "activati
                 "activation_backward softPlus"}  # expm1f, expf, log1pf: the host libm's bits
 
 
+class _FusedRelu:
+    """The kernel contract with relu=True on the forwards and, on the backwards, the last
+    forward's output as the mask y (dy itself when no forward ran)."""
+
+    def __init__(self, ops):
+        self.ops, self.y = ops, None
+
+    def forward_train(self, *args):
+        self.ops.forward_train(*args, relu=True)
+        self.y = args[7]
+
+    def forward_infer(self, *args):
+        self.ops.forward_infer(*args, relu=True)
+        self.y = args[6]
+
+    def backward_train(self, *args):
+        self.ops.backward_train(*args, y=self.y)
+
+    def backward_infer(self, dy, *args):
+        self.ops.backward_infer(dy, *args, y=dy if self.y is None else self.y)
+
+
 def _cases(rng, dtypes):
     """(name, dtype, callable(ops, dense, to_gpu) -> list of output arrays) for every operation."""
     cases = []
@@ -77,6 +99,10 @@ def _cases(rng, dtypes):
             cases += [("forward_train " + tag, train), ("forward_infer " + tag, infer),
                       ("backward_train " + tag, backward),
                       ("backward_infer " + tag, backward_infer)]
+            # the same four through the fused-relu entries
+            cases += [(name + " relu", lambda ops, dense, to_gpu, fn=fn: fn(_FusedRelu(ops),
+                                                                          dense, to_gpu))
+                      for name, fn in cases[-4:]]
     a = rng.standard_normal(37).astype(np.float32)
     b = rng.standard_normal(37).astype(np.float32)
 
