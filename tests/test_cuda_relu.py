@@ -18,6 +18,10 @@ CASES = {
     "nchw_scalar": ("nchw", (3, 5, 7, 9), (False, False)),    # spatial 63: no whole packs
     "nchw_vector": ("nchw", (3, 5, 8, 6), (True, True)),      # spatial 48: whole 16-byte packs
     "nchw_spatial1": ("nchw", (67, 37), (False, False)),      # (N, C): the column reductions
+    # spatial 7x7: scalar reductions; the elementwise packs run across channel boundaries
+    "nchw_flat": ("nchw", (8, 5, 7, 7), (False, False)),
+    # one element off 16-byte alignment: the scalar elementwise entries
+    "nchw_misaligned": ("nchw", (3, 5, 7, 9), (False, False)),
     "rows_scalar": ("rows", (3, 23, 37), (False, False)),     # C = 37 along the last axis
     "rows_vector": ("rows", (69, 40), (True, True)),          # C = 40: whole packs of 4 and 8
 }
@@ -74,14 +78,23 @@ def run_case(case, dtype_name, rng):
     run_var = rng.uniform(0.5, 2.0, c).astype(np.float32)
     vec = lambda v: gpuarray.to_gpu(np.asarray(v, np.float32))  # noqa: E731
 
-    gx, gdy = gpuarray.to_gpu(x), gpuarray.to_gpu(dy)
+    def upload(a):
+        if case != "nchw_misaligned":
+            return gpuarray.to_gpu(a)
+        whole = gpuarray.to_gpu(np.concatenate([np.zeros(1, a.dtype), a.ravel()]))
+        return whole[1:].reshape(a.shape)
+
+    gx, gdy = upload(x), upload(dy)
+    assert (int(gx.ptr) % 16 == 0) == (case != "nchw_misaligned")
     assert bool(norm_cuda._vector(shape[-1] if rows else int(np.prod(shape[2:])), dtype,
                                   gx, gdy)[0]) == vector[dtype.itemsize == 2]
+    if case == "nchw_flat":  # the elementwise passes take 16-byte packs all the same
+        assert norm_cuda._flat_vector(dtype, gx, gdy)[0] == "_vec"
     x64 = _to_nchw(x.astype(np.float64), layout)
     cs = reference.channel_shape(x64)
 
     # training forward
-    out = gpuarray.empty(shape, dtype)
+    out = upload(np.zeros(shape, dtype))
     sm, siv = vec(np.zeros(c)), vec(np.zeros(c))
     f("forward_train")(gx, vec(scale), vec(bias), vec(run_mean), vec(run_var), 1e-5, 0.1, out, sm,
                        siv, relu=True)
@@ -95,7 +108,7 @@ def run_case(case, dtype_name, rng):
     flat = _to_nchw(xi, layout)  # a view: writes land in xi
     flat[0, 0, ...] = run_mean[0]
     flat[-1, -1, ...].flat[0] = np.nan
-    gxi = gpuarray.to_gpu(xi)
+    gxi = upload(xi)
     f("forward_infer")(gxi, vec(scale), vec(bias), vec(run_mean), vec(run_var), 1e-5, gxi, relu=True)
     ry = _relu(reference.forward_eval(_to_nchw(xi.astype(np.float64), layout), scale, bias,
                                       run_mean, run_var, 1e-5))
@@ -112,11 +125,11 @@ def run_case(case, dtype_name, rng):
     dyn = dy.copy()
     dyn.flat[3] = np.nan
     ym.flat[3] = -1.0
-    gym, gdyn = gpuarray.to_gpu(ym), gpuarray.to_gpu(dyn)
+    gym, gdyn = upload(ym), upload(dyn)
     g64 = _masked(_to_nchw(dyn.astype(np.float64), layout), _to_nchw(ym.astype(np.float64), layout))
     assert np.isfinite(g64).all()
 
-    dx, dsc, dbs = gpuarray.empty(shape, dtype), vec(np.zeros(c)), vec(np.zeros(c))
+    dx, dsc, dbs = upload(np.zeros(shape, dtype)), vec(np.zeros(c)), vec(np.zeros(c))
     f("backward_train")(gx, gdyn, vec(scale), vec(mean), vec(invstd), dx, dsc, dbs, y=gym)
     rdx, rdsc, rdbs = reference.backward_train(x64, g64, scale, 1e-5)
     np.testing.assert_allclose(dbs.get(), rdbs, rtol=1e-4, atol=1e-3)
@@ -140,6 +153,7 @@ def test_fused_relu_cudasim(case, dtype_name, rng):
 
 @pytest.mark.parametrize("case, dtype_name", [("nchw_vector", "float32"),
                                               ("nchw_scalar", "float16"),
+                                              ("nchw_flat", "float16"),
                                               ("nchw_spatial1", "float32"),
                                               ("rows_vector", "float16"),
                                               ("rows_scalar", "float32")])

@@ -1,7 +1,7 @@
 """The CUDA kernels' unrolled loops (several packs loaded per thread before any is used) and their
 remainders, on cudasim, against the float64 reference: shapes large enough that every thread of
 the reductions and the elementwise passes takes more packs than one unrolled step (8 of 16-bit
-scalars at most), with odd sizes so the remainders run too."""
+scalars at most), with odd sizes so the remainders run too; and shapes whose elementwise packs run across channel boundaries."""
 
 import numpy as np
 import pytest
@@ -14,6 +14,12 @@ SHAPES = {
     "scalar": (5, 3, 23, 37),     # spatial 851: no 16-byte packs; 4255 values per channel
     "vector": (5, 3, 24, 36),     # spatial 864: whole 16-byte packs
     "columns": (700, 45),         # (N, C): the column reductions, 70 rows per block split
+    # spatial 777: scalar reductions, but whole 16-byte packs over the flat index, so the
+    # elementwise passes take packs that run across channel boundaries
+    "flat": (8, 3, 21, 37),
+    "flat_tiny": (64, 5, 3),      # spatial 3 < the pack: packs span two or three channels
+    # data one element off 16-byte alignment: the scalar elementwise entries
+    "misaligned": (5, 3, 23, 37),
 }
 
 
@@ -46,8 +52,15 @@ def test_unrolled_paths_match_reference(dtype_name, path, rng):
         rtol, atol = TOLERANCES[dtype_name]
         vec = lambda v: gpuarray.to_gpu(np.asarray(v, np.float32))  # noqa: E731
 
-        gx, gdy = gpuarray.to_gpu(x), gpuarray.to_gpu(dy)
-        out = gpuarray.empty(shape, dtype)
+        def upload(a):
+            if path != "misaligned":
+                return gpuarray.to_gpu(a)
+            whole = gpuarray.to_gpu(np.concatenate([np.zeros(1, a.dtype), a.ravel()]))
+            return whole[1:].reshape(a.shape)
+
+        gx, gdy = upload(x), upload(dy)
+        out = upload(np.zeros(shape, dtype))
+        assert (int(gx.ptr) % 16 == 0) == (path != "misaligned")
         sm, siv = vec(np.zeros(c)), vec(np.zeros(c))
         impl.forward_train(gx, vec(scale), vec(bias), vec(run_mean), vec(run_var), 1e-5, 0.1,
                            out, sm, siv)
@@ -56,7 +69,7 @@ def test_unrolled_paths_match_reference(dtype_name, path, rng):
         np.testing.assert_allclose(siv.get(), invstd, rtol=1e-5)
         np.testing.assert_allclose(out.get().astype(np.float64), y, rtol=rtol, atol=atol)
 
-        dx, dsc, dbs = gpuarray.empty(shape, dtype), vec(np.zeros(c)), vec(np.zeros(c))
+        dx, dsc, dbs = upload(np.zeros(shape, dtype)), vec(np.zeros(c)), vec(np.zeros(c))
         # the kernels take the saved statistics they are given: the reference's, rounded
         impl.backward_train(gx, gdy, vec(scale), vec(mean), vec(invstd), dx, dsc, dbs)
         rdx, rdsc, rdbs = reference.backward_train(x64, dy64, scale, 1e-5)

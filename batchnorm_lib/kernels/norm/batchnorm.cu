@@ -5,11 +5,14 @@
 // Layout: element (n, ch, s) lives at (n * C + ch) * S + s. Every index is 64-bit. Data is T
 // (float, __half or __nv_bfloat16); statistics, parameters and accumulation are float32.
 // Entries ending in _vec move 16 bytes per load/store and are launched only when every data
-// pointer is 16-byte aligned and S is a multiple of the pack width.
+// pointer is 16-byte aligned and, for the reductions, S is a multiple of the pack width (the
+// elementwise passes' packs may run across a channel boundary, and their last one may be partial).
 //
-// Reductions are two-phase: a (C, nsplit) grid writes one partial per block, and a finalize
-// kernel merges a channel's partials in a fixed order (lane-strided, then a shuffle-down tree).
-// No atomics: the result depends only on the shapes, so repeated runs are bitwise equal.
+// Reductions take one launch: a (C, nsplit) grid writes one partial per block, and the last block
+// of each channel to finish (an integer counter per channel, bn::last_block) merges the channel's
+// partials in a fixed order (lane-strided, then a shuffle-down tree; bn::stats_finalize and
+// bn::backward_finalize, the only float64 code). No float atomics: the result depends only on the
+// shapes, so repeated runs are bitwise equal.
 #include "bn_common.cuh"
 
 namespace bn {
@@ -32,10 +35,12 @@ __host__ __device__ constexpr int reduction_unroll()
 }
 
 // Values are shifted by the channel's first element before Welford, so data far from zero
-// (1e4 + N(0, 1)) keeps float32 precision in the running means.
+// (1e4 + N(0, 1)) keeps float32 precision in the running means. The channel's last block to finish
+// merges its partials (stats_finalize).
 template <typename T, int VEC>
 __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __restrict__ part,
-                                              long long n, int c, long long s)
+                                              long long n, int c, long long s,
+                                              unsigned int* counters, const StatsOut& out)
 {
     const int ch = blockIdx.x;
     const int split = blockIdx.y;
@@ -92,6 +97,16 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
     if (threadIdx.x == 0) {
         write_partial(part + (static_cast<long long>(ch) * nsplit + split) * kPartial, w, shift);
     }
+    if (last_block(counters + ch, nsplit, threadIdx.x == 0, 1)) {
+        finish_channels(ch, 1, c, [&](int k, int l) { stats_finalize(part, k, nsplit, l, out); });
+    }
+}
+
+// Threads of each block of a column grid that write a partial record: the lanes of warp 0 whose
+// channel exists.
+__device__ __forceinline__ unsigned int col_writers(int c)
+{
+    return static_cast<unsigned int>(min(32, c - static_cast<int>(blockIdx.x) * 32));
 }
 
 // Spatial size 1 ((N, C) data): a channel's values are C apart, so the per-channel tiles above would
@@ -100,7 +115,8 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
 // results are merged per channel in warp order. Grid (ceil(C / 32), nsplit); same partial layout.
 template <typename T>
 __device__ __forceinline__ void stats_partial_cols(const T* __restrict__ x, float* __restrict__ part,
-                                                   long long n, int c)
+                                                   long long n, int c, unsigned int* counters,
+                                                   const StatsOut& out)
 {
     __shared__ Welford tile[kWarps][32];
     const int lane = threadIdx.x & 31;
@@ -151,38 +167,9 @@ __device__ __forceinline__ void stats_partial_cols(const T* __restrict__ x, floa
         }
         write_partial(part + (static_cast<long long>(ch) * nsplit + split) * kPartial, r, shift);
     }
-}
-
-// One warp per channel: merge the channel's nsplit partials in float64, then write savemean,
-// saveinvvar, the normalize factor a = scale / sqrt(var + eps) (as channel_factor and the CPU
-// backend compute it) and update the running statistics, each rounded once from float64.
-__device__ __forceinline__ void stats_finalize(const float* __restrict__ part, int c, int nsplit,
-                                               double eps, double factor,
-                                               const float* __restrict__ scale, float* savemean,
-                                               float* saveinvvar, float* a, float* run_mean,
-                                               float* run_var)
-{
-    const int lane = threadIdx.x & 31;
-    const int ch = blockIdx.x * kWarps + (threadIdx.x >> 5);
-    if (ch >= c) {
-        return;  // the whole warp leaves together
-    }
-    const float* base = part + static_cast<long long>(ch) * nsplit * kPartial;
-    WelfordD w = {0.0, 0.0, 0.0, 0.0};
-    for (int b = lane; b < nsplit; b += 32) {
-        w = welford_merge(w, read_partial(base + b * kPartial));
-    }
-    w = warp_reduce(w);
-    if (lane == 0) {
-        double mean, var;
-        welford_finish(w, base[6], mean, var);
-        const double invstd = 1.0 / sqrt(var + eps);
-        savemean[ch] = static_cast<float>(mean);
-        saveinvvar[ch] = static_cast<float>(invstd);
-        a[ch] = static_cast<float>(static_cast<double>(scale[ch]) / sqrt(var + eps));
-        const double keep = 1.0 - factor;
-        run_mean[ch] = static_cast<float>(keep * run_mean[ch] + factor * mean);
-        run_var[ch] = static_cast<float>(keep * run_var[ch] + factor * (var * (w.n / (w.n - 1.0))));
+    if (last_block(counters + blockIdx.x, nsplit, warp == 0 && ch < c, col_writers(c))) {
+        finish_channels(blockIdx.x * 32, 32, c,
+                        [&](int k, int l) { stats_finalize(part, k, nsplit, l, out); });
     }
 }
 
@@ -212,30 +199,80 @@ __host__ __device__ constexpr int elementwise_unroll()
 }
 
 // Grid-stride walk over the flat (N * C * S / VEC) pack index for an elementwise pass Op. Each step
-// takes kUnroll packs kBlock * gridDim.x apart: it resolves their channel constants first
-// (Op::constants, reloaded only when the channel changes), then issues every load (Op::load), then
-// computes and stores (Op::finish). The output may alias an input, so the compiler may not hoist a
-// later load above an earlier store by itself: written this way each thread keeps kUnroll loads
-// in flight instead of one.
+// takes kUnroll packs kBlock * gridDim.x apart: it issues every load (Op::load), resolves their
+// channel constants (Op::constants, reloaded only when the channel changes), then computes
+// (Op::apply, per element) and stores (Op::store). The output may alias an input, so the compiler
+// may not hoist a later load above an earlier store by itself: written this way each thread keeps
+// kUnroll loads in flight instead of one.
+//
+// Packs run over the flat index whatever S is (the host needs only the pointers aligned): a pack
+// that runs past the end of its channel (S not a multiple of VEC, or S < VEC) takes each
+// element's own channel's constants, so small spatial sizes (7x7, 14x14 in 16-bit data) still
+// move 16-byte packs, and the last N * C * S % VEC elements go as one partial pack (thread 0 of
+// block 0, before its share of whole packs).
 template <typename T, int VEC, typename Op>
 __device__ __forceinline__ void channel_stream(const Op& op, long long n, int c, long long s)
 {
     constexpr int kUnroll = elementwise_unroll<T, VEC, Op::kArrays>();
-    const long long cols = s / VEC;
-    const long long total = n * c * cols;
+    const long long total = n * c * s / VEC;
     const long long stride = static_cast<long long>(gridDim.x) * kBlock;
     long long j = static_cast<long long>(blockIdx.x) * kBlock + threadIdx.x;
+    // one pack: all elements with its first element's channel's constants k, or, when fewer than
+    // VEC of the channel's elements are left from there, each element with its own channel's
+    auto compute = [&](typename Op::Loaded& in, const typename Op::Constants& k, int ch,
+                       int left) {
+        if (VEC > 1 && left < VEC) {
+            typename Op::Constants ki = k;
+            long long rem = left;
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                if (rem == 0) {
+                    ch = ch + 1 == c ? 0 : ch + 1;
+                    ki = op.constants(ch);
+                    rem = s;
+                }
+                op.apply(in, i, ki);
+                --rem;
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                op.apply(in, i, k);
+            }
+        }
+    };
+    auto finish = [&](long long jj, typename Op::Loaded& in, const typename Op::Constants& k,
+                      int ch, int left) {
+        compute(in, k, ch, left);
+        op.store(jj, in);
+    };
+    if (VEC > 1 && j == 0) {
+        const int tail = static_cast<int>(n * c * s - total * VEC);
+        if (tail > 0) {
+            const ChannelWalk at(total * VEC, 1, s, c);
+            typename Op::Loaded in = op.load_part(total, tail);
+            compute(in, op.constants(at.channel), at.channel,
+                    static_cast<int>(min(s - at.col, static_cast<long long>(VEC))));
+            op.store_part(total, in, tail);
+        }
+    }
     if (j >= total) {
         return;
     }
-    ChannelWalk walk(j, stride, cols, c);
+    ChannelWalk walk(j * VEC, stride * VEC, s, c);  // in elements: the first element's channel
+    // elements of the pack's first channel from its start, capped at VEC
+    auto left_of = [&](const ChannelWalk& w) {
+        return static_cast<int>(min(s - w.col, static_cast<long long>(VEC)));
+    };
     // each of the kUnroll slots keeps its own channel's constants, so no slot's reload waits on
     // another's
     int cached[kUnroll];
+    int left[kUnroll];
     typename Op::Constants ku[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
         cached[u] = -1;
+        left[u] = VEC;
         ku[u] = {};
     }
     for (; j + (kUnroll - 1) * stride < total; j += kUnroll * stride) {
@@ -250,11 +287,12 @@ __device__ __forceinline__ void channel_stream(const Op& op, long long n, int c,
                 cached[u] = walk.channel;
                 ku[u] = op.constants(walk.channel);
             }
+            left[u] = left_of(walk);
             walk.advance();
         }
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-            op.finish(j + u * stride, in[u], ku[u]);
+            finish(j + u * stride, in[u], ku[u], cached[u], left[u]);
         }
     }
     int last = -1;
@@ -264,7 +302,8 @@ __device__ __forceinline__ void channel_stream(const Op& op, long long n, int c,
             last = walk.channel;
             k = op.constants(last);
         }
-        op.finish(j, op.load(j), k);
+        typename Op::Loaded in = op.load(j);
+        finish(j, in, k, last, left_of(walk));
         walk.advance();
     }
 }
@@ -292,14 +331,22 @@ struct NormalizeOp {
         return {mean[ch], factor[ch], bias[ch]};
     }
     __device__ __forceinline__ Loaded load(long long j) const { return load_pack<T, VEC>(x + j * VEC); }
-    __device__ __forceinline__ void finish(long long j, Loaded pk, const Constants& k) const
+    __device__ __forceinline__ void apply(Loaded& pk, int i, const Constants& k) const
     {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            const float v = fmaf(__fsub_rn(to_float(pk.v[i]), k.m), k.a, k.b);
-            pk.v[i] = from_float<T>(RELU ? relu(v) : v);
-        }
+        const float v = fmaf(__fsub_rn(to_float(pk.v[i]), k.m), k.a, k.b);
+        pk.v[i] = from_float<T>(RELU ? relu(v) : v);
+    }
+    __device__ __forceinline__ void store(long long j, const Loaded& pk) const
+    {
         store_pack<T, VEC>(y + j * VEC, pk);
+    }
+    __device__ __forceinline__ Loaded load_part(long long j, int count) const
+    {
+        return bn::load_part<T, VEC>(x + j * VEC, count);
+    }
+    __device__ __forceinline__ void store_part(long long j, const Loaded& pk, int count) const
+    {
+        bn::store_part<T, VEC>(y + j * VEC, pk, count);
     }
 };
 
@@ -321,7 +368,8 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
                                                  const T* __restrict__ y,
                                                  const float* __restrict__ savemean,
                                                  float* __restrict__ part, long long n, int c,
-                                                 long long s)
+                                                 long long s, unsigned int* counters,
+                                                 const SumsOut& out)
 {
     const int ch = blockIdx.x;
     const int split = blockIdx.y;
@@ -377,6 +425,10 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
     if (threadIdx.x == 0) {
         write_sums(part + (static_cast<long long>(ch) * nsplit + split) * kSumPartial, r);
     }
+    if (last_block(counters + ch, nsplit, threadIdx.x == 0, 1)) {
+        finish_channels(ch, 1, c,
+                        [&](int k, int l) { backward_finalize(part, k, nsplit, n * s, l, out); });
+    }
 }
 
 // Spatial size 1: the column layout of stats_partial_cols for the backward sums.
@@ -385,7 +437,8 @@ __device__ __forceinline__ void backward_partial_cols(const T* __restrict__ x,
                                                       const T* __restrict__ dy,
                                                       const T* __restrict__ y,
                                                       const float* __restrict__ savemean,
-                                                      float* __restrict__ part, long long n, int c)
+                                                      float* __restrict__ part, long long n, int c,
+                                                      unsigned int* counters, const SumsOut& out)
 {
     __shared__ Sums<kSums> tile[kWarps][32];
     const int lane = threadIdx.x & 31;
@@ -417,50 +470,9 @@ __device__ __forceinline__ void backward_partial_cols(const T* __restrict__ x,
         }
         write_sums(part + (static_cast<long long>(ch) * nsplit + split) * kSumPartial, r);
     }
-}
-
-// One warp per channel: merge the partial sums in float64 in a fixed order, write the parameter
-// gradients and the per-channel dx coefficients coef[3 ch ..] = (k, c0, c1), each computed in
-// float64 and rounded once: with r = exact mean - savemean, dscale = (sum(dy (x - m)) - r sum(dy))
-// * invstd, k = scale * invstd, c1 = k * invstd * dscale / m, c0 = k * dbias / m - r * c1.
-__device__ __forceinline__ void backward_finalize(const float* __restrict__ part, int c, int nsplit,
-                                                  long long m, const float* __restrict__ scale,
-                                                  const float* __restrict__ saveinvvar,
-                                                  float* dscale, float* dbias, float* coef)
-{
-    const int lane = threadIdx.x & 31;
-    const int ch = blockIdx.x * kWarps + (threadIdx.x >> 5);
-    if (ch >= c) {
-        return;  // the whole warp leaves together
-    }
-    const float* base = part + static_cast<long long>(ch) * nsplit * kSumPartial;
-    double sum[kSums] = {0.0, 0.0, 0.0};
-    for (int b = lane; b < nsplit; b += 32) {
-        const float* p = base + b * kSumPartial;
-#pragma unroll
-        for (int i = 0; i < kSums; ++i) {
-            sum[i] += ff_value(p[2 * i], p[2 * i + 1]);
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < kSums; ++i) {
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) {
-            sum[i] += __shfl_down_sync(0xffffffffu, sum[i], off);
-        }
-    }
-    if (lane == 0) {
-        const double fm = static_cast<double>(m);
-        const double r = sum[2] / fm;  // exact mean - savemean
-        const double invstd = saveinvvar[ch];
-        const double gs = (sum[1] - correction(r * sum[0])) * invstd;
-        const double k = static_cast<double>(scale[ch]) * invstd;
-        const double c1 = k * invstd * gs / fm;
-        dbias[ch] = static_cast<float>(sum[0]);
-        dscale[ch] = static_cast<float>(gs);
-        coef[ch * 3 + 0] = static_cast<float>(k);
-        coef[ch * 3 + 1] = static_cast<float>(k * sum[0] / fm - correction(r * c1));
-        coef[ch * 3 + 2] = static_cast<float>(c1);
+    if (last_block(counters + blockIdx.x, nsplit, warp == 0 && ch < c, col_writers(c))) {
+        finish_channels(blockIdx.x * 32, 32, c,
+                        [&](int k, int l) { backward_finalize(part, k, nsplit, n, l, out); });
     }
 }
 
@@ -492,15 +504,24 @@ struct BackwardDxOp {
         return {load_pack<T, VEC>(x + j * VEC), load_pack<T, VEC>(dy + j * VEC),
                 load_mask<T, VEC, RELU>(y, j * VEC)};
     }
-    __device__ __forceinline__ void finish(long long j, Loaded in, const Constants& k) const
+    __device__ __forceinline__ void apply(Loaded& in, int i, const Constants& k) const
     {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            const float u = fmaf(__fsub_rn(to_float(in.px.v[i]), k.m), k.c1, k.c0);
-            const float g = masked<T, VEC, RELU>(to_float(in.pg.v[i]), in.py, i);
-            in.pg.v[i] = from_float<T>(fmaf(g, k.k, -u));
-        }
+        const float u = fmaf(__fsub_rn(to_float(in.px.v[i]), k.m), k.c1, k.c0);
+        const float g = masked<T, VEC, RELU>(to_float(in.pg.v[i]), in.py, i);
+        in.pg.v[i] = from_float<T>(fmaf(g, k.k, -u));
+    }
+    __device__ __forceinline__ void store(long long j, const Loaded& in) const
+    {
         store_pack<T, VEC>(dx + j * VEC, in.pg);
+    }
+    __device__ __forceinline__ Loaded load_part(long long j, int count) const
+    {
+        return {bn::load_part<T, VEC>(x + j * VEC, count), bn::load_part<T, VEC>(dy + j * VEC, count),
+                load_mask_part<T, VEC, RELU>(y, j * VEC, count)};
+    }
+    __device__ __forceinline__ void store_part(long long j, const Loaded& in, int count) const
+    {
+        bn::store_part<T, VEC>(dx + j * VEC, in.pg, count);
     }
 };
 
@@ -536,14 +557,23 @@ struct BackwardInferOp {
     {
         return {load_pack<T, VEC>(dy + j * VEC), load_mask<T, VEC, RELU>(y, j * VEC)};
     }
-    __device__ __forceinline__ void finish(long long j, Loaded in, const Constants& k) const
+    __device__ __forceinline__ void apply(Loaded& in, int i, const Constants& k) const
     {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            const float g = masked<T, VEC, RELU>(to_float(in.pg.v[i]), in.py, i);
-            in.pg.v[i] = from_float<T>(__fmul_rn(g, k.k));
-        }
+        const float g = masked<T, VEC, RELU>(to_float(in.pg.v[i]), in.py, i);
+        in.pg.v[i] = from_float<T>(__fmul_rn(g, k.k));
+    }
+    __device__ __forceinline__ void store(long long j, const Loaded& in) const
+    {
         store_pack<T, VEC>(dx + j * VEC, in.pg);
+    }
+    __device__ __forceinline__ Loaded load_part(long long j, int count) const
+    {
+        return {bn::load_part<T, VEC>(dy + j * VEC, count),
+                load_mask_part<T, VEC, RELU>(y, j * VEC, count)};
+    }
+    __device__ __forceinline__ void store_part(long long j, const Loaded& in, int count) const
+    {
+        bn::store_part<T, VEC>(dx + j * VEC, in.pg, count);
     }
 };
 
@@ -561,23 +591,10 @@ __device__ __forceinline__ void backward_infer(const T* __restrict__ dy, const T
 // Plain signatures only (pointers and int / long long / float scalars): the Python side and the
 // simulator backend launch them by name. All use 256-thread blocks (bn::kBlock).
 
-// Batch statistics, phase 2: one warp per channel (grid ceil(C / 8)); also writes the normalize
-// factors a and updates the running statistics.
-extern "C" __global__ void bn_stats_finalize(const float* part, int c, int nsplit, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
-{
-    bn::stats_finalize(part, c, nsplit, eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var);
-}
-
 // Inference factors a = scale / sqrt(run_var + eps): one thread per channel (grid ceil(C / 256)).
 extern "C" __global__ void bn_channel_factor(const float* scale, const float* run_var, double eps, float* a, int c)
 {
     bn::channel_factor(scale, run_var, eps, a, c);
-}
-
-// Backward reduction, phase 2: one warp per channel (grid ceil(C / 8)).
-extern "C" __global__ void bn_backward_finalize(const float* part, int c, int nsplit, long long m, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
-{
-    bn::backward_finalize(part, c, nsplit, m, scale, saveinvvar, dscale, dbias, coef);
 }
 
 // Parameter-gradient accumulation and updates: y = alpha * x + beta * y (beta == 0 overwrites y,
@@ -591,33 +608,35 @@ extern "C" __global__ void bn_axpby(const float* x, float* y, float alpha, float
     }
 }
 
-// Batch statistics, phase 1: grid (C, nsplit), one Welford partial per block.
-extern "C" __global__ void bn_stats_partial_f32(const float* x, float* part, long long n, int c, long long s)
+// Batch statistics: grid (C, nsplit), one Welford partial per block; each channel's last block
+// finishes it (savemean, saveinvvar, the normalize factors a, the running statistics). counters:
+// one per channel, all 0 (and left 0).
+extern "C" __global__ void bn_stats_partial_f32(const float* x, float* part, long long n, int c, long long s, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial<float, 1>(x, part, n, c, s);
+    bn::stats_partial<float, 1>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_f32_vec(const float* x, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_stats_partial_f32_vec(const float* x, float* part, long long n, int c, long long s, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial<float, 4>(x, part, n, c, s);
+    bn::stats_partial<float, 4>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_f16(const __half* x, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_stats_partial_f16(const __half* x, float* part, long long n, int c, long long s, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial<__half, 1>(x, part, n, c, s);
+    bn::stats_partial<__half, 1>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_f16_vec(const __half* x, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_stats_partial_f16_vec(const __half* x, float* part, long long n, int c, long long s, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial<__half, 8>(x, part, n, c, s);
+    bn::stats_partial<__half, 8>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_bf16(const __nv_bfloat16* x, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_stats_partial_bf16(const __nv_bfloat16* x, float* part, long long n, int c, long long s, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial<__nv_bfloat16, 1>(x, part, n, c, s);
+    bn::stats_partial<__nv_bfloat16, 1>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_bf16_vec(const __nv_bfloat16* x, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_stats_partial_bf16_vec(const __nv_bfloat16* x, float* part, long long n, int c, long long s, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial<__nv_bfloat16, 8>(x, part, n, c, s);
+    bn::stats_partial<__nv_bfloat16, 8>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
 
-// Normalization y = fmaf(x - mean, a, bias), training (batch statistics, a from bn_stats_finalize)
+// Normalization y = fmaf(x - mean, a, bias), training (batch statistics, a from bn_stats_partial_*)
 // and inference (running statistics, a from bn_channel_factor); y may be x.
 extern "C" __global__ void bn_normalize_f32(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
@@ -644,33 +663,34 @@ extern "C" __global__ void bn_normalize_bf16_vec(const __nv_bfloat16* x, __nv_bf
     bn::normalize<__nv_bfloat16, 8>(x, y, mean, a, bias, n, c, s);
 }
 
-// Backward reduction, phase 1: grid (C, nsplit), partial sum(dy) and sum(dy * (x - mean)).
-extern "C" __global__ void bn_backward_partial_f32(const float* x, const float* dy, const float* savemean, float* part, long long n, int c, long long s)
+// Backward reduction: grid (C, nsplit), partial sum(dy) and sum(dy * (x - mean)); each channel's
+// last block finishes it (dscale, dbias and the dx coefficients coef). counters as above.
+extern "C" __global__ void bn_backward_partial_f32(const float* x, const float* dy, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<float, 1>(x, dy, nullptr, savemean, part, n, c, s);
+    bn::backward_partial<float, 1>(x, dy, nullptr, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_f32_vec(const float* x, const float* dy, const float* savemean, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_partial_f32_vec(const float* x, const float* dy, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<float, 4>(x, dy, nullptr, savemean, part, n, c, s);
+    bn::backward_partial<float, 4>(x, dy, nullptr, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_f16(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_partial_f16(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__half, 1>(x, dy, nullptr, savemean, part, n, c, s);
+    bn::backward_partial<__half, 1>(x, dy, nullptr, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_f16_vec(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_partial_f16_vec(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__half, 8>(x, dy, nullptr, savemean, part, n, c, s);
+    bn::backward_partial<__half, 8>(x, dy, nullptr, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_partial_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__nv_bfloat16, 1>(x, dy, nullptr, savemean, part, n, c, s);
+    bn::backward_partial<__nv_bfloat16, 1>(x, dy, nullptr, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_partial_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__nv_bfloat16, 8>(x, dy, nullptr, savemean, part, n, c, s);
+    bn::backward_partial<__nv_bfloat16, 8>(x, dy, nullptr, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
 
-// Backward elementwise (training statistics) with the coefficients of bn_backward_finalize.
+// Backward elementwise (training statistics) with the coefficients of bn_backward_partial_*.
 extern "C" __global__ void bn_backward_train_f32(const float* x, const float* dy, const float* savemean, const float* coef, float* dx, long long n, int c, long long s)
 {
     bn::backward_dx<float, 1>(x, dy, nullptr, savemean, coef, dx, n, c, s);
@@ -722,32 +742,32 @@ extern "C" __global__ void bn_backward_infer_bf16_vec(const __nv_bfloat16* dy, c
     bn::backward_infer<__nv_bfloat16, 8>(dy, nullptr, k, dx, n, c, s);
 }
 
-// Spatial size 1: column-layout partials for bn_stats_finalize, grid (ceil(C / 32), nsplit).
-extern "C" __global__ void bn_stats_partial_cols_f32(const float* x, float* part, long long n, int c)
+// Spatial size 1: the column layout, grid (ceil(C / 32), nsplit), one counter per 32 channels.
+extern "C" __global__ void bn_stats_partial_cols_f32(const float* x, float* part, long long n, int c, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial_cols<float>(x, part, n, c);
+    bn::stats_partial_cols<float>(x, part, n, c, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_cols_f16(const __half* x, float* part, long long n, int c)
+extern "C" __global__ void bn_stats_partial_cols_f16(const __half* x, float* part, long long n, int c, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial_cols<__half>(x, part, n, c);
+    bn::stats_partial_cols<__half>(x, part, n, c, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_cols_bf16(const __nv_bfloat16* x, float* part, long long n, int c)
+extern "C" __global__ void bn_stats_partial_cols_bf16(const __nv_bfloat16* x, float* part, long long n, int c, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial_cols<__nv_bfloat16>(x, part, n, c);
+    bn::stats_partial_cols<__nv_bfloat16>(x, part, n, c, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
 
-// Spatial size 1: column-layout partials for bn_backward_finalize, grid (ceil(C / 32), nsplit).
-extern "C" __global__ void bn_backward_partial_cols_f32(const float* x, const float* dy, const float* savemean, float* part, long long n, int c)
+// Spatial size 1: the column layout of the backward sums, one counter per 32 channels.
+extern "C" __global__ void bn_backward_partial_cols_f32(const float* x, const float* dy, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial_cols<float>(x, dy, nullptr, savemean, part, n, c);
+    bn::backward_partial_cols<float>(x, dy, nullptr, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_cols_f16(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c)
+extern "C" __global__ void bn_backward_partial_cols_f16(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial_cols<__half>(x, dy, nullptr, savemean, part, n, c);
+    bn::backward_partial_cols<__half>(x, dy, nullptr, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_cols_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c)
+extern "C" __global__ void bn_backward_partial_cols_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial_cols<__nv_bfloat16>(x, dy, nullptr, savemean, part, n, c);
+    bn::backward_partial_cols<__nv_bfloat16>(x, dy, nullptr, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
 
 // --- fused ReLU (relu(v) = v <= 0 ? 0 : v): the same passes with relu applied to the output, or the
@@ -780,41 +800,41 @@ extern "C" __global__ void bn_normalize_relu_bf16_vec(const __nv_bfloat16* x, __
 }
 
 // Backward reduction, phase 1, of dy masked by y.
-extern "C" __global__ void bn_backward_partial_relu_f32(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_partial_relu_f32(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<float, 1, true>(x, dy, y, savemean, part, n, c, s);
+    bn::backward_partial<float, 1, true>(x, dy, y, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_relu_f32_vec(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_partial_relu_f32_vec(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<float, 4, true>(x, dy, y, savemean, part, n, c, s);
+    bn::backward_partial<float, 4, true>(x, dy, y, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_relu_f16(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_partial_relu_f16(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__half, 1, true>(x, dy, y, savemean, part, n, c, s);
+    bn::backward_partial<__half, 1, true>(x, dy, y, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_relu_f16_vec(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_partial_relu_f16_vec(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__half, 8, true>(x, dy, y, savemean, part, n, c, s);
+    bn::backward_partial<__half, 8, true>(x, dy, y, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_relu_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_partial_relu_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__nv_bfloat16, 1, true>(x, dy, y, savemean, part, n, c, s);
+    bn::backward_partial<__nv_bfloat16, 1, true>(x, dy, y, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_relu_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_partial_relu_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__nv_bfloat16, 8, true>(x, dy, y, savemean, part, n, c, s);
+    bn::backward_partial<__nv_bfloat16, 8, true>(x, dy, y, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_relu_cols_f32(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c)
+extern "C" __global__ void bn_backward_partial_relu_cols_f32(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial_cols<float, true>(x, dy, y, savemean, part, n, c);
+    bn::backward_partial_cols<float, true>(x, dy, y, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_relu_cols_f16(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c)
+extern "C" __global__ void bn_backward_partial_relu_cols_f16(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial_cols<__half, true>(x, dy, y, savemean, part, n, c);
+    bn::backward_partial_cols<__half, true>(x, dy, y, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_relu_cols_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c)
+extern "C" __global__ void bn_backward_partial_relu_cols_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial_cols<__nv_bfloat16, true>(x, dy, y, savemean, part, n, c);
+    bn::backward_partial_cols<__nv_bfloat16, true>(x, dy, y, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
 
 // Backward elementwise (training statistics) of dy masked by y.

@@ -6,16 +6,19 @@ backends can be used in one process; each compiles the sources once, on first us
 when this module is imported). Nothing here copies data to or from the host: workspaces come from
 the backend's memory pool and every arithmetic step runs in the kernels.
 
-Reductions run as two launches: a (C, nsplit) grid of Welford (or sum) partials (for spatial size
-1, a (ceil(C / 32), nsplit) grid of 32-channel column blocks), then one warp per channel merging
-them in a fixed order. nsplit depends only on the shape, so results are bitwise
-repeatable and equal across devices.
+Reductions run in one launch: a (C, nsplit) grid of Welford (or sum) partials (for spatial size
+1, a (ceil(C / 32), nsplit) grid of 32-channel column blocks), and the last block of each channel
+group to finish (an integer counter per group) merges the group's partials, one warp per channel,
+in a fixed order. nsplit depends only on the shape, so results are bitwise repeatable and equal
+across devices. A training pass is two launches (reduction, then the elementwise pass).
 
 Numerics: threads accumulate in float32, partials merge in compensated float32 (float-float) within a
-block and in float64 per channel (the finalize kernels, the only ones using float64); the factors
-(normalize factor, dx coefficients, inference factor) are computed once in float64. See
-docs/numerics.md.
+block and in float64 per channel (the reductions' last blocks and bn_channel_factor, the only code
+using float64); the factors (normalize factor, dx coefficients, inference factor) are computed once
+in float64. See docs/numerics.md.
 """
+
+import weakref
 
 import numpy as np
 
@@ -39,6 +42,20 @@ _SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 
 def _runtime():
     return config.backend_module().runtime()
+
+
+_COUNTERS = weakref.WeakKeyDictionary()  # runtime -> the reductions' per-group uint32 counters
+
+
+def _counters(rt, groups):
+    """The reductions' done-counters, at least ``groups`` of them, all 0: zeroed once from the host
+    when (re)allocated, and every launch leaves them 0 (its last block of a group resets that
+    group's), so no launch is spent resetting them."""
+    have = _COUNTERS.get(rt)
+    if have is None or have.size < groups:
+        have = rt.to_gpu(np.zeros(max(groups, 1024), np.uint32))
+        _COUNTERS[rt] = have
+    return _ptr(have)
 
 
 def _ptr(a):
@@ -74,6 +91,14 @@ def _vector(s, dtype, *arrays):
     return "", 1
 
 
+def _flat_vector(dtype, *arrays):
+    """'_vec' for the NCHW elementwise passes: their packs run over the flat index, across channel
+    boundaries, with a partial last pack, so they need only every pointer 16-byte aligned."""
+    if all(int(a.ptr) % 16 == 0 for a in arrays if a is not None):
+        return "_vec", 16 // np.dtype(dtype).itemsize
+    return "", 1
+
+
 def _splits(blocks_per_split, work, elements):
     """Blocks per channel group: enough to fill the device, at least MIN_PACKS_PER_THREAD loads per
     thread, and few enough elements per block for exact float counts. Shapes alone decide it."""
@@ -86,7 +111,7 @@ def _splits(blocks_per_split, work, elements):
 
 
 def _reduction(kernel, suffix, n, c, s, vec, width):
-    """(entry name, grid, nsplit, shape args) of a two-phase reduction's first launch. Spatial size
+    """(entry name, grid, nsplit, shape args) of a reduction launch. Spatial size
     1 takes the column kernels (32 channels per block, coalesced across channels)."""
     if s == 1:
         nsplit = _splits(-(-c // 32), n * 32, n)
@@ -130,16 +155,28 @@ def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean,
     name, grid, nsplit, reduce_args = _reduction("bn_stats_partial", suffix, n, c, s, vec, width)
     part = rt.empty((c * nsplit * STATS_PARTIAL,), np.float32)
     a = rt.empty((c,), np.float32)
-    rt.launch(name, grid, (_ptr(x), _ptr(part)) + reduce_args)
-    rt.launch("bn_stats_finalize", _channel_grid(c),
-              (_ptr(part), np.int32(c), np.int32(nsplit), np.float64(eps), np.float64(factor),
-               _ptr(scale), _ptr(savemean), _ptr(saveinvvar), _ptr(a), _ptr(run_mean),
-               _ptr(run_var)))
-    _normalize(rt, suffix + vec, x, out, savemean, a, bias, n, c, s, width, relu)
+    rt.launch(name, grid, (_ptr(x), _ptr(part)) + reduce_args
+              + _stats_out(rt, grid, eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var))
+    _normalize(rt, suffix, x, out, savemean, a, bias, n, c, s, relu)
 
 
-def _normalize(rt, kind, x, out, mean, a, bias, n, c, s, width, relu):
-    rt.launch(_relu("bn_normalize", relu) + "_" + kind, _elementwise_grid(n * c * (s // width)),
+def _stats_out(rt, grid, eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var):
+    """The statistics reductions' trailing arguments: counters (one per grid column), then where
+    the last blocks write."""
+    return (_counters(rt, grid[0]), np.float64(eps), np.float64(factor), _ptr(scale),
+            _ptr(savemean), _ptr(saveinvvar), _ptr(a), _ptr(run_mean), _ptr(run_var))
+
+
+def _sums_out(rt, grid, scale, saveinvvar, dscale, dbias, coef):
+    """The backward reductions' trailing arguments, as _stats_out."""
+    return (_counters(rt, grid[0]), _ptr(scale), _ptr(saveinvvar), _ptr(dscale), _ptr(dbias),
+            _ptr(coef))
+
+
+def _normalize(rt, suffix, x, out, mean, a, bias, n, c, s, relu):
+    vec, width = _flat_vector(x.dtype, x, out)
+    rt.launch(_relu("bn_normalize", relu) + "_" + suffix + vec,
+              _elementwise_grid(n * c * s // width),
               (_ptr(x), _ptr(out), _ptr(mean), _ptr(a), _ptr(bias), np.int64(n), np.int32(c),
                np.int64(s)))
 
@@ -158,9 +195,8 @@ def forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
     n, c, s = _ncs(x.shape)
     if n * s < 1:
         return
-    vec, width = _vector(s, x.dtype, x, out)
     a = _channel_factor(rt, scale, run_var, eps, c)
-    _normalize(rt, suffix + vec, x, out, run_mean, a, bias, n, c, s, width, relu)
+    _normalize(rt, suffix, x, out, run_mean, a, bias, n, c, s, relu)
 
 
 def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None):
@@ -175,13 +211,12 @@ def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None
                                                  s, vec, width)
     part = rt.empty((c * nsplit * SUM_PARTIAL,), np.float32)
     coef = rt.empty((c * 3,), np.float32)
-    rt.launch(name, grid, (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(part)) + reduce_args)
-    rt.launch("bn_backward_finalize", _channel_grid(c),
-              (_ptr(part), np.int32(c), np.int32(nsplit), np.int64(n * s), _ptr(scale),
-               _ptr(saveinvvar), _ptr(dscale), _ptr(dbias), _ptr(coef)))
+    rt.launch(name, grid, (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(part)) + reduce_args
+              + _sums_out(rt, grid, scale, saveinvvar, dscale, dbias, coef))
     if dx is not None:
-        rt.launch(_relu("bn_backward_train", mask) + "_" + suffix + vec,
-                  _elementwise_grid(n * c * (s // width)),
+        evec, ewidth = _flat_vector(x.dtype, x, dy, dx, *masks)
+        rt.launch(_relu("bn_backward_train", mask) + "_" + suffix + evec,
+                  _elementwise_grid(n * c * s // ewidth),
                   (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(coef), _ptr(dx), np.int64(n),
                                                 np.int32(c), np.int64(s)))
 
@@ -193,10 +228,10 @@ def backward_infer(dy, scale, run_var, eps, dx, y=None):
     mask, masks = _mask(y, dy)
     if n * s < 1:
         return
-    vec, width = _vector(s, dy.dtype, dy, dx, *masks)
+    vec, width = _flat_vector(dy.dtype, dy, dx, *masks)
     k = _channel_factor(rt, scale, run_var, eps, c)
     rt.launch(_relu("bn_backward_infer", mask) + "_" + suffix + vec,
-              _elementwise_grid(n * c * (s // width)),
+              _elementwise_grid(n * c * s // width),
               (_ptr(dy),) + mask + (_ptr(k), _ptr(dx), np.int64(n), np.int32(c), np.int64(s)))
 
 
@@ -349,11 +384,9 @@ def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, save
     part = rt.empty((c * nsplit * STATS_PARTIAL,), np.float32)
     a = rt.empty((c,), np.float32)
     _rows_launch(rt, "rc_stats_partial_" + suffix + vec, grid,
-                 (_ptr(x), _ptr(part), np.int64(r), np.int32(c)))
-    rt.launch("bn_stats_finalize", _channel_grid(c),
-              (_ptr(part), np.int32(c), np.int32(nsplit), np.float64(eps), np.float64(factor),
-               _ptr(scale), _ptr(savemean), _ptr(saveinvvar), _ptr(a), _ptr(run_mean),
-               _ptr(run_var)))
+                 (_ptr(x), _ptr(part), np.int64(r), np.int32(c))
+                 + _stats_out(rt, grid, eps, factor, scale, savemean, saveinvvar, a, run_mean,
+                              run_var))
     _rows_normalize(rt, suffix + vec, x, out, savemean, a, bias, r, c, width, relu)
 
 
@@ -380,10 +413,8 @@ def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y
     coef = rt.empty((c * 3,), np.float32)
     _rows_launch(rt, _relu("rc_backward_partial", mask) + "_" + suffix + vec, grid,
                  (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(part), np.int64(r),
-                                               np.int32(c)))
-    rt.launch("bn_backward_finalize", _channel_grid(c),
-              (_ptr(part), np.int32(c), np.int32(nsplit), np.int64(r), _ptr(scale),
-               _ptr(saveinvvar), _ptr(dscale), _ptr(dbias), _ptr(coef)))
+                                               np.int32(c))
+                 + _sums_out(rt, grid, scale, saveinvvar, dscale, dbias, coef))
     if dx is not None:
         _rows_launch(rt, _relu("rc_backward_train", mask) + "_" + suffix + vec,
                      _elementwise_grid(r * (c // width)),
