@@ -113,7 +113,7 @@ def sum_in_order(parts):
 # -- the synchronized batch norm's two exchanges ----------------------------------------------------
 def sync_forward_statistics(bn, data):
     """Check this rank's shard, exchange (count, mean, M2) with every rank, and return the whole
-    batch's ``(count, mean, m2)`` (None when every shard is empty)."""
+    batch's ``(count, mean, m2)`` and this shard's mean (None when every shard is empty)."""
     from batchnorm_lib.kernels.norm import partials
 
     error, payload = None, None
@@ -131,7 +131,7 @@ def sync_forward_statistics(bn, data):
     if count == 1:
         raise ModuleError("%s: training needs more than one value per channel; the ranks' "
                           "batches hold 1 together" % bn)
-    return count, mean, m2
+    return count, mean, m2, payload[1]
 
 
 def sync_backward(bn, grad, dx):
@@ -142,6 +142,9 @@ def sync_backward(bn, grad, dx):
 
     c, shape = bn.maps, bn.paramShape
     sums = (0, np.zeros(c), np.zeros(c))
+    if grad.size and bn.relu:
+        # the fused relu's gradient mask, applied once: everything below sees relu'(y) * dy
+        grad = partials.relu_mask(grad, bn.data, bn.rowsLayout)
     if grad.size:
         dscale = gpuarray.empty(shape, np.float32)
         dbias = gpuarray.empty(shape, np.float32)
@@ -150,8 +153,8 @@ def sync_backward(bn, grad, dx):
         sum_dy = dbias.get().ravel().astype(np.float64)
         # backward_train corrects its sums to this shard's own exact mean (r = its offset from
         # savemean); here savemean is the whole batch's, so the correction is taken back out
-        shard_mean = partials.channel_partials(bn.inData, bn.rowsLayout)[1]
-        r = shard_mean - bn.savemean.get().ravel().astype(np.float64)
+        # (the shard's mean is the forward's: the data has not changed since)
+        r = bn.shardMean - bn.savemean.get().ravel().astype(np.float64)
         invstd = bn.saveinvvar.get().ravel().astype(np.float64)
         sums = (grad.size // c, sum_dy,
                 dscale.get().ravel().astype(np.float64) + r * sum_dy * invstd)

@@ -144,7 +144,8 @@ def _rownorm_from_torch(m, kind):
 # -- batchnorm_lib -> PyTorch ----------------------------------------------------------------------
 def to_torch(module):
     """The torch.nn equivalent of ``module`` (float32 on the CPU; a copy). Types without one, and
-    a factor schedule PyTorch cannot express, raise ValueError."""
+    a factor schedule PyTorch cannot express, raise ValueError. A batch norm with
+    ``activation="relu"`` becomes ``Sequential(BatchNorm*d, ReLU)``."""
     torch, nn = _nn()
     kind = type(module).__name__
     if kind == "Sequential":
@@ -190,6 +191,8 @@ def _batchnorm_to_torch(bn, torch, nn):
         out.running_mean.copy_(torch.from_numpy(bn.mean.get().ravel()))
         out.running_var.copy_(torch.from_numpy(bn.var.get().ravel()))
         out.num_batches_tracked.fill_(int(bn.numOfProps))
+    if bn.activation == "relu":  # PyTorch has no fused module: the same computation, in two
+        out = nn.Sequential(out, nn.ReLU())
     return out
 
 

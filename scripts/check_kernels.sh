@@ -16,7 +16,10 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 kernels="$here/batchnorm_lib/kernels"
 nvcc=${NVCC:-$(command -v nvcc || true)}
 archs=${ARCHS:-"sm_80 sm_90"}
-DOUBLE_OK='_finalize$|^bn_channel_factor$'
+# float64 runs once per channel, never per element: in the finalize kernels, in the last block of
+# the batch-norm reductions (they finish in their own launch) and in the single-read kernels'
+# merge of their channel's block partials (kernels/norm/persistent.cu)
+DOUBLE_OK='_finalize$|^bn_channel_factor$|^(bn|rc)_(stats|backward)_partial_|^bn_persist_'
 
 if [ -z "$nvcc" ]; then
     echo "check_kernels: nvcc not found (set NVCC or put it on PATH)" >&2

@@ -39,3 +39,36 @@ def backend(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261122)
+
+
+# Backends, and the CPU backend's two kernel paths separately: the ``where`` fixture
+WHERE = ["cpu-native", "cpu-numpy", "cudasim", "cuda"]
+
+
+def _where(param):
+    from batchnorm_lib.kernels.norm import cpu as cpu_kernels
+    from batchnorm_lib.kernels.norm import cpu_native
+
+    backend, _, path = param.partition("-")
+    if path == "native" and not cpu_native.probe()[0]:
+        pytest.skip("native CPU kernels unavailable: %s" % cpu_native.probe()[1])
+    with active_backend(backend):
+        previous = cpu_kernels.active_path()
+        if path:
+            cpu_kernels.use(path, quiet=True)
+        try:
+            yield param
+        finally:
+            cpu_kernels.use(previous, quiet=True)
+
+
+@pytest.fixture(params=WHERE)
+def where(request):
+    """A backend, and for ``cpu`` one of its two kernel paths."""
+    yield from _where(request.param)
+
+
+@pytest.fixture(params=WHERE[:2])
+def cpu_where(request):
+    """One of the CPU backend's two kernel paths."""
+    yield from _where(request.param)

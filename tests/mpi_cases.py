@@ -109,18 +109,23 @@ def check_class(label, factory, tail, sizes, affine, seed):
     close(synced(g(x)).get(), local(g(x)).get(), "%s eval" % label)
 
 
-def check_channels_last(sizes, seed):
-    """A channels-last BatchNorm2D synchronized over the ranks against one process's channels-first
-    module on the whole batch (the same values, axes moved)."""
+def check_layout(sizes, seed, layout="channels_last", activation=None):
+    """A BatchNorm2D of ``layout`` (and ``activation``) synchronized over the ranks against one
+    process's channels-first module on the whole batch (the same values, axes moved)."""
     rng = np.random.default_rng(seed)
     total, c = sum(sizes), 4
+    label = "%s%s" % (layout, " relu" if activation else "")
     np.random.seed(seed)  # the same random scales in both
-    local = BatchNorm2D(c, initFactor=0.6, minFactor=0.2)
+    local = BatchNorm2D(c, initFactor=0.6, minFactor=0.2, activation=activation)
     np.random.seed(seed)
-    synced = BatchNorm2D(c, initFactor=0.6, minFactor=0.2, layout="channels_last", comm=comm)
+    synced = BatchNorm2D(c, initFactor=0.6, minFactor=0.2, layout=layout, comm=comm,
+                         activation=activation)
     lo = sum(sizes[:RANK])
     mine = slice(lo, lo + sizes[RANK])
-    last = lambda a: np.moveaxis(a, 1, -1)  # noqa: E731
+    if layout == "channels_last":
+        last = lambda a: np.moveaxis(a, 1, -1)  # noqa: E731
+    else:
+        last = lambda a: a  # noqa: E731
     for step in range(2):
         x = rng.standard_normal((total, c, 3, 5)) * 2 + step
         dy = rng.standard_normal(x.shape)
@@ -128,14 +133,16 @@ def check_channels_last(sizes, seed):
         dx_one = last(local.backward(g(dy)).get())
         y = synced(g(last(x)[mine])).get()
         dx = synced.backward(g(last(dy)[mine])).get()
-        close(y, y_one[mine], "channels-last y")
-        close(dx, dx_one[mine], "channels-last dx")
+        if activation:
+            assert 0 < np.mean(y_one > 0) < 1, "the relu must cut somewhere"
+        close(y, y_one[mine], label + " y")
+        close(dx, dx_one[mine], label + " dx")
         for k in ("scale", "bias"):
-            close(synced.vars[k].grad.get(), local.vars[k].grad.get(), "channels-last d" + k)
-        close(synced.mean.get(), local.mean.get(), "channels-last running mean")
-        close(synced.var.get(), local.var.get(), "channels-last running var")
+            close(synced.vars[k].grad.get(), local.vars[k].grad.get(), label + " d" + k)
+        close(synced.mean.get(), local.mean.get(), label + " running mean")
+        close(synced.var.get(), local.var.get(), label + " running var")
         same_on_every_rank([synced.mean.get(), synced.var.get(), synced.savemean.get(),
-                            synced.saveinvvar.get()], "channels-last state")
+                            synced.saveinvvar.get()], label + " state")
 
 
 def check_refusals():
@@ -219,7 +226,11 @@ def main():
                 check_class(label, factory, tail, sizes, affine, seed)
     for sizes in shard_sizes(7):
         seed += 1
-        check_channels_last(sizes, seed)
+        check_layout(sizes, seed)
+        seed += 1
+        check_layout(sizes, seed, "channels_first", "relu")
+        seed += 1
+        check_layout(sizes, seed, "channels_last", "relu")
     check_refusals()
     check_helpers()
     comm.Barrier()

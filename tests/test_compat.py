@@ -208,7 +208,7 @@ def test_module_api(backend):
     assert bn.getBlueprint() == {"classname": "BatchNorm2D", "scheme": {
         "maps": 5, "epsilon": 1e-5, "initFactor": 1.0, "minFactor": 0.1, "sscale": 0.01,
         "affine": True, "name": "bn", "empty": False, "inplace": False,
-        "layout": "channels_first", "comm": None}}
+        "layout": "channels_first", "comm": None, "activation": None}}
     table = bn.getVarTable()
     assert sorted(sum(table.values(), [])) == ["bnbias", "bnscale"]
     assert bn.dataShapeFrom((2, 5, 3, 3)) == (2, 5, 3, 3)

@@ -86,6 +86,7 @@ def module_specs(draw):
         spec["layout"] = draw(st.sampled_from(["channels_first", "channels_last"]))
         spec["initFactor"] = draw(st.sampled_from([1.0, 0.5, 0.1]))
         spec["minFactor"] = draw(st.sampled_from([0.1, 0.0, 1.0]))
+        spec["activation"] = draw(st.sampled_from([None, "relu"]))
     elif kind == "instance":
         spec["maps"] = draw(st.integers(1, 4))
     elif kind == "layer":
@@ -103,7 +104,7 @@ def make_module(spec, seed):
     if kind == "bn":
         return BN_CLASSES[spec["nd"]](spec["maps"], epsilon=eps, initFactor=spec["initFactor"],
                                       minFactor=spec["minFactor"], sscale=0.5, affine=affine,
-                                      layout=spec["layout"])
+                                      layout=spec["layout"], activation=spec["activation"])
     if kind == "instance":
         return InstanceNorm2D(spec["maps"], epsilon=eps, affine=affine)
     if kind == "layer":
@@ -423,6 +424,8 @@ def check_forward(m, spec, x, xd):
     if spec["kind"] == "bn":
         before["numOfProps"] = props
         ey, smean, sinv, rm, rv, n = bn_reference(spec, before, xc, train)
+        if spec["activation"] == "relu":
+            ey = np.where(ey <= 0, 0.0, ey)  # NaN stays NaN
         close(channels_first(spec, out), ey, x.dtype, "forward output", scale_by=float(
             np.nanmax(sinv) if sinv is not None else 1.0))
         close(host(m.mean).ravel(), rm, np.float32, "running mean")
@@ -446,6 +449,9 @@ def check_backward(m, spec, last, dy, dyd, kw):
     dx = m.backward(dyd, **kw)
     xc = channels_first(spec, x.astype(np.float64))
     dyc = channels_first(spec, dy.astype(np.float64))
+    if spec["kind"] == "bn" and spec["activation"] == "relu" and x.size:
+        # the fused relu's gradient mask: the module's own output decides (NaN passes)
+        dyc = np.where(channels_first(spec, host(m.data).astype(np.float64)) <= 0, 0.0, dyc)
     if spec["kind"] == "bn":
         if x.size == 0:
             edx, eds, edb = np.zeros(xc.shape), np.zeros(spec["maps"]), np.zeros(spec["maps"])

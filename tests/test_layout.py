@@ -19,35 +19,6 @@ import reference as ref
 
 RTOL, ATOL = TOLERANCES["float32"]
 
-WHERE = ["cpu-native", "cpu-numpy", "cudasim", "cuda"]
-
-
-def _where(param):
-    backend, _, path = param.partition("-")
-    if path == "native" and not cpu_native.probe()[0]:
-        pytest.skip("native CPU kernels unavailable: %s" % cpu_native.probe()[1])
-    with active_backend(backend):
-        previous = cpu_kernels.active_path()
-        if path:
-            cpu_kernels.use(path, quiet=True)
-        try:
-            yield param
-        finally:
-            cpu_kernels.use(previous, quiet=True)
-
-
-@pytest.fixture(params=WHERE)
-def where(request):
-    """A backend, and for ``cpu`` one of its two kernel paths."""
-    yield from _where(request.param)
-
-
-@pytest.fixture(params=WHERE[:2])
-def cpu_where(request):
-    """One of the CPU backend's two kernel paths."""
-    yield from _where(request.param)
-
-
 # (class, channels-first shape): odd sizes, not multiples of 4 or 32
 MODULES = [
     (lambda c, **kw: BatchNorm1D(c, **kw), (5, 7, 11)),

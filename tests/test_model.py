@@ -4,6 +4,7 @@ nvdisasm, which CI installs: the [gpu-tools] extra)."""
 
 import json
 import os
+import re
 
 import pytest
 
@@ -105,6 +106,14 @@ def run_model(*argv):
     return Result(code, out.getvalue(), err.getvalue())
 
 
+def require_cudasim():
+    from batchnorm_lib import config
+
+    ok, why = config.probe("cudasim")
+    if not ok:
+        pytest.skip("cudasim unavailable: " + why)
+
+
 def analyze(source, tmp_path, kernel, grid="1056", block="256"):
     out = tmp_path / (kernel + ".json")
     proc = run_model("--source", source, "--kernel", kernel, "--grid", grid, "--block", block,
@@ -117,7 +126,30 @@ def analyze(source, tmp_path, kernel, grid="1056", block="256"):
                        ("bytes in flight per SM", "bytes_in_flight_per_sm"),
                        ("bandwidth fraction", "bandwidth_fraction")):
         assert float(lines[label]) == pytest.approx(figures[key], rel=1e-3), label
+    # every figure printed is in the JSON under its key, and the other way round
+    from batchnorm_lib.cli.model import KERNEL_LABELS, _format
+
+    printed = {label: key for key, label in KERNEL_LABELS if key in figures}
+    assert set(printed) == set(lines) - {"modelled H100 figures (not measured)"}
+    for label, key in printed.items():
+        assert lines[label] == _format(figures[key]), label
+    assert {"shared_bytes", "blocks_per_sm", "waves", "tail_wave_fill", "spill_stores",
+            "bandwidth_fraction_600ns", "bandwidth_fraction_800ns"} <= set(printed.values())
     return figures
+
+
+@needs_tools
+def test_modelled_time_with_bytes(source, tmp_path):
+    out = tmp_path / "t.json"
+    proc = run_model("--source", source, "--kernel", "scalar_copy", "--grid", "2112", "--block",
+                     "256", "--bytes", "1000000000", "--latency", "800", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(out.read_text())
+    lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line)
+    expected = h100.launch_time(1e9, figures["bytes_in_flight_per_sm"], 800e-9) * 1e6
+    assert figures["modelled_time_us"] == pytest.approx(expected)
+    assert float(lines["modelled time us"]) == pytest.approx(expected, rel=1e-3)
+    assert figures["latency_ns"] == pytest.approx(800)
 
 
 def test_occupancy_limits():
@@ -224,22 +256,22 @@ def test_vector_kernels_issue_128_bit_loads():
 
 @needs_tools
 def test_library_report(tmp_path):
-    from batchnorm_lib import config
-
-    ok, why = config.probe("cudasim")
-    if not ok:
-        pytest.skip("cudasim unavailable: " + why)
+    require_cudasim()
     out = tmp_path / "report.json"
     # 4-D: aligned rows of whole 16-byte packs (the vector kernels), larger than the simulated
-    # budget so the batch is reduced; 2-D: the column kernels, odd sizes
+    # budget so the batch is reduced; 2-D: the rows x channels kernels, odd sizes
+    md = tmp_path / "report.md"
     proc = run_model("--quick", "--shape", "64x8x12x12", "--shape", "301x70", "--dtype",
-                     "float32", "--sim-elements", "20000", "--no-progress", "--json", str(out))
+                     "float32", "--sim-elements", "20000", "--no-progress", "--json", str(out),
+                     "--markdown", str(md))
     assert proc.returncode == 0, proc.stderr
+    rows = md.read_text().splitlines()
+    assert len(rows) == 2 + 12 and rows[2].startswith("| 64x8x12x12 | float32 | forward train | 3 |")
     lines = proc.stdout.strip().splitlines()
     assert "MODELLED" in lines[0] and "measured" in lines[0]
-    assert lines[-1].startswith("summary (modelled, not measured): 6 cases")
+    assert lines[-1].startswith("summary (modelled, not measured): 12 cases")
     cases = {(tuple(f["shape"]), f["pass"]): f for f in json.loads(out.read_text())["cases"]}
-    assert len(cases) == 6
+    assert len(cases) == 12
     infer = cases[(64, 8, 12, 12), "forward infer"]
     assert infer["simulated_shape"] == [20000 // (8 * 144), 8, 12, 12]
     # x read and y written once, plus the per-channel float32 arrays (four read, one written)
@@ -253,9 +285,16 @@ def test_library_report(tmp_path):
     normalize = [l for l in infer["launches"] if l["kernel"].startswith("bn_normalize")]
     assert [l["kernel"] for l in normalize] == ["bn_normalize_f32_vec"]
     assert normalize[0]["grid"] == [min(4096, -(-64 * 8 * 144 // 4 // 8 // 256))]
+    by_line = {}
+    for line in lines:
+        m = re.match(r"(\S+)\s+(\S+)\s+(.+?)\s{2,}", line)
+        if m:
+            by_line.setdefault((m.group(1), m.group(3)), []).append(line)
     for f in cases.values():
         itemsize = 4
-        floor = {"forward infer": 2, "forward train": 2, "backward train": 3}[f["pass"]]
+        floor = {"forward infer": 2, "forward train": 2, "backward train": 3,
+                 "forward infer relu": 2, "forward train relu": 2,
+                 "backward train relu": 4}[f["pass"]]
         assert f["floor_bytes_per_element"] == floor * itemsize  # these tensors fit on chip
         assert f["bytes_over_floor"] == pytest.approx(f["dram_bytes_per_element"] / floor / 4)
         assert f["modelled_time_us"] >= 2.0 * f["launches_per_call"]
@@ -263,13 +302,95 @@ def test_library_report(tmp_path):
                 >= f["bandwidth_fraction_800ns"] > 0)
         for launch in f["launches"]:
             assert launch["registers"] > 0 and 0 < launch["occupancy"] <= 1
-        shape = tuple(f["shape"])
-        passes = [line for line in lines if line.startswith("x".join(map(str, shape)) + " ")
-                  and f["pass"] in line]
-        assert len(passes) == 1
+        assert len(by_line["x".join(map(str, f["shape"])), f["pass"]]) == 1
+    # (N, C) data goes through the rows x channels kernels, as the BatchNorm module sends it
     train = cases[(301, 70), "forward train"]
-    # every row kept (a channel keeps at least 512 values), channels cut to the budget
-    assert train["launches_per_call"] == 3 and train["simulated_shape"] == [301, 20000 // 301]
-    assert train["launches"][0]["kernel"] == "bn_stats_partial_cols_f32"
+    assert train["launches_per_call"] == 2 and train["simulated_shape"] == [301, 70]
+    assert train["launches"][0]["kernel"] == "rc_stats_partial_f32"
     # two reads of x and one write, at least
     assert train["dram_bytes_per_element"] >= 12
+    # the fused relu: the forward moves what the plain one does; the backward reads y in both
+    # of its passes (4 more bytes each for float32), nothing else
+    for shape in ((64, 8, 12, 12), (301, 70)):
+        for name in ("forward train", "forward infer"):
+            assert (cases[shape, name + " relu"]["dram_bytes_per_element"]
+                    == pytest.approx(cases[shape, name]["dram_bytes_per_element"], abs=1e-9))
+        extra = (cases[shape, "backward train relu"]["dram_bytes_per_element"]
+                 - cases[shape, "backward train"]["dram_bytes_per_element"])
+        assert 8 <= extra <= 8.05
+    relu = cases[(64, 8, 12, 12), "backward train relu"]
+    assert {l["kernel"] for l in relu["launches"]} >= {"bn_backward_partial_relu_f32_vec",
+                                                      "bn_backward_train_relu_f32_vec"}
+
+
+def test_floors():
+    from batchnorm_lib.model.report import ON_CHIP_BYTES, floor_bytes
+
+    small, big = (8, 16, 10, 10), (256, 64, 112, 112)
+    assert 256 * 64 * 112 * 112 * 4 > ON_CHIP_BYTES >= 8 * 16 * 100 * 4
+    for pass_name, on_chip, two_pass in (("forward infer", 8, 8), ("forward infer relu", 8, 8),
+                                         ("forward train", 8, 12), ("forward train relu", 8, 12),
+                                         ("backward train", 12, 20),
+                                         ("backward train relu", 16, 28)):
+        for op in ("bn", "nhwc"):
+            assert floor_bytes(pass_name, small, 4, op) == on_chip
+            assert floor_bytes(pass_name, big, 4, op) == two_pass
+            assert floor_bytes(pass_name, big, 2, op) == two_pass // 2
+    # per-row norms: a row that fits in one block's shared memory (227 KB) stays on chip
+    for op, shape in (("layernorm", (4096, 1024)), ("groupnorm32", (32, 256, 28, 28)),
+                      ("instancenorm", (32, 64, 56, 56))):
+        assert floor_bytes("forward", shape, 4, op) == 8
+        assert floor_bytes("backward", shape, 4, op) == 12
+    assert floor_bytes("forward", (4, 60000), 4, "layernorm") == 12
+    assert floor_bytes("backward", (4, 60000), 4, "layernorm") == 20
+    assert floor_bytes("backward", (4, 60000), 2, "layernorm") == 6  # 120 KB rows fit
+
+
+def test_reduced_shapes_keep_the_code_path():
+    from batchnorm_lib.model.report import parse_shape, reduced_shape
+
+    # channels first: N shrinks, then C; spatial sizes stay
+    assert reduced_shape((256, 64, 112, 112), 1 << 15) == (2, 1, 112, 112)
+    assert reduced_shape((256, 2048, 7, 7), 1 << 16) == (11, 121, 7, 7)
+    # rows x channels: (rows, C'), C' a multiple of 8 when C is, at least 256 channels
+    assert reduced_shape((256, 56, 56, 256), 1 << 15, "nhwc") == (512, 256)
+    assert reduced_shape((256, 7, 7, 2048), 1 << 16, "nhwc") == (512, 256)
+    assert reduced_shape((8192, 4096), 1 << 20) == (4096, 256)
+    assert reduced_shape((301, 70), 20000) == (301, 70)
+    # per row: whole rows; GroupNorm keeps its channels per group, InstanceNorm its planes
+    assert reduced_shape((4096, 1024), 1 << 15, "layernorm") == (32, 1024)
+    assert reduced_shape((32, 256, 28, 28), 1 << 16, "groupnorm32") == (1, 80, 28, 28)
+    assert reduced_shape((32, 64, 56, 56), 1 << 16, "instancenorm") == (1, 20, 56, 56)
+    assert parse_shape("nhwc:2x3x4x8") == ("nhwc", (2, 3, 4, 8))
+    assert parse_shape("5x6") == ("bn", (5, 6))
+    import argparse
+    for bad in ("groupnorm32:2x33x4x4", "instancenorm:2x3x4", "layer:4x4", "nhwc:4x4", "0x3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_shape(bad)
+
+
+@needs_tools
+def test_family_report(tmp_path):
+    require_cudasim()
+    out = tmp_path / "family.json"
+    proc = run_model("--shape", "nhwc:3x5x7x24", "--shape", "layernorm:37x100", "--shape",
+                     "groupnorm32:3x64x5x5", "--shape", "instancenorm:2x6x7x9", "--dtype",
+                     "float32", "--sim-elements", "4000", "--no-progress", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    cases = {(f["op"], f["pass"]): f for f in json.loads(out.read_text())["cases"]}
+    assert len(cases) == 6 + 3 * 2
+    nhwc = cases["nhwc", "forward train"]
+    assert nhwc["simulated_shape"] == [105, 24]  # 105 rows kept, C = 24 whole packs of 4
+    assert {l["kernel"] for l in nhwc["launches"]} == {"rc_stats_partial_f32_vec",
+                                                      "bn_stats_finalize",
+                                                      "rc_normalize_f32_vec"}
+    for op in ("layernorm", "groupnorm32", "instancenorm"):
+        fwd, bwd = cases[op, "forward"], cases[op, "backward"]
+        assert fwd["floor_bytes_per_element"] == 8 and bwd["floor_bytes_per_element"] == 12
+        assert any(l["kernel"].startswith("per_row_normalize") for l in fwd["launches"])
+        assert any(l["kernel"].startswith("per_row_backward_dx") for l in bwd["launches"])
+        # x read at least once and y written (forward); x and dy read and dx written (backward)
+        assert fwd["dram_bytes_per_element"] >= 8 and bwd["dram_bytes_per_element"] >= 12
+    assert cases["layernorm", "forward"]["simulated_shape"] == [37, 100]
+    # 4000 // (64 x 25) = 2 samples of all 32 groups
+    assert cases["groupnorm32", "backward"]["simulated_shape"] == [2, 64, 5, 5]

@@ -14,25 +14,6 @@ from conftest import TOLERANCES, active_backend
 
 RTOL, ATOL = 2e-5, 2e-5
 
-# (backend, CPU kernel path): every implementation of the row kernels
-WHERE = [("cpu", "native"), ("cpu", "numpy"), ("cudasim", None), ("cuda", None)]
-
-
-@pytest.fixture(params=WHERE, ids=lambda w: w[1] or w[0])
-def where(request):
-    name, path = request.param
-    if path == "native" and not cpu_native.probe()[0]:
-        pytest.skip("native CPU kernels unavailable: %s" % cpu_native.probe()[1])
-    with active_backend(name):
-        previous = cpu_kernels.active_path()
-        if path:
-            cpu_kernels.use(path, quiet=True)
-        try:
-            yield request.param
-        finally:
-            cpu_kernels.use(previous, quiet=True)
-
-
 # -- the float64 reference ---------------------------------------------------------------------
 
 def _groups_view(module, x):
@@ -246,11 +227,11 @@ def test_repeatable_and_threads_independent(where, rng):
     shape = (6, 40, 330)  # 79 200 values: above the single-thread threshold of the C kernels
     x = rng.normal(0.0, 1.0, shape).astype(np.float32)
     dy = rng.normal(0.0, 1.0, shape).astype(np.float32)
-    if where[0] != "cpu":
+    if not where.startswith("cpu"):
         shape, x, dy = (3, 40, 5), x[:3, :, :5].copy(), dy[:3, :, :5].copy()
     results = []
-    threads = [1, 2] if where[1] == "native" else [None, None]
-    before = cpu_kernels.get_num_threads() if where[1] == "native" else None
+    threads = [1, 2] if where == "cpu-native" else [None, None]
+    before = cpu_kernels.get_num_threads() if where == "cpu-native" else None
     try:
         for t in threads:
             if t is not None:

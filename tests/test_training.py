@@ -168,6 +168,23 @@ def test_activation_forward_backward(backend, rng, kind):
     np.testing.assert_allclose(dx, num, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["relu", "sigmoid", "tanh", "leakyRelu", "elu", "softPlus",
+                                  "clip"])
+def test_activation_keeps_nan(backend, rng, kind):
+    """NaN in, NaN out, on every backend (the GPU's fmaxf would turn it into a bound); relu's
+    gradient passes at a NaN output, as PyTorch's does, and stops at exactly 0."""
+    x = rng.standard_normal((3, 7)).astype(np.float32)
+    x[1, 2], x[2, 5], x[0, 0] = np.nan, -np.nan, 0.0
+    act = Activation(kind)
+    y = act(g(x)).get()
+    assert np.isnan(y[1, 2]) and np.isnan(y[2, 5]) and np.isfinite(np.delete(y.ravel(), [9, 19])).all()
+    if kind == "relu":
+        r = rng.standard_normal(x.shape).astype(np.float32)
+        dx = act.backward(g(r)).get()
+        np.testing.assert_array_equal(dx, np.where(y <= 0, 0, r).astype(np.float32))
+        assert dx[1, 2] == r[1, 2] and dx[0, 0] == 0
+
+
 def test_activation_refuses_unknown():
     with pytest.raises(ModuleError, match="activation must be one of relu, sigmoid, tanh"):
         Activation("swish")

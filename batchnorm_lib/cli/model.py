@@ -55,14 +55,19 @@ def add_parser(sub):
                    help="DRAM latency in ns (default %g)" % (report.h100.LATENCY * 1e9))
     p.add_argument("--quick", action="store_true",
                    help="library report: fewer shapes and dtypes (float32 only)")
-    p.add_argument("--shape", action="append", type=report.parse_shape, metavar="NxCx...",
-                   help="library report: only this shape (repeatable), e.g. 256x64x112x112")
+    p.add_argument("--shape", action="append", type=report.parse_shape, metavar="[OP:]NxCx...",
+                   help="library report: only this case (repeatable), e.g. 256x64x112x112 "
+                        "(BatchNorm, channels first; NxC data runs the rows x channels kernels), "
+                        "nhwc:256x112x112x64 (channels last), layernorm:4096x1024 (over the last "
+                        "axis), groupnorm32:32x256x28x28, instancenorm:32x64x56x56")
     p.add_argument("--dtype", action="append", choices=report.DTYPES,
                    help="library report: only this dtype (repeatable)")
     p.add_argument("--sim-elements", type=int_at_least(64), metavar="N",
                    help="library report: simulate at most N elements per case (default %d, "
                         "--quick %d)" % (report.SIM_ELEMENTS, report.QUICK_SIM_ELEMENTS))
     p.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
+    p.add_argument("--markdown", metavar="PATH",
+                   help="library report: also write the table as Markdown to PATH")
     p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
     return p

@@ -101,14 +101,26 @@ def _run(cmd):
     return proc.stdout
 
 
-_CACHE_DIR = None
-
-
 def _cache_dir():
-    global _CACHE_DIR
-    if _CACHE_DIR is None:
-        _CACHE_DIR = tempfile.mkdtemp(prefix="batchnorm_lib_model_")
-    return _CACHE_DIR
+    """Where compiled cubins and their ptxas logs are kept across runs (nvcc takes seconds per
+    source): ``$XDG_CACHE_HOME/batchnorm_lib/model`` or ``~/.cache/batchnorm_lib/model``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "batchnorm_lib", "model")
+
+
+@functools.lru_cache(maxsize=None)
+def _nvcc_version(nvcc):
+    return _run([nvcc, "--version"])
+
+
+def _headers(source_dir):
+    """(name, content) of the headers next to a source: they are part of what it compiles to."""
+    out = []
+    for name in sorted(os.listdir(source_dir)):
+        if name.endswith((".cuh", ".h")):
+            with open(os.path.join(source_dir, name), "rb") as f:
+                out.append((name, f.read()))
+    return out
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,18 +128,36 @@ def _compile_cached(source_text, source_dir, arch, options):
     nvcc = find_tool("nvcc")
     if nvcc is None:
         raise ToolError("nvcc not found on PATH")
-    key = hashlib.sha256("\0".join((source_text, source_dir, arch) + options).encode()).hexdigest()
-    base = os.path.join(_cache_dir(), key[:16])
-    with open(base + ".cu", "w") as f:
-        f.write(source_text)
-    log = _run([nvcc, "-cubin", "-arch=" + arch, "-I" + source_dir, "-Xptxas", "-v"]
-               + list(options) + ["-o", base + ".cubin", base + ".cu"])
-    return base + ".cubin", parse_ptxas(log)
+    h = hashlib.sha256()
+    for part in (source_text, source_dir, arch, _nvcc_version(nvcc)) + options:
+        h.update(part.encode() + b"\0")
+    for name, data in _headers(source_dir):
+        h.update(name.encode() + b"\0" + data + b"\0")
+    directory = _cache_dir()
+    base = os.path.join(directory, h.hexdigest()[:24])
+    if not (os.path.isfile(base + ".cubin") and os.path.isfile(base + ".log")):
+        os.makedirs(directory, exist_ok=True)
+        work = tempfile.mkdtemp(prefix="build-", dir=directory)
+        try:
+            src = os.path.join(work, "kernel.cu")
+            with open(src, "w") as f:
+                f.write(source_text)
+            log = _run([nvcc, "-cubin", "-arch=" + arch, "-I" + source_dir, "-Xptxas", "-v"]
+                       + list(options) + ["-o", os.path.join(work, "kernel.cubin"), src])
+            with open(os.path.join(work, "kernel.log"), "w") as f:
+                f.write(log)
+            # the log last: a cubin without its log is rebuilt, never half-read
+            os.replace(os.path.join(work, "kernel.cubin"), base + ".cubin")
+            os.replace(os.path.join(work, "kernel.log"), base + ".log")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    with open(base + ".log") as f:
+        return base + ".cubin", parse_ptxas(f.read())
 
 
 def compile_cubin(source, arch="sm_90", options=()):
     """(cubin path, {entry: ptxas figures}) for the .cu file ``source`` (its folder on the include
-    path), compiled once per process and content."""
+    path), compiled once per content of the source and its folder's headers, nvcc and options."""
     with open(source) as f:
         text = f.read()
     return _compile_cached(text, os.path.dirname(os.path.abspath(source)), arch, tuple(options))

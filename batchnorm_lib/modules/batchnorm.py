@@ -1,38 +1,24 @@
 """Batch normalization: BatchNormND carries all state and logic; the other classes only say which
 data shapes they accept."""
 
-import numbers
-
 import numpy as np
 
-from batchnorm_lib import config, kernels
+from batchnorm_lib import kernels
 from batchnorm_lib.backend import gpuarray
-from batchnorm_lib.modules.module import Module, ModuleError, check_finite
-from batchnorm_lib.variable import Variable
+from batchnorm_lib.modules.module import ModuleError, check_finite
+from batchnorm_lib.modules.normalization import Normalization, check_grad_dtype, positive_int
 
 
 LAYOUTS = ("channels_first", "channels_last")
+ACTIVATIONS = (None, "relu")
 
 
-def _positive_int(owner, name, value, low=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ModuleError("%s: %s must be an integer >= %d, got %r" % (owner, name, low, value))
-    return int(value)
-
-
-def check_grad_dtype(module, grad):
-    """calcMode may change the dtype after a forward: the kernels take data and grad of one dtype,
-    so a grad in the new one is refused until a forward in it ran."""
-    data = module.inData
-    if data is not None and gpuarray.is_array(grad) and grad.dtype != data.dtype:
-        raise ModuleError("%s: grad dtype %s differs from the dtype %s of the last forward's data "
-                          "(run a forward after calcMode)" % (module, grad.dtype, data.dtype))
-
-
-class BatchNormND(Module):
+class BatchNormND(Normalization):
     """Batch normalization over every axis but axis 1 of (N, C, *spatial) data with ``nd`` spatial
     axes. Parameters and statistics have shape (1, C, 1, 1) for nd <= 2 and (1, C) + (1,) * nd above.
     ``layout="channels_last"`` takes (N, *spatial, C) data instead; nothing else depends on it.
+    ``activation="relu"`` applies relu to the output in the same pass (and masks the gradient by
+    the output in the same backward pass): ``relu(batchnorm(x))`` without a second module.
     """
 
     axes = None  # what subclasses call the axes (channels first), for error messages
@@ -40,14 +26,18 @@ class BatchNormND(Module):
 
     def __init__(self, nd, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01,
                  affine=True, name=None, empty=False, inplace=False, layout="channels_first",
-                 comm=None):
+                 comm=None, activation=None):
         super().__init__(name)
         if layout not in LAYOUTS:
             raise ModuleError("%s: layout must be one of %s, got %r"
                               % (self, ", ".join(map(repr, LAYOUTS)), layout))
+        if not (activation is None or isinstance(activation, str) and activation in ACTIVATIONS):
+            raise ModuleError("%s: activation must be one of %s, got %r"
+                              % (self, ", ".join(map(repr, ACTIVATIONS)), activation))
         self.layout = layout
-        self.nd = _positive_int(self, "nd", nd, low=0)
-        self.maps = _positive_int(self, "maps", maps)
+        self.activation = activation
+        self.nd = positive_int(self, "nd", nd, low=0)
+        self.maps = positive_int(self, "maps", maps)
         self.epsilon = check_finite(self, "epsilon", epsilon, low=0.0)
         self.initFactor = check_finite(self, "initFactor", initFactor, low=0.0, high=1.0)
         self.minFactor = check_finite(self, "minFactor", minFactor, low=0.0, high=1.0)
@@ -63,6 +53,7 @@ class BatchNormND(Module):
         self.comm = None
         self._synced = None  # merged statistics of this training pass (with comm)
         self.syncedCount = None  # values per channel in the whole batch of the last synced pass
+        self.shardMean = None  # this rank's own batch mean in that pass (float64)
         if comm is not None:
             from batchnorm_lib import distributed
 
@@ -73,13 +64,7 @@ class BatchNormND(Module):
 
         shape = self.paramShape
         scale = np.random.normal(1.0, sscale if affine else 0.0, shape).astype(np.float32)
-        bias = np.zeros(shape, dtype=np.float32)
-        if self.affine:
-            self.setVar("scale", Variable(gpuarray.to_gpu(scale)))
-            self.setVar("bias", Variable(gpuarray.to_gpu(bias)))
-        else:
-            self.setAttr("scale", gpuarray.to_gpu(scale))
-            self.setAttr("bias", gpuarray.to_gpu(bias))
+        self.initAffine(affine, scale, np.zeros(shape, dtype=np.float32))
         self.setAttr("mean", gpuarray.zeros(shape, dtype=np.float32))
         self.setAttr("var", gpuarray.to_gpu(np.ones(shape, dtype=np.float32)))
 
@@ -127,6 +112,16 @@ class BatchNormND(Module):
                 raise ModuleError("%s: training needs more than one value per channel, got shape %s"
                                   % (self, tuple(shape)))
 
+    @property
+    def relu(self):
+        """Whether relu is fused into this module's passes."""
+        return self.activation == "relu"
+
+    @property
+    def reluOutput(self):
+        """The forward's output, which masks the gradient when relu is fused (else None)."""
+        return self.data if self.relu else None
+
     # -- forward ---------------------------------------------------------------------------------
     def _op(self, name):
         """The kernel ``name`` for this module's layout: the rows x channels family for (N, C) and
@@ -163,20 +158,21 @@ class BatchNormND(Module):
             savemean = gpuarray.empty(self.paramShape, np.float32)
             saveinvvar = gpuarray.empty(self.paramShape, np.float32)
             self._op("forward_train")(data, self.scale, self.bias, self.mean, self.var,
-                                      self.epsilon, factor, out, savemean, saveinvvar)
+                                      self.epsilon, factor, out, savemean, saveinvvar,
+                                      relu=self.relu)
             self.numOfProps += 1
             self.savemean, self.saveinvvar = savemean, saveinvvar
             self._fwdTrain = True
         else:
             out = data if self.inplace else gpuarray.empty(data.shape, data.dtype)
             self._op("forward_infer")(data, self.scale, self.bias, self.mean, self.var,
-                                      self.epsilon, out)
+                                      self.epsilon, out, relu=self.relu)
             self._fwdTrain = False
         return out
 
     def _syncedForward(self, data):
         """Training forward with the whole batch's statistics (``self._synced``)."""
-        count, mean, m2 = self._synced
+        count, mean, m2, shardMean = self._synced
         var = m2 / count
         factor = max(self.initFactor / (self.numOfProps + 1), self.minFactor)
         shape = self.paramShape
@@ -187,7 +183,7 @@ class BatchNormND(Module):
         out = gpuarray.empty(data.shape, data.dtype)
         if data.size:
             self._op("forward_infer")(data, self.scale, self.bias, savemean, batchvar,
-                                      self.epsilon, out)
+                                      self.epsilon, out, relu=self.relu)
         runmean = self.mean.get().astype(np.float64).reshape(shape)
         runvar = self.var.get().astype(np.float64).reshape(shape)
         self.mean.set(((1 - factor) * runmean + factor * mean.reshape(shape)).astype(np.float32))
@@ -196,7 +192,7 @@ class BatchNormND(Module):
         self.numOfProps += 1
         self.savemean, self.saveinvvar = savemean, saveinvvar
         self._fwdTrain = True
-        self.syncedCount = count
+        self.syncedCount, self.shardMean = count, shardMean
         return out
 
     # -- backward --------------------------------------------------------------------------------
@@ -204,14 +200,15 @@ class BatchNormND(Module):
         dx = gpuarray.empty(grad.shape, grad.dtype)
         if grad.size == 0:
             if self._fwdTrain:
-                self._paramGrads(grad)
+                self.paramGrads(grad)
         elif self._fwdTrain:
-            self._paramGrads(grad, dx)
+            self.paramGrads(grad, dx)
         else:
-            self._op("backward_infer")(grad, self.scale, self.var, self.epsilon, dx)
+            self._op("backward_infer")(grad, self.scale, self.var, self.epsilon, dx,
+                                       y=self.reluOutput)
         return dx
 
-    def _paramGrads(self, grad, dx=None):
+    def paramGrads(self, grad, dx=None):
         if self.syncedCount is not None:
             from batchnorm_lib.distributed import sync_backward
 
@@ -224,23 +221,17 @@ class BatchNormND(Module):
         dscale = gpuarray.empty(self.paramShape, np.float32)
         dbias = gpuarray.empty(self.paramShape, np.float32)
         self._op("backward_train")(self.inData, grad, self.scale, self.savemean, self.saveinvvar,
-                                   dx, dscale, dbias)
+                                   dx, dscale, dbias, y=self.reluOutput)
         self.scalegrad, self.biasgrad = dscale, dbias
 
-    def accGradParams(self, grad, scale=1.0, momentum=0.0):
-        if not self.affine or not self._fwdTrain:
-            return
-        if self.scalegrad is None:  # backward ran with updGrad=False
-            self._paramGrads(grad)
-        ops = kernels.norm.ops()
-        ops.axpby(self.scalegrad.ravel(), self.vars["scale"].grad.ravel(), scale, momentum)
-        ops.axpby(self.biasgrad.ravel(), self.vars["bias"].grad.ravel(), scale, momentum)
+    def hasParamGrads(self):
+        return self.affine and bool(self._fwdTrain)
 
     def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
-        check_grad_dtype(self, grad)
         if self.syncedCount is not None and (updGrad or (updParamGrads and self.affine)):
             # the other ranks are about to exchange sums: a refusal here must reach them
             try:
+                check_grad_dtype(self, grad)
                 self._checkArray(grad, "grad")
                 self.checkGradShape(grad.shape)
                 check_finite(self, "scale", scale)
@@ -249,28 +240,13 @@ class BatchNormND(Module):
                 from batchnorm_lib.distributed import refuse_everywhere
 
                 refuse_everywhere(self, "the backward", e)
-        previous = self.scalegrad, self.biasgrad
-        self.scalegrad = self.biasgrad = None  # this pass's gradients, computed at most once
-        try:
-            return super().backward(grad, updParamGrads, updGrad, scale, momentum)
-        except ModuleError:
-            self.scalegrad, self.biasgrad = previous
-            raise
+        return super().backward(grad, updParamGrads, updGrad, scale, momentum)
 
     # -- modes and state -------------------------------------------------------------------------
     def reset(self):
         super().reset()
-        self.savemean = self.saveinvvar = None
-        self.scalegrad = self.biasgrad = None
         self._fwdTrain = None
-        self.syncedCount = None
-
-    def calcMode(self, T):
-        T = np.dtype(T)
-        if T not in config.backend_module().supported_dtypes():
-            raise ModuleError("%s: dtype %s is not supported on the %r backend" %
-                              (self, T, config.get_backend()))
-        self.calctype = T
+        self.syncedCount = self.shardMean = None
 
     def stateSpec(self):
         shape, f32 = self.paramShape, np.dtype(np.float32)
@@ -305,9 +281,10 @@ class BatchNorm(BatchNormND):
     axes = "(N, size)"
 
     def __init__(self, size, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
-                 name=None, empty=False, inplace=False, layout="channels_first", comm=None):
+                 name=None, empty=False, inplace=False, layout="channels_first", comm=None,
+                 activation=None):
         super().__init__(0, size, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace, layout=layout, comm=comm)
+                         inplace, layout=layout, comm=comm, activation=activation)
 
 
 class BatchNorm1D(BatchNormND):
@@ -316,9 +293,10 @@ class BatchNorm1D(BatchNormND):
     axes = "(N, C, L)"
 
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
-                 name=None, empty=False, inplace=False, layout="channels_first", comm=None):
+                 name=None, empty=False, inplace=False, layout="channels_first", comm=None,
+                 activation=None):
         super().__init__(1, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace, layout=layout, comm=comm)
+                         inplace, layout=layout, comm=comm, activation=activation)
 
 
 class BatchNorm2D(BatchNormND):
@@ -327,9 +305,10 @@ class BatchNorm2D(BatchNormND):
     axes = "(N, C, H, W)"
 
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
-                 name=None, empty=False, inplace=False, layout="channels_first", comm=None):
+                 name=None, empty=False, inplace=False, layout="channels_first", comm=None,
+                 activation=None):
         super().__init__(2, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace, layout=layout, comm=comm)
+                         inplace, layout=layout, comm=comm, activation=activation)
 
 
 class BatchNorm3D(BatchNormND):
@@ -338,6 +317,7 @@ class BatchNorm3D(BatchNormND):
     axes = "(N, C, D, H, W)"
 
     def __init__(self, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True,
-                 name=None, empty=False, inplace=False, layout="channels_first", comm=None):
+                 name=None, empty=False, inplace=False, layout="channels_first", comm=None,
+                 activation=None):
         super().__init__(3, maps, epsilon, initFactor, minFactor, sscale, affine, name, empty,
-                         inplace, layout=layout, comm=comm)
+                         inplace, layout=layout, comm=comm, activation=activation)

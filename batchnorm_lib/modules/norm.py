@@ -11,11 +11,10 @@ import numbers
 
 import numpy as np
 
-from batchnorm_lib import config, kernels
+from batchnorm_lib import kernels
 from batchnorm_lib.backend import gpuarray
-from batchnorm_lib.modules.batchnorm import _positive_int, check_grad_dtype
 from batchnorm_lib.modules.module import Module, ModuleError, check_finite
-from batchnorm_lib.variable import Variable
+from batchnorm_lib.modules.normalization import Normalization, positive_int
 
 
 def _prod(shape):
@@ -25,7 +24,7 @@ def _prod(shape):
     return p
 
 
-class RowNorm(Module):
+class RowNorm(Normalization):
     """Statistics per row, then a per-channel affine. Subclasses set ``paramShape`` and implement
     ``checkDataShape`` and ``rowPlan``."""
 
@@ -34,18 +33,8 @@ class RowNorm(Module):
     def _initParams(self, epsilon, affine):
         """Called by subclasses once ``Module.__init__`` ran and ``paramShape`` is known."""
         self.epsilon = check_finite(self, "epsilon", epsilon, low=0.0)
-        self.affine = bool(affine)
-        self.savemean = self.saveinvvar = None
-        self.scalegrad = self.biasgrad = None
-
-        scale = np.ones(self.paramShape, dtype=np.float32)
-        bias = np.zeros(self.paramShape, dtype=np.float32)
-        if self.affine:
-            self.setVar("scale", Variable(gpuarray.to_gpu(scale)))
-            self.setVar("bias", Variable(gpuarray.to_gpu(bias)))
-        else:  # fixed identity affine: the kernels take it like any other
-            self.setAttr("scale", gpuarray.to_gpu(scale))
-            self.setAttr("bias", gpuarray.to_gpu(bias))
+        self.initAffine(affine, np.ones(self.paramShape, dtype=np.float32),
+                        np.zeros(self.paramShape, dtype=np.float32))
 
     def rowPlan(self, shape):
         """``(rows, groups, spatial)`` of data of ``shape`` (see kernels.norm, pattern (a))."""
@@ -68,48 +57,16 @@ class RowNorm(Module):
 
     def updateGrad(self, grad):
         dx = gpuarray.empty(grad.shape, grad.dtype)
-        self._backward(grad, dx)
+        self.paramGrads(grad, dx)
         return dx
 
-    def _backward(self, grad, dx=None):
+    def paramGrads(self, grad, dx=None):
         rows, groups, spatial = self.rowPlan(grad.shape)
         dscale = gpuarray.empty(self.paramShape, np.float32)
         dbias = gpuarray.empty(self.paramShape, np.float32)
         kernels.norm.ops().per_row_backward(self.inData, grad, self.scale, self.savemean,
                                             self.saveinvvar, groups, spatial, dx, dscale, dbias)
         self.scalegrad, self.biasgrad = dscale, dbias
-
-    def accGradParams(self, grad, scale=1.0, momentum=0.0):
-        if not self.affine:
-            return
-        if self.scalegrad is None:  # backward ran with updGrad=False
-            self._backward(grad)
-        ops = kernels.norm.ops()
-        ops.axpby(self.scalegrad.ravel(), self.vars["scale"].grad.ravel(), scale, momentum)
-        ops.axpby(self.biasgrad.ravel(), self.vars["bias"].grad.ravel(), scale, momentum)
-
-    def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
-        check_grad_dtype(self, grad)
-        previous = self.scalegrad, self.biasgrad
-        self.scalegrad = self.biasgrad = None  # this pass's gradients, computed at most once
-        try:
-            return super().backward(grad, updParamGrads, updGrad, scale, momentum)
-        except ModuleError:
-            self.scalegrad, self.biasgrad = previous
-            raise
-
-    # -- modes -----------------------------------------------------------------------------------
-    def reset(self):
-        super().reset()
-        self.savemean = self.saveinvvar = None
-        self.scalegrad = self.biasgrad = None
-
-    def calcMode(self, T):
-        T = np.dtype(T)
-        if T not in config.backend_module().supported_dtypes():
-            raise ModuleError("%s: dtype %s is not supported on the %r backend" %
-                              (self, T, config.get_backend()))
-        self.calctype = T
 
 
 class InstanceNorm2D(RowNorm):
@@ -118,7 +75,7 @@ class InstanceNorm2D(RowNorm):
 
     def __init__(self, maps, epsilon=1e-5, affine=True, name=None):
         Module.__init__(self, name)
-        self.maps = _positive_int(self, "maps", maps)
+        self.maps = positive_int(self, "maps", maps)
         self.paramShape = (1, self.maps, 1, 1)
         self._initParams(epsilon, affine)
 
@@ -153,7 +110,7 @@ class LayerNorm(RowNorm):
                               % (self, shape)) from None
         if not dims:
             raise ModuleError("%s: shape must name at least one axis" % self)
-        self.shape = tuple(_positive_int(self, "shape", d) for d in dims)
+        self.shape = tuple(positive_int(self, "shape", d) for d in dims)
         self.paramShape = self.shape
         self._initParams(epsilon, affine)
 
@@ -175,8 +132,8 @@ class GroupNorm(RowNorm):
 
     def __init__(self, groups, maps, epsilon=1e-5, affine=True, name=None):
         Module.__init__(self, name)
-        self.groups = _positive_int(self, "groups", groups)
-        self.maps = _positive_int(self, "maps", maps)
+        self.groups = positive_int(self, "groups", groups)
+        self.maps = positive_int(self, "maps", maps)
         if self.maps % self.groups != 0:
             raise ModuleError("%s: maps (%d) must be divisible by groups (%d)"
                               % (self, self.maps, self.groups))

@@ -39,10 +39,12 @@ INSTRUMENT_HEADER = os.path.join(HERE, "cudasim_instrument.h")
 # The sanitizer's and profiler's build: every load and store calls a hook (the thread
 # sanitizer's instrumentation, whose entry points cudasim_instrument.h defines; unlike the address
 # sanitizer's it reports a load and a store to one address separately); no vectorization or store
-# merging, so each access the source makes is one hook call of its own size; -g for source lines.
+# merging, so each access the source makes is one hook call of its own size (no scalar replacement
+# of aggregates either: it splits a 16-byte struct load into four 4-byte ones, where the GPU issues
+# one 128-bit load); -g for source lines.
 INSTRUMENT_FLAGS = ["-DCUDASIM_INSTRUMENT=1", "-g", "-fsanitize=thread",
                     "--param", "tsan-instrument-func-entry-exit=0", "-fno-tree-vectorize",
-                    "-fno-tree-slp-vectorize", "-fno-store-merging"]
+                    "-fno-tree-slp-vectorize", "-fno-store-merging", "-fno-tree-sra"]
 # Misaligned accesses fault on a GPU, so every build checks them (the handler is in
 # cudasim_instrument.h); benchmarks/cudasim_checks.py measures what the check costs.
 ALIGNMENT_CHECK_FLAGS = ["-fsanitize=alignment"]

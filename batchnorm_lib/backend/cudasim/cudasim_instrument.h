@@ -13,8 +13,13 @@
 //     operations that both lanes took part in; across blocks, a __threadfence() followed by an
 //     atomic releases, a later atomic on the same address acquires), uninitialized loads and
 //     out-of-bounds accesses, and
-//   - the profiler counts bytes, warp requests (the lanes' k-th execution of one instruction,
-//     identified by the hook's return address) and 32-byte sectors of global memory.
+//   - the profiler counts bytes, warp requests and 32-byte sectors of global memory. A warp
+//     request is what one instruction (the hook's return address) does for the lanes of a warp
+//     that execute it at the same point: the same iteration of every enclosing loop (each `for`
+//     of the kernel source is tracked per thread, see LoopGuard below), and the same occurrence
+//     within that iteration. Lanes that skip an iteration's access (a branch) or run fewer
+//     iterations simply are not in that request, as on the GPU, where threads run as fibers
+//     one after another here.
 // Findings are kept in a small table the launcher reads when the launch ends.
 #ifndef CUDASIM_INSTRUMENT_H
 #define CUDASIM_INSTRUMENT_H
@@ -156,7 +161,7 @@ struct Alloc {  // mirrored in instrument.py
 
 struct Counters {  // mirrored in instrument.py
     uint64_t load_bytes, store_bytes, load_requests, store_requests, load_sectors, store_sectors,
-        unique_load_sectors, unique_store_sectors;
+        unique_load_sectors, unique_store_sectors, ideal_load_sectors, ideal_store_sectors;
 };
 
 // An access as the race check remembers it (one per 4-byte word and kind).
@@ -175,9 +180,17 @@ struct Cell {
     Acc w, r[2];
 };
 
+enum { MAX_LOOP_DEPTH = 8 };
+
+struct LoopFrame {
+    uint32_t id, iteration;  // the `for` statement (__COUNTER__), iterations started
+};
+
 struct Thread {
     uint32_t epoch, seq, fence_seq, fence_epoch;
     uint32_t sync_with[32];  // per lane of the warp: the warp operation both last took part in
+    uint32_t depth;          // `for` statements the thread is inside (profiling only)
+    LoopFrame loops[MAX_LOOP_DEPTH];
 };
 
 struct Release {  // a __threadfence() followed by an atomic, by one thread
@@ -197,20 +210,31 @@ struct AllocState {
 
 struct Request {
     std::vector<uint64_t> sectors;
+    std::vector<uint32_t> bytes;  // per sector: a mask of the bytes the lanes asked for
+    uint64_t first;               // lowest address asked for
+    uint64_t ideal;               // sectors those bytes need, packed from `first`
 };
 
-// (thread or warp, instruction, load/store, k-th execution)
+// (thread or warp, instruction and load/store, place): the place is the thread's loop context
+// (for a thread) or the context and the occurrence in it (for a warp)
 struct Key {
-    uint64_t pc;
-    uint32_t who, k;
-    bool operator==(const Key& o) const { return pc == o.pc && who == o.who && k == o.k; }
+    uint64_t pc, place;
+    uint32_t who;
+    bool operator==(const Key& o) const {
+        return pc == o.pc && place == o.place && who == o.who;
+    }
 };
 struct KeyHash {
     size_t operator()(const Key& x) const {
-        uint64_t h = x.pc * 0x9E3779B97F4A7C15ULL ^ ((uint64_t)x.who << 32 | x.k);
+        uint64_t h = x.pc * 0x9E3779B97F4A7C15ULL ^ x.place * 0xC2B2AE3D27D4EB4FULL ^ x.who;
         return (size_t)(h ^ (h >> 29));
     }
 };
+
+static CUDASIM_NOINSTR_INLINE uint64_t mix(uint64_t h, uint64_t v) {
+    h ^= v + 0x9E3779B97F4A7C15ULL + (h << 6) + (h >> 2);
+    return h * 0xFF51AFD7ED558CCDULL;
+}
 
 struct St {
     bool sanitize, profile;
@@ -236,8 +260,8 @@ struct St {
     std::vector<Acquire> acquires;  // of the current block (blocks run whole here)
     std::unordered_map<uint64_t, std::vector<Release>> releases;  // by address
     // profiling (per block)
-    std::unordered_map<Key, uint32_t, KeyHash> exec_count;  // (thread, pc) -> executions
-    std::unordered_map<Key, Request, KeyHash> requests;     // (warp, pc, k) -> sectors
+    std::unordered_map<Key, uint32_t, KeyHash> exec_count;  // (thread, pc, context) -> executions
+    std::unordered_map<Key, Request, KeyHash> requests;     // (warp, pc, place) -> sectors
     int atomic_depth;
     pthread_t launcher;  // the thread that runs the launch's blocks
     bool busy;  // inside a hook: the hooks' own (instrumented library) accesses are not the kernel's
@@ -412,34 +436,61 @@ static CUDASIM_NOINSTR void atomic_sync(uint64_t addr) {
     }
 }
 
+// Sectors that `bytes` distinct bytes need when packed from `first` on: the fewest any request
+// for them can touch, so an access pattern with one sector more than this wastes one.
+static CUDASIM_NOINSTR_INLINE uint64_t ideal_sectors(uint64_t first, uint64_t bytes) {
+    return ((first & 31) + bytes + 31) >> 5;
+}
+
 static CUDASIM_NOINSTR void count(uint64_t addr, uint32_t size, bool write, uint64_t pc, int ai) {
     Counters& c = *s.counters;
     const cudasim::Fiber* f = cudasim::g.cur;
+    const Thread& t = me();
+    // where the thread is: the iteration of every `for` it is inside
+    uint64_t context = 0;
+    for (uint32_t i = 0; i < t.depth && i < MAX_LOOP_DEPTH; ++i)
+        context = mix(mix(context, t.loops[i].id), t.loops[i].iteration);
     // pc * 2 + write: an atomic's load and store come from one instruction in some builds
-    Key key = {pc * 2 + write, (uint32_t)f->linear, 0};
+    Key key = {pc * 2 + write, context, (uint32_t)f->linear};
     uint32_t k = s.exec_count[key]++;
-    Key rkey = {pc * 2 + write, (uint32_t)f->warp, k};
+    Key rkey = {pc * 2 + write, mix(context, k), (uint32_t)f->warp};
     auto ins = s.requests.emplace(rkey, Request());
     Request& r = ins.first->second;
-    if (ins.second) (write ? c.store_requests : c.load_requests)++;
+    if (ins.second) {
+        (write ? c.store_requests : c.load_requests)++;
+        r.first = addr;
+        r.ideal = 0;
+    }
     (write ? c.store_bytes : c.load_bytes) += size;
     const Alloc& al = s.allocs[ai];
     AllocState& st = s.astate[(size_t)ai];
     uint64_t*& bits = write ? st.store_bits : st.load_bits;
     if (!bits) bits = (uint64_t*)calloc((size_t)((al.size + 31) / 32 / 64 + 1), 8);
+    uint64_t distinct = 0;
     for (uint64_t sec = addr >> 5; sec <= (addr + size - 1) >> 5; ++sec) {
-        bool seen = false;
-        for (uint64_t v : r.sectors) seen |= v == sec;
-        if (!seen) {
+        size_t at = r.sectors.size();
+        for (size_t i = 0; i < r.sectors.size(); ++i)
+            if (r.sectors[i] == sec) at = i;
+        if (at == r.sectors.size()) {
             r.sectors.push_back(sec);
+            r.bytes.push_back(0);
             (write ? c.store_sectors : c.load_sectors)++;
         }
+        uint64_t lo = std::max(addr, sec << 5), hi = std::min(addr + size, (sec + 1) << 5);
+        uint32_t mask = (uint32_t)((hi - lo == 32 ? ~0ull : ((1ull << (hi - lo)) - 1))
+                                   << (lo & 31));
+        r.bytes[at] |= mask;
         uint64_t rel = sec - (al.start >> 5);
         if (!(bits[rel >> 6] >> (rel & 63) & 1)) {
             bits[rel >> 6] |= 1ull << (rel & 63);
             (write ? c.unique_store_sectors : c.unique_load_sectors)++;
         }
     }
+    r.first = std::min(r.first, addr);
+    for (uint32_t m : r.bytes) distinct += (uint64_t)__builtin_popcount(m);
+    uint64_t ideal = ideal_sectors(r.first, distinct);
+    (write ? c.ideal_store_sectors : c.ideal_load_sectors) += ideal - r.ideal;
+    r.ideal = ideal;
 }
 
 static CUDASIM_NOINSTR_INLINE int find_alloc(uint64_t a) {
@@ -607,6 +658,32 @@ struct AtomicScope {
             sync_block();
             me().seq++;
         }
+    }
+};
+
+// One per execution of a `for` statement of the kernel source (the macro below): keeps the
+// thread's loop context, which tells the profiler which lanes of a warp run an instruction
+// together. Costs nothing unless profiling.
+struct LoopGuard {
+    bool on;
+    CUDASIM_NOINSTR_INLINE explicit LoopGuard(uint32_t id) : on(false) {
+        if (!s.profile || !cudasim::g.cur || s.busy) return;
+        sync_block();
+        Thread& t = me();
+        if (t.depth < MAX_LOOP_DEPTH) t.loops[t.depth] = LoopFrame{id, 0};
+        t.depth++;
+        on = true;
+    }
+    CUDASIM_NOINSTR_INLINE ~LoopGuard() {
+        if (on) me().depth--;
+    }
+    CUDASIM_NOINSTR_INLINE explicit operator bool() const { return false; }
+    CUDASIM_NOINSTR_INLINE bool tick() const {
+        if (on) {
+            Thread& t = me();
+            if (t.depth <= MAX_LOOP_DEPTH) t.loops[t.depth - 1].iteration++;
+        }
+        return false;
     }
 };
 
@@ -790,6 +867,15 @@ CUDASIM_EXPORT CUDASIM_NOINSTR void cudasim_instr_end() {
 #define atomicInc(...) CUDASIM_INSTR_ATOMIC(atomicInc)(__VA_ARGS__))
 #define atomicDec(...) CUDASIM_INSTR_ATOMIC(atomicDec)(__VA_ARGS__))
 #define atomicCAS(...) CUDASIM_INSTR_ATOMIC(atomicCAS)(__VA_ARGS__))
+// Every `for` of the kernel source after this header keeps the thread's loop context (LoopGuard):
+// the guard lives for the whole statement (a condition's variable spans both branches), and each
+// iteration ticks it before the body. The dangling else binds as the source's own would.
+#define for(...)                                                                  \
+    if (cudasim_instr::LoopGuard cudasim_loop_guard_{__COUNTER__}) {              \
+    } else                                                                        \
+        for (__VA_ARGS__)                                                         \
+            if (cudasim_loop_guard_.tick()) {                                     \
+            } else
 
 #endif  // CUDASIM_INSTRUMENT
 #endif  // CUDASIM_INSTRUMENT_H

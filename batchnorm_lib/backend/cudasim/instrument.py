@@ -72,7 +72,8 @@ class _Alloc(ctypes.Structure):
 
 
 COUNTER_NAMES = ("load_bytes", "store_bytes", "load_requests", "store_requests", "load_sectors",
-                 "store_sectors", "unique_load_sectors", "unique_store_sectors")
+                 "store_sectors", "unique_load_sectors", "unique_store_sectors",
+                 "ideal_load_sectors", "ideal_store_sectors")
 
 
 class _Counters(ctypes.Structure):
@@ -251,10 +252,14 @@ def describe(kernel, f, where, build):
 # -- traffic counters ------------------------------------------------------------------------------
 class LaunchProfile:
     """Global-memory traffic of one launch. ``*_bytes``: bytes the threads asked for;
-    ``*_requests``: warp-wide memory instructions (one per warp with an active lane per executed
-    load or store instruction); ``*_sectors``: per request, the distinct 32-byte sectors its lanes
-    touched, summed; ``unique_*_sectors``: distinct sectors over the launch. Atomics count as a
-    load and a store. ``shared_bytes`` is the launch's dynamic shared memory."""
+    ``*_requests``: warp-wide memory instructions: one per instruction and warp for the lanes that
+    execute it at the same point (the same iteration of every enclosing ``for``; lanes that branch
+    around it or have left the loop are not in it); ``*_sectors``: per request, the distinct
+    32-byte sectors its lanes touched, summed; ``ideal_*_sectors``: per request, the sectors its
+    distinct bytes would need packed from its lowest address, ceil((lowest % 32 + distinct bytes)
+    / 32), summed (a warp reading one value needs 1; ``ideal / sectors`` is the sector
+    efficiency); ``unique_*_sectors``: distinct sectors over the launch. Atomics count as a load
+    and a store. ``shared_bytes`` is the launch's dynamic shared memory."""
 
     __slots__ = ("name", "grid", "block", "shared_bytes") + COUNTER_NAMES
 

@@ -16,9 +16,12 @@ unless said otherwise; "in place" results are written into the named argument.
     overwrites.
 ``activation_forward(kind, x, out, a=0.0, b=0.0)``
     ``out = f(x)`` elementwise; ``kind`` is one of ``ACTIVATIONS``; ``a``, ``b`` are its
-    parameters (leakyRelu's slope ``a``, elu's ``a``, clip's bounds ``[a, b]``).
+    parameters (leakyRelu's slope ``a``, elu's ``a``, clip's bounds ``[a, b]``). NaN stays NaN
+    in every kind (as in PyTorch).
 ``activation_backward(kind, grad, y, dx, a=0.0, b=0.0)``
-    ``dx = grad * f'(x)`` expressed through the forward output ``y = f(x)``.
+    ``dx = grad * f'(x)`` expressed through the forward output ``y = f(x)``; relu's mask is
+    ``y <= 0 -> 0`` (a NaN output passes its gradient, as PyTorch's relu backward and the fused
+    relu of the batch norm contract do).
 ``softmax_cross_entropy(scores, labels, grad, losses, weights=None)``
     ``scores`` (N, C, *spatial), ``labels`` (N, *spatial) int32 class indices in [0, C),
     ``weights`` None or C per-class weights. Per (sample, position) ``p = softmax`` over C:

@@ -80,7 +80,7 @@ def activation_backward(kind, grad, y, dx, a=0.0, b=0.0):
     G, Y, D = as_ndarray(grad), as_ndarray(y), as_ndarray(dx)
     a, b = _f32(a), _f32(b)
     if kind == "relu":
-        np.multiply(G, Y > 0, out=D, casting="unsafe")
+        np.multiply(G, ~(Y <= 0), out=D, casting="unsafe")  # a NaN output passes its gradient
     elif kind == "sigmoid":
         np.multiply(G, Y * (_f32(1) - Y), out=D)
     elif kind == "tanh":

@@ -30,7 +30,8 @@ enum Act { kRelu = 0, kSigmoid = 1, kTanh = 2, kLeakyRelu = 3, kElu = 4, kSoftPl
 __device__ __forceinline__ float act_forward(int kind, float x, float a, float b)
 {
     switch (kind) {
-    case kRelu: return x > 0.f ? x : 0.f;
+    // NaN stays NaN (as on the CPU backend and in PyTorch): compare so that NaN takes the x branch
+    case kRelu: return x <= 0.f ? 0.f : x;
     // 0.5 + 0.5 tanh(x / 2) is the logistic function without exp overflow for very negative x
     case kSigmoid: return fmaf(0.5f, tanhf(0.5f * x), 0.5f);
     case kTanh: return tanhf(x);
@@ -38,7 +39,7 @@ __device__ __forceinline__ float act_forward(int kind, float x, float a, float b
     case kElu: return x > 0.f ? x : a * expm1f(x);
     // log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow for large x, no cancellation
     case kSoftPlus: return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x)));
-    default: return fminf(fmaxf(x, a), b);
+    default: return x != x ? x : fminf(fmaxf(x, a), b);  // fmaxf would turn NaN into a
     }
 }
 
@@ -48,7 +49,7 @@ __device__ __forceinline__ float act_forward(int kind, float x, float a, float b
 __device__ __forceinline__ float act_derivative(int kind, float y, float a, float b)
 {
     switch (kind) {
-    case kRelu: return y > 0.f ? 1.f : 0.f;
+    case kRelu: return y <= 0.f ? 0.f : 1.f;  // a NaN output passes its gradient, as PyTorch's
     case kSigmoid: return y * (1.f - y);
     case kTanh: return 1.f - y * y;
     case kLeakyRelu: return y > 0.f ? 1.f : a;

@@ -7,9 +7,11 @@
 // Entries ending in _vec move 16 bytes per load/store and are launched only when every data
 // pointer is 16-byte aligned and S is a multiple of the pack width.
 //
-// Reductions are two-phase: a (C, nsplit) grid writes one partial per block, and a finalize
-// kernel merges a channel's partials in a fixed order (lane-strided, then a shuffle-down tree).
-// No atomics: the result depends only on the shapes, so repeated runs are bitwise equal.
+// Reductions take one launch: a (C, nsplit) grid writes one partial per block, and the last block
+// of each channel to finish (an integer counter per channel, bn::last_block) merges the channel's
+// partials in a fixed order (lane-strided, then a shuffle-down tree; bn::stats_finalize and
+// bn::backward_finalize, the only float64 code). No float atomics: the result depends only on the
+// shapes, so repeated runs are bitwise equal.
 #include "bn_common.cuh"
 
 namespace bn {
@@ -32,10 +34,12 @@ __host__ __device__ constexpr int reduction_unroll()
 }
 
 // Values are shifted by the channel's first element before Welford, so data far from zero
-// (1e4 + N(0, 1)) keeps float32 precision in the running means.
+// (1e4 + N(0, 1)) keeps float32 precision in the running means. The channel's last block to finish
+// merges its partials (stats_finalize).
 template <typename T, int VEC>
 __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __restrict__ part,
-                                              long long n, int c, long long s)
+                                              long long n, int c, long long s,
+                                              unsigned int* counters, const StatsOut& out)
 {
     const int ch = blockIdx.x;
     const int split = blockIdx.y;
@@ -92,6 +96,16 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
     if (threadIdx.x == 0) {
         write_partial(part + (static_cast<long long>(ch) * nsplit + split) * kPartial, w, shift);
     }
+    if (last_block(counters + ch, nsplit, threadIdx.x == 0, 1)) {
+        finish_channels(ch, 1, c, [&](int k, int l) { stats_finalize(part, k, nsplit, l, out); });
+    }
+}
+
+// Threads of each block of a column grid that write a partial record: the lanes of warp 0 whose
+// channel exists.
+__device__ __forceinline__ unsigned int col_writers(int c)
+{
+    return static_cast<unsigned int>(min(32, c - static_cast<int>(blockIdx.x) * 32));
 }
 
 // Spatial size 1 ((N, C) data): a channel's values are C apart, so the per-channel tiles above would
@@ -100,7 +114,8 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
 // results are merged per channel in warp order. Grid (ceil(C / 32), nsplit); same partial layout.
 template <typename T>
 __device__ __forceinline__ void stats_partial_cols(const T* __restrict__ x, float* __restrict__ part,
-                                                   long long n, int c)
+                                                   long long n, int c, unsigned int* counters,
+                                                   const StatsOut& out)
 {
     __shared__ Welford tile[kWarps][32];
     const int lane = threadIdx.x & 31;
@@ -151,38 +166,9 @@ __device__ __forceinline__ void stats_partial_cols(const T* __restrict__ x, floa
         }
         write_partial(part + (static_cast<long long>(ch) * nsplit + split) * kPartial, r, shift);
     }
-}
-
-// One warp per channel: merge the channel's nsplit partials in float64, then write savemean,
-// saveinvvar, the normalize factor a = scale / sqrt(var + eps) (as channel_factor and the CPU
-// backend compute it) and update the running statistics, each rounded once from float64.
-__device__ __forceinline__ void stats_finalize(const float* __restrict__ part, int c, int nsplit,
-                                               double eps, double factor,
-                                               const float* __restrict__ scale, float* savemean,
-                                               float* saveinvvar, float* a, float* run_mean,
-                                               float* run_var)
-{
-    const int lane = threadIdx.x & 31;
-    const int ch = blockIdx.x * kWarps + (threadIdx.x >> 5);
-    if (ch >= c) {
-        return;  // the whole warp leaves together
-    }
-    const float* base = part + static_cast<long long>(ch) * nsplit * kPartial;
-    WelfordD w = {0.0, 0.0, 0.0, 0.0};
-    for (int b = lane; b < nsplit; b += 32) {
-        w = welford_merge(w, read_partial(base + b * kPartial));
-    }
-    w = warp_reduce(w);
-    if (lane == 0) {
-        double mean, var;
-        welford_finish(w, base[6], mean, var);
-        const double invstd = 1.0 / sqrt(var + eps);
-        savemean[ch] = static_cast<float>(mean);
-        saveinvvar[ch] = static_cast<float>(invstd);
-        a[ch] = static_cast<float>(static_cast<double>(scale[ch]) / sqrt(var + eps));
-        const double keep = 1.0 - factor;
-        run_mean[ch] = static_cast<float>(keep * run_mean[ch] + factor * mean);
-        run_var[ch] = static_cast<float>(keep * run_var[ch] + factor * (var * (w.n / (w.n - 1.0))));
+    if (last_block(counters + blockIdx.x, nsplit, warp == 0 && ch < c, col_writers(c))) {
+        finish_channels(blockIdx.x * 32, 32, c,
+                        [&](int k, int l) { stats_finalize(part, k, nsplit, l, out); });
     }
 }
 
@@ -270,9 +256,10 @@ __device__ __forceinline__ void channel_stream(const Op& op, long long n, int c,
 }
 
 // y = fma(x - mean, a, bias) with the per-channel factor a of stats_finalize or channel_factor:
-// two roundings, as the CPU backend does (values equal to the mean give bias exactly). Each thread reloads the channel's constants only when its channel changes. x and y may
-// be the same buffer.
-template <typename T, int VEC>
+// two roundings, as the CPU backend does (values equal to the mean give bias exactly), then relu
+// when RELU (before the rounding to T: the same result, and -0 stays out). Each thread reloads the
+// channel's constants only when its channel changes. x and y may be the same buffer.
+template <typename T, int VEC, bool RELU>
 struct NormalizeOp {
     const T* x;
     T* y;
@@ -295,29 +282,33 @@ struct NormalizeOp {
     {
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-            pk.v[i] = from_float<T>(fmaf(__fsub_rn(to_float(pk.v[i]), k.m), k.a, k.b));
+            const float v = fmaf(__fsub_rn(to_float(pk.v[i]), k.m), k.a, k.b);
+            pk.v[i] = from_float<T>(RELU ? relu(v) : v);
         }
         store_pack<T, VEC>(y + j * VEC, pk);
     }
 };
 
-template <typename T, int VEC>
+template <typename T, int VEC, bool RELU = false>
 __device__ __forceinline__ void normalize(const T* x, T* y, const float* __restrict__ mean,
                                           const float* __restrict__ factor,
                                           const float* __restrict__ bias, long long n, int c,
                                           long long s)
 {
-    channel_stream<T, VEC>(NormalizeOp<T, VEC>{x, y, mean, factor, bias}, n, c, s);
+    channel_stream<T, VEC>(NormalizeOp<T, VEC, RELU>{x, y, mean, factor, bias}, n, c, s);
 }
 
 // --- backward -----------------------------------------------------------------------------------
 
-// Partial backward sums (kSums) of one (channel, split) tile, as float-float pairs.
-template <typename T, int VEC>
+// Partial backward sums (kSums) of one (channel, split) tile, as float-float pairs. RELU: dy masked
+// by the forward's output y (bn::relu_grad); y is not read otherwise.
+template <typename T, int VEC, bool RELU = false>
 __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const T* __restrict__ dy,
+                                                 const T* __restrict__ y,
                                                  const float* __restrict__ savemean,
                                                  float* __restrict__ part, long long n, int c,
-                                                 long long s)
+                                                 long long s, unsigned int* counters,
+                                                 const SumsOut& out)
 {
     const int ch = blockIdx.x;
     const int split = blockIdx.y;
@@ -336,19 +327,21 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
         RowWalk walk(j, kBlock, cols);
         // kUnroll steps' loads first, then their sums in step order
         for (; j + (kUnroll - 1) * kBlock < end; j += kUnroll * kBlock) {
-            Pack<T, VEC> px[kUnroll], pg[kUnroll];
+            Pack<T, VEC> px[kUnroll], pg[kUnroll], py[kUnroll];
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) {
                 const long long off = pack_offset<VEC>(walk, c, ch, s);
                 px[u] = load_pack<T, VEC>(x + off);
                 pg[u] = load_pack<T, VEC>(dy + off);
+                py[u] = load_mask<T, VEC, RELU>(y, off);
                 walk.advance();
             }
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) {
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) {
-                    backward_terms(acc, to_float(pg[u].v[i]), __fsub_rn(to_float(px[u].v[i]), m));
+                    backward_terms(acc, masked<T, VEC, RELU>(to_float(pg[u].v[i]), py[u], i),
+                                   __fsub_rn(to_float(px[u].v[i]), m));
                 }
                 acc.flush_step();
             }
@@ -357,9 +350,11 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
             const long long off = pack_offset<VEC>(walk, c, ch, s);
             const Pack<T, VEC> px = load_pack<T, VEC>(x + off);
             const Pack<T, VEC> pg = load_pack<T, VEC>(dy + off);
+            const Pack<T, VEC> py = load_mask<T, VEC, RELU>(y, off);
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
-                backward_terms(acc, to_float(pg.v[i]), __fsub_rn(to_float(px.v[i]), m));
+                backward_terms(acc, masked<T, VEC, RELU>(to_float(pg.v[i]), py, i),
+                               __fsub_rn(to_float(px.v[i]), m));
             }
             acc.flush_step();
             walk.advance();
@@ -369,14 +364,20 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
     if (threadIdx.x == 0) {
         write_sums(part + (static_cast<long long>(ch) * nsplit + split) * kSumPartial, r);
     }
+    if (last_block(counters + ch, nsplit, threadIdx.x == 0, 1)) {
+        finish_channels(ch, 1, c,
+                        [&](int k, int l) { backward_finalize(part, k, nsplit, n * s, l, out); });
+    }
 }
 
 // Spatial size 1: the column layout of stats_partial_cols for the backward sums.
-template <typename T>
+template <typename T, bool RELU = false>
 __device__ __forceinline__ void backward_partial_cols(const T* __restrict__ x,
                                                       const T* __restrict__ dy,
+                                                      const T* __restrict__ y,
                                                       const float* __restrict__ savemean,
-                                                      float* __restrict__ part, long long n, int c)
+                                                      float* __restrict__ part, long long n, int c,
+                                                      unsigned int* counters, const SumsOut& out)
 {
     __shared__ Sums<kSums> tile[kWarps][32];
     const int lane = threadIdx.x & 31;
@@ -392,7 +393,9 @@ __device__ __forceinline__ void backward_partial_cols(const T* __restrict__ x,
     if (ch < c) {
         const float m = savemean[ch];
         for (long long row = begin + warp; row < end; row += kWarps) {
-            backward_terms(acc, to_float(dy[row * c + ch]), __fsub_rn(to_float(x[row * c + ch]), m));
+            const long long at = row * c + ch;
+            const float g = to_float(dy[at]);
+            backward_terms(acc, RELU ? relu_grad(g, y[at]) : g, __fsub_rn(to_float(x[at]), m));
             acc.flush_step();
         }
     }
@@ -406,69 +409,29 @@ __device__ __forceinline__ void backward_partial_cols(const T* __restrict__ x,
         }
         write_sums(part + (static_cast<long long>(ch) * nsplit + split) * kSumPartial, r);
     }
-}
-
-// One warp per channel: merge the partial sums in float64 in a fixed order, write the parameter
-// gradients and the per-channel dx coefficients coef[3 ch ..] = (k, c0, c1), each computed in
-// float64 and rounded once: with r = exact mean - savemean, dscale = (sum(dy (x - m)) - r sum(dy))
-// * invstd, k = scale * invstd, c1 = k * invstd * dscale / m, c0 = k * dbias / m - r * c1.
-__device__ __forceinline__ void backward_finalize(const float* __restrict__ part, int c, int nsplit,
-                                                  long long m, const float* __restrict__ scale,
-                                                  const float* __restrict__ saveinvvar,
-                                                  float* dscale, float* dbias, float* coef)
-{
-    const int lane = threadIdx.x & 31;
-    const int ch = blockIdx.x * kWarps + (threadIdx.x >> 5);
-    if (ch >= c) {
-        return;  // the whole warp leaves together
-    }
-    const float* base = part + static_cast<long long>(ch) * nsplit * kSumPartial;
-    double sum[kSums] = {0.0, 0.0, 0.0};
-    for (int b = lane; b < nsplit; b += 32) {
-        const float* p = base + b * kSumPartial;
-#pragma unroll
-        for (int i = 0; i < kSums; ++i) {
-            sum[i] += ff_value(p[2 * i], p[2 * i + 1]);
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < kSums; ++i) {
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) {
-            sum[i] += __shfl_down_sync(0xffffffffu, sum[i], off);
-        }
-    }
-    if (lane == 0) {
-        const double fm = static_cast<double>(m);
-        const double r = sum[2] / fm;  // exact mean - savemean
-        const double invstd = saveinvvar[ch];
-        const double gs = (sum[1] - correction(r * sum[0])) * invstd;
-        const double k = static_cast<double>(scale[ch]) * invstd;
-        const double c1 = k * invstd * gs / fm;
-        dbias[ch] = static_cast<float>(sum[0]);
-        dscale[ch] = static_cast<float>(gs);
-        coef[ch * 3 + 0] = static_cast<float>(k);
-        coef[ch * 3 + 1] = static_cast<float>(k * sum[0] / fm - correction(r * c1));
-        coef[ch * 3 + 2] = static_cast<float>(c1);
+    if (last_block(counters + blockIdx.x, nsplit, warp == 0 && ch < c, col_writers(c))) {
+        finish_channels(blockIdx.x * 32, 32, c,
+                        [&](int k, int l) { backward_finalize(part, k, nsplit, n, l, out); });
     }
 }
 
 // dx = dy * k - ((x - mean) * c1 + c0) as two FMAs, as the CPU backend does; keeping (x - mean)
-// whole avoids the cancellation of x * c1 - mean * c1.
-template <typename T, int VEC>
+// whole avoids the cancellation of x * c1 - mean * c1. RELU: dy masked by y first.
+template <typename T, int VEC, bool RELU>
 struct BackwardDxOp {
     const T* __restrict__ x;
     const T* __restrict__ dy;
+    const T* __restrict__ y;
     const float* __restrict__ savemean;
     const float* __restrict__ coef;
     T* __restrict__ dx;
 
-    static constexpr int kArrays = 2;
+    static constexpr int kArrays = RELU ? 3 : 2;
     struct Constants {
         float m, k, c0, c1;
     };
     struct Loaded {
-        Pack<T, VEC> px, pg;
+        Pack<T, VEC> px, pg, py;
     };
 
     __device__ __forceinline__ Constants constants(int ch) const
@@ -477,60 +440,70 @@ struct BackwardDxOp {
     }
     __device__ __forceinline__ Loaded load(long long j) const
     {
-        return {load_pack<T, VEC>(x + j * VEC), load_pack<T, VEC>(dy + j * VEC)};
+        return {load_pack<T, VEC>(x + j * VEC), load_pack<T, VEC>(dy + j * VEC),
+                load_mask<T, VEC, RELU>(y, j * VEC)};
     }
     __device__ __forceinline__ void finish(long long j, Loaded in, const Constants& k) const
     {
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
             const float u = fmaf(__fsub_rn(to_float(in.px.v[i]), k.m), k.c1, k.c0);
-            in.pg.v[i] = from_float<T>(fmaf(to_float(in.pg.v[i]), k.k, -u));
+            const float g = masked<T, VEC, RELU>(to_float(in.pg.v[i]), in.py, i);
+            in.pg.v[i] = from_float<T>(fmaf(g, k.k, -u));
         }
         store_pack<T, VEC>(dx + j * VEC, in.pg);
     }
 };
 
-template <typename T, int VEC>
+template <typename T, int VEC, bool RELU = false>
 __device__ __forceinline__ void backward_dx(const T* __restrict__ x, const T* __restrict__ dy,
+                                            const T* __restrict__ y,
                                             const float* __restrict__ savemean,
                                             const float* __restrict__ coef, T* __restrict__ dx,
                                             long long n, int c, long long s)
 {
-    channel_stream<T, VEC>(BackwardDxOp<T, VEC>{x, dy, savemean, coef, dx}, n, c, s);
+    channel_stream<T, VEC>(BackwardDxOp<T, VEC, RELU>{x, dy, y, savemean, coef, dx}, n, c, s);
 }
 
 // dx = dy * k with the per-channel factor k = scale / sqrt(run_var + eps) of channel_factor
-// (frozen statistics).
-template <typename T, int VEC>
+// (frozen statistics). RELU: dy masked by y first.
+template <typename T, int VEC, bool RELU>
 struct BackwardInferOp {
     const T* __restrict__ dy;
+    const T* __restrict__ y;
     const float* __restrict__ factor;
     T* __restrict__ dx;
 
-    static constexpr int kArrays = 1;
+    static constexpr int kArrays = RELU ? 2 : 1;
     struct Constants {
         float k;
     };
-    typedef Pack<T, VEC> Loaded;
+    struct Loaded {
+        Pack<T, VEC> pg, py;
+    };
 
     __device__ __forceinline__ Constants constants(int ch) const { return {factor[ch]}; }
-    __device__ __forceinline__ Loaded load(long long j) const { return load_pack<T, VEC>(dy + j * VEC); }
-    __device__ __forceinline__ void finish(long long j, Loaded pg, const Constants& k) const
+    __device__ __forceinline__ Loaded load(long long j) const
+    {
+        return {load_pack<T, VEC>(dy + j * VEC), load_mask<T, VEC, RELU>(y, j * VEC)};
+    }
+    __device__ __forceinline__ void finish(long long j, Loaded in, const Constants& k) const
     {
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-            pg.v[i] = from_float<T>(__fmul_rn(to_float(pg.v[i]), k.k));
+            const float g = masked<T, VEC, RELU>(to_float(in.pg.v[i]), in.py, i);
+            in.pg.v[i] = from_float<T>(__fmul_rn(g, k.k));
         }
-        store_pack<T, VEC>(dx + j * VEC, pg);
+        store_pack<T, VEC>(dx + j * VEC, in.pg);
     }
 };
 
-template <typename T, int VEC>
-__device__ __forceinline__ void backward_infer(const T* __restrict__ dy,
+template <typename T, int VEC, bool RELU = false>
+__device__ __forceinline__ void backward_infer(const T* __restrict__ dy, const T* __restrict__ y,
                                                const float* __restrict__ factor,
                                                T* __restrict__ dx, long long n, int c, long long s)
 {
-    channel_stream<T, VEC>(BackwardInferOp<T, VEC>{dy, factor, dx}, n, c, s);
+    channel_stream<T, VEC>(BackwardInferOp<T, VEC, RELU>{dy, y, factor, dx}, n, c, s);
 }
 
 }  // namespace bn
@@ -539,23 +512,10 @@ __device__ __forceinline__ void backward_infer(const T* __restrict__ dy,
 // Plain signatures only (pointers and int / long long / float scalars): the Python side and the
 // simulator backend launch them by name. All use 256-thread blocks (bn::kBlock).
 
-// Batch statistics, phase 2: one warp per channel (grid ceil(C / 8)); also writes the normalize
-// factors a and updates the running statistics.
-extern "C" __global__ void bn_stats_finalize(const float* part, int c, int nsplit, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
-{
-    bn::stats_finalize(part, c, nsplit, eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var);
-}
-
 // Inference factors a = scale / sqrt(run_var + eps): one thread per channel (grid ceil(C / 256)).
 extern "C" __global__ void bn_channel_factor(const float* scale, const float* run_var, double eps, float* a, int c)
 {
     bn::channel_factor(scale, run_var, eps, a, c);
-}
-
-// Backward reduction, phase 2: one warp per channel (grid ceil(C / 8)).
-extern "C" __global__ void bn_backward_finalize(const float* part, int c, int nsplit, long long m, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
-{
-    bn::backward_finalize(part, c, nsplit, m, scale, saveinvvar, dscale, dbias, coef);
 }
 
 // Parameter-gradient accumulation and updates: y = alpha * x + beta * y (beta == 0 overwrites y,
@@ -569,33 +529,35 @@ extern "C" __global__ void bn_axpby(const float* x, float* y, float alpha, float
     }
 }
 
-// Batch statistics, phase 1: grid (C, nsplit), one Welford partial per block.
-extern "C" __global__ void bn_stats_partial_f32(const float* x, float* part, long long n, int c, long long s)
+// Batch statistics: grid (C, nsplit), one Welford partial per block; each channel's last block
+// finishes it (savemean, saveinvvar, the normalize factors a, the running statistics). counters:
+// one per channel, all 0 (and left 0).
+extern "C" __global__ void bn_stats_partial_f32(const float* x, float* part, long long n, int c, long long s, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial<float, 1>(x, part, n, c, s);
+    bn::stats_partial<float, 1>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_f32_vec(const float* x, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_stats_partial_f32_vec(const float* x, float* part, long long n, int c, long long s, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial<float, 4>(x, part, n, c, s);
+    bn::stats_partial<float, 4>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_f16(const __half* x, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_stats_partial_f16(const __half* x, float* part, long long n, int c, long long s, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial<__half, 1>(x, part, n, c, s);
+    bn::stats_partial<__half, 1>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_f16_vec(const __half* x, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_stats_partial_f16_vec(const __half* x, float* part, long long n, int c, long long s, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial<__half, 8>(x, part, n, c, s);
+    bn::stats_partial<__half, 8>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_bf16(const __nv_bfloat16* x, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_stats_partial_bf16(const __nv_bfloat16* x, float* part, long long n, int c, long long s, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial<__nv_bfloat16, 1>(x, part, n, c, s);
+    bn::stats_partial<__nv_bfloat16, 1>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_bf16_vec(const __nv_bfloat16* x, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_stats_partial_bf16_vec(const __nv_bfloat16* x, float* part, long long n, int c, long long s, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial<__nv_bfloat16, 8>(x, part, n, c, s);
+    bn::stats_partial<__nv_bfloat16, 8>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
 
-// Normalization y = fmaf(x - mean, a, bias), training (batch statistics, a from bn_stats_finalize)
+// Normalization y = fmaf(x - mean, a, bias), training (batch statistics, a from bn_stats_partial_*)
 // and inference (running statistics, a from bn_channel_factor); y may be x.
 extern "C" __global__ void bn_normalize_f32(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
@@ -622,108 +584,228 @@ extern "C" __global__ void bn_normalize_bf16_vec(const __nv_bfloat16* x, __nv_bf
     bn::normalize<__nv_bfloat16, 8>(x, y, mean, a, bias, n, c, s);
 }
 
-// Backward reduction, phase 1: grid (C, nsplit), partial sum(dy) and sum(dy * (x - mean)).
-extern "C" __global__ void bn_backward_partial_f32(const float* x, const float* dy, const float* savemean, float* part, long long n, int c, long long s)
+// Backward reduction: grid (C, nsplit), partial sum(dy) and sum(dy * (x - mean)); each channel's
+// last block finishes it (dscale, dbias and the dx coefficients coef). counters as above.
+extern "C" __global__ void bn_backward_partial_f32(const float* x, const float* dy, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<float, 1>(x, dy, savemean, part, n, c, s);
+    bn::backward_partial<float, 1>(x, dy, nullptr, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_f32_vec(const float* x, const float* dy, const float* savemean, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_partial_f32_vec(const float* x, const float* dy, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<float, 4>(x, dy, savemean, part, n, c, s);
+    bn::backward_partial<float, 4>(x, dy, nullptr, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_f16(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_partial_f16(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__half, 1>(x, dy, savemean, part, n, c, s);
+    bn::backward_partial<__half, 1>(x, dy, nullptr, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_f16_vec(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_partial_f16_vec(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__half, 8>(x, dy, savemean, part, n, c, s);
+    bn::backward_partial<__half, 8>(x, dy, nullptr, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_partial_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__nv_bfloat16, 1>(x, dy, savemean, part, n, c, s);
+    bn::backward_partial<__nv_bfloat16, 1>(x, dy, nullptr, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_partial_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__nv_bfloat16, 8>(x, dy, savemean, part, n, c, s);
+    bn::backward_partial<__nv_bfloat16, 8>(x, dy, nullptr, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
 
-// Backward elementwise (training statistics) with the coefficients of bn_backward_finalize.
+// Backward elementwise (training statistics) with the coefficients of bn_backward_partial_*.
 extern "C" __global__ void bn_backward_train_f32(const float* x, const float* dy, const float* savemean, const float* coef, float* dx, long long n, int c, long long s)
 {
-    bn::backward_dx<float, 1>(x, dy, savemean, coef, dx, n, c, s);
+    bn::backward_dx<float, 1>(x, dy, nullptr, savemean, coef, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_train_f32_vec(const float* x, const float* dy, const float* savemean, const float* coef, float* dx, long long n, int c, long long s)
 {
-    bn::backward_dx<float, 4>(x, dy, savemean, coef, dx, n, c, s);
+    bn::backward_dx<float, 4>(x, dy, nullptr, savemean, coef, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_train_f16(const __half* x, const __half* dy, const float* savemean, const float* coef, __half* dx, long long n, int c, long long s)
 {
-    bn::backward_dx<__half, 1>(x, dy, savemean, coef, dx, n, c, s);
+    bn::backward_dx<__half, 1>(x, dy, nullptr, savemean, coef, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_train_f16_vec(const __half* x, const __half* dy, const float* savemean, const float* coef, __half* dx, long long n, int c, long long s)
 {
-    bn::backward_dx<__half, 8>(x, dy, savemean, coef, dx, n, c, s);
+    bn::backward_dx<__half, 8>(x, dy, nullptr, savemean, coef, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_train_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, const float* coef, __nv_bfloat16* dx, long long n, int c, long long s)
 {
-    bn::backward_dx<__nv_bfloat16, 1>(x, dy, savemean, coef, dx, n, c, s);
+    bn::backward_dx<__nv_bfloat16, 1>(x, dy, nullptr, savemean, coef, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_train_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, const float* coef, __nv_bfloat16* dx, long long n, int c, long long s)
 {
-    bn::backward_dx<__nv_bfloat16, 8>(x, dy, savemean, coef, dx, n, c, s);
+    bn::backward_dx<__nv_bfloat16, 8>(x, dy, nullptr, savemean, coef, dx, n, c, s);
 }
 
 // Backward elementwise with frozen (running) statistics: dx = dy * k, k from bn_channel_factor.
 extern "C" __global__ void bn_backward_infer_f32(const float* dy, const float* k, float* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<float, 1>(dy, k, dx, n, c, s);
+    bn::backward_infer<float, 1>(dy, nullptr, k, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_infer_f32_vec(const float* dy, const float* k, float* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<float, 4>(dy, k, dx, n, c, s);
+    bn::backward_infer<float, 4>(dy, nullptr, k, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_infer_f16(const __half* dy, const float* k, __half* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__half, 1>(dy, k, dx, n, c, s);
+    bn::backward_infer<__half, 1>(dy, nullptr, k, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_infer_f16_vec(const __half* dy, const float* k, __half* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__half, 8>(dy, k, dx, n, c, s);
+    bn::backward_infer<__half, 8>(dy, nullptr, k, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_infer_bf16(const __nv_bfloat16* dy, const float* k, __nv_bfloat16* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__nv_bfloat16, 1>(dy, k, dx, n, c, s);
+    bn::backward_infer<__nv_bfloat16, 1>(dy, nullptr, k, dx, n, c, s);
 }
 extern "C" __global__ void bn_backward_infer_bf16_vec(const __nv_bfloat16* dy, const float* k, __nv_bfloat16* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__nv_bfloat16, 8>(dy, k, dx, n, c, s);
+    bn::backward_infer<__nv_bfloat16, 8>(dy, nullptr, k, dx, n, c, s);
 }
 
-// Spatial size 1: column-layout partials for bn_stats_finalize, grid (ceil(C / 32), nsplit).
-extern "C" __global__ void bn_stats_partial_cols_f32(const float* x, float* part, long long n, int c)
+// Spatial size 1: the column layout, grid (ceil(C / 32), nsplit), one counter per 32 channels.
+extern "C" __global__ void bn_stats_partial_cols_f32(const float* x, float* part, long long n, int c, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial_cols<float>(x, part, n, c);
+    bn::stats_partial_cols<float>(x, part, n, c, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_cols_f16(const __half* x, float* part, long long n, int c)
+extern "C" __global__ void bn_stats_partial_cols_f16(const __half* x, float* part, long long n, int c, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial_cols<__half>(x, part, n, c);
+    bn::stats_partial_cols<__half>(x, part, n, c, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_cols_bf16(const __nv_bfloat16* x, float* part, long long n, int c)
+extern "C" __global__ void bn_stats_partial_cols_bf16(const __nv_bfloat16* x, float* part, long long n, int c, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial_cols<__nv_bfloat16>(x, part, n, c);
+    bn::stats_partial_cols<__nv_bfloat16>(x, part, n, c, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
 
-// Spatial size 1: column-layout partials for bn_backward_finalize, grid (ceil(C / 32), nsplit).
-extern "C" __global__ void bn_backward_partial_cols_f32(const float* x, const float* dy, const float* savemean, float* part, long long n, int c)
+// Spatial size 1: the column layout of the backward sums, one counter per 32 channels.
+extern "C" __global__ void bn_backward_partial_cols_f32(const float* x, const float* dy, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial_cols<float>(x, dy, savemean, part, n, c);
+    bn::backward_partial_cols<float>(x, dy, nullptr, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_cols_f16(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c)
+extern "C" __global__ void bn_backward_partial_cols_f16(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial_cols<__half>(x, dy, savemean, part, n, c);
+    bn::backward_partial_cols<__half>(x, dy, nullptr, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_cols_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c)
+extern "C" __global__ void bn_backward_partial_cols_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial_cols<__nv_bfloat16>(x, dy, savemean, part, n, c);
+    bn::backward_partial_cols<__nv_bfloat16>(x, dy, nullptr, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+}
+
+// --- fused ReLU (relu(v) = v <= 0 ? 0 : v): the same passes with relu applied to the output, or the
+// gradient masked by the forward's output y (0 where y <= 0), in the same pass.
+
+// y = relu(fmaf(x - mean, a, bias)); y may be x.
+extern "C" __global__ void bn_normalize_relu_f32(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<float, 1, true>(x, y, mean, a, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_relu_f32_vec(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<float, 4, true>(x, y, mean, a, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_relu_f16(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<__half, 1, true>(x, y, mean, a, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_relu_f16_vec(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<__half, 8, true>(x, y, mean, a, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_relu_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<__nv_bfloat16, 1, true>(x, y, mean, a, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_relu_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<__nv_bfloat16, 8, true>(x, y, mean, a, bias, n, c, s);
+}
+
+// Backward reduction, phase 1, of dy masked by y.
+extern "C" __global__ void bn_backward_partial_relu_f32(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+{
+    bn::backward_partial<float, 1, true>(x, dy, y, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+}
+extern "C" __global__ void bn_backward_partial_relu_f32_vec(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+{
+    bn::backward_partial<float, 4, true>(x, dy, y, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+}
+extern "C" __global__ void bn_backward_partial_relu_f16(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+{
+    bn::backward_partial<__half, 1, true>(x, dy, y, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+}
+extern "C" __global__ void bn_backward_partial_relu_f16_vec(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+{
+    bn::backward_partial<__half, 8, true>(x, dy, y, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+}
+extern "C" __global__ void bn_backward_partial_relu_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+{
+    bn::backward_partial<__nv_bfloat16, 1, true>(x, dy, y, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+}
+extern "C" __global__ void bn_backward_partial_relu_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+{
+    bn::backward_partial<__nv_bfloat16, 8, true>(x, dy, y, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+}
+extern "C" __global__ void bn_backward_partial_relu_cols_f32(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+{
+    bn::backward_partial_cols<float, true>(x, dy, y, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+}
+extern "C" __global__ void bn_backward_partial_relu_cols_f16(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+{
+    bn::backward_partial_cols<__half, true>(x, dy, y, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+}
+extern "C" __global__ void bn_backward_partial_relu_cols_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+{
+    bn::backward_partial_cols<__nv_bfloat16, true>(x, dy, y, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+}
+
+// Backward elementwise (training statistics) of dy masked by y.
+extern "C" __global__ void bn_backward_train_relu_f32(const float* x, const float* dy, const float* y, const float* savemean, const float* coef, float* dx, long long n, int c, long long s)
+{
+    bn::backward_dx<float, 1, true>(x, dy, y, savemean, coef, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_train_relu_f32_vec(const float* x, const float* dy, const float* y, const float* savemean, const float* coef, float* dx, long long n, int c, long long s)
+{
+    bn::backward_dx<float, 4, true>(x, dy, y, savemean, coef, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_train_relu_f16(const __half* x, const __half* dy, const __half* y, const float* savemean, const float* coef, __half* dx, long long n, int c, long long s)
+{
+    bn::backward_dx<__half, 1, true>(x, dy, y, savemean, coef, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_train_relu_f16_vec(const __half* x, const __half* dy, const __half* y, const float* savemean, const float* coef, __half* dx, long long n, int c, long long s)
+{
+    bn::backward_dx<__half, 8, true>(x, dy, y, savemean, coef, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_train_relu_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, const float* coef, __nv_bfloat16* dx, long long n, int c, long long s)
+{
+    bn::backward_dx<__nv_bfloat16, 1, true>(x, dy, y, savemean, coef, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_train_relu_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, const float* coef, __nv_bfloat16* dx, long long n, int c, long long s)
+{
+    bn::backward_dx<__nv_bfloat16, 8, true>(x, dy, y, savemean, coef, dx, n, c, s);
+}
+
+// Backward with frozen statistics of dy masked by y: dx = relu_grad(dy, y) * k.
+extern "C" __global__ void bn_backward_infer_relu_f32(const float* dy, const float* y, const float* k, float* dx, long long n, int c, long long s)
+{
+    bn::backward_infer<float, 1, true>(dy, y, k, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_infer_relu_f32_vec(const float* dy, const float* y, const float* k, float* dx, long long n, int c, long long s)
+{
+    bn::backward_infer<float, 4, true>(dy, y, k, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_infer_relu_f16(const __half* dy, const __half* y, const float* k, __half* dx, long long n, int c, long long s)
+{
+    bn::backward_infer<__half, 1, true>(dy, y, k, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_infer_relu_f16_vec(const __half* dy, const __half* y, const float* k, __half* dx, long long n, int c, long long s)
+{
+    bn::backward_infer<__half, 8, true>(dy, y, k, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_infer_relu_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* k, __nv_bfloat16* dx, long long n, int c, long long s)
+{
+    bn::backward_infer<__nv_bfloat16, 1, true>(dy, y, k, dx, n, c, s);
+}
+extern "C" __global__ void bn_backward_infer_relu_bf16_vec(const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* k, __nv_bfloat16* dx, long long n, int c, long long s)
+{
+    bn::backward_infer<__nv_bfloat16, 8, true>(dy, y, k, dx, n, c, s);
 }

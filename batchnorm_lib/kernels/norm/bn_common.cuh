@@ -46,6 +46,36 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T, VEC>& pk)
     *reinterpret_cast<Pack<T, VEC>*>(p) = pk;
 }
 
+// --- fused ReLU ---------------------------------------------------------------------------------
+// relu(v) = (v <= 0 ? 0 : v): a NaN passes (the comparison is false for it) and -0 becomes +0.
+__device__ __forceinline__ float relu(float v) { return v <= 0.f ? 0.f : v; }
+
+// The gradient through a ReLU whose output was y: 0 where y <= 0, else g. With 16-bit data the
+// mask reads the stored (rounded) y, which is what the next layer saw.
+template <typename T>
+__device__ __forceinline__ float relu_grad(float g, T y)
+{
+    return to_float(y) <= 0.f ? 0.f : g;
+}
+
+// A pack of the forward's output y where the gradient is masked by it (RELU), nothing otherwise:
+// the non-fused kernels neither take nor load y.
+template <typename T, int VEC, bool RELU>
+__device__ __forceinline__ Pack<T, VEC> load_mask(const T* y, long long offset)
+{
+    if (RELU) {
+        return load_pack<T, VEC>(y + offset);
+    }
+    return Pack<T, VEC>{};
+}
+
+// g, masked by element i of the y pack when RELU
+template <typename T, int VEC, bool RELU>
+__device__ __forceinline__ float masked(float g, const Pack<T, VEC>& py, int i)
+{
+    return RELU ? relu_grad(g, py.v[i]) : g;
+}
+
 // --- compensated arithmetic ------------------------------------------------------------------------
 // Every kernel adds with __fadd_rn/__fsub_rn here, so neither nvcc (-fmad=false aside) nor the
 // simulator's host compiler can reassociate or fuse these steps: the error terms are exact only if
@@ -424,6 +454,148 @@ __device__ __forceinline__ void backward_terms(SumStream<kSums>& acc, float g, f
     acc.add(0, g);
     acc.add(1, __fmul_rn(g, xm));
     acc.add(2, xm);
+}
+
+// --- finishing a reduction in its own launch ---------------------------------------------------
+// Each block of a channel group (a channel, or a tile of channels) writes its partial, then counts
+// itself done on the group's counter; the block that counts last merges every partial of the
+// group in the fixed order below (lane-strided in float64, then a shuffle-down tree: the order
+// depends on nsplit only, never on which block came last), so statistics take one launch and stay
+// bitwise repeatable. The counters start at 0 and the last block sets its back to 0, so the same
+// workspace serves the next launch without a reset.
+
+// After this block's partial records are written: true in every thread of the block if it is the
+// last block of its group to get here; all the group's records are then visible to it. `wrote`:
+// this thread wrote records; `writers`: how many threads of each block of the group write them.
+// Each writer counts itself after its own fence, so the count completes only after every record
+// of the group is visible device-wide. Must be reached by every thread of the block.
+__device__ __forceinline__ bool last_block(unsigned int* counter, unsigned int blocks, bool wrote,
+                                           unsigned int writers)
+{
+    int last = 0;
+    if (wrote) {
+        __threadfence();
+        last = atomicAdd(counter, 1u) == blocks * writers - 1;
+        if (last) {
+            atomicExch(counter, 0u);  // every count is in: the counter is free for the next launch
+        }
+    }
+    // the block's verdict, and a barrier after which its own threads' records are visible to it
+    if (__syncthreads_or(last)) {
+        __threadfence();
+        return true;
+    }
+    return false;
+}
+
+// Where the statistics go (see stats_finalize).
+struct StatsOut {
+    double eps, factor;
+    const float* scale;
+    float* savemean;
+    float* saveinvvar;
+    float* a;
+    float* run_mean;
+    float* run_var;
+};
+
+// Where the backward sums go (see backward_finalize).
+struct SumsOut {
+    const float* scale;
+    const float* saveinvvar;
+    float* dscale;
+    float* dbias;
+    float* coef;
+};
+
+// A partial record written by another block of this launch: read through L2 (__ldcg), never from
+// a stale L1 line.
+__device__ __forceinline__ WelfordD read_partial_cg(const float* p)
+{
+    Welford w;
+    w.n = __ldcg(p);
+    w.mean = __ldcg(p + 1);
+    w.mean_lo = __ldcg(p + 2);
+    w.m2 = __ldcg(p + 3);
+    w.m2_lo = __ldcg(p + 4);
+    w.total = __ldcg(p + 5);
+    return to_double(w);
+}
+
+// One warp (all 32 lanes) finishes channel ch: merges its nsplit partials in float64, then writes
+// savemean, saveinvvar, the normalize factor a = scale / sqrt(var + eps) (as channel_factor and
+// the CPU backend compute it) and updates the running statistics, each rounded once from float64.
+__device__ __forceinline__ void stats_finalize(const float* part, int ch, int nsplit, int lane,
+                                               const StatsOut& o)
+{
+    const float* base = part + static_cast<long long>(ch) * nsplit * kPartial;
+    WelfordD w = {0.0, 0.0, 0.0, 0.0};
+    for (int b = lane; b < nsplit; b += 32) {
+        w = welford_merge(w, read_partial_cg(base + b * kPartial));
+    }
+    w = warp_reduce(w);
+    if (lane == 0) {
+        double mean, var;
+        welford_finish(w, __ldcg(base + 6), mean, var);
+        const double invstd = 1.0 / sqrt(var + o.eps);
+        o.savemean[ch] = static_cast<float>(mean);
+        o.saveinvvar[ch] = static_cast<float>(invstd);
+        o.a[ch] = static_cast<float>(static_cast<double>(o.scale[ch]) / sqrt(var + o.eps));
+        const double keep = 1.0 - o.factor;
+        o.run_mean[ch] = static_cast<float>(keep * o.run_mean[ch] + o.factor * mean);
+        o.run_var[ch] = static_cast<float>(keep * o.run_var[ch] +
+                                           o.factor * (var * (w.n / (w.n - 1.0))));
+    }
+}
+
+// One warp finishes channel ch's backward sums over m values: merges the partial sums in float64
+// in a fixed order, writes the parameter gradients and the dx coefficients coef[3 ch ..] =
+// (k, c0, c1), each computed in float64 and rounded once: with r = exact mean - savemean,
+// dscale = (sum(dy (x - m)) - r sum(dy)) * invstd, k = scale * invstd,
+// c1 = k * invstd * dscale / m, c0 = k * dbias / m - r * c1.
+__device__ __forceinline__ void backward_finalize(const float* part, int ch, int nsplit,
+                                                  long long m, int lane, const SumsOut& o)
+{
+    const float* base = part + static_cast<long long>(ch) * nsplit * kSumPartial;
+    double sum[kSums] = {0.0, 0.0, 0.0};
+    for (int b = lane; b < nsplit; b += 32) {
+        const float* p = base + b * kSumPartial;
+#pragma unroll
+        for (int i = 0; i < kSums; ++i) {
+            sum[i] += ff_value(__ldcg(p + 2 * i), __ldcg(p + 2 * i + 1));
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < kSums; ++i) {
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            sum[i] += __shfl_down_sync(0xffffffffu, sum[i], off);
+        }
+    }
+    if (lane == 0) {
+        const double fm = static_cast<double>(m);
+        const double r = sum[2] / fm;  // exact mean - savemean
+        const double invstd = o.saveinvvar[ch];
+        const double gs = (sum[1] - correction(r * sum[0])) * invstd;
+        const double k = static_cast<double>(o.scale[ch]) * invstd;
+        const double c1 = k * invstd * gs / fm;
+        o.dbias[ch] = static_cast<float>(sum[0]);
+        o.dscale[ch] = static_cast<float>(gs);
+        o.coef[ch * 3 + 0] = static_cast<float>(k);
+        o.coef[ch * 3 + 1] = static_cast<float>(k * sum[0] / fm - correction(r * c1));
+        o.coef[ch * 3 + 2] = static_cast<float>(c1);
+    }
+}
+
+// The last block of a group of `count` channels from `first` (those below c) finishes them, one
+// warp per channel in turn: fin(ch, lane).
+template <typename Fin>
+__device__ __forceinline__ void finish_channels(int first, int count, int c, const Fin& fin)
+{
+    const int lane = threadIdx.x & 31;
+    for (int k = threadIdx.x >> 5; k < count && first + k < c; k += kWarps) {
+        fin(first + k, lane);
+    }
 }
 
 __device__ __forceinline__ Welford reduce_identity(Welford) { return welford_empty(); }

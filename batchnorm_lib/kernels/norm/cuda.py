@@ -6,16 +6,22 @@ backends can be used in one process; each compiles the sources once, on first us
 when this module is imported). Nothing here copies data to or from the host: workspaces come from
 the backend's memory pool and every arithmetic step runs in the kernels.
 
-Reductions run as two launches: a (C, nsplit) grid of Welford (or sum) partials (for spatial size
-1, a (ceil(C / 32), nsplit) grid of 32-channel column blocks), then one warp per channel merging
-them in a fixed order. nsplit depends only on the shape, so results are bitwise
-repeatable and equal across devices.
+Reductions run in one launch: a (C, nsplit) grid of Welford (or sum) partials (for spatial size
+1, a (ceil(C / 32), nsplit) grid of 32-channel column blocks), and the last block of each channel
+group to finish (an integer counter per group) merges the group's partials, one warp per channel,
+in a fixed order. nsplit depends only on the shape, so results are bitwise repeatable and equal
+across devices. A training pass is two launches (reduction, then the elementwise pass). Where a
+tensor fits on chip, the training passes instead run as one single-read launch of
+``kernels/norm/persistent.cu`` (see the end of this module), split by what the device holds at
+once: bitwise repeatable on one device, equal to the two-pass results to rounding.
 
 Numerics: threads accumulate in float32, partials merge in compensated float32 (float-float) within a
-block and in float64 per channel (the finalize kernels, the only ones using float64); the factors
-(normalize factor, dx coefficients, inference factor) are computed once in float64. See
-docs/numerics.md.
+block and in float64 per channel (the reductions' last blocks and bn_channel_factor, the only code
+using float64); the factors (normalize factor, dx coefficients, inference factor) are computed once
+in float64. See docs/numerics.md.
 """
+
+import weakref
 
 import numpy as np
 
@@ -39,6 +45,20 @@ _SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 
 def _runtime():
     return config.backend_module().runtime()
+
+
+_COUNTERS = weakref.WeakKeyDictionary()  # runtime -> the reductions' per-group uint32 counters
+
+
+def _counters(rt, groups):
+    """The reductions' done-counters, at least ``groups`` of them, all 0: zeroed once from the host
+    when (re)allocated, and every launch leaves them 0 (its last block of a group resets that
+    group's), so no launch is spent resetting them."""
+    have = _COUNTERS.get(rt)
+    if have is None or have.size < groups:
+        have = rt.to_gpu(np.zeros(max(groups, 1024), np.uint32))
+        _COUNTERS[rt] = have
+    return _ptr(have)
 
 
 def _ptr(a):
@@ -86,7 +106,7 @@ def _splits(blocks_per_split, work, elements):
 
 
 def _reduction(kernel, suffix, n, c, s, vec, width):
-    """(entry name, grid, nsplit, shape args) of a two-phase reduction's first launch. Spatial size
+    """(entry name, grid, nsplit, shape args) of a reduction launch. Spatial size
     1 takes the column kernels (32 channels per block, coalesced across channels)."""
     if s == 1:
         nsplit = _splits(-(-c // 32), n * 32, n)
@@ -97,6 +117,20 @@ def _reduction(kernel, suffix, n, c, s, vec, width):
             (np.int64(n), np.int32(c), np.int64(s)))
 
 
+def _relu(name, on):
+    """Entry ``name`` or its fused-ReLU twin: ``bn_normalize`` -> ``bn_normalize_relu``."""
+    return name + "_relu" if on else name
+
+
+def _mask(y, dy):
+    """The forward's output y masking a gradient: (pointer args, vector-check arrays)."""
+    if y is None:
+        return (), ()
+    if tuple(y.shape) != tuple(dy.shape):
+        raise ValueError("the relu mask y has shape %s, the gradient %s" % (y.shape, dy.shape))
+    return (_ptr(y),), (y,)
+
+
 def _elementwise_grid(total_packs, per_thread=ELEMENTWISE_PACKS_PER_THREAD):
     return (max(1, min(-(-total_packs // (BLOCK * per_thread)), ELEMENTWISE_BLOCKS)),)
 
@@ -105,7 +139,11 @@ def _channel_grid(c):
     return (-(-c // WARPS_PER_BLOCK),)
 
 
-def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
+def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar,
+                  relu=False):
+    if _persistent_forward(x, scale, bias, run_mean, run_var, eps, factor, out, savemean,
+                           saveinvvar, relu):
+        return
     rt = _runtime()
     suffix = _suffix(rt, x.dtype, out)
     n, c, s = _ncs(x.shape)
@@ -115,16 +153,26 @@ def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean,
     name, grid, nsplit, reduce_args = _reduction("bn_stats_partial", suffix, n, c, s, vec, width)
     part = rt.empty((c * nsplit * STATS_PARTIAL,), np.float32)
     a = rt.empty((c,), np.float32)
-    rt.launch(name, grid, (_ptr(x), _ptr(part)) + reduce_args)
-    rt.launch("bn_stats_finalize", _channel_grid(c),
-              (_ptr(part), np.int32(c), np.int32(nsplit), np.float64(eps), np.float64(factor),
-               _ptr(scale), _ptr(savemean), _ptr(saveinvvar), _ptr(a), _ptr(run_mean),
-               _ptr(run_var)))
-    _normalize(rt, suffix + vec, x, out, savemean, a, bias, n, c, s, width)
+    rt.launch(name, grid, (_ptr(x), _ptr(part)) + reduce_args
+              + _stats_out(rt, grid, eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var))
+    _normalize(rt, suffix + vec, x, out, savemean, a, bias, n, c, s, width, relu)
 
 
-def _normalize(rt, kind, x, out, mean, a, bias, n, c, s, width):
-    rt.launch("bn_normalize_" + kind, _elementwise_grid(n * c * (s // width)),
+def _stats_out(rt, grid, eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var):
+    """The statistics reductions' trailing arguments: counters (one per grid column), then where
+    the last blocks write."""
+    return (_counters(rt, grid[0]), np.float64(eps), np.float64(factor), _ptr(scale),
+            _ptr(savemean), _ptr(saveinvvar), _ptr(a), _ptr(run_mean), _ptr(run_var))
+
+
+def _sums_out(rt, grid, scale, saveinvvar, dscale, dbias, coef):
+    """The backward reductions' trailing arguments, as _stats_out."""
+    return (_counters(rt, grid[0]), _ptr(scale), _ptr(saveinvvar), _ptr(dscale), _ptr(dbias),
+            _ptr(coef))
+
+
+def _normalize(rt, kind, x, out, mean, a, bias, n, c, s, width, relu):
+    rt.launch(_relu("bn_normalize", relu) + "_" + kind, _elementwise_grid(n * c * (s // width)),
               (_ptr(x), _ptr(out), _ptr(mean), _ptr(a), _ptr(bias), np.int64(n), np.int32(c),
                np.int64(s)))
 
@@ -137,7 +185,7 @@ def _channel_factor(rt, scale, run_var, eps, c):
     return a
 
 
-def forward_infer(x, scale, bias, run_mean, run_var, eps, out):
+def forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
     rt = _runtime()
     suffix = _suffix(rt, x.dtype, out)
     n, c, s = _ncs(x.shape)
@@ -145,39 +193,44 @@ def forward_infer(x, scale, bias, run_mean, run_var, eps, out):
         return
     vec, width = _vector(s, x.dtype, x, out)
     a = _channel_factor(rt, scale, run_var, eps, c)
-    _normalize(rt, suffix + vec, x, out, run_mean, a, bias, n, c, s, width)
+    _normalize(rt, suffix + vec, x, out, run_mean, a, bias, n, c, s, width, relu)
 
 
-def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
+def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None):
+    if _persistent_backward(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y):
+        return
     rt = _runtime()
-    suffix = _suffix(rt, x.dtype, dy, dx)
+    suffix = _suffix(rt, x.dtype, dy, dx, y)
     n, c, s = _ncs(x.shape)
+    mask, masks = _mask(y, dy)
     if n * s < 1:
         return
-    vec, width = _vector(s, x.dtype, x, dy, dx)
-    name, grid, nsplit, reduce_args = _reduction("bn_backward_partial", suffix, n, c, s, vec, width)
+    vec, width = _vector(s, x.dtype, x, dy, dx, *masks)
+    name, grid, nsplit, reduce_args = _reduction(_relu("bn_backward_partial", mask), suffix, n, c,
+                                                 s, vec, width)
     part = rt.empty((c * nsplit * SUM_PARTIAL,), np.float32)
     coef = rt.empty((c * 3,), np.float32)
-    rt.launch(name, grid, (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(part)) + reduce_args)
-    rt.launch("bn_backward_finalize", _channel_grid(c),
-              (_ptr(part), np.int32(c), np.int32(nsplit), np.int64(n * s), _ptr(scale),
-               _ptr(saveinvvar), _ptr(dscale), _ptr(dbias), _ptr(coef)))
+    rt.launch(name, grid, (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(part)) + reduce_args
+              + _sums_out(rt, grid, scale, saveinvvar, dscale, dbias, coef))
     if dx is not None:
-        rt.launch("bn_backward_train_" + suffix + vec, _elementwise_grid(n * c * (s // width)),
-                  (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(coef), _ptr(dx), np.int64(n),
-                   np.int32(c), np.int64(s)))
+        rt.launch(_relu("bn_backward_train", mask) + "_" + suffix + vec,
+                  _elementwise_grid(n * c * (s // width)),
+                  (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(coef), _ptr(dx), np.int64(n),
+                                                np.int32(c), np.int64(s)))
 
 
-def backward_infer(dy, scale, run_var, eps, dx):
+def backward_infer(dy, scale, run_var, eps, dx, y=None):
     rt = _runtime()
-    suffix = _suffix(rt, dy.dtype, dx)
+    suffix = _suffix(rt, dy.dtype, dx, y)
     n, c, s = _ncs(dy.shape)
+    mask, masks = _mask(y, dy)
     if n * s < 1:
         return
-    vec, width = _vector(s, dy.dtype, dy, dx)
+    vec, width = _vector(s, dy.dtype, dy, dx, *masks)
     k = _channel_factor(rt, scale, run_var, eps, c)
-    rt.launch("bn_backward_infer_" + suffix + vec, _elementwise_grid(n * c * (s // width)),
-              (_ptr(dy), _ptr(k), _ptr(dx), np.int64(n), np.int32(c), np.int64(s)))
+    rt.launch(_relu("bn_backward_infer", mask) + "_" + suffix + vec,
+              _elementwise_grid(n * c * (s // width)),
+              (_ptr(dy),) + mask + (_ptr(k), _ptr(dx), np.int64(n), np.int32(c), np.int64(s)))
 
 
 def axpby(x, y, alpha, beta):
@@ -320,7 +373,8 @@ def _rows_reduction(r, c, width):
     return (tiles, nsplit), nsplit
 
 
-def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar):
+def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar,
+                       relu=False):
     rt, suffix, r, c, vec, width = _rows_setup(x, out)
     if r < 1:
         return
@@ -328,52 +382,223 @@ def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, save
     part = rt.empty((c * nsplit * STATS_PARTIAL,), np.float32)
     a = rt.empty((c,), np.float32)
     _rows_launch(rt, "rc_stats_partial_" + suffix + vec, grid,
-                 (_ptr(x), _ptr(part), np.int64(r), np.int32(c)))
-    rt.launch("bn_stats_finalize", _channel_grid(c),
-              (_ptr(part), np.int32(c), np.int32(nsplit), np.float64(eps), np.float64(factor),
-               _ptr(scale), _ptr(savemean), _ptr(saveinvvar), _ptr(a), _ptr(run_mean),
-               _ptr(run_var)))
-    _rows_normalize(rt, suffix + vec, x, out, savemean, a, bias, r, c, width)
+                 (_ptr(x), _ptr(part), np.int64(r), np.int32(c))
+                 + _stats_out(rt, grid, eps, factor, scale, savemean, saveinvvar, a, run_mean,
+                              run_var))
+    _rows_normalize(rt, suffix + vec, x, out, savemean, a, bias, r, c, width, relu)
 
 
-def _rows_normalize(rt, kind, x, out, mean, a, bias, r, c, width):
-    _rows_launch(rt, "rc_normalize_" + kind, _elementwise_grid(r * (c // width)),
+def _rows_normalize(rt, kind, x, out, mean, a, bias, r, c, width, relu):
+    _rows_launch(rt, _relu("rc_normalize", relu) + "_" + kind, _elementwise_grid(r * (c // width)),
                  (_ptr(x), _ptr(out), _ptr(mean), _ptr(a), _ptr(bias), np.int64(r), np.int32(c)))
 
 
-def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out):
+def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
     rt, suffix, r, c, vec, width = _rows_setup(x, out)
     if r < 1:
         return
     a = _channel_factor(rt, scale, run_var, eps, c)
-    _rows_normalize(rt, suffix + vec, x, out, run_mean, a, bias, r, c, width)
+    _rows_normalize(rt, suffix + vec, x, out, run_mean, a, bias, r, c, width, relu)
 
 
-def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias):
-    rt, suffix, r, c, vec, width = _rows_setup(x, dy, dx)
+def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None):
+    mask, masks = _mask(y, dy)
+    rt, suffix, r, c, vec, width = _rows_setup(x, dy, dx, *masks)
     if r < 1:
         return
     grid, nsplit = _rows_reduction(r, c, width)
     part = rt.empty((c * nsplit * SUM_PARTIAL,), np.float32)
     coef = rt.empty((c * 3,), np.float32)
-    _rows_launch(rt, "rc_backward_partial_" + suffix + vec, grid,
-                 (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(part), np.int64(r), np.int32(c)))
-    rt.launch("bn_backward_finalize", _channel_grid(c),
-              (_ptr(part), np.int32(c), np.int32(nsplit), np.int64(r), _ptr(scale),
-               _ptr(saveinvvar), _ptr(dscale), _ptr(dbias), _ptr(coef)))
+    _rows_launch(rt, _relu("rc_backward_partial", mask) + "_" + suffix + vec, grid,
+                 (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(part), np.int64(r),
+                                               np.int32(c))
+                 + _sums_out(rt, grid, scale, saveinvvar, dscale, dbias, coef))
     if dx is not None:
-        _rows_launch(rt, "rc_backward_train_" + suffix + vec, _elementwise_grid(r * (c // width)),
-                     (_ptr(x), _ptr(dy), _ptr(savemean), _ptr(coef), _ptr(dx), np.int64(r),
-                      np.int32(c)))
+        _rows_launch(rt, _relu("rc_backward_train", mask) + "_" + suffix + vec,
+                     _elementwise_grid(r * (c // width)),
+                     (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(coef), _ptr(dx),
+                                                   np.int64(r), np.int32(c)))
 
 
-def rows_backward_infer(dy, scale, run_var, eps, dx):
-    rt, suffix, r, c, vec, width = _rows_setup(dy, dx)
+def rows_backward_infer(dy, scale, run_var, eps, dx, y=None):
+    mask, masks = _mask(y, dy)
+    rt, suffix, r, c, vec, width = _rows_setup(dy, dx, *masks)
     if r < 1:
         return
     k = _channel_factor(rt, scale, run_var, eps, c)
-    _rows_launch(rt, "rc_backward_infer_" + suffix + vec, _elementwise_grid(r * (c // width)),
-                 (_ptr(dy), _ptr(k), _ptr(dx), np.int64(r), np.int32(c)))
+    _rows_launch(rt, _relu("rc_backward_infer", mask) + "_" + suffix + vec,
+                 _elementwise_grid(r * (c // width)),
+                 (_ptr(dy),) + mask + (_ptr(k), _ptr(dx), np.int64(r), np.int32(c)))
+
+
+# -- single-read training passes: kernels/norm/persistent.cu ---------------------------------------
+# Where every block a channel needs can be resident at once, one launch keeps the data on chip
+# between the statistics and the elementwise pass (8 bytes per float32 element forward, 12
+# backward, instead of 12 and 20); otherwise the two-pass kernels above run.
+
+PERSIST_SOURCE = "norm/persistent.cu"
+SMEM_RESERVED = 1024  # shared memory the driver keeps per resident block (compute capability >= 8)
+PERSIST_MIN_PACKS = 4  # packs per thread before a channel is split further (2 batches of loads)
+# resident blocks per SM at least: 16 warps of 2 packs in flight each is ~16 KB per SM, what an
+# H100 needs at ~700 ns (Little's law); one block of 8 warps would leave half the bandwidth unused
+PERSIST_MIN_RESIDENT = 2
+_persist_sync = {}  # id(runtime) -> (runtime, uint32 counters): 2 per channel, zeroed once
+
+
+def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
+    """(entry name, function, nsplit, slots, shared bytes) of the single-read kernel ``kind``
+    ("forward" or "backward"), or None when the data cannot stay on chip.
+
+    Block (split, channel) holds ``slots`` packs per thread of each of ``arrays`` data arrays in
+    shared memory. With nsplit > 1 the grid must fit the device at once, as the blocks of a
+    channel wait for each other: resident blocks per SM follow the occupancy rule (threads,
+    registers in 256-register warp allocations, shared memory plus SMEM_RESERVED per block) from
+    the kernel's registers and the device's limits. nsplit: the most blocks that fit, at most one
+    per PERSIST_MIN_PACKS packs per thread unless only a finer split fits; else one block per
+    channel (any number of channels: no block waits) where a channel fits one block. Always at
+    least PERSIST_MIN_RESIDENT blocks per SM."""
+    if s == 1 or c > MAX_GRID_Y:
+        return None  # spatial size 1 reads a channel C apart: the column kernels are better
+    waiting_cap = None
+    if not _launches_on_device(rt):
+        rt = config.backend_module().runtime()  # plan a recorded launch for the active device
+    elif rt.name == "cudasim":
+        waiting_cap = _simulator_waiting_blocks()
+    name = "bn_persist_%s_%s%s" % (kind, suffix, vec)
+    fn = rt.functions_of(PERSIST_SOURCE)[name]
+    attr = rt.api.driver.device_attribute
+    dev = rt.device
+    sms = dev.get_attribute(attr.MULTIPROCESSOR_COUNT)
+    per_sm = min(dev.get_attribute(attr.MAX_THREADS_PER_MULTIPROCESSOR) // BLOCK,
+                 dev.get_attribute(attr.MAX_BLOCKS_PER_MULTIPROCESSOR))
+    if fn.num_regs:
+        warp_regs = -(-fn.num_regs * 32 // 256) * 256
+        per_sm = min(per_sm, dev.get_attribute(attr.MAX_REGISTERS_PER_MULTIPROCESSOR)
+                     // (warp_regs * WARPS_PER_BLOCK))
+    smem_sm = dev.get_attribute(attr.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
+    dynamic_max = dev.get_attribute(attr.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN) - fn.shared_size_bytes
+    packs = n * (s // width)
+    # most blocks first (bytes in flight), each thread a few packs where the data allows
+    fills = [sms * k // c for k in range(per_sm, 0, -1)]
+    work = max(1, packs // (BLOCK * PERSIST_MIN_PACKS))
+    tried = set()
+    for nsplit in [min(f, work) for f in fills] + fills + [1]:
+        if nsplit in tried or not 1 <= nsplit <= packs:
+            continue
+        tried.add(nsplit)
+        if nsplit > 1 and (not _blocks_may_wait(rt)
+                           or (waiting_cap is not None and c * nsplit > waiting_cap)):
+            continue
+        slots = -(-(-(-packs // nsplit)) // BLOCK)
+        shared = slots * BLOCK * width * itemsize * arrays
+        if shared > dynamic_max:
+            continue
+        resident = min(per_sm, smem_sm // (fn.shared_size_bytes + shared + SMEM_RESERVED))
+        if resident < PERSIST_MIN_RESIDENT:
+            continue
+        if nsplit == 1 or c * nsplit <= sms * resident:
+            return name, fn, nsplit, slots, shared  # (one block a channel: nothing waits)
+    return None
+
+
+def _blocks_may_wait(rt):
+    """False under the simulator's sanitizer, which follows one block's accesses at a time (a block
+    set aside to let another run is re-entered with a fresh history, so waiting blocks would be
+    reported falsely): there the single-read path runs only where a channel fits one block."""
+    if rt.name != "cudasim":
+        return True
+    from batchnorm_lib.backend.cudasim import instrument
+
+    return not instrument.sanitizing()
+
+
+def _simulator_waiting_blocks():
+    """Blocks the simulator can hold set aside at once: each keeps BLOCK fiber stacks, each stack a
+    memory mapping plus a guard page's, and Linux caps a process's mappings (vm.max_map_count,
+    65530 by default); half of them are left for everything else."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            maps = int(f.read())
+    except (OSError, ValueError):
+        maps = 65530
+    return maps // 2 // (2 * BLOCK)
+
+
+def _launches_on_device(rt):
+    """False for a runtime that only records launches (the performance model's full-shape replay):
+    such a runtime has no device or compiled functions of its own."""
+    return hasattr(rt, "functions_of")
+
+
+def _persist_counters(rt, c):
+    """The arrival/generation counters of C channels: zero once, and every launch leaves them so."""
+    if not _launches_on_device(rt):
+        return rt.empty((2 * c,), np.uint32)
+    held = _persist_sync.get(id(rt))
+    if held is None or held[1].size < 2 * c:
+        held = (rt, rt.zeros((2 * max(c, 64),), np.uint32))
+        _persist_sync[id(rt)] = held
+    return held[1]
+
+
+def _persist_launch(rt, plan, c, args):
+    name, fn, nsplit, _, shared = plan
+    if not _launches_on_device(rt):
+        rt.launch(name, (nsplit, c), args)
+        return
+    if shared > 48 * 1024:  # above 48 KiB a kernel must opt in
+        fn.set_attribute(rt.api.driver.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared)
+    try:
+        fn(*args, block=(BLOCK, 1, 1), grid=(nsplit, c, 1), shared=shared)
+        if rt.sync_each_launch:
+            rt.api.driver.Context.synchronize()
+    except Exception:
+        _persist_sync.pop(id(rt), None)  # a launch cut short may leave counters mid-count
+        raise
+
+
+def _persistent_forward(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar,
+                        relu):
+    """forward_train in one single-read launch when the tensor fits on chip; False otherwise."""
+    rt = _runtime()
+    suffix = _suffix(rt, x.dtype, out)
+    n, c, s = _ncs(x.shape)
+    if n * s < 1:
+        return False
+    vec, width = _vector(s, x.dtype, x, out)
+    plan = _persistent_plan(rt, "forward", suffix, vec, width, x.dtype.itemsize, 1, n, c, s)
+    if plan is None:
+        return False
+    part = rt.empty((c * plan[2] * STATS_PARTIAL,), np.float32)
+    _persist_launch(rt, plan, c,
+                    (_ptr(x), _ptr(out), _ptr(part), _ptr(_persist_counters(rt, c)), np.int64(n),
+                     np.int32(c), np.int64(s), np.float64(eps), np.float64(factor), _ptr(scale),
+                     _ptr(bias), _ptr(savemean), _ptr(saveinvvar), _ptr(run_mean), _ptr(run_var),
+                     np.int32(1 if relu else 0)))
+    return True
+
+
+def _persistent_backward(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y):
+    """backward_train in one single-read launch when the tensors fit on chip; False otherwise
+    (and without dx, which the two-pass reduction already reads once)."""
+    if dx is None:
+        return False
+    rt = _runtime()
+    suffix = _suffix(rt, x.dtype, dy, dx, y)
+    n, c, s = _ncs(x.shape)
+    if n * s < 1:
+        return False
+    vec, width = _vector(s, x.dtype, x, dy, dx, y)
+    plan = _persistent_plan(rt, "backward", suffix, vec, width, x.dtype.itemsize, 2, n, c, s)
+    if plan is None:
+        return False
+    part = rt.empty((c * plan[2] * SUM_PARTIAL,), np.float32)
+    _persist_launch(rt, plan, c,
+                    (_ptr(x), _ptr(dy), np.uintp(0) if y is None else _ptr(y), _ptr(dx),
+                     _ptr(part), _ptr(_persist_counters(rt, c)), np.int64(n), np.int32(c),
+                     np.int64(s), np.int32(plan[3]), _ptr(scale), _ptr(savemean),
+                     _ptr(saveinvvar), _ptr(dscale), _ptr(dbias)))
+    return True
 
 
 def _compile_active():

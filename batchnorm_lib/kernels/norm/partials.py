@@ -12,6 +12,10 @@ backend runs them with its own kernels and no backend needs new code:
     (the whole batch's, not this shard's), as ``dy * k + ((x - mean) * c1 + c0)``: one
     ``backward_infer``, one ``forward_infer`` (which keeps ``x - mean`` whole) and one ``axpby``.
 
+``relu_mask(dy, y, rows=False) -> dy'``
+    ``dy`` masked by the output ``y`` of a fused relu (the contract's ``y=`` rule), as a
+    ``backward_infer`` with unit scale and variance: multiplying by exactly 1 leaves the rest.
+
 ``rows=True``: the data is (..., C) with the channels last (a module whose ``rowsLayout`` is set),
 run through the rows x channels entries (``rows_*``) of the contract.
 """
@@ -63,3 +67,11 @@ def input_grad(x, dy, scale, savemean, saveinvvar, sum_dy, sum_dy_xhat, count, d
     rest = gpuarray.empty(x.shape, x.dtype)
     forward_infer(x, _vector(c1, c), _vector(c0, c), savemean, ones, 0.0, rest)
     norm.ops().axpby(rest.ravel(), dx.ravel(), 1.0, 1.0)
+
+
+def relu_mask(dy, y, rows=False):
+    c, _, _, backward_infer = _layout(dy, rows)
+    ones = _vector(1.0, c)
+    out = gpuarray.empty(dy.shape, dy.dtype)
+    backward_infer(dy, ones, ones, 0.0, out, y=y)
+    return out

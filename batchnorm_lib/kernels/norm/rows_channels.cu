@@ -1,7 +1,7 @@
 // Batch normalization of rows x channels data (R, C), channels contiguous: BatchNorm on (N, C) and
 // every channels-last layout ((N, L, C), (N, H, W, C), (N, D, H, W, C)) are this one problem.
 // Compiles standalone with nvcc; kernels/norm/cuda.py compiles it once per process with pycuda's
-// SourceModule and launches the extern "C" entries, together with batchnorm.cu's finalize kernels.
+// SourceModule and launches the extern "C" entries, together with batchnorm.cu's bn_channel_factor.
 //
 // Threads run along C: lane i of a warp owns channels [VEC * i, VEC * i + VEC) of a 32 * VEC
 // channel tile, so a warp reads 32 * VEC contiguous elements of a row (coalesced; 128-bit loads
@@ -10,10 +10,11 @@
 // tile over one contiguous range of rows; its 8 warps take interleaved rows and are merged per
 // channel in warp order. The partials are batchnorm.cu's (bn::write_partial, bn::write_sums), with
 // its numerics (values shifted by the channel's first one, float32 chunks folded into float-float
-// totals), so its finalize kernels merge them in float64 in a fixed order: no atomics, results
-// bitwise repeatable and dependent on the shape only. The elementwise passes take batchnorm.cu's
-// per-channel factors (bn_stats_finalize's a, bn_channel_factor's, bn_backward_finalize's
-// coefficients) and round as its kernels do.
+// totals), and the last block of each tile to finish merges them in float64 in a fixed order
+// (bn::last_block, bn::stats_finalize, bn::backward_finalize): no float atomics, results bitwise
+// repeatable and dependent on the shape only. The elementwise passes take the reductions'
+// per-channel factors (the normalize factor a, batchnorm.cu's bn_channel_factor, the dx
+// coefficients) and round as batchnorm.cu's kernels do.
 #include "bn_common.cuh"
 
 namespace rc {
@@ -24,7 +25,9 @@ using bn::Pack;
 using bn::Sums;
 using bn::Welford;
 using bn::from_float;
+using bn::load_mask;
 using bn::load_pack;
+using bn::masked;
 using bn::store_pack;
 using bn::to_float;
 
@@ -73,16 +76,26 @@ struct Tile {
         t.end = min(t.begin + chunk, n);
         return t;
     }
+
+    // lanes of warp 0 that write partial records (those whose first channel exists), in every block
+    // of this tile's column
+    template <int VEC>
+    __device__ __forceinline__ unsigned int writers(int c) const
+    {
+        const int left = c - static_cast<int>(blockIdx.x) * 32 * VEC;
+        return static_cast<unsigned int>(min(32, (left + VEC - 1) / VEC));
+    }
 };
 
 // --- batch statistics ---------------------------------------------------------------------------
 
 // Welford per channel over the split's rows, shifted by the channel's row-0 value (the same shift
-// in every split, as bn_stats_finalize expects). The VEC channels of a lane step together, so
+// in every split, as bn::stats_finalize expects). The VEC channels of a lane step together, so
 // one step counter closes all their float32 chunks (bn::kChunk) at once.
 template <typename T, int VEC>
 __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __restrict__ part,
-                                              long long n, int c)
+                                              long long n, int c, unsigned int* counters,
+                                              const bn::StatsOut& out)
 {
     // per-warp results, one per thread, merged by warp 0 one pack position at a time (so the tile
     // does not grow with VEC)
@@ -151,16 +164,23 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
         }
         __syncthreads();  // the tile is reused for the next pack position
     }
+    const bool wrote = t.warp == 0 && t.ch0 < c;
+    if (bn::last_block(counters + blockIdx.x, nsplit, wrote, t.writers<VEC>(c))) {
+        bn::finish_channels(blockIdx.x * 32 * VEC, 32 * VEC, c,
+                            [&](int k, int l) { bn::stats_finalize(part, k, nsplit, l, out); });
+    }
 }
 
 // --- backward sums ------------------------------------------------------------------------------
 
 // bn::kSums compensated sums per channel (sum(dy), sum(dy * (x - m)), sum(x - m)), as
-// batchnorm.cu's backward partials.
-template <typename T, int VEC>
+// batchnorm.cu's backward partials; RELU: dy masked by the forward's output y.
+template <typename T, int VEC, bool RELU = false>
 __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const T* __restrict__ dy,
+                                                 const T* __restrict__ y,
                                                  const float* __restrict__ savemean,
-                                                 float* __restrict__ part, long long n, int c)
+                                                 float* __restrict__ part, long long n, int c,
+                                                 unsigned int* counters, const bn::SumsOut& out)
 {
     __shared__ Sums<bn::kSums> tile[kWarps][32];
     const Tile t = Tile::make<VEC>(n);
@@ -176,29 +196,33 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
         for (int i = 0; i < VEC; ++i) {
             m[i] = savemean[t.ch0 + i];
         }
-        auto add_row = [&](const Pack<T, VEC>& px, const Pack<T, VEC>& pg) {
+        auto add_row = [&](const Pack<T, VEC>& px, const Pack<T, VEC>& pg, const Pack<T, VEC>& py) {
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
-                bn::backward_terms(acc[i], to_float(pg.v[i]), __fsub_rn(to_float(px.v[i]), m[i]));
+                bn::backward_terms(acc[i], masked<T, VEC, RELU>(to_float(pg.v[i]), py, i),
+                                   __fsub_rn(to_float(px.v[i]), m[i]));
                 acc[i].flush_step();
             }
         };
         long long row = t.begin + t.warp;
         for (; row + (kUnroll - 1) * kWarps < t.end; row += kUnroll * kWarps) {
-            Pack<T, VEC> px[kUnroll], pg[kUnroll];
+            Pack<T, VEC> px[kUnroll], pg[kUnroll], py[kUnroll];
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) {
-                px[u] = load_pack<T, VEC>(x + (row + u * kWarps) * c + t.ch0);
-                pg[u] = load_pack<T, VEC>(dy + (row + u * kWarps) * c + t.ch0);
+                const long long at = (row + u * kWarps) * c + t.ch0;
+                px[u] = load_pack<T, VEC>(x + at);
+                pg[u] = load_pack<T, VEC>(dy + at);
+                py[u] = load_mask<T, VEC, RELU>(y, at);
             }
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) {
-                add_row(px[u], pg[u]);
+                add_row(px[u], pg[u], py[u]);
             }
         }
         for (; row < t.end; row += kWarps) {
-            add_row(load_pack<T, VEC>(x + row * c + t.ch0),
-                    load_pack<T, VEC>(dy + row * c + t.ch0));
+            const long long at = row * c + t.ch0;
+            add_row(load_pack<T, VEC>(x + at), load_pack<T, VEC>(dy + at),
+                    load_mask<T, VEC, RELU>(y, at));
         }
     }
 #pragma unroll
@@ -212,6 +236,11 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
                            r);
         }
         __syncthreads();
+    }
+    const bool wrote = t.warp == 0 && t.ch0 < c;
+    if (bn::last_block(counters + blockIdx.x, nsplit, wrote, t.writers<VEC>(c))) {
+        bn::finish_channels(blockIdx.x * 32 * VEC, 32 * VEC, c,
+                            [&](int k, int l) { bn::backward_finalize(part, k, nsplit, n, l, out); });
     }
 }
 
@@ -229,9 +258,10 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
     bn::RowWalk walk(j, stride, cols);                                                            \
     for (; j < total; j += stride, walk.advance())
 
-// y = fma(x - mean, a, bias) per channel, a = bn_stats_finalize's (training) or
-// bn_channel_factor's (inference) factor, as batchnorm.cu's normalize. y may be x.
-template <typename T, int VEC>
+// y = fma(x - mean, a, bias) per channel, a = rc_stats_partial_*'s (training) or
+// bn_channel_factor's (inference) factor, as batchnorm.cu's normalize (relu too when RELU). y may
+// be x.
+template <typename T, int VEC, bool RELU = false>
 __device__ __forceinline__ void normalize(const T* x, T* y, const float* __restrict__ mean,
                                           const float* __restrict__ factor,
                                           const float* __restrict__ bias, long long n, int c)
@@ -242,17 +272,19 @@ __device__ __forceinline__ void normalize(const T* x, T* y, const float* __restr
         Pack<T, VEC> pk = load_pack<T, VEC>(x + j * VEC);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-            pk.v[i] = from_float<T>(fmaf(__fsub_rn(to_float(pk.v[i]), mean[ch + i]),
-                                         factor[ch + i], bias[ch + i]));
+            const float v = fmaf(__fsub_rn(to_float(pk.v[i]), mean[ch + i]), factor[ch + i],
+                                 bias[ch + i]);
+            pk.v[i] = from_float<T>(RELU ? bn::relu(v) : v);
         }
         store_pack<T, VEC>(y + j * VEC, pk);
     }
 }
 
-// dx = dy * k - ((x - mean) * c1 + c0) as two FMAs with bn_backward_finalize's coefficients
-// coef[3 ch ..] = (k, c0, c1), as batchnorm.cu's backward_dx.
-template <typename T, int VEC>
+// dx = dy * k - ((x - mean) * c1 + c0) as two FMAs with rc_backward_partial_*'s coefficients
+// coef[3 ch ..] = (k, c0, c1), as batchnorm.cu's backward_dx (dy masked by y when RELU).
+template <typename T, int VEC, bool RELU = false>
 __device__ __forceinline__ void backward_dx(const T* __restrict__ x, const T* __restrict__ dy,
+                                            const T* __restrict__ y,
                                             const float* __restrict__ savemean,
                                             const float* __restrict__ coef, T* __restrict__ dx,
                                             long long n, int c)
@@ -262,19 +294,22 @@ __device__ __forceinline__ void backward_dx(const T* __restrict__ x, const T* __
         const int ch = static_cast<int>(walk.col) * VEC;
         const Pack<T, VEC> px = load_pack<T, VEC>(x + j * VEC);
         Pack<T, VEC> pg = load_pack<T, VEC>(dy + j * VEC);
+        const Pack<T, VEC> py = load_mask<T, VEC, RELU>(y, j * VEC);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
             const float* k3 = coef + (ch + i) * 3;
             const float u = fmaf(__fsub_rn(to_float(px.v[i]), savemean[ch + i]), k3[2], k3[1]);
-            pg.v[i] = from_float<T>(fmaf(to_float(pg.v[i]), k3[0], -u));
+            const float g = masked<T, VEC, RELU>(to_float(pg.v[i]), py, i);
+            pg.v[i] = from_float<T>(fmaf(g, k3[0], -u));
         }
         store_pack<T, VEC>(dx + j * VEC, pg);
     }
 }
 
-// dx = dy * k, k = bn_channel_factor's scale / sqrt(run_var + eps) (frozen statistics)
-template <typename T, int VEC>
-__device__ __forceinline__ void backward_infer(const T* __restrict__ dy,
+// dx = dy * k, k = bn_channel_factor's scale / sqrt(run_var + eps) (frozen statistics); dy masked
+// by y when RELU
+template <typename T, int VEC, bool RELU = false>
+__device__ __forceinline__ void backward_infer(const T* __restrict__ dy, const T* __restrict__ y,
                                                const float* __restrict__ factor,
                                                T* __restrict__ dx, long long n, int c)
 {
@@ -282,9 +317,11 @@ __device__ __forceinline__ void backward_infer(const T* __restrict__ dy,
     {
         const int ch = static_cast<int>(walk.col) * VEC;
         Pack<T, VEC> pg = load_pack<T, VEC>(dy + j * VEC);
+        const Pack<T, VEC> py = load_mask<T, VEC, RELU>(y, j * VEC);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-            pg.v[i] = from_float<T>(__fmul_rn(to_float(pg.v[i]), factor[ch + i]));
+            const float g = masked<T, VEC, RELU>(to_float(pg.v[i]), py, i);
+            pg.v[i] = from_float<T>(__fmul_rn(g, factor[ch + i]));
         }
         store_pack<T, VEC>(dx + j * VEC, pg);
     }
@@ -295,36 +332,37 @@ __device__ __forceinline__ void backward_infer(const T* __restrict__ dy,
 }  // namespace rc
 
 // --- entry points ---------------------------------------------------------------------------------
-// Plain signatures only; 256-thread blocks. Reductions: grid (ceil(C / (32 VEC)), nsplit), then
-// batchnorm.cu's bn_stats_finalize / bn_backward_finalize. Elementwise: a 1-D grid-stride grid.
+// Plain signatures only; 256-thread blocks. Reductions: grid (ceil(C / (32 VEC)), nsplit), and
+// in the same launch, the last block of each channel tile finishes it (one counter per tile, all 0
+// and left 0). Elementwise: a 1-D grid-stride grid.
 
-// Batch statistics, phase 1 (bn::kPartial records).
-extern "C" __global__ void rc_stats_partial_f32(const float* x, float* part, long long n, int c)
+// Batch statistics (bn::kPartial records, then savemean, saveinvvar, a and the running statistics).
+extern "C" __global__ void rc_stats_partial_f32(const float* x, float* part, long long n, int c, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    rc::stats_partial<float, 1>(x, part, n, c);
+    rc::stats_partial<float, 1>(x, part, n, c, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void rc_stats_partial_f32_vec(const float* x, float* part, long long n, int c)
+extern "C" __global__ void rc_stats_partial_f32_vec(const float* x, float* part, long long n, int c, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    rc::stats_partial<float, 4>(x, part, n, c);
+    rc::stats_partial<float, 4>(x, part, n, c, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void rc_stats_partial_f16(const __half* x, float* part, long long n, int c)
+extern "C" __global__ void rc_stats_partial_f16(const __half* x, float* part, long long n, int c, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    rc::stats_partial<__half, 1>(x, part, n, c);
+    rc::stats_partial<__half, 1>(x, part, n, c, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void rc_stats_partial_f16_vec(const __half* x, float* part, long long n, int c)
+extern "C" __global__ void rc_stats_partial_f16_vec(const __half* x, float* part, long long n, int c, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    rc::stats_partial<__half, 8>(x, part, n, c);
+    rc::stats_partial<__half, 8>(x, part, n, c, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void rc_stats_partial_bf16(const __nv_bfloat16* x, float* part, long long n, int c)
+extern "C" __global__ void rc_stats_partial_bf16(const __nv_bfloat16* x, float* part, long long n, int c, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    rc::stats_partial<__nv_bfloat16, 1>(x, part, n, c);
+    rc::stats_partial<__nv_bfloat16, 1>(x, part, n, c, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void rc_stats_partial_bf16_vec(const __nv_bfloat16* x, float* part, long long n, int c)
+extern "C" __global__ void rc_stats_partial_bf16_vec(const __nv_bfloat16* x, float* part, long long n, int c, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    rc::stats_partial<__nv_bfloat16, 8>(x, part, n, c);
+    rc::stats_partial<__nv_bfloat16, 8>(x, part, n, c, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
 
-// Normalization y = fmaf(x - mean, a, bias): training (savemean, bn_stats_finalize's a) and
+// Normalization y = fmaf(x - mean, a, bias): training (savemean, rc_stats_partial_*'s a) and
 // inference (run_mean, bn_channel_factor's a); y may be x.
 extern "C" __global__ void rc_normalize_f32(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
@@ -351,80 +389,179 @@ extern "C" __global__ void rc_normalize_bf16_vec(const __nv_bfloat16* x, __nv_bf
     rc::normalize<__nv_bfloat16, 8>(x, y, mean, a, bias, n, c);
 }
 
-// Backward reduction, phase 1 (bn::kSumPartial records).
-extern "C" __global__ void rc_backward_partial_f32(const float* x, const float* dy, const float* savemean, float* part, long long n, int c)
+// Backward reduction (bn::kSumPartial records, then dscale, dbias and the dx coefficients).
+extern "C" __global__ void rc_backward_partial_f32(const float* x, const float* dy, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    rc::backward_partial<float, 1>(x, dy, savemean, part, n, c);
+    rc::backward_partial<float, 1>(x, dy, nullptr, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void rc_backward_partial_f32_vec(const float* x, const float* dy, const float* savemean, float* part, long long n, int c)
+extern "C" __global__ void rc_backward_partial_f32_vec(const float* x, const float* dy, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    rc::backward_partial<float, 4>(x, dy, savemean, part, n, c);
+    rc::backward_partial<float, 4>(x, dy, nullptr, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void rc_backward_partial_f16(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c)
+extern "C" __global__ void rc_backward_partial_f16(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    rc::backward_partial<__half, 1>(x, dy, savemean, part, n, c);
+    rc::backward_partial<__half, 1>(x, dy, nullptr, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void rc_backward_partial_f16_vec(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c)
+extern "C" __global__ void rc_backward_partial_f16_vec(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    rc::backward_partial<__half, 8>(x, dy, savemean, part, n, c);
+    rc::backward_partial<__half, 8>(x, dy, nullptr, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void rc_backward_partial_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c)
+extern "C" __global__ void rc_backward_partial_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    rc::backward_partial<__nv_bfloat16, 1>(x, dy, savemean, part, n, c);
+    rc::backward_partial<__nv_bfloat16, 1>(x, dy, nullptr, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void rc_backward_partial_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c)
+extern "C" __global__ void rc_backward_partial_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    rc::backward_partial<__nv_bfloat16, 8>(x, dy, savemean, part, n, c);
+    rc::backward_partial<__nv_bfloat16, 8>(x, dy, nullptr, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
 
-// Training backward, dx, with bn_backward_finalize's coefficients.
+// Training backward, dx, with rc_backward_partial_*'s coefficients.
 extern "C" __global__ void rc_backward_train_f32(const float* x, const float* dy, const float* savemean, const float* coef, float* dx, long long n, int c)
 {
-    rc::backward_dx<float, 1>(x, dy, savemean, coef, dx, n, c);
+    rc::backward_dx<float, 1>(x, dy, nullptr, savemean, coef, dx, n, c);
 }
 extern "C" __global__ void rc_backward_train_f32_vec(const float* x, const float* dy, const float* savemean, const float* coef, float* dx, long long n, int c)
 {
-    rc::backward_dx<float, 4>(x, dy, savemean, coef, dx, n, c);
+    rc::backward_dx<float, 4>(x, dy, nullptr, savemean, coef, dx, n, c);
 }
 extern "C" __global__ void rc_backward_train_f16(const __half* x, const __half* dy, const float* savemean, const float* coef, __half* dx, long long n, int c)
 {
-    rc::backward_dx<__half, 1>(x, dy, savemean, coef, dx, n, c);
+    rc::backward_dx<__half, 1>(x, dy, nullptr, savemean, coef, dx, n, c);
 }
 extern "C" __global__ void rc_backward_train_f16_vec(const __half* x, const __half* dy, const float* savemean, const float* coef, __half* dx, long long n, int c)
 {
-    rc::backward_dx<__half, 8>(x, dy, savemean, coef, dx, n, c);
+    rc::backward_dx<__half, 8>(x, dy, nullptr, savemean, coef, dx, n, c);
 }
 extern "C" __global__ void rc_backward_train_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, const float* coef, __nv_bfloat16* dx, long long n, int c)
 {
-    rc::backward_dx<__nv_bfloat16, 1>(x, dy, savemean, coef, dx, n, c);
+    rc::backward_dx<__nv_bfloat16, 1>(x, dy, nullptr, savemean, coef, dx, n, c);
 }
 extern "C" __global__ void rc_backward_train_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, const float* coef, __nv_bfloat16* dx, long long n, int c)
 {
-    rc::backward_dx<__nv_bfloat16, 8>(x, dy, savemean, coef, dx, n, c);
+    rc::backward_dx<__nv_bfloat16, 8>(x, dy, nullptr, savemean, coef, dx, n, c);
 }
 
 // Backward with frozen statistics: dx = dy * k, k from bn_channel_factor.
 extern "C" __global__ void rc_backward_infer_f32(const float* dy, const float* k, float* dx, long long n, int c)
 {
-    rc::backward_infer<float, 1>(dy, k, dx, n, c);
+    rc::backward_infer<float, 1>(dy, nullptr, k, dx, n, c);
 }
 extern "C" __global__ void rc_backward_infer_f32_vec(const float* dy, const float* k, float* dx, long long n, int c)
 {
-    rc::backward_infer<float, 4>(dy, k, dx, n, c);
+    rc::backward_infer<float, 4>(dy, nullptr, k, dx, n, c);
 }
 extern "C" __global__ void rc_backward_infer_f16(const __half* dy, const float* k, __half* dx, long long n, int c)
 {
-    rc::backward_infer<__half, 1>(dy, k, dx, n, c);
+    rc::backward_infer<__half, 1>(dy, nullptr, k, dx, n, c);
 }
 extern "C" __global__ void rc_backward_infer_f16_vec(const __half* dy, const float* k, __half* dx, long long n, int c)
 {
-    rc::backward_infer<__half, 8>(dy, k, dx, n, c);
+    rc::backward_infer<__half, 8>(dy, nullptr, k, dx, n, c);
 }
 extern "C" __global__ void rc_backward_infer_bf16(const __nv_bfloat16* dy, const float* k, __nv_bfloat16* dx, long long n, int c)
 {
-    rc::backward_infer<__nv_bfloat16, 1>(dy, k, dx, n, c);
+    rc::backward_infer<__nv_bfloat16, 1>(dy, nullptr, k, dx, n, c);
 }
 extern "C" __global__ void rc_backward_infer_bf16_vec(const __nv_bfloat16* dy, const float* k, __nv_bfloat16* dx, long long n, int c)
 {
-    rc::backward_infer<__nv_bfloat16, 8>(dy, k, dx, n, c);
+    rc::backward_infer<__nv_bfloat16, 8>(dy, nullptr, k, dx, n, c);
+}
+
+// Fused ReLU: the same passes with relu(v) = v <= 0 ? 0 : v on the output, or the gradient masked
+// by the forward's output y (0 where y <= 0), in the same pass.
+extern "C" __global__ void rc_normalize_relu_f32(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c)
+{
+    rc::normalize<float, 1, true>(x, y, mean, a, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_relu_f32_vec(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c)
+{
+    rc::normalize<float, 4, true>(x, y, mean, a, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_relu_f16(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c)
+{
+    rc::normalize<__half, 1, true>(x, y, mean, a, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_relu_f16_vec(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c)
+{
+    rc::normalize<__half, 8, true>(x, y, mean, a, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_relu_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c)
+{
+    rc::normalize<__nv_bfloat16, 1, true>(x, y, mean, a, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_relu_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c)
+{
+    rc::normalize<__nv_bfloat16, 8, true>(x, y, mean, a, bias, n, c);
+}
+extern "C" __global__ void rc_backward_partial_relu_f32(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+{
+    rc::backward_partial<float, 1, true>(x, dy, y, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+}
+extern "C" __global__ void rc_backward_partial_relu_f32_vec(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+{
+    rc::backward_partial<float, 4, true>(x, dy, y, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+}
+extern "C" __global__ void rc_backward_partial_relu_f16(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+{
+    rc::backward_partial<__half, 1, true>(x, dy, y, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+}
+extern "C" __global__ void rc_backward_partial_relu_f16_vec(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+{
+    rc::backward_partial<__half, 8, true>(x, dy, y, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+}
+extern "C" __global__ void rc_backward_partial_relu_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+{
+    rc::backward_partial<__nv_bfloat16, 1, true>(x, dy, y, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+}
+extern "C" __global__ void rc_backward_partial_relu_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+{
+    rc::backward_partial<__nv_bfloat16, 8, true>(x, dy, y, savemean, part, n, c, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+}
+extern "C" __global__ void rc_backward_train_relu_f32(const float* x, const float* dy, const float* y, const float* savemean, const float* coef, float* dx, long long n, int c)
+{
+    rc::backward_dx<float, 1, true>(x, dy, y, savemean, coef, dx, n, c);
+}
+extern "C" __global__ void rc_backward_train_relu_f32_vec(const float* x, const float* dy, const float* y, const float* savemean, const float* coef, float* dx, long long n, int c)
+{
+    rc::backward_dx<float, 4, true>(x, dy, y, savemean, coef, dx, n, c);
+}
+extern "C" __global__ void rc_backward_train_relu_f16(const __half* x, const __half* dy, const __half* y, const float* savemean, const float* coef, __half* dx, long long n, int c)
+{
+    rc::backward_dx<__half, 1, true>(x, dy, y, savemean, coef, dx, n, c);
+}
+extern "C" __global__ void rc_backward_train_relu_f16_vec(const __half* x, const __half* dy, const __half* y, const float* savemean, const float* coef, __half* dx, long long n, int c)
+{
+    rc::backward_dx<__half, 8, true>(x, dy, y, savemean, coef, dx, n, c);
+}
+extern "C" __global__ void rc_backward_train_relu_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, const float* coef, __nv_bfloat16* dx, long long n, int c)
+{
+    rc::backward_dx<__nv_bfloat16, 1, true>(x, dy, y, savemean, coef, dx, n, c);
+}
+extern "C" __global__ void rc_backward_train_relu_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, const float* coef, __nv_bfloat16* dx, long long n, int c)
+{
+    rc::backward_dx<__nv_bfloat16, 8, true>(x, dy, y, savemean, coef, dx, n, c);
+}
+extern "C" __global__ void rc_backward_infer_relu_f32(const float* dy, const float* y, const float* k, float* dx, long long n, int c)
+{
+    rc::backward_infer<float, 1, true>(dy, y, k, dx, n, c);
+}
+extern "C" __global__ void rc_backward_infer_relu_f32_vec(const float* dy, const float* y, const float* k, float* dx, long long n, int c)
+{
+    rc::backward_infer<float, 4, true>(dy, y, k, dx, n, c);
+}
+extern "C" __global__ void rc_backward_infer_relu_f16(const __half* dy, const __half* y, const float* k, __half* dx, long long n, int c)
+{
+    rc::backward_infer<__half, 1, true>(dy, y, k, dx, n, c);
+}
+extern "C" __global__ void rc_backward_infer_relu_f16_vec(const __half* dy, const __half* y, const float* k, __half* dx, long long n, int c)
+{
+    rc::backward_infer<__half, 8, true>(dy, y, k, dx, n, c);
+}
+extern "C" __global__ void rc_backward_infer_relu_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* k, __nv_bfloat16* dx, long long n, int c)
+{
+    rc::backward_infer<__nv_bfloat16, 1, true>(dy, y, k, dx, n, c);
+}
+extern "C" __global__ void rc_backward_infer_relu_bf16_vec(const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* k, __nv_bfloat16* dx, long long n, int c)
+{
+    rc::backward_infer<__nv_bfloat16, 8, true>(dy, y, k, dx, n, c);
 }

@@ -1,0 +1,491 @@
+// Single-read training passes of batch normalization over NCHW data (N, C, S): each block keeps
+// its part of a channel on chip (shared memory) between the statistics and the elementwise pass,
+// so the forward reads x once and writes y once (8 bytes per float32 element instead of the
+// two-pass kernels' 12) and the backward reads x and dy once and writes dx (12 instead of 20).
+//
+// Launch: grid (nsplit, C), kBlock threads, slots * kBlock packs of dynamic shared memory per data
+// array held (x; the backward also the masked dy). Block (split, ch) owns the packs
+// [split * chunk, min((split + 1) * chunk, total)) of channel ch's n * S / VEC packs, chunk =
+// ceil(total / nsplit) <= slots * kBlock; thread t takes packs begin + t + k * kBlock and keeps
+// pack k in slot k of its column of the tile. Tiling, thread assignment, batching of the loads
+// and accumulation order are batchnorm.cu's (bn_stats_partial, bn_backward_partial), so each
+// block's partial is the one the two-pass kernel writes for the same nsplit.
+//
+// The blocks of a channel meet at a barrier on two counters of `sync` (arrivals, generation) after
+// writing their partials. With nsplit > 1 that needs every block of the grid resident at once,
+// which the host guarantees by sizing the grid from the kernel's registers and shared memory and
+// the device's SMs (kernels/norm/cuda.py, _persistent_plan): pycuda has no cooperative launch.
+// With nsplit 1 no block waits, and the grid may be of any size. The last block
+// to arrive sets the arrival count back to 0 and advances the generation, so the counters are
+// ready for the next launch without a memset. After the barrier every block merges all of its
+// channel's partials in the same fixed order, in float64 as bn_stats_finalize and
+// bn_backward_finalize do, so every block holds bitwise the same per-channel factors and results
+// are bitwise repeatable. Block 0 of a channel writes the per-channel outputs. float64 appears
+// only in that per-channel merge (once per block), never per element.
+#include "bn_common.cuh"
+
+namespace persist {
+
+using bn::kBlock;
+using bn::kPartial;
+using bn::kSumPartial;
+using bn::kSums;
+using bn::Pack;
+using bn::RowWalk;
+using bn::Sums;
+using bn::SumStream;
+using bn::Welford;
+using bn::WelfordD;
+using bn::WelfordStream;
+using bn::from_float;
+using bn::load_pack;
+using bn::store_pack;
+using bn::to_float;
+
+// Packs loaded before any is used: batchnorm.cu's reduction_unroll, so that the Welford batches
+// (one division per batch) and hence a block's partial are bitwise the two-pass kernel's.
+template <typename T, int VEC>
+__host__ __device__ constexpr int batch_packs()
+{
+    return VEC > 1 ? 2 : static_cast<int>(16 / sizeof(T));
+}
+
+// The part of a channel one block holds, and this thread's walk over its packs.
+struct Tile {
+    int ch;
+    int split;
+    int nsplit;
+    long long cols;   // packs per row of the channel (S / VEC)
+    long long begin;  // first pack of the block
+    long long end;
+
+    __device__ __forceinline__ Tile(long long n, long long s, int vec)
+    {
+        ch = blockIdx.y;
+        split = blockIdx.x;
+        nsplit = gridDim.x;
+        cols = s / vec;
+        const long long total = n * cols;
+        const long long chunk = (total + nsplit - 1) / nsplit;
+        begin = split * chunk;
+        end = min(begin + chunk, total);
+    }
+
+    // Element offset of the pack a walk points at.
+    __device__ __forceinline__ long long offset(const RowWalk& w, int c, long long s, int vec) const
+    {
+        return (w.row * c + ch) * s + w.col * vec;
+    }
+};
+
+// Every block of channel `ch` waits here until all `nsplit` of them have published their partials
+// (thread 0 wrote this block's just before). Thread 0 reads the generation before arriving: it can
+// only advance after this block's arrival. The fence before the arrival releases the partial;
+// after the wait, an atomic on the arrival counter acquires every block's release (each was made
+// on that address) before the partials are read.
+__device__ __forceinline__ void channel_barrier(unsigned int* sync, int ch, int nsplit)
+{
+    if (nsplit > 1 && threadIdx.x == 0) {
+        unsigned int* arrived = sync + 2 * ch;
+        unsigned int* generation = arrived + 1;
+        const unsigned int seen = atomicAdd(generation, 0u);
+        __threadfence();
+        if (atomicAdd(arrived, 1u) == static_cast<unsigned int>(nsplit - 1)) {
+            atomicExch(arrived, 0u);  // ready for the next launch
+            __threadfence();
+            atomicAdd(generation, 1u);
+        } else {
+            while (atomicAdd(generation, 0u) == seen) {
+#if __CUDA_ARCH__ >= 700
+                __nanosleep(64);
+#endif
+            }
+        }
+        atomicAdd(arrived, 0u);
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+// A partial written by another block during this launch: read through L2 (__ldcg), never from a
+// line this SM may hold from before.
+__device__ __forceinline__ WelfordD read_partial_cg(const float* p)
+{
+    Welford w;
+    w.n = __ldcg(p + 0);
+    w.mean = __ldcg(p + 1);
+    w.mean_lo = __ldcg(p + 2);
+    w.m2 = __ldcg(p + 3);
+    w.m2_lo = __ldcg(p + 4);
+    w.total = __ldcg(p + 5);
+    return bn::to_double(w);
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ Pack<T, VEC>* held_packs()
+{
+    extern __shared__ __align__(16) unsigned char persist_tile[];
+    return reinterpret_cast<Pack<T, VEC>*>(persist_tile);
+}
+
+// --- training forward -----------------------------------------------------------------------------
+
+struct ForwardArgs {
+    float* part;
+    unsigned int* sync;
+    double eps;
+    double factor;
+    const float* scale;
+    const float* bias;
+    float* savemean;
+    float* saveinvvar;
+    float* run_mean;
+    float* run_var;
+    int relu;
+};
+
+// Warp 0 merges the channel's partials lane-strided then down a shuffle tree (bn_stats_finalize's
+// order) and lane 0 finishes: the normalize constants go to `k` (mean, factor, bias) for the whole
+// block; block 0 also writes savemean, saveinvvar and the running statistics.
+__device__ __forceinline__ void forward_finalize(const ForwardArgs& a, const Tile& t, float shift,
+                                                 float* k)
+{
+    const int lane = threadIdx.x & 31;
+    if (threadIdx.x >= 32) {
+        return;
+    }
+    const float* base = a.part + static_cast<long long>(t.ch) * t.nsplit * kPartial;
+    WelfordD w = {0.0, 0.0, 0.0, 0.0};
+    for (int b = lane; b < t.nsplit; b += 32) {
+        w = bn::welford_merge(w, read_partial_cg(base + b * kPartial));
+    }
+    w = bn::warp_reduce(w);
+    if (lane == 0) {
+        double mean, var;
+        bn::welford_finish(w, shift, mean, var);
+        const float m = static_cast<float>(mean);
+        k[0] = m;
+        k[1] = static_cast<float>(static_cast<double>(a.scale[t.ch]) / sqrt(var + a.eps));
+        k[2] = a.bias[t.ch];
+        if (t.split == 0) {
+            a.savemean[t.ch] = m;
+            a.saveinvvar[t.ch] = static_cast<float>(1.0 / sqrt(var + a.eps));
+            const double keep = 1.0 - a.factor;
+            a.run_mean[t.ch] = static_cast<float>(keep * a.run_mean[t.ch] + a.factor * mean);
+            a.run_var[t.ch] =
+                static_cast<float>(keep * a.run_var[t.ch] + a.factor * (var * (w.n / (w.n - 1.0))));
+        }
+    }
+}
+
+// relu(v) = 0 if v <= 0 else v: NaN stays NaN, -0 becomes +0 (the contract's fused ReLU).
+__device__ __forceinline__ float relu_if(float v, int relu)
+{
+    return relu && v <= 0.f ? 0.f : v;
+}
+
+// Folds K packs' values into the thread's statistics as one batch (values shifted as batchnorm.cu does).
+template <typename T, int VEC, int K>
+__device__ __forceinline__ void add_packs(WelfordStream& acc, const Pack<T, VEC> (&pk)[K], float shift)
+{
+    float v[K * VEC];
+    float raw = 0.f;
+#pragma unroll
+    for (int u = 0; u < K; ++u) {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            const float xi = to_float(pk[u].v[i]);
+            raw = __fadd_rn(raw, xi);
+            v[u * VEC + i] = __fsub_rn(xi, shift);
+        }
+    }
+    acc.add<K * VEC>(v, raw);
+}
+
+// x and y may be the same buffer: each element is read and written by one thread, and every read
+// of x (the shift included) happens before the barrier, every write after it.
+template <typename T, int VEC>
+__device__ __forceinline__ void forward_train(const T* x, T* y, long long n, int c, long long s,
+                                              const ForwardArgs& a)
+{
+    constexpr int kBatch = batch_packs<T, VEC>();
+    __shared__ float k[3];
+    Pack<T, VEC>* held = held_packs<T, VEC>() + threadIdx.x;
+    const Tile t(n, s, VEC);
+    const float shift = to_float(x[static_cast<long long>(t.ch) * s]);
+
+    WelfordStream acc;
+    int slots = 0;
+    long long j = t.begin + threadIdx.x;
+    if (j < t.end) {
+        RowWalk walk(j, kBlock, t.cols);
+        for (; j + (kBatch - 1) * kBlock < t.end; j += kBatch * kBlock) {
+            Pack<T, VEC> pk[kBatch];
+#pragma unroll
+            for (int u = 0; u < kBatch; ++u) {
+                pk[u] = load_pack<T, VEC>(x + t.offset(walk, c, s, VEC));
+                walk.advance();
+            }
+            add_packs(acc, pk, shift);
+#pragma unroll
+            for (int u = 0; u < kBatch; ++u) {
+                held[(slots + u) * kBlock] = pk[u];
+            }
+            slots += kBatch;
+        }
+        for (; j < t.end; j += kBlock) {  // at most kBatch - 1 packs left
+            Pack<T, VEC> pk[1] = {load_pack<T, VEC>(x + t.offset(walk, c, s, VEC))};
+            add_packs(acc, pk, shift);
+            held[slots * kBlock] = pk[0];
+            ++slots;
+            walk.advance();
+        }
+    }
+    const Welford w = bn::block_reduce(acc.result());
+    if (threadIdx.x == 0) {
+        bn::write_partial(a.part + (static_cast<long long>(t.ch) * t.nsplit + t.split) * kPartial,
+                          w, shift);
+    }
+    channel_barrier(a.sync, t.ch, t.nsplit);
+    forward_finalize(a, t, shift, k);
+    __syncthreads();
+
+    if (slots == 0) {
+        return;
+    }
+    const float m = k[0], f = k[1], b = k[2];
+    RowWalk walk(t.begin + threadIdx.x, kBlock, t.cols);
+    for (int i = 0; i < slots; ++i) {
+        Pack<T, VEC> pk = held[i * kBlock];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            pk.v[e] = from_float<T>(relu_if(fmaf(__fsub_rn(to_float(pk.v[e]), m), f, b), a.relu));
+        }
+        store_pack<T, VEC>(y + t.offset(walk, c, s, VEC), pk);
+        walk.advance();
+    }
+}
+
+// --- training backward ----------------------------------------------------------------------------
+
+struct BackwardArgs {
+    float* part;
+    unsigned int* sync;
+    const float* scale;
+    const float* savemean;
+    const float* saveinvvar;
+    float* dscale;
+    float* dbias;
+};
+
+// bn_backward_finalize's merge and coefficients (k, c0, c1 of dx = dy k - ((x - m) c1 + c0)) for
+// the whole block in `k`; block 0 also writes dscale and dbias.
+__device__ __forceinline__ void backward_finalize(const BackwardArgs& a, const Tile& t, long long m,
+                                                  float* k)
+{
+    const int lane = threadIdx.x & 31;
+    if (threadIdx.x >= 32) {
+        return;
+    }
+    const float* base = a.part + static_cast<long long>(t.ch) * t.nsplit * kSumPartial;
+    double sum[kSums] = {0.0, 0.0, 0.0};
+    for (int b = lane; b < t.nsplit; b += 32) {
+        const float* p = base + b * kSumPartial;
+#pragma unroll
+        for (int i = 0; i < kSums; ++i) {
+            sum[i] += bn::ff_value(__ldcg(p + 2 * i), __ldcg(p + 2 * i + 1));
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < kSums; ++i) {
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            sum[i] += __shfl_down_sync(0xffffffffu, sum[i], off);
+        }
+    }
+    if (lane == 0) {
+        const double fm = static_cast<double>(m);
+        const double r = sum[2] / fm;  // exact mean - savemean
+        const double invstd = a.saveinvvar[t.ch];
+        const double gs = (sum[1] - bn::correction(r * sum[0])) * invstd;
+        const double kk = static_cast<double>(a.scale[t.ch]) * invstd;
+        const double c1 = kk * invstd * gs / fm;
+        k[0] = static_cast<float>(kk);
+        k[1] = static_cast<float>(kk * sum[0] / fm - bn::correction(r * c1));
+        k[2] = static_cast<float>(c1);
+        if (t.split == 0) {
+            a.dbias[t.ch] = static_cast<float>(sum[0]);
+            a.dscale[t.ch] = static_cast<float>(gs);
+        }
+    }
+}
+
+// dy where the fused ReLU passed its input (y > 0, or y NaN), else 0.
+template <typename T, int VEC>
+__device__ __forceinline__ void relu_mask(Pack<T, VEC>& g, const Pack<T, VEC>& y)
+{
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+        if (to_float(y.v[e]) <= 0.f) {
+            g.v[e] = from_float<T>(0.f);
+        }
+    }
+}
+
+// One pack's terms of the backward sums, as one step (batchnorm.cu's order: a flush per pack).
+template <typename T, int VEC>
+__device__ __forceinline__ void add_terms(SumStream<kSums>& acc, const Pack<T, VEC>& px,
+                                          const Pack<T, VEC>& pg, float mean)
+{
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+        bn::backward_terms(acc, to_float(pg.v[e]), __fsub_rn(to_float(px.v[e]), mean));
+    }
+    acc.flush_step();
+}
+
+// y: the forward's output for the fused ReLU's gradient, or null; only the masked dy is held.
+// dx may be dy or x: every read happens before the barrier, every write after it.
+template <typename T, int VEC>
+__device__ __forceinline__ void backward_train(const T* x, const T* dy, const T* y, T* dx,
+                                               long long n, int c, long long s, int slots_per_array,
+                                               const BackwardArgs& a)
+{
+    constexpr int kBatch = batch_packs<T, VEC>();
+    __shared__ float k[3];
+    Pack<T, VEC>* held_x = held_packs<T, VEC>() + threadIdx.x;
+    Pack<T, VEC>* held_g = held_x + static_cast<long long>(slots_per_array) * kBlock;
+    const Tile t(n, s, VEC);
+    const float mean = a.savemean[t.ch];
+
+    SumStream<kSums> acc;
+    int slots = 0;
+    long long j = t.begin + threadIdx.x;
+    if (j < t.end) {
+        RowWalk walk(j, kBlock, t.cols);
+        // whole batches: every load of the batch issued before any is used
+        for (; j + (kBatch - 1) * kBlock < t.end; j += kBatch * kBlock) {
+            Pack<T, VEC> px[kBatch], pg[kBatch], py[kBatch];
+            long long off[kBatch];
+#pragma unroll
+            for (int u = 0; u < kBatch; ++u) {
+                off[u] = t.offset(walk, c, s, VEC);
+                px[u] = load_pack<T, VEC>(x + off[u]);
+                pg[u] = load_pack<T, VEC>(dy + off[u]);
+                walk.advance();
+            }
+            if (y != nullptr) {
+#pragma unroll
+                for (int u = 0; u < kBatch; ++u) {
+                    py[u] = load_pack<T, VEC>(y + off[u]);
+                }
+#pragma unroll
+                for (int u = 0; u < kBatch; ++u) {
+                    relu_mask<T, VEC>(pg[u], py[u]);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < kBatch; ++u) {
+                add_terms(acc, px[u], pg[u], mean);
+                held_x[(slots + u) * kBlock] = px[u];
+                held_g[(slots + u) * kBlock] = pg[u];
+            }
+            slots += kBatch;
+        }
+        for (; j < t.end; j += kBlock) {  // at most kBatch - 1 packs left
+            const long long off = t.offset(walk, c, s, VEC);
+            const Pack<T, VEC> px = load_pack<T, VEC>(x + off);
+            Pack<T, VEC> pg = load_pack<T, VEC>(dy + off);
+            if (y != nullptr) {
+                relu_mask<T, VEC>(pg, load_pack<T, VEC>(y + off));
+            }
+            add_terms(acc, px, pg, mean);
+            held_x[slots * kBlock] = px;
+            held_g[slots * kBlock] = pg;
+            ++slots;
+            walk.advance();
+        }
+    }
+    const Sums<kSums> r = bn::block_reduce(acc.result());
+    if (threadIdx.x == 0) {
+        bn::write_sums(a.part + (static_cast<long long>(t.ch) * t.nsplit + t.split) * kSumPartial, r);
+    }
+    channel_barrier(a.sync, t.ch, t.nsplit);
+    backward_finalize(a, t, n * s, k);
+    __syncthreads();
+
+    if (slots == 0) {
+        return;
+    }
+    const float kk = k[0], c0 = k[1], c1 = k[2];
+    RowWalk walk(t.begin + threadIdx.x, kBlock, t.cols);
+    for (int i = 0; i < slots; ++i) {
+        const Pack<T, VEC> px = held_x[i * kBlock];
+        Pack<T, VEC> pg = held_g[i * kBlock];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const float u = fmaf(__fsub_rn(to_float(px.v[e]), mean), c1, c0);
+            pg.v[e] = from_float<T>(fmaf(to_float(pg.v[e]), kk, -u));
+        }
+        store_pack<T, VEC>(dx + t.offset(walk, c, s, VEC), pg);
+        walk.advance();
+    }
+}
+
+}  // namespace persist
+
+// --- entry points ---------------------------------------------------------------------------------
+// Grid (nsplit, C) of bn::kBlock threads, every block resident at once (see the top of the file),
+// with the dynamic shared memory of the tile: slots * kBlock packs (forward), twice that
+// (backward). part holds C * nsplit partials; sync 2 * C counters, zero before the first launch and
+// left zero by every launch. relu: nonzero for the fused ReLU. y in the backward: the forward's
+// output for the fused ReLU's gradient, or null.
+
+extern "C" __global__ void bn_persist_forward_f32(const float* x, float* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+{
+    persist::forward_train<float, 1>(x, y, n, c, s, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
+}
+extern "C" __global__ void bn_persist_forward_f32_vec(const float* x, float* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+{
+    persist::forward_train<float, 4>(x, y, n, c, s, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
+}
+extern "C" __global__ void bn_persist_forward_f16(const __half* x, __half* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+{
+    persist::forward_train<__half, 1>(x, y, n, c, s, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
+}
+extern "C" __global__ void bn_persist_forward_f16_vec(const __half* x, __half* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+{
+    persist::forward_train<__half, 8>(x, y, n, c, s, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
+}
+extern "C" __global__ void bn_persist_forward_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+{
+    persist::forward_train<__nv_bfloat16, 1>(x, y, n, c, s, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
+}
+extern "C" __global__ void bn_persist_forward_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+{
+    persist::forward_train<__nv_bfloat16, 8>(x, y, n, c, s, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
+}
+extern "C" __global__ void bn_persist_backward_f32(const float* x, const float* dy, const float* y, float* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
+{
+    persist::backward_train<float, 1>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
+}
+extern "C" __global__ void bn_persist_backward_f32_vec(const float* x, const float* dy, const float* y, float* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
+{
+    persist::backward_train<float, 4>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
+}
+extern "C" __global__ void bn_persist_backward_f16(const __half* x, const __half* dy, const __half* y, __half* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
+{
+    persist::backward_train<__half, 1>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
+}
+extern "C" __global__ void bn_persist_backward_f16_vec(const __half* x, const __half* dy, const __half* y, __half* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
+{
+    persist::backward_train<__half, 8>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
+}
+extern "C" __global__ void bn_persist_backward_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, __nv_bfloat16* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
+{
+    persist::backward_train<__nv_bfloat16, 1>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
+}
+extern "C" __global__ void bn_persist_backward_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, __nv_bfloat16* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
+{
+    persist::backward_train<__nv_bfloat16, 8>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
+}

@@ -1,0 +1,237 @@
+"""The single-read training kernels (kernels/norm/persistent.cu) on the simulator: results against
+the float64 reference and the two-pass kernels, the grid barrier between blocks of a channel, the
+fit decision at the device's limits, the sanitizer, and the bytes they move."""
+
+import numpy as np
+import pytest
+
+import reference as ref
+from conftest import TOLERANCES, active_backend
+
+from batchnorm_lib.kernels.norm import cuda as bn_cuda
+
+EPS = 1e-5
+FACTOR = 0.3
+
+
+@pytest.fixture
+def sim():
+    with active_backend("cudasim"):
+        yield bn_cuda._runtime()
+
+
+@pytest.fixture
+def small_device(sim, monkeypatch):
+    """A simulated device of 2 SMs with 20 KiB of shared memory each, so tensors of a few thousand
+    elements need several blocks per channel, or do not fit at all. The simulator's own residency
+    rule reads the same limits: a plan that overcommits the device deadlocks the launch."""
+    from batchnorm_lib.backend.cudasim import driver
+
+    monkeypatch.setattr(driver, "SM_COUNT", 2)
+    limits = dict(driver._LIMITS[driver.compute_capability()] if driver.compute_capability()
+                  in driver._LIMITS else driver._LIMITS[(8, 0)])
+    limits.update(smem_sm=20 * 1024, smem_block_optin=19 * 1024)
+    monkeypatch.setitem(driver._LIMITS, driver.compute_capability(), limits)
+    return sim
+
+
+def launched(fn):
+    """(result of fn(), names of the kernels it launched)."""
+    from batchnorm_lib.backend.cudasim import compiler
+
+    before = dict(compiler.launch_counts)
+    result = fn()
+    return result, sorted(k for k, v in compiler.launch_counts.items() if v != before.get(k, 0))
+
+
+def two_pass(monkeypatch):
+    monkeypatch.setattr(bn_cuda, "_persistent_plan", lambda *args: None)
+
+
+def forward(rt, x, scale, bias, relu=False, dtype=np.float32):
+    c = x.shape[1]
+    g = lambda a, t=np.float32: rt.to_gpu(np.ascontiguousarray(a, t))  # noqa: E731
+    run_mean, run_var = g(np.linspace(-1, 1, c)), g(np.linspace(0.5, 2, c))
+    out, savemean, saveinvvar = rt.empty(x.shape, dtype), rt.empty((c,)), rt.empty((c,))
+    bn_cuda.forward_train(g(x, dtype), g(scale), g(bias), run_mean, run_var, EPS, FACTOR, out,
+                          savemean, saveinvvar, relu=relu)
+    return (out.get().astype(np.float64), savemean.get(), saveinvvar.get(), run_mean.get(),
+            run_var.get())
+
+
+def backward(rt, x, dy, scale, savemean, saveinvvar, y=None, dtype=np.float32):
+    c = x.shape[1]
+    g = lambda a, t=np.float32: rt.to_gpu(np.ascontiguousarray(a, t))  # noqa: E731
+    dx, dscale, dbias = rt.empty(x.shape, dtype), rt.empty((c,)), rt.empty((c,))
+    bn_cuda.backward_train(g(x, dtype), g(dy, dtype), g(scale), g(savemean), g(saveinvvar), dx,
+                           dscale, dbias, y=None if y is None else g(y, dtype))
+    return dx.get().astype(np.float64), dscale.get(), dbias.get()
+
+
+def data(rng, shape):
+    c = shape[1]
+    x = rng.standard_normal(shape) * 2.0 + np.arange(c).reshape((1, c) + (1,) * (len(shape) - 2))
+    return x, rng.uniform(0.5, 1.5, c), rng.standard_normal(c), rng.standard_normal(shape)
+
+
+def check_forward(got, x, scale, bias, relu, dtype=np.float32):
+    rtol, atol = TOLERANCES[np.dtype(dtype).name]
+    y, mean, _, var_unbiased, invstd = ref.forward_train(x, scale, bias, EPS)
+    if relu:
+        y = np.maximum(y, 0.0)
+    c = x.shape[1]
+    np.testing.assert_allclose(got[0], y, rtol=rtol, atol=atol * max(1.0, np.abs(y).max()))
+    np.testing.assert_allclose(got[1], mean, rtol=2e-6, atol=2e-6 * np.abs(x).max())
+    np.testing.assert_allclose(got[2], invstd, rtol=1e-5 if dtype == np.float32 else 1e-3)
+    np.testing.assert_allclose(got[3], (1 - FACTOR) * np.linspace(-1, 1, c) + FACTOR * mean,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[4], (1 - FACTOR) * np.linspace(0.5, 2, c)
+                               + FACTOR * var_unbiased, rtol=1e-5 if dtype == np.float32 else 1e-3)
+
+
+def check_backward(got, x, dy, scale, dtype=np.float32):
+    rtol, atol = TOLERANCES[np.dtype(dtype).name]
+    dx, dscale, dbias = ref.backward_train(x, dy, scale, EPS)
+    big = lambda a: atol * max(1.0, np.abs(a).max())  # noqa: E731
+    np.testing.assert_allclose(got[0], dx, rtol=rtol, atol=big(dx))
+    np.testing.assert_allclose(got[1], dscale, rtol=rtol, atol=big(dscale) * 10)
+    np.testing.assert_allclose(got[2], dbias, rtol=rtol, atol=big(dbias) * 10)
+
+
+# odd sizes; spatial sizes a multiple of 4 take the 16-byte entries
+FIT_SHAPES = [(3, 5, 7, 11), (4, 3, 6, 10), (2, 3, 5), (5, 2, 3, 3, 3)]
+
+
+@pytest.mark.parametrize("shape", FIT_SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_training_pass_against_reference_and_two_pass(sim, rng, monkeypatch, shape, relu):
+    x, scale, bias, dy = data(rng, shape)
+    got, names = launched(lambda: forward(sim, x, scale, bias, relu))
+    assert len(names) == 1 and names[0].startswith("bn_persist_forward_f32")
+    check_forward(got, x, scale, bias, relu)
+    y = got[0]
+    dy_masked = np.where(y <= 0, 0.0, dy) if relu else dy
+    grads, names = launched(lambda: backward(sim, x, dy, scale, got[1], got[2],
+                                             y=y if relu else None))
+    assert len(names) == 1 and names[0].startswith("bn_persist_backward_f32")
+    check_backward(grads, x, dy_masked, scale)
+
+    with monkeypatch.context() as m:
+        two_pass(m)
+        base, names = launched(lambda: forward(sim, x, scale, bias, relu))
+        assert not any(n.startswith("bn_persist") for n in names)
+        if relu:  # (idempotent where the two-pass kernels fuse the ReLU themselves)
+            base = (np.where(base[0] <= 0, 0.0, base[0]),) + base[1:]
+        base_grads = backward(sim, x, dy_masked, scale, got[1], got[2])
+    # the same numerics as the two-pass kernels (equal bits where both split a channel alike)
+    for a, b in zip(got, base):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * max(1.0, np.abs(b).max()))
+    for a, b in zip(grads, base_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * max(1.0, np.abs(b).max()))
+
+
+def test_blocks_of_a_channel_meet_at_the_barrier(small_device, rng):
+    # forward: 1500 packs of 4 in 6 blocks of 250 (4 KiB of shared memory each), 3 per SM;
+    # backward: 1000 packs of x and dy in 4 blocks
+    x, scale, bias, _ = data(rng, (6, 1, 25, 40))
+    assert bn_cuda._persistent_plan(small_device, "forward", "f32", "_vec", 4, 4, 1, 6, 1,
+                                    1000)[2] == 6
+    got, names = launched(lambda: forward(small_device, x, scale, bias))
+    assert names == ["bn_persist_forward_f32_vec"]
+    check_forward(got, x, scale, bias, False)
+    again = forward(small_device, x, scale, bias)
+    for a, b in zip(got, again):  # bitwise repeatable
+        assert np.array_equal(a, b)
+
+    x, scale, bias, dy = data(rng, (4, 1, 25, 40))
+    assert bn_cuda._persistent_plan(small_device, "backward", "f32", "_vec", 4, 4, 2, 4, 1,
+                                    1000)[2] == 4
+    stats = forward(small_device, x, scale, bias)
+    grads, names = launched(lambda: backward(small_device, x, dy, scale, stats[1], stats[2]))
+    assert names == ["bn_persist_backward_f32_vec"]
+    check_backward(grads, x, dy, scale)
+    again = backward(small_device, x, dy, scale, stats[1], stats[2])
+    for a, b in zip(grads, again):
+        assert np.array_equal(a, b)
+    # every launch leaves the arrival counts at 0 (no memset between launches); the generations
+    # advance
+    assert not bn_cuda._persist_counters(small_device, 1).get()[0::2].any()
+
+
+@pytest.mark.parametrize("kind, shape, fits", [
+    ("forward", (6, 1, 32, 40), True),     # 7680 values: 4 blocks of 8 KiB, 2 per SM
+    ("forward", (7, 1, 30, 40), False),    # 8400: no split fits 2 SMs of 20 KiB, 2 blocks each
+    ("forward", (10, 2, 13, 31), True),    # scalar entries
+    ("forward", (11, 2, 13, 31), False),
+    ("forward", (3, 21, 5, 8), True),      # one block a channel, more blocks than fit at once
+    ("backward", (3, 21, 5, 8), True),
+    ("backward", (4, 1, 25, 40), True),    # x and dy: 4000 values each
+    ("backward", (4, 1, 26, 40), False),
+    ("backward", (10, 1, 13, 31), True),
+    ("backward", (11, 1, 13, 31), False),
+])
+def test_only_tensors_that_fit_take_the_single_read_path(small_device, rng, kind, shape, fits):
+    x, scale, bias, dy = data(rng, shape)
+    got, names = launched(lambda: forward(small_device, x, scale, bias))
+    if kind == "forward":
+        assert any(n.startswith("bn_persist") for n in names) == fits
+    check_forward(got, x, scale, bias, False)
+    grads, names = launched(lambda: backward(small_device, x, dy, scale, got[1], got[2]))
+    if kind == "backward":
+        assert any(n.startswith("bn_persist") for n in names) == fits
+    check_backward(grads, x, dy, scale)
+
+
+def test_sanitizer_finds_nothing(small_device, rng, monkeypatch):
+    """One block per channel. The sanitizer keeps one block's access history at a time (entering
+    a block resets it), so it would report blocks that wait for each other and resume falsely; the
+    barrier itself is covered by the tests above."""
+    from batchnorm_lib.backend.cudasim import instrument
+
+    monkeypatch.setenv(instrument.SANITIZE_ENV, "1")
+    x, scale, bias, dy = data(rng, (3, 2, 7, 31))
+    assert bn_cuda._persistent_plan(small_device, "backward", "f32", "", 1, 4, 2, 3, 2, 217)[2] == 1
+    got, names = launched(lambda: forward(small_device, x, scale, bias, relu=True))
+    assert names == ["bn_persist_forward_f32"]
+    check_forward(got, x, scale, bias, True)
+    grads, names = launched(lambda: backward(small_device, x, dy, scale, got[1], got[2], y=got[0]))
+    assert names == ["bn_persist_backward_f32"]
+    check_backward(grads, x, np.where(got[0] <= 0, 0.0, dy), scale)
+    # a channel that needs several blocks takes the two-pass kernels under the sanitizer
+    x, scale, bias, _ = data(rng, (6, 1, 25, 40))
+    got, names = launched(lambda: forward(small_device, x, scale, bias))
+    assert not any(n.startswith("bn_persist") for n in names)
+    check_forward(got, x, scale, bias, False)
+
+
+def test_forward_reads_x_once(sim, rng):
+    from batchnorm_lib.backend.cudasim import profile
+
+    shape = (7, 3, 8, 12)
+    x, scale, bias, _ = data(rng, shape)
+    with profile() as prof:
+        forward(sim, x, scale, bias)
+    (launch,) = [l for l in prof.launches if l.name.startswith("bn_persist")]
+    nbytes = x.size * 4
+    per_channel = 3 * 32 * 8  # a few per-channel values and partials, each in its own sectors
+    assert nbytes <= 32 * launch.unique_load_sectors <= nbytes + per_channel
+    assert nbytes <= 32 * launch.unique_store_sectors <= nbytes + per_channel
+    # no element loaded twice: the threads' requests add up to x once, plus each thread's shift
+    assert launch.load_bytes <= nbytes + 4 * 256 * 3 + per_channel
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16_bit_data(sim, rng, dtype):
+    from batchnorm_lib.backend.cuda.core import bfloat16_dtype
+
+    dt = bfloat16_dtype() if dtype == "bfloat16" else np.dtype(dtype)
+    if dt is None or dt not in sim.supported_dtypes():
+        pytest.skip("%s is not supported by the simulated device here" % dtype)
+    shape = (3, 4, 5, 8)
+    x, scale, bias, dy = data(rng, shape)
+    x, dy = x.astype(dt).astype(np.float64), dy.astype(dt).astype(np.float64)
+    got, names = launched(lambda: forward(sim, x, scale, bias, dtype=dt))
+    assert names == ["bn_persist_forward_%s_vec" % ("f16" if dtype == "float16" else "bf16")]
+    check_forward(got, x, scale, bias, False, dtype=dt)
+    grads = backward(sim, x, dy, scale, got[1], got[2], dtype=dt)
+    check_backward(grads, x, dy, scale, dtype=dt)
