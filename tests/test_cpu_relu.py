@@ -17,6 +17,7 @@ from batchnorm_lib.kernels.norm import cpu as cpu_kernels
 from batchnorm_lib.kernels.norm import cpu_native
 
 import reference as ref
+from test_cpu_paths import cpu_path  # noqa: F401 (the fixture: each case on both CPU paths)
 
 EPS = 1e-5
 RTOL, ATOL = 2e-5, 2e-5
@@ -34,19 +35,6 @@ CASES = [
     ((4, 33, 72), True),          # channels last (N, L, C), C a multiple of 8
 ]
 IDS = ["x".join(map(str, s)) + ("-rows" if r else "") for s, r in CASES]
-
-
-@pytest.fixture(params=cpu_kernels.PATHS)
-def cpu_path(request):
-    if request.param == "native" and not cpu_native.probe()[0]:
-        pytest.skip("native CPU kernels unavailable: %s" % cpu_native.probe()[1])
-    with active_backend("cpu"):
-        previous = cpu_kernels.active_path()
-        cpu_kernels.use(request.param, quiet=True)
-        try:
-            yield request.param
-        finally:
-            cpu_kernels.use(previous, quiet=True)
 
 
 def _first(a, rows):

@@ -14,10 +14,9 @@ GroupNorm (32 groups) and InstanceNorm2D modules against PyTorch's ``F.layer_nor
 forward in evaluation mode, computing what ``fwd`` computes; the byte counts are the same.
 
 ``--relu`` times batch norm fused with relu (the "bn+relu" rows, also in the default run): ours is
-the training forward with ``relu=True`` then the backward given its output ``y`` (the mask), and
-the inference forward with ``relu=True``, through the kernels the modules call (outputs allocated
-per call, as a module does); PyTorch's is ``F.batch_norm`` followed by ``F.relu(..., inplace=True)``
-as a PyTorch user writes it, then ``backward(dy)`` through autograd. Its fewest bytes: training
+the module with ``activation="relu"`` (its kernels apply relu in the normalize pass and mask the
+gradient by the output in the backward passes); PyTorch's is ``F.batch_norm`` followed by
+``F.relu(..., inplace=True)`` as a PyTorch user writes it, then ``backward(dy)`` through autograd. Its fewest bytes: training
 24 B per element (forward 8, backward 16: x, dy and y read, dx written), inference 8 B.
 
 Each row has a layout: channels first (NCHW, the default; (N, C) data has one layout) or channels
@@ -135,9 +134,8 @@ def add_arguments(p):
                                                     for k, s in FAMILY_CASES)))
     p.add_argument("--relu", action="store_true",
                    help="time only batch norm fused with relu (the 'bn+relu' rows, which the "
-                        "default run ends with): ours with relu=True in the forward and the "
-                        "output's mask in the backward, against PyTorch's batch_norm then "
-                        "relu_; on %s, or the --shape shapes"
+                        "default run ends with): our modules with activation='relu' against "
+                        "PyTorch's batch_norm then relu_; on %s, or the --shape shapes"
                         % ", ".join("x".join(map(str, s)) + ("" if len(s) == 2 else " " + lay)
                                     for _, s, lay in RELU_CASES))
     p.add_argument("--cpu-path", choices=("auto", "native", "numpy"), default=None,
@@ -319,60 +317,20 @@ def to_last(a):
     return np.ascontiguousarray(np.moveaxis(a, 1, -1)) if a.ndim > 2 else a
 
 
-def _ours_relu(x, dy, scale, bias, last):
-    """(train, infer, fwd, results) closures over the kernels with the fused relu, each call
-    allocating its outputs as a module does; x and dy as ours() takes them."""
-    from batchnorm_lib.backend import gpuarray
-    from batchnorm_lib.kernels import norm
-
-    ops = norm.ops("cpu")
-    rows = last or x.ndim == 2
-    op = lambda name: getattr(ops, ("rows_" if rows else "") + name)  # noqa: E731
-    C = x.shape[1]
-    ps = (1, C, 1, 1)
-    data = gpuarray.to_gpu(to_last(x) if last else x)
-    grad = gpuarray.to_gpu(to_last(dy) if last else dy)
-    sc, bi = gpuarray.to_gpu(scale.reshape(ps)), gpuarray.to_gpu(bias.reshape(ps))
-    rm, rv = gpuarray.zeros(ps, np.float32), gpuarray.to_gpu(np.ones(ps, np.float32))
-    sm, si = gpuarray.empty(ps, np.float32), gpuarray.empty(ps, np.float32)
-    ds, db = gpuarray.empty(ps, np.float32), gpuarray.empty(ps, np.float32)
-    back = (lambda a: np.moveaxis(a, -1, 1)) if last else (lambda a: a)  # noqa: E731
-
-    def fwd():
-        y = gpuarray.empty(data.shape, np.float32)
-        op("forward_train")(data, sc, bi, rm, rv, EPS, 0.1, y, sm, si, relu=True)
-        return y
-
-    def train():
-        y = fwd()
-        dx = gpuarray.empty(data.shape, np.float32)
-        op("backward_train")(data, grad, sc, sm, si, dx, ds, db, y=y)
-        return y, dx
-
-    def infer():
-        y = gpuarray.empty(data.shape, np.float32)
-        op("forward_infer")(data, sc, bi, rm, rv, EPS, y, relu=True)
-
-    def results():
-        y, dx = train()
-        return {"y": back(y.get()), "dx": back(dx.get()), "dscale": ds.get().ravel(),
-                "dbias": db.get().ravel()}
-
-    return train, infer, fwd, results
-
-
 def ours(x, dy, scale, bias, layout="channels_first", kind="BatchNorm"):
     """(train, infer, fwd, results) closures over a batchnorm_lib module on the CPU backend; x and
     dy are (N, C, *spatial), stored channels last for ``layout="channels_last"``; ``kind`` names a
-    module of the normalization family other than batch norm, or RELU (the fused kernels)."""
+    module of the normalization family other than batch norm, or RELU (batch norm with
+    ``activation="relu"``)."""
     from batchnorm_lib import modules
     from batchnorm_lib.backend import gpuarray
 
-    if kind == RELU:
-        return _ours_relu(x, dy, scale, bias, layout == "channels_last" and x.ndim > 2)
     C = x.shape[1]
-    mod = getattr(modules, _MODULE_FOR_NDIM[x.ndim])(C, layout=layout) if kind == "BatchNorm" \
-        else _family_module(kind, x.shape)
+    if kind in ("BatchNorm", RELU):
+        mod = getattr(modules, _MODULE_FOR_NDIM[x.ndim])(
+            C, layout=layout, activation="relu" if kind == RELU else None)
+    else:
+        mod = _family_module(kind, x.shape)
     mod.scale.set(scale.reshape(mod.scale.shape))
     mod.bias.set(bias.reshape(mod.bias.shape))
     last = layout == "channels_last"

@@ -15,7 +15,7 @@
  * one accumulator per position. The first pass over a tile reads memory row by row (sequential
  * streams for the prefetcher); re-reads of a cached tile may go column by column.
  *
- * Outputs larger than the caches (rc_stream_threshold(), 8 MB by default) go out with
+ * Outputs larger than the caches (nt_stream(): 8 MB by default) go out with
  * non-temporal stores: a normal store first reads the line it writes, so streaming takes the
  * normalize pass from 12 to 8 bytes per element and dx from 16 to 12.
  *
@@ -642,23 +642,13 @@ static void expand(const float *v, i64 c0, i64 g, i64 S, float *lanes)
 /* ---------------------------------------------------------------------------------------------- */
 /* elementwise output passes                                                                       */
 
-/* Outputs of at least rc_stream_threshold() bytes (rows_channels_cpu.c's setting, one for the
- * library) that are not written in place go out with non-temporal stores: such an output is
+/* Outputs of at least the library's streaming threshold (nt_stream(), rows_channels_cpu.c) that are not written in place go out with non-temporal stores: such an output is
  * evicted from the caches before anyone reads it, and a normal store first reads the line it
  * writes (write-allocate), one more pass over memory. Only whole 64-byte lines are streamed (a
  * row's head up to the first line boundary and its tail are stored normally), so no line is
  * written partly each way. */
-i64 rc_stream_threshold(void);
-
-static int bn_stream(const float *out, const float *in, i64 n)
-{
-#ifdef BN_STREAM
-    return out != in && n * (i64)sizeof(float) >= rc_stream_threshold();
-#else
-    (void)out; (void)in; (void)n;
-    return 0;
-#endif
-}
+int nt_stream(const float *out, const float *in, i64 n); /* rows_channels_cpu.c */
+void nt_fence(int stream);
 
 static inline void st_nt(float *p, vf v)
 {
@@ -670,16 +660,6 @@ static inline void st_nt(float *p, vf v)
     _mm256_stream_ps(p + 8, hi);
 #else
     st(p, v);
-#endif
-}
-
-static void bn_fence(int stream)
-{
-#ifdef BN_STREAM
-    if (stream)
-        _mm_sfence(); /* the streamed lines are visible before the threads join */
-#else
-    (void)stream;
 #endif
 }
 
@@ -878,7 +858,7 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
     }
     int fused = p.nrb == 1;
     int failed = 0;
-    int stream = fused && bn_stream(out, x, N * rs);
+    int stream = fused && nt_stream(out, x, N * rs);
 
     if (S >= SHORT_S) {
         i64 ntask = C * p.nrb;
@@ -897,7 +877,7 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
                 for (i64 n = 0; n < N; n++)
                     row_affine(x + n * rs + c * S, out + n * rs + c * S, S, mc, a, b,
                                cn >= 0 ? x + n * rs + cn * S : NULL, relu, stream);
-                bn_fence(stream);
+                nt_fence(stream);
             }
         }
     } else {
@@ -933,7 +913,7 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
                         }
                         rows_affine_lanes(x + c0 * S, out + c0 * S, rs, 0, N, g * S, ml, al, bl,
                                           relu, stream);
-                        bn_fence(stream);
+                        nt_fence(stream);
                     }
                 }
             }
@@ -1012,7 +992,7 @@ static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S, const fl
 {
     i64 rs = C * S;
     int nt = threads_for(N * rs);
-    int stream = bn_stream(out, x, N * rs);
+    int stream = nt_stream(out, x, N * rs);
     if (S >= SHORT_S) {
         i64 ntask = N * C;
 #pragma omp parallel num_threads(nt)
@@ -1025,7 +1005,7 @@ static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S, const fl
                 else
                     row_scale(x + t * S, y ? y + t * S : NULL, out + t * S, S, a[c], stream);
             }
-            bn_fence(stream); /* once per thread: a fence per row stalls on short rows */
+            nt_fence(stream); /* once per thread: a fence per row stalls on short rows */
         }
         return 0;
     }
@@ -1061,7 +1041,7 @@ static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S, const fl
                                      g * S, lanes + L, stream);
             }
         }
-        bn_fence(stream);
+        nt_fence(stream);
         free(lanes);
     }
     return failed ? -1 : 0;
@@ -1147,7 +1127,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
         return -1;
     int fused = p.nrb == 1 && dx != NULL;
     int failed = 0;
-    int stream = dx != NULL && bn_stream(dx, dy, N * rs);
+    int stream = dx != NULL && nt_stream(dx, dy, N * rs);
 
     if (S >= SHORT_S) {
         i64 ntask = C * p.nrb;
@@ -1171,7 +1151,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                     row_dx(x + o, dy + o, y ? y + o : NULL, dx + o, S, q.m, q.k, q.c0, q.c1,
                            stream);
                 }
-                bn_fence(stream);
+                nt_fence(stream);
             }
         }
     } else {
@@ -1220,7 +1200,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                         }
                         rows_dx_lanes(x + c0 * S, dy + c0 * S, y ? y + c0 * S : NULL, dx + c0 * S,
                                       rs, 0, N, Lg, ml, kl, c0l, c1l, stream);
-                        bn_fence(stream);
+                        nt_fence(stream);
                     }
                 }
             }
@@ -1260,7 +1240,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                     row_dx(x + t * S, dy + t * S, y ? y + t * S : NULL, dx + t * S, S, b.m, b.k,
                            b.c0, b.c1, stream);
                 }
-                bn_fence(stream); /* once per thread, as in elementwise() */
+                nt_fence(stream); /* once per thread, as in elementwise() */
             }
         } else {
             lane_plan plan = plan_lanes(N, C, S);
@@ -1294,7 +1274,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                                       rs, n0, n1, Lg, ml, kl, c0l, c1l, stream);
                     }
                 }
-                bn_fence(stream);
+                nt_fence(stream);
                 free(lanes);
             }
         }

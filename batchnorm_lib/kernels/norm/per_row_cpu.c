@@ -64,31 +64,12 @@ static int rows_threads(i64 total)
     return total < ROWS_SERIAL_BELOW ? 1 : bn_get_num_threads();
 }
 
-/* Outputs of at least rc_stream_threshold() bytes (rows_channels_cpu.c's setting) not written in
- * place go out with non-temporal stores, as in bn_cpu.c: such an output leaves the caches before
+/* Outputs of at least the library's streaming threshold (nt_stream(), rows_channels_cpu.c) not
+ * written in place go out with non-temporal stores, as in bn_cpu.c: such an output leaves the caches before
  * anyone reads it, and a normal store first reads the line it writes. Whole 64-byte lines only:
  * a run's head up to the first line boundary and its tail are stored normally. */
-i64 rc_stream_threshold(void);
-
-static int pr_stream(const float *out, const float *in, i64 n)
-{
-#ifdef PR_STREAM
-    return out != in && n * (i64)sizeof(float) >= rc_stream_threshold();
-#else
-    (void)out; (void)in; (void)n;
-    return 0;
-#endif
-}
-
-static void pr_fence(int stream)
-{
-#ifdef PR_STREAM
-    if (stream)
-        _mm_sfence();
-#else
-    (void)stream;
-#endif
-}
+int nt_stream(const float *out, const float *in, i64 n); /* rows_channels_cpu.c */
+void nt_fence(int stream);
 
 static inline void pr_put(float *o, rvf v, int stream)
 {
@@ -266,7 +247,7 @@ int per_row_forward(const float *x, float *out, i64 R, i64 L, i64 G, i64 S, cons
                  const float *bias, double eps, float *savemean, float *saveinvstd)
 {
     const i64 cg = L / S;
-    const int stream = pr_stream(out, x, R * L);
+    const int stream = nt_stream(out, x, R * L);
 #pragma omp parallel num_threads(rows_threads(R * L))
     {
 #pragma omp for schedule(static) nowait
@@ -286,7 +267,7 @@ int per_row_forward(const float *x, float *out, i64 R, i64 L, i64 G, i64 S, cons
                                bi[k], 0, stream);
             }
         }
-        pr_fence(stream); /* once per thread */
+        nt_fence(stream); /* once per thread */
     }
     return 0;
 }
@@ -300,7 +281,7 @@ static int backward_channels(const float *x, const float *dy, float *dx, i64 R, 
     double *w = (double *)malloc(sizeof(double) * 2 * (size_t)(R * cg));
     if (w == NULL)
         return 1;
-    const int stream = dx != NULL && pr_stream(dx, dy, R * L);
+    const int stream = dx != NULL && nt_stream(dx, dy, R * L);
 #pragma omp parallel num_threads(rows_threads(R * L))
     {
 #pragma omp for schedule(static) nowait
@@ -327,7 +308,7 @@ static int backward_channels(const float *x, const float *dy, float *dx, i64 R, 
                        c0, c1, 0, stream);
         }
     }
-    pr_fence(stream);
+    nt_fence(stream);
     }
     const i64 n = R / G, c = G * cg;
     for (i64 ch = 0; ch < c; ch++) {
@@ -361,7 +342,7 @@ static int backward_columns(const float *x, const float *dy, float *dx, i64 R, i
     float *part = (float *)calloc((size_t)(2 * tasks * c), sizeof(float));
     if (part == NULL)
         return 1;
-    const int stream = dx != NULL && pr_stream(dx, dy, R * L);
+    const int stream = dx != NULL && nt_stream(dx, dy, R * L);
 #pragma omp parallel num_threads(rows_threads(R * L))
     {
 #pragma omp for schedule(static) nowait
@@ -407,7 +388,7 @@ static int backward_columns(const float *x, const float *dy, float *dx, i64 R, i
             }
         }
     }
-    pr_fence(stream);
+    nt_fence(stream);
     }
 #pragma omp parallel for schedule(static) num_threads(rows_threads(tasks * c))
     for (i64 j = 0; j < c; j++) {

@@ -296,9 +296,16 @@ static float affine_f32(float scale, double var, double eps)
  * first reads the line it writes (write-allocate), one more pass over memory. */
 static i64 g_stream_bytes = RC_STREAM_BYTES;
 
-i64 rc_stream_threshold(void)
+/* Whether an output of n floats (not written in place over in) goes out with non-temporal
+ * stores: the rule of every elementwise pass of the library (bn_cpu.c, per_row_cpu.c, here). */
+int nt_stream(const float *out, const float *in, i64 n)
 {
-    return g_stream_bytes;
+#ifdef RC_STREAM
+    return out != in && n * (i64)sizeof(float) >= g_stream_bytes;
+#else
+    (void)out; (void)in; (void)n;
+    return 0;
+#endif
 }
 
 i64 rc_set_stream_bytes(i64 n)
@@ -314,13 +321,7 @@ i64 rc_set_stream_bytes(i64 n)
  * stores was measured slower than either. */
 static int rc_stream(const float *out, const float *in, i64 R, i64 C)
 {
-#ifdef RC_STREAM
-    return out != in && R * C * (i64)sizeof(float) >= g_stream_bytes && C % 8 == 0 &&
-           ((uintptr_t)out & 31) == 0;
-#else
-    (void)out; (void)in; (void)R; (void)C;
-    return 0;
-#endif
+    return nt_stream(out, in, R * C) && C % 8 == 0 && ((uintptr_t)out & 31) == 0;
 }
 
 /* First index of a row from which o + j is 32-byte aligned (when streaming; else the row's end,
@@ -427,7 +428,8 @@ static void row_dx(const float *xr, const float *g, const float *y, float *o, i6
         row_dx_k(xr, g, NULL, o, C, m, k, c0, c1, stream);
 }
 
-static void rc_fence(int stream)
+/* after a thread's last streaming store: the streamed lines are visible before the threads join */
+void nt_fence(int stream)
 {
 #ifdef RC_STREAM
     if (stream)
@@ -472,7 +474,7 @@ static void rc_affine(const float *x, float *out, i64 R, i64 C, const float *m, 
                 row_affine(x + r * C, out + r * C, C, m, a, b, relu, y ? y + r * C : NULL,
                            stream);
         }
-        rc_fence(stream); /* once per thread: a fence per task stalls */
+        nt_fence(stream); /* once per thread: a fence per task stalls */
     }
 }
 
@@ -646,7 +648,7 @@ int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
                     row_dx(x + r * C, dy + r * C, y ? y + r * C : NULL, dx + r * C, C, savemean,
                            k32, c032, c132, stream);
             }
-            rc_fence(stream);
+            nt_fence(stream);
         }
     }
     free(consts);
