@@ -48,6 +48,14 @@ class _FusedRelu:
         self.ops.backward_infer(dy, *args, y=dy if self.y is None else self.y)
 
 
+def _misaligned(to_gpu):
+    """to_gpu whose arrays start one element past a 16-byte aligned allocation."""
+    def put(a):
+        a = np.asarray(a)
+        return to_gpu(np.concatenate([np.zeros(1, a.dtype), a.ravel()]))[1:].reshape(a.shape)
+    return put
+
+
 def _cases(rng, dtypes):
     """(name, dtype, callable(ops, dense, to_gpu) -> list of output arrays) for every operation."""
     cases = []
@@ -103,6 +111,9 @@ def _cases(rng, dtypes):
             cases += [(name + " relu", lambda ops, dense, to_gpu, fn=fn: fn(_FusedRelu(ops),
                                                                           dense, to_gpu))
                       for name, fn in cases[-4:]]
+            # and all eight on data 4 (or 2) bytes past a 16-byte boundary: the unpacked entries
+            cases += [(name + " misaligned", lambda ops, dense, to_gpu, fn=fn: fn(
+                ops, dense, _misaligned(to_gpu))) for name, fn in cases[-8:]]
     a = rng.standard_normal(37).astype(np.float32)
     b = rng.standard_normal(37).astype(np.float32)
 
