@@ -14,6 +14,7 @@ every exact operation matched, 1 otherwise, 2 when a backend is unavailable.
 """
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -29,12 +30,15 @@ WITHIN_BOUND = {"softmax_cross_entropy", "activation_forward sigmoid", "activati
 def _two_pass(case):
     """``case`` with the single-read training kernels turned off."""
     def run(ops, dense, to_gpu):
-        saved = ops._persistent_plan
-        ops._persistent_plan = lambda *args: None
+        saved = os.environ.get(ops.SINGLE_READ_ENV)
+        os.environ[ops.SINGLE_READ_ENV] = "0"
         try:
             return case(ops, dense, to_gpu)
         finally:
-            ops._persistent_plan = saved
+            if saved is None:
+                del os.environ[ops.SINGLE_READ_ENV]
+            else:
+                os.environ[ops.SINGLE_READ_ENV] = saved
     return run
 
 
@@ -209,8 +213,9 @@ def _relu_and_misaligned_cases(rng, dtypes):
                 return outs
 
             tag = "%s %s" % (np.dtype(dtype).name, "x".join(map(str, shape)))
-            cases.append(("misaligned passes " + tag if misaligned else "relu passes " + tag,
-                          passes))
+            name = "misaligned passes " + tag if misaligned else "relu passes " + tag
+            # on the single-read training kernels where the data fits, and on the two-pass ones
+            cases += [(name, passes), (name + " two-pass", _two_pass(passes))]
     return cases
 
 
