@@ -66,18 +66,7 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
                 pk[u] = load_pack<T, VEC>(x + pack_offset<VEC>(walk, c, ch, s));
                 walk.advance();
             }
-            float v[kUnroll * VEC];
-            float raw = 0.f;
-#pragma unroll
-            for (int u = 0; u < kUnroll; ++u) {
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) {
-                    const float xi = to_float(pk[u].v[i]);
-                    raw = __fadd_rn(raw, xi);
-                    v[u * VEC + i] = __fsub_rn(xi, shift);
-                }
-            }
-            acc.add<kUnroll * VEC>(v, raw);
+            add_packs(acc, pk, shift);
         }
         for (; j < end; j += kBlock) {  // at most kUnroll - 1 packs left
             const Pack<T, VEC> pk = load_pack<T, VEC>(x + pack_offset<VEC>(walk, c, ch, s));

@@ -240,6 +240,25 @@ struct WelfordStream {
     __device__ __forceinline__ Welford result() const { return welford_merge(total, chunk); }
 };
 
+// Folds K packs' values into a thread's statistics as one batch: each value shifted by the
+// channel's first value (kept exact near the mean), their plain sum kept beside (the NaN/Inf path).
+template <typename T, int VEC, int K>
+__device__ __forceinline__ void add_packs(WelfordStream& acc, const Pack<T, VEC> (&pk)[K], float shift)
+{
+    float v[K * VEC];
+    float raw = 0.f;
+#pragma unroll
+    for (int u = 0; u < K; ++u) {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            const float xi = to_float(pk[u].v[i]);
+            raw = __fadd_rn(raw, xi);
+            v[u * VEC + i] = __fsub_rn(xi, shift);
+        }
+    }
+    acc.add<K * VEC>(v, raw);
+}
+
 __device__ __forceinline__ Welford warp_reduce(Welford w)
 {
 #pragma unroll
@@ -589,8 +608,11 @@ __device__ __forceinline__ void stats_finalize(const float* part, int ch, int ns
 // (k, c0, c1), each computed in float64 and rounded once: with r = exact mean - savemean,
 // dscale = (sum(dy (x - m)) - r sum(dy)) * invstd, k = scale * invstd,
 // c1 = k * invstd * dscale / m, c0 = k * dbias / m - r * c1.
-__device__ __forceinline__ void backward_finalize(const float* part, int ch, int nsplit,
-                                                  long long m, int lane, const SumsOut& o)
+// One warp merges channel ch's backward partials in float64 in a fixed order; on lane 0, f holds
+// (dbias, dscale, k, c0, c1), each computed in float64 (see backward_finalize).
+__device__ __forceinline__ void backward_factors(const float* part, int ch, int nsplit, long long m,
+                                                 int lane, const float* scale,
+                                                 const float* saveinvvar, double (&f)[5])
 {
     const float* base = part + static_cast<long long>(ch) * nsplit * kSumPartial;
     double sum[kSums] = {0.0, 0.0, 0.0};
@@ -611,15 +633,29 @@ __device__ __forceinline__ void backward_finalize(const float* part, int ch, int
     if (lane == 0) {
         const double fm = static_cast<double>(m);
         const double r = sum[2] / fm;  // exact mean - savemean
-        const double invstd = o.saveinvvar[ch];
+        const double invstd = saveinvvar[ch];
         const double gs = (sum[1] - correction(r * sum[0])) * invstd;
-        const double k = static_cast<double>(o.scale[ch]) * invstd;
+        const double k = static_cast<double>(scale[ch]) * invstd;
         const double c1 = k * invstd * gs / fm;
-        o.dbias[ch] = static_cast<float>(sum[0]);
-        o.dscale[ch] = static_cast<float>(gs);
-        o.coef[ch * 3 + 0] = static_cast<float>(k);
-        o.coef[ch * 3 + 1] = static_cast<float>(k * sum[0] / fm - correction(r * c1));
-        o.coef[ch * 3 + 2] = static_cast<float>(c1);
+        f[0] = sum[0];
+        f[1] = gs;
+        f[2] = k;
+        f[3] = k * sum[0] / fm - correction(r * c1);
+        f[4] = c1;
+    }
+}
+
+__device__ __forceinline__ void backward_finalize(const float* part, int ch, int nsplit,
+                                                  long long m, int lane, const SumsOut& o)
+{
+    double f[5];
+    backward_factors(part, ch, nsplit, m, lane, o.scale, o.saveinvvar, f);
+    if (lane == 0) {
+        o.dbias[ch] = static_cast<float>(f[0]);
+        o.dscale[ch] = static_cast<float>(f[1]);
+        o.coef[ch * 3 + 0] = static_cast<float>(f[2]);
+        o.coef[ch * 3 + 1] = static_cast<float>(f[3]);
+        o.coef[ch * 3 + 2] = static_cast<float>(f[4]);
     }
 }
 

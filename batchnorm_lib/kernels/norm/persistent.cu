@@ -37,6 +37,7 @@ using bn::SumStream;
 using bn::Welford;
 using bn::WelfordD;
 using bn::WelfordStream;
+using bn::add_packs;
 using bn::from_float;
 using bn::load_pack;
 using bn::store_pack;
@@ -184,24 +185,6 @@ __device__ __forceinline__ float relu_if(float v, int relu)
     return relu && v <= 0.f ? 0.f : v;
 }
 
-// Folds K packs' values into the thread's statistics as one batch (values shifted as batchnorm.cu does).
-template <typename T, int VEC, int K>
-__device__ __forceinline__ void add_packs(WelfordStream& acc, const Pack<T, VEC> (&pk)[K], float shift)
-{
-    float v[K * VEC];
-    float raw = 0.f;
-#pragma unroll
-    for (int u = 0; u < K; ++u) {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            const float xi = to_float(pk[u].v[i]);
-            raw = __fadd_rn(raw, xi);
-            v[u * VEC + i] = __fsub_rn(xi, shift);
-        }
-    }
-    acc.add<K * VEC>(v, raw);
-}
-
 // x and y may be the same buffer: each element is read and written by one thread, and every read
 // of x (the shift included) happens before the barrier, every write after it.
 template <typename T, int VEC>
@@ -287,35 +270,15 @@ __device__ __forceinline__ void backward_finalize(const BackwardArgs& a, const T
     if (threadIdx.x >= 32) {
         return;
     }
-    const float* base = a.part + static_cast<long long>(t.ch) * t.nsplit * kSumPartial;
-    double sum[kSums] = {0.0, 0.0, 0.0};
-    for (int b = lane; b < t.nsplit; b += 32) {
-        const float* p = base + b * kSumPartial;
-#pragma unroll
-        for (int i = 0; i < kSums; ++i) {
-            sum[i] += bn::ff_value(__ldcg(p + 2 * i), __ldcg(p + 2 * i + 1));
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < kSums; ++i) {
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) {
-            sum[i] += __shfl_down_sync(0xffffffffu, sum[i], off);
-        }
-    }
+    double f[5];
+    bn::backward_factors(a.part, t.ch, t.nsplit, m, lane, a.scale, a.saveinvvar, f);
     if (lane == 0) {
-        const double fm = static_cast<double>(m);
-        const double r = sum[2] / fm;  // exact mean - savemean
-        const double invstd = a.saveinvvar[t.ch];
-        const double gs = (sum[1] - bn::correction(r * sum[0])) * invstd;
-        const double kk = static_cast<double>(a.scale[t.ch]) * invstd;
-        const double c1 = kk * invstd * gs / fm;
-        k[0] = static_cast<float>(kk);
-        k[1] = static_cast<float>(kk * sum[0] / fm - bn::correction(r * c1));
-        k[2] = static_cast<float>(c1);
+        k[0] = static_cast<float>(f[2]);
+        k[1] = static_cast<float>(f[3]);
+        k[2] = static_cast<float>(f[4]);
         if (t.split == 0) {
-            a.dbias[t.ch] = static_cast<float>(sum[0]);
-            a.dscale[t.ch] = static_cast<float>(gs);
+            a.dbias[t.ch] = static_cast<float>(f[0]);
+            a.dscale[t.ch] = static_cast<float>(f[1]);
         }
     }
 }
