@@ -7,7 +7,8 @@ Each operation package holds its CUDA source, its CPU source and its dispatch si
     helpers) for CUDA, ``bn_cpu.c`` (C/OpenMP) and ``cpu_numpy.py`` for the CPU, ``cuda.py`` and
     ``cpu.py`` launching them; the contract is in :mod:`batchnorm_lib.kernels.norm`. Statistics
     per contiguous row (LayerNorm, InstanceNorm2D, GroupNorm): ``per_row.cu``, ``per_row_cpu.c``;
-    rows x channels data ((N, C) and channels last): ``rows_channels.cu``, ``rows_channels_cpu.c``.
+    rows x channels data ((N, C) and channels last): ``rows_channels.cu``, ``rows_channels_cpu.c``;
+    the single-read training kernels for tensors that fit on chip: ``persistent.cu``.
 ``dense/``
     Linear, activations, costs and optimizer updates: ``dense.cu``, ``cuda.py``, ``cpu.py``; the
     contract is in :mod:`batchnorm_lib.kernels.dense`.
