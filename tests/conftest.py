@@ -72,3 +72,14 @@ def where(request):
 def cpu_where(request):
     """One of the CPU backend's two kernel paths."""
     yield from _where(request.param)
+
+
+def to_gpu_misaligned(a, misaligned=True):
+    """``a`` on the active backend; with ``misaligned``, starting one element past a 16-byte
+    aligned allocation (the kernels' unpacked paths)."""
+    from batchnorm_lib.backend import gpuarray
+
+    if not misaligned:
+        return gpuarray.to_gpu(a)
+    whole = gpuarray.to_gpu(np.concatenate([np.zeros(1, a.dtype), a.ravel()]))
+    return whole[1:].reshape(a.shape)

@@ -10,7 +10,7 @@ import pytest
 from batchnorm_lib import config, kernels
 from batchnorm_lib.backend.cudasim import instrument
 from batchnorm_lib.kernels.norm import cuda as norm_cuda
-from conftest import TOLERANCES, active_backend
+from conftest import TOLERANCES, active_backend, to_gpu_misaligned
 import reference
 
 # (layout, shape, whether the 16-byte path is taken for 4-byte / 2-byte data)
@@ -79,10 +79,7 @@ def run_case(case, dtype_name, rng):
     vec = lambda v: gpuarray.to_gpu(np.asarray(v, np.float32))  # noqa: E731
 
     def upload(a):
-        if case != "nchw_misaligned":
-            return gpuarray.to_gpu(a)
-        whole = gpuarray.to_gpu(np.concatenate([np.zeros(1, a.dtype), a.ravel()]))
-        return whole[1:].reshape(a.shape)
+        return to_gpu_misaligned(a, case == "nchw_misaligned")
 
     gx, gdy = upload(x), upload(dy)
     assert (int(gx.ptr) % 16 == 0) == (case != "nchw_misaligned")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from batchnorm_lib import config, kernels
-from conftest import TOLERANCES, active_backend
+from conftest import TOLERANCES, active_backend, to_gpu_misaligned
 import reference
 
 SHAPES = {
@@ -53,10 +53,7 @@ def test_unrolled_paths_match_reference(dtype_name, path, rng):
         vec = lambda v: gpuarray.to_gpu(np.asarray(v, np.float32))  # noqa: E731
 
         def upload(a):
-            if path != "misaligned":
-                return gpuarray.to_gpu(a)
-            whole = gpuarray.to_gpu(np.concatenate([np.zeros(1, a.dtype), a.ravel()]))
-            return whole[1:].reshape(a.shape)
+            return to_gpu_misaligned(a, path == "misaligned")
 
         gx, gdy = upload(x), upload(dy)
         out = upload(np.zeros(shape, dtype))
