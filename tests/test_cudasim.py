@@ -871,11 +871,11 @@ def test_every_16bit_kernel_against_reference(kind, layout):
 
     rm.set(run_mean0)
     rv.set(run_var0)
-    rt.launch("bn_channel_factor", (1,), (P(sc), P(rv), np.float64(eps), P(fa), np.int32(c)))
-    rt.launch("bn_normalize_%s%s" % (kind, vec), grid,
-              (P(xs), P(out), P(rm), P(fa), P(bs)) + shape)
+    frozen = (P(sc), P(rv), np.float64(eps))
+    rt.launch("bn_normalize_infer_%s%s" % (kind, vec), grid,
+              (P(xs), P(out), P(rm)) + frozen + (P(bs),) + shape)
     k = scale / np.sqrt(run_var0.astype(np.float64) + eps)
     ref = (x - run_mean0[None, :, None]) * k[None, :, None] + bias[None, :, None]
     np.testing.assert_allclose(_decode(out.get(), kind), ref, **tol)
-    rt.launch("bn_backward_infer_%s%s" % (kind, vec), grid, (P(dys), P(fa), P(dx)) + shape)
+    rt.launch("bn_backward_infer_%s%s" % (kind, vec), grid, (P(dys),) + frozen + (P(dx),) + shape)
     np.testing.assert_allclose(_decode(dx.get(), kind), dy * k[None, :, None], **tol)

@@ -283,7 +283,7 @@ def test_library_report(tmp_path):
     assert 0 < infer["sector_efficiency"] <= 1
     # the full shape's normalize grid: 8 packs of 4 per thread, 256 threads a block, at most 4096
     normalize = [l for l in infer["launches"] if l["kernel"].startswith("bn_normalize")]
-    assert [l["kernel"] for l in normalize] == ["bn_normalize_f32_vec"]
+    assert [l["kernel"] for l in normalize] == ["bn_normalize_infer_f32_vec"]
     assert normalize[0]["grid"] == [min(4096, -(-64 * 8 * 144 // 4 // 8 // 256))]
     by_line = {}
     for line in lines:

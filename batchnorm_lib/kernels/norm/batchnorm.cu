@@ -11,8 +11,10 @@
 // Reductions take one launch: a (C, nsplit) grid writes one partial per block, and the last block
 // of each channel to finish (an integer counter per channel, bn::last_block) merges the channel's
 // partials in a fixed order (lane-strided, then a shuffle-down tree; bn::stats_finalize and
-// bn::backward_finalize, the only float64 code). No float atomics: the result depends only on the
-// shapes, so repeated runs are bitwise equal.
+// bn::backward_finalize). No float atomics: the result depends only on the shapes, so repeated runs
+// are bitwise equal. Float64 runs only per channel: there, in the inference factors
+// (bn::frozen_factor, once per channel per block of the one-launch inference passes) and in
+// bn_channel_factor.
 #include "bn_common.cuh"
 
 namespace bn {
@@ -162,17 +164,46 @@ __device__ __forceinline__ void stats_partial_cols(const T* __restrict__ x, floa
     }
 }
 
-// Inference factors a = scale / sqrt(run_var + eps), in float64 and rounded once: one thread per
-// channel, before the normalize (or frozen-statistics backward) pass.
+// The inference factor a = scale / sqrt(run_var + eps) of one channel, in float64 and rounded
+// once: bn_channel_factor's (the rows x channels passes) and the one-launch NCHW inference passes'
+// (FrozenFactor), so both give the same bits.
+__device__ __forceinline__ float frozen_factor(const float* __restrict__ scale,
+                                              const float* __restrict__ run_var, double eps, int ch)
+{
+    return static_cast<float>(static_cast<double>(scale[ch]) / sqrt(run_var[ch] + eps));
+}
+
+// Inference factors for the rows x channels passes: one thread per channel, before their
+// normalize (or frozen-statistics backward) pass.
 __device__ __forceinline__ void channel_factor(const float* __restrict__ scale,
                                                const float* __restrict__ run_var, double eps,
                                                float* __restrict__ a, int c)
 {
     const int ch = blockIdx.x * kBlock + threadIdx.x;
     if (ch < c) {
-        a[ch] = static_cast<float>(static_cast<double>(scale[ch]) / sqrt(run_var[ch] + eps));
+        a[ch] = frozen_factor(scale, run_var, eps, ch);
     }
 }
+
+// Where an elementwise pass takes its per-channel factor from: an array (the training passes: a
+// from the statistics launch), or computed from the running statistics (inference: no separate
+// factor launch). Either is evaluated once per channel per block (channel_stream's table).
+struct GivenFactor {
+    const float* __restrict__ a;
+
+    __device__ __forceinline__ float operator()(int ch) const { return a[ch]; }
+};
+
+struct FrozenFactor {
+    const float* __restrict__ scale;
+    const float* __restrict__ run_var;
+    double eps;
+
+    __device__ __forceinline__ float operator()(int ch) const
+    {
+        return frozen_factor(scale, run_var, eps, ch);
+    }
+};
 
 // --- normalization ------------------------------------------------------------------------------
 
@@ -187,12 +218,19 @@ __host__ __device__ constexpr int elementwise_unroll()
                    : (16 / (sizeof(T) * ARRAYS) > 4 ? static_cast<int>(16 / (sizeof(T) * ARRAYS)) : 4);
 }
 
-// Grid-stride walk over the flat (N * C * S / VEC) pack index for an elementwise pass Op. Each step
-// takes kUnroll packs kBlock * gridDim.x apart: it issues every load (Op::load), resolves their
-// channel constants (Op::constants, reloaded only when the channel changes), then computes
-// (Op::apply, per element) and stores (Op::store). The output may alias an input, so the compiler
-// may not hoist a later load above an earlier store by itself: written this way each thread keeps
-// kUnroll loads in flight instead of one.
+// Channels whose constants a block of an elementwise pass keeps in shared memory (channel_stream).
+constexpr int kTable = 512;
+
+// Walk over the flat (N * C * S / VEC) pack index for an elementwise pass Op. Block b owns the
+// contiguous packs [b * chunk, (b + 1) * chunk), chunk = ceil(packs / gridDim.x), so it covers a
+// run of consecutive (n, channel) rows: when that run, or C, has at most kTable channels, their
+// constants (Op::constants: the inference factor in float64) are computed once per block into a
+// shared table, while the first step's loads are in flight; otherwise each thread evaluates them
+// when its channel changes. Each step takes kUnroll packs kBlock apart: it issues every load
+// (Op::load), resolves their channel constants, then computes (Op::apply, per element) and stores
+// (Op::store). The output may alias an input, so the compiler may not hoist a later load above an
+// earlier store by itself: written this way each thread keeps kUnroll loads in flight instead of
+// one.
 //
 // Packs run over the flat index whatever S is (the host needs only the pointers aligned): a pack
 // that runs past the end of its channel (S not a multiple of VEC, or S < VEC) takes each
@@ -202,22 +240,43 @@ __host__ __device__ constexpr int elementwise_unroll()
 template <typename T, int VEC, typename Op>
 __device__ __forceinline__ void channel_stream(const Op& op, long long n, int c, long long s)
 {
+    typedef typename Op::Constants Constants;
     constexpr int kUnroll = elementwise_unroll<T, VEC, Op::kArrays>();
+    __shared__ Constants table[kTable];
     const long long total = n * c * s / VEC;
-    const long long stride = static_cast<long long>(gridDim.x) * kBlock;
-    long long j = static_cast<long long>(blockIdx.x) * kBlock + threadIdx.x;
+    const long long chunk = (total + gridDim.x - 1) / gridDim.x;
+    const long long begin = min(static_cast<long long>(blockIdx.x) * chunk, total);
+    const long long end = min(begin + chunk, total);
+    // the block's channels: ch0 and the count - 1 after it (mod C); block-uniform
+    int ch0 = 0;
+    int count = 0;
+    if (begin < end) {
+        const long long row0 = begin * VEC / s;
+        const long long rows = (end * VEC - 1) / s - row0 + 1;
+        ch0 = static_cast<int>(row0 % c);
+        count = static_cast<int>(min(rows, static_cast<long long>(c)));
+    }
+    const bool tabled = count <= kTable;
+    auto fetch = [&](int ch) -> Constants {
+        if (tabled) {
+            const int i = ch - ch0;
+            return table[i < 0 ? i + c : i];
+        }
+        return op.constants(ch);
+    };
+    auto direct = [&](int ch) -> Constants { return op.constants(ch); };
     // one pack: all elements with its first element's channel's constants k, or, when fewer than
     // VEC of the channel's elements are left from there, each element with its own channel's
-    auto compute = [&](typename Op::Loaded& in, const typename Op::Constants& k, int ch,
+    auto compute = [&](const auto& get, typename Op::Loaded& in, const Constants& k, int ch,
                        int left) {
         if (VEC > 1 && left < VEC) {
-            typename Op::Constants ki = k;
+            Constants ki = k;
             long long rem = left;
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
                 if (rem == 0) {
                     ch = ch + 1 == c ? 0 : ch + 1;
-                    ki = op.constants(ch);
+                    ki = get(ch);
                     rem = s;
                 }
                 op.apply(in, i, ki);
@@ -230,83 +289,102 @@ __device__ __forceinline__ void channel_stream(const Op& op, long long n, int c,
             }
         }
     };
-    auto finish = [&](long long jj, typename Op::Loaded& in, const typename Op::Constants& k,
-                      int ch, int left) {
-        compute(in, k, ch, left);
+    auto finish = [&](long long jj, typename Op::Loaded& in, const Constants& k, int ch,
+                      int left) {
+        compute(fetch, in, k, ch, left);
         op.store(jj, in);
     };
-    if (VEC > 1 && j == 0) {
+    if (VEC > 1 && blockIdx.x == 0 && threadIdx.x == 0) {
         const int tail = static_cast<int>(n * c * s - total * VEC);
-        if (tail > 0) {
+        if (tail > 0) {  // past every block's range: its constants are not in a table
             const ChannelWalk at(total * VEC, 1, s, c);
             typename Op::Loaded in = op.load_part(total, tail);
-            compute(in, op.constants(at.channel), at.channel,
+            compute(direct, in, op.constants(at.channel), at.channel,
                     static_cast<int>(min(s - at.col, static_cast<long long>(VEC))));
             op.store_part(total, in, tail);
         }
     }
-    if (j >= total) {
+    long long j = begin + threadIdx.x;
+    typename Op::Loaded in[kUnroll];
+    bool full = j + (kUnroll - 1) * kBlock < end;
+    if (full) {
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            in[u] = op.load(j + u * kBlock);
+        }
+    }
+    if (tabled && count > 0) {
+        for (int i = threadIdx.x; i < count; i += kBlock) {
+            const int ch = ch0 + i;
+            table[i] = op.constants(ch < c ? ch : ch - c);
+        }
+        __syncthreads();
+    }
+    if (j >= end) {
         return;
     }
-    ChannelWalk walk(j * VEC, stride * VEC, s, c);  // in elements: the first element's channel
+    ChannelWalk walk(j * VEC, static_cast<long long>(kBlock) * VEC, s, c);  // the first element's
     // elements of the pack's first channel from its start, capped at VEC
     auto left_of = [&](const ChannelWalk& w) {
         return static_cast<int>(min(s - w.col, static_cast<long long>(VEC)));
     };
-    // each of the kUnroll slots keeps its own channel's constants, so no slot's reload waits on
+    // each of the kUnroll slots keeps its own channel's constants, so no slot's lookup waits on
     // another's
     int cached[kUnroll];
     int left[kUnroll];
-    typename Op::Constants ku[kUnroll];
+    Constants ku[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
         cached[u] = -1;
         left[u] = VEC;
         ku[u] = {};
     }
-    for (; j + (kUnroll - 1) * stride < total; j += kUnroll * stride) {
-        typename Op::Loaded in[kUnroll];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-            in[u] = op.load(j + u * stride);
-        }
+    while (full) {
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
             if (walk.channel != cached[u]) {
                 cached[u] = walk.channel;
-                ku[u] = op.constants(walk.channel);
+                ku[u] = fetch(walk.channel);
             }
             left[u] = left_of(walk);
             walk.advance();
         }
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-            finish(j + u * stride, in[u], ku[u], cached[u], left[u]);
+            finish(j + u * kBlock, in[u], ku[u], cached[u], left[u]);
+        }
+        j += kUnroll * kBlock;
+        full = j + (kUnroll - 1) * kBlock < end;
+        if (full) {
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+                in[u] = op.load(j + u * kBlock);
+            }
         }
     }
     int last = -1;
-    typename Op::Constants k = {};
-    for (; j < total; j += stride) {  // at most kUnroll - 1 steps left
+    Constants k = {};
+    for (; j < end; j += kBlock) {  // at most kUnroll - 1 steps left
         if (walk.channel != last) {
             last = walk.channel;
-            k = op.constants(last);
+            k = fetch(last);
         }
-        typename Op::Loaded in = op.load(j);
-        finish(j, in, k, last, left_of(walk));
+        typename Op::Loaded one = op.load(j);
+        finish(j, one, k, last, left_of(walk));
         walk.advance();
     }
 }
 
-// y = fma(x - mean, a, bias) with the per-channel factor a of stats_finalize or channel_factor:
+// y = fma(x - mean, a, bias) with the per-channel factor a of stats_finalize or frozen_factor:
 // two roundings, as the CPU backend does (values equal to the mean give bias exactly), then relu
 // when RELU (before the rounding to T: the same result, and -0 stays out). Each thread reloads the
 // channel's constants only when its channel changes. x and y may be the same buffer.
-template <typename T, int VEC, bool RELU>
+template <typename T, int VEC, bool RELU, typename Factor>
 struct NormalizeOp {
     const T* x;
     T* y;
     const float* __restrict__ mean;
-    const float* __restrict__ factor;
+    Factor factor;
     const float* __restrict__ bias;
 
     static constexpr int kArrays = 1;
@@ -317,7 +395,7 @@ struct NormalizeOp {
 
     __device__ __forceinline__ Constants constants(int ch) const
     {
-        return {mean[ch], factor[ch], bias[ch]};
+        return {mean[ch], factor(ch), bias[ch]};
     }
     __device__ __forceinline__ Loaded load(long long j) const { return load_pack<T, VEC>(x + j * VEC); }
     __device__ __forceinline__ void apply(Loaded& pk, int i, const Constants& k) const
@@ -339,13 +417,12 @@ struct NormalizeOp {
     }
 };
 
-template <typename T, int VEC, bool RELU = false>
+template <typename T, int VEC, bool RELU = false, typename Factor>
 __device__ __forceinline__ void normalize(const T* x, T* y, const float* __restrict__ mean,
-                                          const float* __restrict__ factor,
-                                          const float* __restrict__ bias, long long n, int c,
-                                          long long s)
+                                          const Factor& factor, const float* __restrict__ bias,
+                                          long long n, int c, long long s)
 {
-    channel_stream<T, VEC>(NormalizeOp<T, VEC, RELU>{x, y, mean, factor, bias}, n, c, s);
+    channel_stream<T, VEC>(NormalizeOp<T, VEC, RELU, Factor>{x, y, mean, factor, bias}, n, c, s);
 }
 
 // --- backward -----------------------------------------------------------------------------------
@@ -524,13 +601,13 @@ __device__ __forceinline__ void backward_dx(const T* __restrict__ x, const T* __
     channel_stream<T, VEC>(BackwardDxOp<T, VEC, RELU>{x, dy, y, savemean, coef, dx}, n, c, s);
 }
 
-// dx = dy * k with the per-channel factor k = scale / sqrt(run_var + eps) of channel_factor
-// (frozen statistics). RELU: dy masked by y first.
+// dx = dy * k with the per-channel factor k = scale / sqrt(run_var + eps) (frozen statistics),
+// computed here in float64 once per channel per block. RELU: dy masked by y first.
 template <typename T, int VEC, bool RELU>
 struct BackwardInferOp {
     const T* __restrict__ dy;
     const T* __restrict__ y;
-    const float* __restrict__ factor;
+    FrozenFactor factor;
     T* __restrict__ dx;
 
     static constexpr int kArrays = RELU ? 2 : 1;
@@ -541,7 +618,7 @@ struct BackwardInferOp {
         Pack<T, VEC> pg, py;
     };
 
-    __device__ __forceinline__ Constants constants(int ch) const { return {factor[ch]}; }
+    __device__ __forceinline__ Constants constants(int ch) const { return {factor(ch)}; }
     __device__ __forceinline__ Loaded load(long long j) const
     {
         return {load_pack<T, VEC>(dy + j * VEC), load_mask<T, VEC, RELU>(y, j * VEC)};
@@ -568,8 +645,8 @@ struct BackwardInferOp {
 
 template <typename T, int VEC, bool RELU = false>
 __device__ __forceinline__ void backward_infer(const T* __restrict__ dy, const T* __restrict__ y,
-                                               const float* __restrict__ factor,
-                                               T* __restrict__ dx, long long n, int c, long long s)
+                                               const FrozenFactor& factor, T* __restrict__ dx,
+                                               long long n, int c, long long s)
 {
     channel_stream<T, VEC>(BackwardInferOp<T, VEC, RELU>{dy, y, factor, dx}, n, c, s);
 }
@@ -580,7 +657,8 @@ __device__ __forceinline__ void backward_infer(const T* __restrict__ dy, const T
 // Plain signatures only (pointers and int / long long / float scalars): the Python side and the
 // simulator backend launch them by name. All use 256-thread blocks (bn::kBlock).
 
-// Inference factors a = scale / sqrt(run_var + eps): one thread per channel (grid ceil(C / 256)).
+// Inference factors a = scale / sqrt(run_var + eps) for the rows x channels passes: one thread per
+// channel (grid ceil(C / 256)).
 extern "C" __global__ void bn_channel_factor(const float* scale, const float* run_var, double eps, float* a, int c)
 {
     bn::channel_factor(scale, run_var, eps, a, c);
@@ -625,31 +703,59 @@ extern "C" __global__ void bn_stats_partial_bf16_vec(const __nv_bfloat16* x, flo
     bn::stats_partial<__nv_bfloat16, 8>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
 
-// Normalization y = fmaf(x - mean, a, bias), training (batch statistics, a from bn_stats_partial_*)
-// and inference (running statistics, a from bn_channel_factor); y may be x.
+// Training normalization y = fmaf(x - mean, a, bias) (batch statistics, a from
+// bn_stats_partial_*); y may be x.
 extern "C" __global__ void bn_normalize_f32(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
-    bn::normalize<float, 1>(x, y, mean, a, bias, n, c, s);
+    bn::normalize<float, 1>(x, y, mean, bn::GivenFactor{a}, bias, n, c, s);
 }
 extern "C" __global__ void bn_normalize_f32_vec(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
-    bn::normalize<float, 4>(x, y, mean, a, bias, n, c, s);
+    bn::normalize<float, 4>(x, y, mean, bn::GivenFactor{a}, bias, n, c, s);
 }
 extern "C" __global__ void bn_normalize_f16(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
-    bn::normalize<__half, 1>(x, y, mean, a, bias, n, c, s);
+    bn::normalize<__half, 1>(x, y, mean, bn::GivenFactor{a}, bias, n, c, s);
 }
 extern "C" __global__ void bn_normalize_f16_vec(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
-    bn::normalize<__half, 8>(x, y, mean, a, bias, n, c, s);
+    bn::normalize<__half, 8>(x, y, mean, bn::GivenFactor{a}, bias, n, c, s);
 }
 extern "C" __global__ void bn_normalize_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
-    bn::normalize<__nv_bfloat16, 1>(x, y, mean, a, bias, n, c, s);
+    bn::normalize<__nv_bfloat16, 1>(x, y, mean, bn::GivenFactor{a}, bias, n, c, s);
 }
 extern "C" __global__ void bn_normalize_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
-    bn::normalize<__nv_bfloat16, 8>(x, y, mean, a, bias, n, c, s);
+    bn::normalize<__nv_bfloat16, 8>(x, y, mean, bn::GivenFactor{a}, bias, n, c, s);
+}
+
+// Inference normalization in one launch: the same with the running statistics and
+// a = scale / sqrt(run_var + eps) (float64, rounded once), computed once per channel per block;
+// y may be x.
+extern "C" __global__ void bn_normalize_infer_f32(const float* x, float* y, const float* run_mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<float, 1>(x, y, run_mean, bn::FrozenFactor{scale, run_var, eps}, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_infer_f32_vec(const float* x, float* y, const float* run_mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<float, 4>(x, y, run_mean, bn::FrozenFactor{scale, run_var, eps}, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_infer_f16(const __half* x, __half* y, const float* run_mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<__half, 1>(x, y, run_mean, bn::FrozenFactor{scale, run_var, eps}, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_infer_f16_vec(const __half* x, __half* y, const float* run_mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<__half, 8>(x, y, run_mean, bn::FrozenFactor{scale, run_var, eps}, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_infer_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* run_mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<__nv_bfloat16, 1>(x, y, run_mean, bn::FrozenFactor{scale, run_var, eps}, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_infer_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* run_mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<__nv_bfloat16, 8>(x, y, run_mean, bn::FrozenFactor{scale, run_var, eps}, bias, n, c, s);
 }
 
 // Backward reduction: grid (C, nsplit), partial sum(dy) and sum(dy * (x - mean)); each channel's
@@ -705,30 +811,31 @@ extern "C" __global__ void bn_backward_train_bf16_vec(const __nv_bfloat16* x, co
     bn::backward_dx<__nv_bfloat16, 8>(x, dy, nullptr, savemean, coef, dx, n, c, s);
 }
 
-// Backward elementwise with frozen (running) statistics: dx = dy * k, k from bn_channel_factor.
-extern "C" __global__ void bn_backward_infer_f32(const float* dy, const float* k, float* dx, long long n, int c, long long s)
+// Backward elementwise with frozen (running) statistics in one launch: dx = dy * k,
+// k = scale / sqrt(run_var + eps) (float64, rounded once), computed once per channel per block.
+extern "C" __global__ void bn_backward_infer_f32(const float* dy, const float* scale, const float* run_var, double eps, float* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<float, 1>(dy, nullptr, k, dx, n, c, s);
+    bn::backward_infer<float, 1>(dy, nullptr, bn::FrozenFactor{scale, run_var, eps}, dx, n, c, s);
 }
-extern "C" __global__ void bn_backward_infer_f32_vec(const float* dy, const float* k, float* dx, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_infer_f32_vec(const float* dy, const float* scale, const float* run_var, double eps, float* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<float, 4>(dy, nullptr, k, dx, n, c, s);
+    bn::backward_infer<float, 4>(dy, nullptr, bn::FrozenFactor{scale, run_var, eps}, dx, n, c, s);
 }
-extern "C" __global__ void bn_backward_infer_f16(const __half* dy, const float* k, __half* dx, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_infer_f16(const __half* dy, const float* scale, const float* run_var, double eps, __half* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__half, 1>(dy, nullptr, k, dx, n, c, s);
+    bn::backward_infer<__half, 1>(dy, nullptr, bn::FrozenFactor{scale, run_var, eps}, dx, n, c, s);
 }
-extern "C" __global__ void bn_backward_infer_f16_vec(const __half* dy, const float* k, __half* dx, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_infer_f16_vec(const __half* dy, const float* scale, const float* run_var, double eps, __half* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__half, 8>(dy, nullptr, k, dx, n, c, s);
+    bn::backward_infer<__half, 8>(dy, nullptr, bn::FrozenFactor{scale, run_var, eps}, dx, n, c, s);
 }
-extern "C" __global__ void bn_backward_infer_bf16(const __nv_bfloat16* dy, const float* k, __nv_bfloat16* dx, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_infer_bf16(const __nv_bfloat16* dy, const float* scale, const float* run_var, double eps, __nv_bfloat16* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__nv_bfloat16, 1>(dy, nullptr, k, dx, n, c, s);
+    bn::backward_infer<__nv_bfloat16, 1>(dy, nullptr, bn::FrozenFactor{scale, run_var, eps}, dx, n, c, s);
 }
-extern "C" __global__ void bn_backward_infer_bf16_vec(const __nv_bfloat16* dy, const float* k, __nv_bfloat16* dx, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_infer_bf16_vec(const __nv_bfloat16* dy, const float* scale, const float* run_var, double eps, __nv_bfloat16* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__nv_bfloat16, 8>(dy, nullptr, k, dx, n, c, s);
+    bn::backward_infer<__nv_bfloat16, 8>(dy, nullptr, bn::FrozenFactor{scale, run_var, eps}, dx, n, c, s);
 }
 
 // Spatial size 1: the column layout, grid (ceil(C / 32), nsplit), one counter per 32 channels.
@@ -765,27 +872,53 @@ extern "C" __global__ void bn_backward_partial_cols_bf16(const __nv_bfloat16* x,
 // y = relu(fmaf(x - mean, a, bias)); y may be x.
 extern "C" __global__ void bn_normalize_relu_f32(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
-    bn::normalize<float, 1, true>(x, y, mean, a, bias, n, c, s);
+    bn::normalize<float, 1, true>(x, y, mean, bn::GivenFactor{a}, bias, n, c, s);
 }
 extern "C" __global__ void bn_normalize_relu_f32_vec(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
-    bn::normalize<float, 4, true>(x, y, mean, a, bias, n, c, s);
+    bn::normalize<float, 4, true>(x, y, mean, bn::GivenFactor{a}, bias, n, c, s);
 }
 extern "C" __global__ void bn_normalize_relu_f16(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
-    bn::normalize<__half, 1, true>(x, y, mean, a, bias, n, c, s);
+    bn::normalize<__half, 1, true>(x, y, mean, bn::GivenFactor{a}, bias, n, c, s);
 }
 extern "C" __global__ void bn_normalize_relu_f16_vec(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
-    bn::normalize<__half, 8, true>(x, y, mean, a, bias, n, c, s);
+    bn::normalize<__half, 8, true>(x, y, mean, bn::GivenFactor{a}, bias, n, c, s);
 }
 extern "C" __global__ void bn_normalize_relu_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
-    bn::normalize<__nv_bfloat16, 1, true>(x, y, mean, a, bias, n, c, s);
+    bn::normalize<__nv_bfloat16, 1, true>(x, y, mean, bn::GivenFactor{a}, bias, n, c, s);
 }
 extern "C" __global__ void bn_normalize_relu_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c, long long s)
 {
-    bn::normalize<__nv_bfloat16, 8, true>(x, y, mean, a, bias, n, c, s);
+    bn::normalize<__nv_bfloat16, 8, true>(x, y, mean, bn::GivenFactor{a}, bias, n, c, s);
+}
+
+// y = relu(fmaf(x - run_mean, scale / sqrt(run_var + eps), bias)) in one launch; y may be x.
+extern "C" __global__ void bn_normalize_infer_relu_f32(const float* x, float* y, const float* run_mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<float, 1, true>(x, y, run_mean, bn::FrozenFactor{scale, run_var, eps}, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_infer_relu_f32_vec(const float* x, float* y, const float* run_mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<float, 4, true>(x, y, run_mean, bn::FrozenFactor{scale, run_var, eps}, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_infer_relu_f16(const __half* x, __half* y, const float* run_mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<__half, 1, true>(x, y, run_mean, bn::FrozenFactor{scale, run_var, eps}, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_infer_relu_f16_vec(const __half* x, __half* y, const float* run_mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<__half, 8, true>(x, y, run_mean, bn::FrozenFactor{scale, run_var, eps}, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_infer_relu_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* run_mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<__nv_bfloat16, 1, true>(x, y, run_mean, bn::FrozenFactor{scale, run_var, eps}, bias, n, c, s);
+}
+extern "C" __global__ void bn_normalize_infer_relu_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* run_mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c, long long s)
+{
+    bn::normalize<__nv_bfloat16, 8, true>(x, y, run_mean, bn::FrozenFactor{scale, run_var, eps}, bias, n, c, s);
 }
 
 // Backward reduction, phase 1, of dy masked by y.
@@ -852,28 +985,28 @@ extern "C" __global__ void bn_backward_train_relu_bf16_vec(const __nv_bfloat16* 
     bn::backward_dx<__nv_bfloat16, 8, true>(x, dy, y, savemean, coef, dx, n, c, s);
 }
 
-// Backward with frozen statistics of dy masked by y: dx = relu_grad(dy, y) * k.
-extern "C" __global__ void bn_backward_infer_relu_f32(const float* dy, const float* y, const float* k, float* dx, long long n, int c, long long s)
+// Backward with frozen statistics of dy masked by y: dx = relu_grad(dy, y) * k, k as above.
+extern "C" __global__ void bn_backward_infer_relu_f32(const float* dy, const float* y, const float* scale, const float* run_var, double eps, float* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<float, 1, true>(dy, y, k, dx, n, c, s);
+    bn::backward_infer<float, 1, true>(dy, y, bn::FrozenFactor{scale, run_var, eps}, dx, n, c, s);
 }
-extern "C" __global__ void bn_backward_infer_relu_f32_vec(const float* dy, const float* y, const float* k, float* dx, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_infer_relu_f32_vec(const float* dy, const float* y, const float* scale, const float* run_var, double eps, float* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<float, 4, true>(dy, y, k, dx, n, c, s);
+    bn::backward_infer<float, 4, true>(dy, y, bn::FrozenFactor{scale, run_var, eps}, dx, n, c, s);
 }
-extern "C" __global__ void bn_backward_infer_relu_f16(const __half* dy, const __half* y, const float* k, __half* dx, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_infer_relu_f16(const __half* dy, const __half* y, const float* scale, const float* run_var, double eps, __half* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__half, 1, true>(dy, y, k, dx, n, c, s);
+    bn::backward_infer<__half, 1, true>(dy, y, bn::FrozenFactor{scale, run_var, eps}, dx, n, c, s);
 }
-extern "C" __global__ void bn_backward_infer_relu_f16_vec(const __half* dy, const __half* y, const float* k, __half* dx, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_infer_relu_f16_vec(const __half* dy, const __half* y, const float* scale, const float* run_var, double eps, __half* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__half, 8, true>(dy, y, k, dx, n, c, s);
+    bn::backward_infer<__half, 8, true>(dy, y, bn::FrozenFactor{scale, run_var, eps}, dx, n, c, s);
 }
-extern "C" __global__ void bn_backward_infer_relu_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* k, __nv_bfloat16* dx, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_infer_relu_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* scale, const float* run_var, double eps, __nv_bfloat16* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__nv_bfloat16, 1, true>(dy, y, k, dx, n, c, s);
+    bn::backward_infer<__nv_bfloat16, 1, true>(dy, y, bn::FrozenFactor{scale, run_var, eps}, dx, n, c, s);
 }
-extern "C" __global__ void bn_backward_infer_relu_bf16_vec(const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* k, __nv_bfloat16* dx, long long n, int c, long long s)
+extern "C" __global__ void bn_backward_infer_relu_bf16_vec(const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* scale, const float* run_var, double eps, __nv_bfloat16* dx, long long n, int c, long long s)
 {
-    bn::backward_infer<__nv_bfloat16, 8, true>(dy, y, k, dx, n, c, s);
+    bn::backward_infer<__nv_bfloat16, 8, true>(dy, y, bn::FrozenFactor{scale, run_var, eps}, dx, n, c, s);
 }

@@ -10,14 +10,16 @@ Reductions run in one launch: a (C, nsplit) grid of Welford (or sum) partials (f
 1, a (ceil(C / 32), nsplit) grid of 32-channel column blocks), and the last block of each channel
 group to finish (an integer counter per group) merges the group's partials, one warp per channel,
 in a fixed order. nsplit depends only on the shape, so results are bitwise repeatable and equal
-across devices. A training pass is two launches (reduction, then the elementwise pass). Where a
+across devices. A training pass is two launches (reduction, then the elementwise pass), an NCHW
+inference pass one (forward or backward: the kernel computes its channels' factors). Where a
 tensor fits on chip, the training passes instead run as one single-read launch of
 ``kernels/norm/persistent.cu`` (see the end of this module), split by what the device holds at
 once: bitwise repeatable on one device, equal to the two-pass results to rounding.
 
 Numerics: threads accumulate in float32, partials merge in compensated float32 (float-float) within a
-block and in float64 per channel (the reductions' last blocks and bn_channel_factor, the only code
-using float64); the factors (normalize factor, dx coefficients, inference factor) are computed once
+block and in float64 per channel (the reductions' last blocks, bn_channel_factor and the NCHW
+inference kernels' factors, the only code using float64); the factors (normalize factor, dx
+coefficients, inference factor) are computed once per channel (per block, in the inference kernels)
 in float64. See docs/numerics.md.
 """
 
@@ -189,7 +191,8 @@ def _normalize(rt, suffix, x, out, mean, a, bias, n, c, s, relu):
 
 
 def _channel_factor(rt, scale, run_var, eps, c):
-    """a = scale / sqrt(run_var + eps) per channel, in float64 rounded once (a workspace)."""
+    """a = scale / sqrt(run_var + eps) per channel, in float64 rounded once (a workspace): the
+    rows x channels inference passes' first launch (the NCHW ones compute it in their kernel)."""
     a = rt.empty((c,), np.float32)
     rt.launch("bn_channel_factor", (-(-c // BLOCK),),
               (_ptr(scale), _ptr(run_var), np.float64(eps), _ptr(a), np.int32(c)))
@@ -197,13 +200,18 @@ def _channel_factor(rt, scale, run_var, eps, c):
 
 
 def forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
+    """One launch: the kernel computes a = scale / sqrt(run_var + eps) itself, once per channel per
+    block, as bn_channel_factor would (float64, rounded once)."""
     rt = _runtime()
     suffix = _suffix(rt, x.dtype, out)
     n, c, s = _ncs(x.shape)
     if n * s < 1:
         return
-    a = _channel_factor(rt, scale, run_var, eps, c)
-    _normalize(rt, suffix, x, out, run_mean, a, bias, n, c, s, relu)
+    vec, width = _flat_vector(x.dtype, x, out)
+    rt.launch(_relu("bn_normalize_infer", relu) + "_" + suffix + vec,
+              _elementwise_grid(n * c * s // width),
+              (_ptr(x), _ptr(out), _ptr(run_mean), _ptr(scale), _ptr(run_var), np.float64(eps),
+               _ptr(bias), np.int64(n), np.int32(c), np.int64(s)))
 
 
 def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None):
@@ -238,10 +246,11 @@ def backward_infer(dy, scale, run_var, eps, dx, y=None):
     if n * s < 1:
         return
     vec, width = _flat_vector(dy.dtype, dy, dx, *masks)
-    k = _channel_factor(rt, scale, run_var, eps, c)
+    # one launch, the factor k computed in the kernel as in forward_infer
     rt.launch(_relu("bn_backward_infer", mask) + "_" + suffix + vec,
               _elementwise_grid(n * c * s // width),
-              (_ptr(dy),) + mask + (_ptr(k), _ptr(dx), np.int64(n), np.int32(c), np.int64(s)))
+              (_ptr(dy),) + mask + (_ptr(scale), _ptr(run_var), np.float64(eps), _ptr(dx),
+                                    np.int64(n), np.int32(c), np.int64(s)))
 
 
 def axpby(x, y, alpha, beta):
