@@ -218,19 +218,21 @@ __host__ __device__ constexpr int elementwise_unroll()
                    : (16 / (sizeof(T) * ARRAYS) > 4 ? static_cast<int>(16 / (sizeof(T) * ARRAYS)) : 4);
 }
 
-// Channels whose constants a block of an elementwise pass keeps in shared memory (channel_stream).
+// Channels whose constants a block of an elementwise pass keeps in shared memory (channel_stream):
+// a multiple of kBlock.
 constexpr int kTable = 512;
+static_assert(kTable % kBlock == 0, "channel_stream fills the table in whole rounds of the block");
 
 // Walk over the flat (N * C * S / VEC) pack index for an elementwise pass Op. Block b owns the
 // contiguous packs [b * chunk, (b + 1) * chunk), chunk = ceil(packs / gridDim.x), so it covers a
-// run of consecutive (n, channel) rows: when that run, or C, has at most kTable channels, their
-// constants (Op::constants: the inference factor in float64) are computed once per block into a
-// shared table, while the first step's loads are in flight; otherwise each thread evaluates them
-// when its channel changes. Each step takes kUnroll packs kBlock apart: it issues every load
-// (Op::load), resolves their channel constants, then computes (Op::apply, per element) and stores
-// (Op::store). The output may alias an input, so the compiler may not hoist a later load above an
-// earlier store by itself: written this way each thread keeps kUnroll loads in flight instead of
-// one.
+// run of consecutive (n, channel) rows. It takes them in segments of at most kTable rows (one
+// segment unless S is small): the segment's channels' constants (Op::constants: in the inference
+// passes the factor, in float64) are computed once into a shared table, while the segment's first
+// loads are in flight, and looked up from there. Each step takes kUnroll packs kBlock apart: it
+// issues every load (Op::load), looks up their channel constants, then computes (Op::apply, per
+// element) and stores (Op::store). The output may alias an input, so the compiler may not hoist a
+// later load above an earlier store by itself: written this way each thread keeps kUnroll loads
+// in flight instead of one.
 //
 // Packs run over the flat index whatever S is (the host needs only the pointers aligned): a pack
 // that runs past the end of its channel (S not a multiple of VEC, or S < VEC) takes each
@@ -247,24 +249,6 @@ __device__ __forceinline__ void channel_stream(const Op& op, long long n, int c,
     const long long chunk = (total + gridDim.x - 1) / gridDim.x;
     const long long begin = min(static_cast<long long>(blockIdx.x) * chunk, total);
     const long long end = min(begin + chunk, total);
-    // the block's channels: ch0 and the count - 1 after it (mod C); block-uniform
-    int ch0 = 0;
-    int count = 0;
-    if (begin < end) {
-        const long long row0 = begin * VEC / s;
-        const long long rows = (end * VEC - 1) / s - row0 + 1;
-        ch0 = static_cast<int>(row0 % c);
-        count = static_cast<int>(min(rows, static_cast<long long>(c)));
-    }
-    const bool tabled = count <= kTable;
-    auto fetch = [&](int ch) -> Constants {
-        if (tabled) {
-            const int i = ch - ch0;
-            return table[i < 0 ? i + c : i];
-        }
-        return op.constants(ch);
-    };
-    auto direct = [&](int ch) -> Constants { return op.constants(ch); };
     // one pack: all elements with its first element's channel's constants k, or, when fewer than
     // VEC of the channel's elements are left from there, each element with its own channel's
     auto compute = [&](const auto& get, typename Op::Loaded& in, const Constants& k, int ch,
@@ -289,89 +273,109 @@ __device__ __forceinline__ void channel_stream(const Op& op, long long n, int c,
             }
         }
     };
-    auto finish = [&](long long jj, typename Op::Loaded& in, const Constants& k, int ch,
-                      int left) {
-        compute(fetch, in, k, ch, left);
-        op.store(jj, in);
-    };
     if (VEC > 1 && blockIdx.x == 0 && threadIdx.x == 0) {
         const int tail = static_cast<int>(n * c * s - total * VEC);
         if (tail > 0) {  // past every block's range: its constants are not in a table
             const ChannelWalk at(total * VEC, 1, s, c);
             typename Op::Loaded in = op.load_part(total, tail);
-            compute(direct, in, op.constants(at.channel), at.channel,
-                    static_cast<int>(min(s - at.col, static_cast<long long>(VEC))));
+            compute([&](int ch) { return op.constants(ch); }, in, op.constants(at.channel),
+                    at.channel, static_cast<int>(min(s - at.col, static_cast<long long>(VEC))));
             op.store_part(total, in, tail);
         }
     }
-    long long j = begin + threadIdx.x;
-    typename Op::Loaded in[kUnroll];
-    bool full = j + (kUnroll - 1) * kBlock < end;
-    if (full) {
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-            in[u] = op.load(j + u * kBlock);
-        }
-    }
-    if (tabled && count > 0) {
-        for (int i = threadIdx.x; i < count; i += kBlock) {
-            const int ch = ch0 + i;
-            table[i] = op.constants(ch < c ? ch : ch - c);
-        }
-        __syncthreads();
-    }
-    if (j >= end) {
-        return;
-    }
-    ChannelWalk walk(j * VEC, static_cast<long long>(kBlock) * VEC, s, c);  // the first element's
     // elements of the pack's first channel from its start, capped at VEC
     auto left_of = [&](const ChannelWalk& w) {
         return static_cast<int>(min(s - w.col, static_cast<long long>(VEC)));
     };
-    // each of the kUnroll slots keeps its own channel's constants, so no slot's lookup waits on
-    // another's
-    int cached[kUnroll];
-    int left[kUnroll];
-    Constants ku[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-        cached[u] = -1;
-        left[u] = VEC;
-        ku[u] = {};
-    }
-    while (full) {
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-            if (walk.channel != cached[u]) {
-                cached[u] = walk.channel;
-                ku[u] = fetch(walk.channel);
-            }
-            left[u] = left_of(walk);
-            walk.advance();
-        }
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-            finish(j + u * kBlock, in[u], ku[u], cached[u], left[u]);
-        }
-        j += kUnroll * kBlock;
-        full = j + (kUnroll - 1) * kBlock < end;
-        if (full) {
+    // block-uniform: every thread walks the same segments and reaches the same barriers
+    for (long long seg = begin; seg < end;) {
+        // the segment's packs touch rows row0 .. row0 + kTable - 1 at most
+        const long long row0 = seg * VEC / s;
+        const long long seg_end = min(end, (row0 + kTable) * s / VEC);
+        const int ch0 = static_cast<int>(row0 % c);
+        const int count = static_cast<int>(
+            min((seg_end * VEC - 1) / s - row0 + 1, static_cast<long long>(c)));
+        auto fetch = [&](int ch) -> Constants {
+            const int i = ch - ch0;
+            return table[i < 0 ? i + c : i];
+        };
+        long long j = seg + threadIdx.x;
+        typename Op::Loaded in[kUnroll];
+        auto load_step = [&]() {
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) {
                 in[u] = op.load(j + u * kBlock);
             }
+        };
+        const bool first = j + (kUnroll - 1) * kBlock < seg_end;
+        if (first) {
+            load_step();
         }
-    }
-    int last = -1;
-    Constants k = {};
-    for (; j < end; j += kBlock) {  // at most kUnroll - 1 steps left
-        if (walk.channel != last) {
-            last = walk.channel;
-            k = fetch(last);
+        if (seg != begin) {
+            __syncthreads();  // the previous segment's lookups are done
         }
-        typename Op::Loaded one = op.load(j);
-        finish(j, one, k, last, left_of(walk));
-        walk.advance();
+        // count <= kTable = 2 * kBlock: at most two entries a thread, written out (no loop)
+#pragma unroll
+        for (int r = 0; r < kTable / kBlock; ++r) {
+            const int i = threadIdx.x + r * kBlock;
+            if (i < count) {
+                const int ch = ch0 + i;
+                table[i] = op.constants(ch < c ? ch : ch - c);
+            }
+        }
+        __syncthreads();
+        seg = seg_end;
+        if (j >= seg_end) {
+            continue;
+        }
+        ChannelWalk walk(j * VEC, static_cast<long long>(kBlock) * VEC, s, c);
+        // each of the kUnroll slots keeps its own channel's constants, so no slot's lookup waits
+        // on another's
+        int cached[kUnroll];
+        int left[kUnroll];
+        Constants ku[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            cached[u] = -1;
+            left[u] = VEC;
+            ku[u] = {};
+        }
+        auto finish_step = [&]() {
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+                if (walk.channel != cached[u]) {
+                    cached[u] = walk.channel;
+                    ku[u] = fetch(walk.channel);
+                }
+                left[u] = left_of(walk);
+                walk.advance();
+            }
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+                compute(fetch, in[u], ku[u], cached[u], left[u]);
+                op.store(j + u * kBlock, in[u]);
+            }
+            j += kUnroll * kBlock;
+        };
+        if (first) {  // its loads went out before the table
+            finish_step();
+            while (j + (kUnroll - 1) * kBlock < seg_end) {
+                load_step();
+                finish_step();
+            }
+        }
+        int last = -1;
+        Constants k = {};
+        for (; j < seg_end; j += kBlock) {  // at most kUnroll - 1 steps left
+            if (walk.channel != last) {
+                last = walk.channel;
+                k = fetch(last);
+            }
+            typename Op::Loaded one = op.load(j);
+            compute(fetch, one, k, last, left_of(walk));
+            op.store(j, one);
+            walk.advance();
+        }
     }
 }
 
