@@ -3,7 +3,7 @@ bn_backward_infer_*): the kernel computes a = scale / sqrt(run_var + eps) in flo
 per channel per block, so the results are bitwise those of the factor launch (bn_channel_factor)
 followed by the elementwise pass, and close to the float64 reference. The shapes cover a block's
 channel table holding every channel (from a channel other than 0, wrapping past C - 1), a run of
-fewer than C channels (wrapping too), the per-thread path where neither fits the table, packs
+fewer than C channels (wrapping too), a block range taken in several table-sized segments, packs
 straddling channels (S < pack), a partial last pack, and the unpacked (misaligned) kernels."""
 
 import numpy as np
@@ -20,7 +20,7 @@ TABLE = 512  # bn::kTable: channels a block keeps in shared memory
 CASES = [
     ((5, 37, 7, 7), np.float32, False),  # every channel in each block's table, from ch0 > 0
     ((2, 300, 29), np.float32, False),  # runs of < C channels, one wrapping past C - 1
-    ((3, 700, 3), np.float32, False),  # too many for the table; S < 4: packs straddle channels
+    ((3, 700, 3), np.float32, False),  # several segments; S < 4: packs straddle channels
     ((2, 300, 7), np.float32, True),  # the unpacked kernels, runs wrapping past C - 1
     ((5, 37, 7, 7), np.float16, False),
     ((3, 700, 3), np.float16, False),
@@ -29,7 +29,7 @@ CASES = [
 
 def _blocks(shape, width):
     """What each block's range covers, as channel_stream sees it: 'all' channels, a 'run' of fewer,
-    or 'over' the table (with '+wrap' where the range passes channel C - 1)."""
+    or 'over' the table, so in segments (with '+wrap' where the range passes channel C - 1)."""
     n, c, s = norm_cuda._ncs(shape)
     total = n * c * s // width
     blocks = norm_cuda._elementwise_grid(total)[0]
