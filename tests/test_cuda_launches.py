@@ -37,7 +37,8 @@ def _splits(layout, shape, dtype):
         return norm_cuda._rows_reduction(int(np.prod(shape[:-1])), c, width)[1]
     n, c, s = norm_cuda._ncs(shape)
     vec, width = norm_cuda._vector(s, dtype)
-    return norm_cuda._reduction("bn_stats_partial", "f32", n, c, s, vec, width)[2]
+    return norm_cuda._reduction(norm_cuda._runtime(), "bn_stats_partial", "f32", n, c, s, vec,
+                                width)[2]
 
 
 def _passes(impl, layout, x, dy, scale, bias, relu):

@@ -8,8 +8,10 @@
 // pointer is 16-byte aligned and, for the reductions, S is a multiple of the pack width (the
 // elementwise passes' packs may run across a channel boundary, and their last one may be partial).
 //
-// Reductions take one launch: a (C, nsplit) grid writes one partial per block, and the last block
-// of each channel to finish (an integer counter per channel, bn::last_block) merges the channel's
+// Reductions take one launch: C x nsplit tiles each write one partial (a grid of at most the
+// blocks the device holds at once walks them in a fixed order; spatial size 1: a (ceil(C / 32),
+// nsplit) grid, a block per tile), and the last tile of each channel to finish (an integer
+// counter per channel, bn::last_block) merges the channel's
 // partials in a fixed order (lane-strided, then a shuffle-down tree; bn::stats_finalize and
 // bn::backward_finalize). No float atomics: the result depends only on the shapes, so repeated runs
 // are bitwise equal. Float64 runs only per channel: there, in the inference factors
@@ -36,20 +38,17 @@ __host__ __device__ constexpr int reduction_unroll()
     return VEC > 1 ? 2 : static_cast<int>(16 / sizeof(T));
 }
 
-// Values are shifted by the channel's first element before Welford, so data far from zero
-// (1e4 + N(0, 1)) keeps float32 precision in the running means. The channel's last block to finish
-// merges its partials (stats_finalize).
+// One (channel, split) tile of the statistics: split `split` of `nsplit` equal runs of the
+// channel's (N, S / VEC) packs. Values are shifted by the channel's first element before Welford,
+// so data far from zero (1e4 + N(0, 1)) keeps float32 precision in the running means. The
+// channel's last tile to finish merges its partials (stats_finalize). Every thread of the block.
 template <typename T, int VEC>
-__device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __restrict__ part,
-                                              long long n, int c, long long s,
-                                              unsigned int* counters, const StatsOut& out)
+__device__ __forceinline__ void stats_tile(const T* __restrict__ x, float* __restrict__ part, int c,
+                                           long long s, int nsplit, int ch, int split,
+                                           long long total, long long chunk,
+                                           unsigned int* counters, const StatsOut& out)
 {
-    const int ch = blockIdx.x;
-    const int split = blockIdx.y;
-    const int nsplit = gridDim.y;
     const long long cols = s / VEC;
-    const long long total = n * cols;
-    const long long chunk = (total + nsplit - 1) / nsplit;
     const long long begin = split * chunk;
     const long long end = min(begin + chunk, total);
     const float shift = to_float(x[static_cast<long long>(ch) * s]);
@@ -90,6 +89,24 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
     }
     if (last_block(counters + ch, nsplit, threadIdx.x == 0, 1)) {
         finish_channels(ch, 1, c, [&](int k, int l) { stats_finalize(part, k, nsplit, l, out); });
+    }
+}
+
+// Batch statistics over a grid sized to the blocks the device holds at once: block b takes the
+// tiles b, b + gridDim.x, ... in channel-major order. A tile's partial depends only on the shape
+// (n, c, s, nsplit), not on the block or the grid, so results are bitwise repeatable.
+template <typename T, int VEC>
+__device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __restrict__ part,
+                                              long long n, int c, long long s, int nsplit,
+                                              unsigned int* counters, const StatsOut& out)
+{
+    const long long cols = s / VEC;
+    const long long total = n * cols;
+    const long long chunk = (total + nsplit - 1) / nsplit;
+    for (long long tile = blockIdx.x; tile < static_cast<long long>(c) * nsplit;
+         tile += gridDim.x) {
+        stats_tile<T, VEC>(x, part, c, s, nsplit, static_cast<int>(tile / nsplit),
+                           static_cast<int>(tile % nsplit), total, chunk, counters, out);
     }
 }
 
@@ -431,22 +448,18 @@ __device__ __forceinline__ void normalize(const T* x, T* y, const float* __restr
 
 // --- backward -----------------------------------------------------------------------------------
 
-// Partial backward sums (kSums) of one (channel, split) tile, as float-float pairs. RELU: dy masked
-// by the forward's output y (bn::relu_grad); y is not read otherwise.
-template <typename T, int VEC, bool RELU = false>
-__device__ __forceinline__ void backward_partial(const T* __restrict__ x, const T* __restrict__ dy,
-                                                 const T* __restrict__ y,
-                                                 const float* __restrict__ savemean,
-                                                 float* __restrict__ part, long long n, int c,
-                                                 long long s, unsigned int* counters,
-                                                 const SumsOut& out)
+// Partial backward sums (kSums) of one (channel, split) tile, as float-float pairs (tiles as in
+// stats_tile). RELU: dy masked by the forward's output y (bn::relu_grad); y is not read otherwise.
+template <typename T, int VEC, bool RELU>
+__device__ __forceinline__ void backward_tile(const T* __restrict__ x, const T* __restrict__ dy,
+                                              const T* __restrict__ y,
+                                              const float* __restrict__ savemean,
+                                              float* __restrict__ part, long long n, int c,
+                                              long long s, int nsplit, int ch, int split,
+                                              long long total, long long chunk,
+                                              unsigned int* counters, const SumsOut& out)
 {
-    const int ch = blockIdx.x;
-    const int split = blockIdx.y;
-    const int nsplit = gridDim.y;
     const long long cols = s / VEC;
-    const long long total = n * cols;
-    const long long chunk = (total + nsplit - 1) / nsplit;
     const long long begin = split * chunk;
     const long long end = min(begin + chunk, total);
     const float m = savemean[ch];
@@ -498,6 +511,25 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
     if (last_block(counters + ch, nsplit, threadIdx.x == 0, 1)) {
         finish_channels(ch, 1, c,
                         [&](int k, int l) { backward_finalize(part, k, nsplit, n * s, l, out); });
+    }
+}
+
+// The backward sums over a resident-sized grid, tiles walked as in stats_partial.
+template <typename T, int VEC, bool RELU = false>
+__device__ __forceinline__ void backward_partial(const T* __restrict__ x, const T* __restrict__ dy,
+                                                 const T* __restrict__ y,
+                                                 const float* __restrict__ savemean,
+                                                 float* __restrict__ part, long long n, int c,
+                                                 long long s, int nsplit, unsigned int* counters,
+                                                 const SumsOut& out)
+{
+    const long long total = n * (s / VEC);
+    const long long chunk = (total + nsplit - 1) / nsplit;
+    for (long long tile = blockIdx.x; tile < static_cast<long long>(c) * nsplit;
+         tile += gridDim.x) {
+        backward_tile<T, VEC, RELU>(x, dy, y, savemean, part, n, c, s, nsplit,
+                                    static_cast<int>(tile / nsplit),
+                                    static_cast<int>(tile % nsplit), total, chunk, counters, out);
     }
 }
 
@@ -679,32 +711,32 @@ extern "C" __global__ void bn_axpby(const float* x, float* y, float alpha, float
     }
 }
 
-// Batch statistics: grid (C, nsplit), one Welford partial per block; each channel's last block
-// finishes it (savemean, saveinvvar, the normalize factors a, the running statistics). counters:
+// Batch statistics: C x nsplit tiles over a 1-D grid of any size, one Welford partial per tile;
+// each channel's last tile finishes it (savemean, saveinvvar, the normalize factors a, the running statistics). counters:
 // one per channel, all 0 (and left 0).
-extern "C" __global__ void bn_stats_partial_f32(const float* x, float* part, long long n, int c, long long s, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
+extern "C" __global__ void bn_stats_partial_f32(const float* x, float* part, long long n, int c, long long s, int nsplit, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial<float, 1>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
+    bn::stats_partial<float, 1>(x, part, n, c, s, nsplit, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_f32_vec(const float* x, float* part, long long n, int c, long long s, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
+extern "C" __global__ void bn_stats_partial_f32_vec(const float* x, float* part, long long n, int c, long long s, int nsplit, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial<float, 4>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
+    bn::stats_partial<float, 4>(x, part, n, c, s, nsplit, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_f16(const __half* x, float* part, long long n, int c, long long s, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
+extern "C" __global__ void bn_stats_partial_f16(const __half* x, float* part, long long n, int c, long long s, int nsplit, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial<__half, 1>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
+    bn::stats_partial<__half, 1>(x, part, n, c, s, nsplit, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_f16_vec(const __half* x, float* part, long long n, int c, long long s, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
+extern "C" __global__ void bn_stats_partial_f16_vec(const __half* x, float* part, long long n, int c, long long s, int nsplit, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial<__half, 8>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
+    bn::stats_partial<__half, 8>(x, part, n, c, s, nsplit, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_bf16(const __nv_bfloat16* x, float* part, long long n, int c, long long s, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
+extern "C" __global__ void bn_stats_partial_bf16(const __nv_bfloat16* x, float* part, long long n, int c, long long s, int nsplit, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial<__nv_bfloat16, 1>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
+    bn::stats_partial<__nv_bfloat16, 1>(x, part, n, c, s, nsplit, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
-extern "C" __global__ void bn_stats_partial_bf16_vec(const __nv_bfloat16* x, float* part, long long n, int c, long long s, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
+extern "C" __global__ void bn_stats_partial_bf16_vec(const __nv_bfloat16* x, float* part, long long n, int c, long long s, int nsplit, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
 {
-    bn::stats_partial<__nv_bfloat16, 8>(x, part, n, c, s, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
+    bn::stats_partial<__nv_bfloat16, 8>(x, part, n, c, s, nsplit, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
 
 // Training normalization y = fmaf(x - mean, a, bias) (batch statistics, a from
@@ -762,31 +794,31 @@ extern "C" __global__ void bn_normalize_infer_bf16_vec(const __nv_bfloat16* x, _
     bn::normalize<__nv_bfloat16, 8>(x, y, run_mean, bn::FrozenFactor{scale, run_var, eps}, bias, n, c, s);
 }
 
-// Backward reduction: grid (C, nsplit), partial sum(dy) and sum(dy * (x - mean)); each channel's
-// last block finishes it (dscale, dbias and the dx coefficients coef). counters as above.
-extern "C" __global__ void bn_backward_partial_f32(const float* x, const float* dy, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+// Backward reduction: C x nsplit tiles as above, partial sum(dy) and sum(dy * (x - mean)); each
+// channel's last tile finishes it (dscale, dbias and the dx coefficients coef). counters as above.
+extern "C" __global__ void bn_backward_partial_f32(const float* x, const float* dy, const float* savemean, float* part, long long n, int c, long long s, int nsplit, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<float, 1>(x, dy, nullptr, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+    bn::backward_partial<float, 1>(x, dy, nullptr, savemean, part, n, c, s, nsplit, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_f32_vec(const float* x, const float* dy, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+extern "C" __global__ void bn_backward_partial_f32_vec(const float* x, const float* dy, const float* savemean, float* part, long long n, int c, long long s, int nsplit, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<float, 4>(x, dy, nullptr, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+    bn::backward_partial<float, 4>(x, dy, nullptr, savemean, part, n, c, s, nsplit, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_f16(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+extern "C" __global__ void bn_backward_partial_f16(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c, long long s, int nsplit, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__half, 1>(x, dy, nullptr, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+    bn::backward_partial<__half, 1>(x, dy, nullptr, savemean, part, n, c, s, nsplit, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_f16_vec(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+extern "C" __global__ void bn_backward_partial_f16_vec(const __half* x, const __half* dy, const float* savemean, float* part, long long n, int c, long long s, int nsplit, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__half, 8>(x, dy, nullptr, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+    bn::backward_partial<__half, 8>(x, dy, nullptr, savemean, part, n, c, s, nsplit, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+extern "C" __global__ void bn_backward_partial_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c, long long s, int nsplit, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__nv_bfloat16, 1>(x, dy, nullptr, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+    bn::backward_partial<__nv_bfloat16, 1>(x, dy, nullptr, savemean, part, n, c, s, nsplit, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+extern "C" __global__ void bn_backward_partial_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, float* part, long long n, int c, long long s, int nsplit, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__nv_bfloat16, 8>(x, dy, nullptr, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+    bn::backward_partial<__nv_bfloat16, 8>(x, dy, nullptr, savemean, part, n, c, s, nsplit, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
 
 // Backward elementwise (training statistics) with the coefficients of bn_backward_partial_*.
@@ -926,29 +958,29 @@ extern "C" __global__ void bn_normalize_infer_relu_bf16_vec(const __nv_bfloat16*
 }
 
 // Backward reduction, phase 1, of dy masked by y.
-extern "C" __global__ void bn_backward_partial_relu_f32(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+extern "C" __global__ void bn_backward_partial_relu_f32(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c, long long s, int nsplit, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<float, 1, true>(x, dy, y, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+    bn::backward_partial<float, 1, true>(x, dy, y, savemean, part, n, c, s, nsplit, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_relu_f32_vec(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+extern "C" __global__ void bn_backward_partial_relu_f32_vec(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c, long long s, int nsplit, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<float, 4, true>(x, dy, y, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+    bn::backward_partial<float, 4, true>(x, dy, y, savemean, part, n, c, s, nsplit, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_relu_f16(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+extern "C" __global__ void bn_backward_partial_relu_f16(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c, long long s, int nsplit, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__half, 1, true>(x, dy, y, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+    bn::backward_partial<__half, 1, true>(x, dy, y, savemean, part, n, c, s, nsplit, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_relu_f16_vec(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+extern "C" __global__ void bn_backward_partial_relu_f16_vec(const __half* x, const __half* dy, const __half* y, const float* savemean, float* part, long long n, int c, long long s, int nsplit, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__half, 8, true>(x, dy, y, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+    bn::backward_partial<__half, 8, true>(x, dy, y, savemean, part, n, c, s, nsplit, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_relu_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+extern "C" __global__ void bn_backward_partial_relu_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c, long long s, int nsplit, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__nv_bfloat16, 1, true>(x, dy, y, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+    bn::backward_partial<__nv_bfloat16, 1, true>(x, dy, y, savemean, part, n, c, s, nsplit, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
-extern "C" __global__ void bn_backward_partial_relu_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c, long long s, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
+extern "C" __global__ void bn_backward_partial_relu_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, float* part, long long n, int c, long long s, int nsplit, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
-    bn::backward_partial<__nv_bfloat16, 8, true>(x, dy, y, savemean, part, n, c, s, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
+    bn::backward_partial<__nv_bfloat16, 8, true>(x, dy, y, savemean, part, n, c, s, nsplit, counters, bn::SumsOut{scale, saveinvvar, dscale, dbias, coef});
 }
 extern "C" __global__ void bn_backward_partial_relu_cols_f32(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {

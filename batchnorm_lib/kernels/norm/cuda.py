@@ -32,6 +32,11 @@ from batchnorm_lib import config
 from batchnorm_lib.backend.cuda.core import BLOCK
 
 TARGET_BLOCKS = 1024  # reduction blocks to aim for over all channels: enough to fill a large GPU
+# NCHW reduction tiles to aim for over all channels: the grid holds only the blocks the device
+# keeps resident at once (an H100 about 660 of these) and each walks every gridDim-th tile, so with
+# several tiles per block the last ones end within a small tile's time of each other, where 1024
+# one-tile blocks ran 1.3-1.9 waves
+TARGET_TILES = 8192
 MIN_PACKS_PER_THREAD = 8  # do not split a channel below this much work per thread (a full unrolled step)
 MAX_BLOCK_ELEMENTS = 1 << 23  # per-block element counts stay exact in the kernels' float counters
 MAX_GRID_Y = 65535
@@ -105,27 +110,47 @@ def _flat_vector(dtype, *arrays):
     return "", 1
 
 
-def _splits(blocks_per_split, work, elements):
-    """Blocks per channel group: enough to fill the device, at least MIN_PACKS_PER_THREAD loads per
-    thread, and few enough elements per block for exact float counts. Shapes alone decide it."""
+def _splits(blocks_per_split, work, elements, target=TARGET_BLOCKS):
+    """Blocks (tiles) per channel group: enough to fill the device (``target`` over all groups), at
+    least MIN_PACKS_PER_THREAD loads per thread, and few enough elements per block for exact float
+    counts. Shapes alone decide it."""
     by_work = max(1, work // (BLOCK * MIN_PACKS_PER_THREAD))
-    nsplit = min(-(-TARGET_BLOCKS // blocks_per_split), by_work)
+    nsplit = min(-(-target // blocks_per_split), by_work)
     nsplit = max(nsplit, -(-elements // MAX_BLOCK_ELEMENTS))
     if nsplit > MAX_GRID_Y:
         raise ValueError("a channel of %d elements is too large for the CUDA kernels" % elements)
     return nsplit
 
 
-def _reduction(kernel, suffix, n, c, s, vec, width):
-    """(entry name, grid, nsplit, shape args) of a reduction launch. Spatial size
-    1 takes the column kernels (32 channels per block, coalesced across channels)."""
+def _reduction(rt, kernel, suffix, n, c, s, vec, width):
+    """(entry name, grid, nsplit, shape args) of a reduction launch: C x nsplit tiles (nsplit from
+    the shape alone) walked by at most the blocks the device holds at once. Spatial size 1 takes
+    the column kernels (32 channels per block, coalesced across channels, a block per tile)."""
     if s == 1:
         nsplit = _splits(-(-c // 32), n * 32, n)
         return (kernel + "_cols_" + suffix, (-(-c // 32), nsplit), nsplit,
                 (np.int64(n), np.int32(c)))
-    nsplit = _splits(c, n * (s // width), n * s)
-    return (kernel + "_" + suffix + vec, (c, nsplit), nsplit,
-            (np.int64(n), np.int32(c), np.int64(s)))
+    nsplit = _splits(c, n * (s // width), n * s, TARGET_TILES)
+    name = kernel + "_" + suffix + vec
+    return (name, (min(c * nsplit, _resident_blocks(rt, name)),), nsplit,
+            (np.int64(n), np.int32(c), np.int64(s), np.int32(nsplit)))
+
+
+def _resident_blocks(rt, name):
+    """Blocks of batchnorm.cu's entry ``name`` the device holds at once: SMs times the blocks per SM
+    that its threads and registers (ptxas's count, where known) allow."""
+    if not _launches_on_device(rt):
+        rt = config.backend_module().runtime()  # a recorded launch: the active device's figure
+    fn = rt.compile()[name]
+    attr = rt.api.driver.device_attribute
+    dev = rt.device
+    per_sm = min(dev.get_attribute(attr.MAX_THREADS_PER_MULTIPROCESSOR) // BLOCK,
+                 dev.get_attribute(attr.MAX_BLOCKS_PER_MULTIPROCESSOR))
+    if fn.num_regs:
+        warp_regs = -(-fn.num_regs * 32 // 256) * 256
+        per_sm = min(per_sm, dev.get_attribute(attr.MAX_REGISTERS_PER_MULTIPROCESSOR)
+                     // (warp_regs * WARPS_PER_BLOCK))
+    return dev.get_attribute(attr.MULTIPROCESSOR_COUNT) * max(1, per_sm)
 
 
 def _relu(name, on):
@@ -161,17 +186,19 @@ def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean,
     if n * s < 1:
         return
     vec, width = _vector(s, x.dtype, x, out)
-    name, grid, nsplit, reduce_args = _reduction("bn_stats_partial", suffix, n, c, s, vec, width)
+    name, grid, nsplit, reduce_args = _reduction(rt, "bn_stats_partial", suffix, n, c, s, vec,
+                                                 width)
     part = rt.empty((c * nsplit * STATS_PARTIAL,), np.float32)
     a = rt.empty((c,), np.float32)
     rt.launch(name, grid, (_ptr(x), _ptr(part)) + reduce_args
-              + _stats_out(rt, grid, eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var))
+              + _stats_out(rt, (c,), eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var))
     _normalize(rt, suffix, x, out, savemean, a, bias, n, c, s, relu)
 
 
 def _stats_out(rt, grid, eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var):
-    """The statistics reductions' trailing arguments: counters (one per grid column), then where
-    the last blocks write."""
+    """The statistics reductions' trailing arguments: counters (at least grid[0]: one per grid
+    column, or, for the NCHW tiles, one per channel, given as (C,)), then where the last blocks
+    write."""
     return (_counters(rt, grid[0]), np.float64(eps), np.float64(factor), _ptr(scale),
             _ptr(savemean), _ptr(saveinvvar), _ptr(a), _ptr(run_mean), _ptr(run_var))
 
@@ -224,12 +251,12 @@ def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None
     if n * s < 1:
         return
     vec, width = _vector(s, x.dtype, x, dy, dx, *masks)
-    name, grid, nsplit, reduce_args = _reduction(_relu("bn_backward_partial", mask), suffix, n, c,
-                                                 s, vec, width)
+    name, grid, nsplit, reduce_args = _reduction(rt, _relu("bn_backward_partial", mask), suffix, n,
+                                                 c, s, vec, width)
     part = rt.empty((c * nsplit * SUM_PARTIAL,), np.float32)
     coef = rt.empty((c * 3,), np.float32)
     rt.launch(name, grid, (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(part)) + reduce_args
-              + _sums_out(rt, grid, scale, saveinvvar, dscale, dbias, coef))
+              + _sums_out(rt, (c,), scale, saveinvvar, dscale, dbias, coef))
     if dx is not None:
         evec, ewidth = _flat_vector(x.dtype, x, dy, dx, *masks)
         rt.launch(_relu("bn_backward_train", mask) + "_" + suffix + evec,
