@@ -6,11 +6,12 @@ backends can be used in one process; each compiles the sources once, on first us
 when this module is imported). Nothing here copies data to or from the host: workspaces come from
 the backend's memory pool and every arithmetic step runs in the kernels.
 
-Reductions run in one launch: a (C, nsplit) grid of Welford (or sum) partials (for spatial size
-1, a (ceil(C / 32), nsplit) grid of 32-channel column blocks), and the last block of each channel
-group to finish (an integer counter per group) merges the group's partials, one warp per channel,
-in a fixed order. nsplit depends only on the shape, so results are bitwise repeatable and equal
-across devices. A training pass is two launches (reduction, then the elementwise pass), an NCHW
+Reductions run in one launch: C x nsplit tiles of Welford (or sum) partials, walked by a grid of
+the blocks the device holds at once (for spatial size 1, a (ceil(C / 32), nsplit) grid of
+32-channel column blocks), and the last tile of each channel group to finish (an integer counter
+per group) merges the group's partials, one warp per channel, in a fixed order. nsplit depends only
+on the shape, and a tile's partial not on the block computing it, so results are bitwise
+repeatable and equal across devices. A training pass is two launches (reduction, then the elementwise pass), an NCHW
 inference pass one (forward or backward: the kernel computes its channels' factors). Where a
 tensor fits on chip, the training passes instead run as one single-read launch of
 ``kernels/norm/persistent.cu`` (see the end of this module), split by what the device holds at
