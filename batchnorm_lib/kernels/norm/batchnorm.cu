@@ -346,30 +346,20 @@ __device__ __forceinline__ void channel_stream(const Op& op, long long n, int c,
             continue;
         }
         ChannelWalk walk(j * VEC, static_cast<long long>(kBlock) * VEC, s, c);
-        // each of the kUnroll slots keeps its own channel's constants, so no slot's lookup waits
-        // on another's
-        int cached[kUnroll];
-        int left[kUnroll];
-        Constants ku[kUnroll];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-            cached[u] = -1;
-            left[u] = VEC;
-            ku[u] = {};
-        }
+        // the constants are read from the table at every step, not kept across steps: a shared
+        // load is cheap, registers holding kUnroll slots' constants would cost occupancy
         auto finish_step = [&]() {
+            int ch[kUnroll];
+            int left[kUnroll];
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) {
-                if (walk.channel != cached[u]) {
-                    cached[u] = walk.channel;
-                    ku[u] = fetch(walk.channel);
-                }
+                ch[u] = walk.channel;
                 left[u] = left_of(walk);
                 walk.advance();
             }
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) {
-                compute(fetch, in[u], ku[u], cached[u], left[u]);
+                compute(fetch, in[u], fetch(ch[u]), ch[u], left[u]);
                 op.store(j + u * kBlock, in[u]);
             }
             j += kUnroll * kBlock;
@@ -381,15 +371,9 @@ __device__ __forceinline__ void channel_stream(const Op& op, long long n, int c,
                 finish_step();
             }
         }
-        int last = -1;
-        Constants k = {};
         for (; j < seg_end; j += kBlock) {  // at most kUnroll - 1 steps left
-            if (walk.channel != last) {
-                last = walk.channel;
-                k = fetch(last);
-            }
             typename Op::Loaded one = op.load(j);
-            compute(fetch, one, k, last, left_of(walk));
+            compute(fetch, one, fetch(walk.channel), walk.channel, left_of(walk));
             op.store(j, one);
             walk.advance();
         }
@@ -398,8 +382,8 @@ __device__ __forceinline__ void channel_stream(const Op& op, long long n, int c,
 
 // y = fma(x - mean, a, bias) with the per-channel factor a of stats_finalize or frozen_factor:
 // two roundings, as the CPU backend does (values equal to the mean give bias exactly), then relu
-// when RELU (before the rounding to T: the same result, and -0 stays out). Each thread reloads the
-// channel's constants only when its channel changes. x and y may be the same buffer.
+// when RELU (before the rounding to T: the same result, and -0 stays out). The constants come from
+// channel_stream's per-block table. x and y may be the same buffer.
 template <typename T, int VEC, bool RELU, typename Factor>
 struct NormalizeOp {
     const T* x;
