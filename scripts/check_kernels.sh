@@ -18,8 +18,9 @@ nvcc=${NVCC:-$(command -v nvcc || true)}
 archs=${ARCHS:-"sm_80 sm_90"}
 # float64 runs once per channel, never per element: in the finalize kernels, in the last block of
 # the batch-norm reductions (they finish in their own launch) and in the single-read kernels'
-# merge of their channel's block partials (kernels/norm/persistent.cu)
-DOUBLE_OK='_finalize$|^bn_channel_factor$|^(bn|rc)_(stats|backward)_partial_|^bn_persist_'
+# merge of their channel's block partials (kernels/norm/persistent.cu); the rows x channels
+# inference passes compute their channel factors once per channel in each block (rows_channels.cu)
+DOUBLE_OK='_finalize$|^bn_channel_factor$|^(bn|rc)_(stats|backward)_partial_|^bn_persist_|^rc_(normalize|backward)_infer_'
 
 if [ -z "$nvcc" ]; then
     echo "check_kernels: nvcc not found (set NVCC or put it on PATH)" >&2

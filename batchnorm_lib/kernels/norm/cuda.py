@@ -399,17 +399,27 @@ def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, save
     _rows_normalize(rt, suffix + vec, x, out, savemean, a, bias, r, c, width, relu)
 
 
+def _rows_elementwise_grid(r, c, width):
+    """Elementwise grid of a rows x channels pass: its threads walk whole rows, each keeping one
+    column of C / width packs, so at least one row of threads."""
+    cols = c // width
+    return (max(_elementwise_grid(r * cols)[0], -(-cols // BLOCK)),)
+
+
 def _rows_normalize(rt, kind, x, out, mean, a, bias, r, c, width, relu):
-    _rows_launch(rt, _relu("rc_normalize", relu) + "_" + kind, _elementwise_grid(r * (c // width)),
+    _rows_launch(rt, _relu("rc_normalize", relu) + "_" + kind, _rows_elementwise_grid(r, c, width),
                  (_ptr(x), _ptr(out), _ptr(mean), _ptr(a), _ptr(bias), np.int64(r), np.int32(c)))
 
 
 def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
+    """One launch: the kernel computes a = scale / sqrt(run_var + eps) per channel itself."""
     rt, suffix, r, c, vec, width = _rows_setup(x, out)
     if r < 1:
         return
-    a = _channel_factor(rt, scale, run_var, eps, c)
-    _rows_normalize(rt, suffix + vec, x, out, run_mean, a, bias, r, c, width, relu)
+    _rows_launch(rt, _relu("rc_normalize_infer", relu) + "_" + suffix + vec,
+                 _rows_elementwise_grid(r, c, width),
+                 (_ptr(x), _ptr(out), _ptr(run_mean), _ptr(scale), _ptr(run_var), np.float64(eps),
+                  _ptr(bias), np.int64(r), np.int32(c)))
 
 
 def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None):
@@ -426,7 +436,7 @@ def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y
                  + _sums_out(rt, grid, scale, saveinvvar, dscale, dbias, coef))
     if dx is not None:
         _rows_launch(rt, _relu("rc_backward_train", mask) + "_" + suffix + vec,
-                     _elementwise_grid(r * (c // width)),
+                     _rows_elementwise_grid(r, c, width),
                      (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(coef), _ptr(dx),
                                                    np.int64(r), np.int32(c)))
 
@@ -436,10 +446,10 @@ def rows_backward_infer(dy, scale, run_var, eps, dx, y=None):
     rt, suffix, r, c, vec, width = _rows_setup(dy, dx, *masks)
     if r < 1:
         return
-    k = _channel_factor(rt, scale, run_var, eps, c)
     _rows_launch(rt, _relu("rc_backward_infer", mask) + "_" + suffix + vec,
-                 _elementwise_grid(r * (c // width)),
-                 (_ptr(dy),) + mask + (_ptr(k), _ptr(dx), np.int64(r), np.int32(c)))
+                 _rows_elementwise_grid(r, c, width),
+                 (_ptr(dy),) + mask + (_ptr(scale), _ptr(run_var), np.float64(eps), _ptr(dx),
+                                       np.int64(r), np.int32(c)))
 
 
 # -- single-read training passes: kernels/norm/persistent.cu ---------------------------------------

@@ -1,7 +1,7 @@
 // Batch normalization of rows x channels data (R, C), channels contiguous: BatchNorm on (N, C) and
 // every channels-last layout ((N, L, C), (N, H, W, C), (N, D, H, W, C)) are this one problem.
 // Compiles standalone with nvcc; kernels/norm/cuda.py compiles it once per process with pycuda's
-// SourceModule and launches the extern "C" entries, together with batchnorm.cu's bn_channel_factor.
+// SourceModule and launches the extern "C" entries.
 //
 // Threads run along C: lane i of a warp owns channels [VEC * i, VEC * i + VEC) of a 32 * VEC
 // channel tile, so a warp reads 32 * VEC contiguous elements of a row (coalesced; 128-bit loads
@@ -13,8 +13,9 @@
 // totals), and the last block of each tile to finish merges them in float64 in a fixed order
 // (bn::last_block, bn::stats_finalize, bn::backward_finalize): no float atomics, results bitwise
 // repeatable and dependent on the shape only. The elementwise passes take the reductions'
-// per-channel factors (the normalize factor a, batchnorm.cu's bn_channel_factor, the dx
-// coefficients) and round as batchnorm.cu's kernels do.
+// per-channel factors (the normalize factor a, the dx coefficients), or compute the inference
+// factor themselves as batchnorm.cu's bn_channel_factor does (inference is one launch), and round
+// as batchnorm.cu's kernels do.
 #include "bn_common.cuh"
 
 namespace rc {
@@ -245,39 +246,153 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
 }
 
 // --- elementwise passes -------------------------------------------------------------------------
+// Each thread keeps one column (a pack of VEC channels) for the whole pass: the grid's threads are
+// used in whole rows (step = a multiple of the columns, the host launches at least one row of
+// threads), so a thread's per-channel constants are read once, not once per element. A block's
+// threads cover consecutive columns (modulo the row), so the block first copies the constants of
+// those columns to shared memory with consecutive threads on consecutive floats (every sector of
+// the copy used in full: per-lane pack reads of 8 floats, 16-bit data, would use half of each),
+// then each thread takes its own into registers.
 
-// Grid-stride over the (rows, C / VEC) packs; walk.col * VEC is the pack's first channel.
-#define RC_FOR_EACH_PACK(n, c)                                                                    \
-    const long long cols = (c) / VEC;                                                             \
-    const long long total = (n) * cols;                                                           \
-    const long long stride = static_cast<long long>(gridDim.x) * kBlock;                          \
-    long long j = static_cast<long long>(blockIdx.x) * kBlock + threadIdx.x;                      \
-    if (j >= total) {                                                                             \
-        return;                                                                                   \
-    }                                                                                             \
-    bn::RowWalk walk(j, stride, cols);                                                            \
-    for (; j < total; j += stride, walk.advance())
+// Packs in flight per thread: two 16-byte packs on the vector paths, 16 bytes of scalars (at
+// least 4) otherwise, loaded before any is computed and stored (the output may alias the input,
+// so the compiler could not hoist a later load above an earlier store by itself).
+template <typename T, int VEC>
+__host__ __device__ constexpr int elementwise_unroll()
+{
+    return VEC > 1 ? 2 : (16 / sizeof(T) > 4 ? static_cast<int>(16 / sizeof(T)) : 4);
+}
 
-// y = fma(x - mean, a, bias) per channel, a = rc_stats_partial_*'s (training) or
-// bn_channel_factor's (inference) factor, as batchnorm.cu's normalize (relu too when RELU). y may
-// be x.
-template <typename T, int VEC, bool RELU = false>
+template <int VEC>
+struct Columns {
+    long long total;  // packs
+    long long step;   // packs between a thread's successive packs: whole rows
+    long long j;      // this thread's first pack
+    int first;        // the block's first column
+    int local;        // this thread's column - first, modulo the row
+    int span;         // columns the block covers
+
+    __device__ __forceinline__ static Columns make(long long n, int c)
+    {
+        Columns w;
+        const int cols = c / VEC;
+        w.total = n * cols;
+        w.step = static_cast<long long>(gridDim.x) * kBlock / cols * cols;
+        w.j = static_cast<long long>(blockIdx.x) * kBlock + threadIdx.x;
+        w.first = static_cast<int>(static_cast<long long>(blockIdx.x) * kBlock % cols);
+        w.local = static_cast<int>(w.j % cols) - w.first;
+        if (w.local < 0) {
+            w.local += cols;
+        }
+        w.span = min(kBlock, cols);
+        return w;
+    }
+
+    // Copies the block's constants from src (per floats per channel, channel-major) to dst: dst
+    // holds span * VEC channels from the block's first, wrapping at c. Every thread of the block
+    // must call it; the caller synchronizes.
+    __device__ __forceinline__ void stage(float* dst, const float* __restrict__ src, int c,
+                                          int per) const
+    {
+        const int count = span * VEC * per;
+        const int all = c * per;
+        const int from = first * VEC * per;
+        for (int i = threadIdx.x; i < count; i += kBlock) {
+            const int k = from + i;
+            dst[i] = src[k < all ? k : k - all];
+        }
+    }
+
+    // The inference factors a = scale / sqrt(run_var + eps) of the block's channels, each in
+    // float64 and rounded once, as batchnorm.cu's bn_channel_factor (once per channel per block).
+    __device__ __forceinline__ void stage_factor(float* dst, const float* __restrict__ scale,
+                                                 const float* __restrict__ run_var, double eps,
+                                                 int c) const
+    {
+        const int count = span * VEC;
+        const int from = first * VEC;
+        for (int i = threadIdx.x; i < count; i += kBlock) {
+            const int k = from + i < c ? from + i : from + i - c;
+            dst[i] = static_cast<float>(static_cast<double>(scale[k]) / sqrt(run_var[k] + eps));
+        }
+    }
+
+    // this thread's VEC constants (per floats each, channel-major) from the staged copy
+    template <int PER>
+    __device__ __forceinline__ void take(float (&dst)[VEC * PER], const float* staged) const
+    {
+#pragma unroll
+        for (int i = 0; i < VEC * PER; ++i) {
+            dst[i] = staged[local * VEC * PER + i];
+        }
+    }
+};
+
+// Runs finish(j, load(j)) over this thread's packs j, U loads issued before their use.
+template <int U, int VEC, typename Load, typename Finish>
+__device__ __forceinline__ void column_stream(const Columns<VEC>& w, const Load& load,
+                                              const Finish& finish)
+{
+    if (w.j >= w.step) {
+        return;  // past the last whole row of threads
+    }
+    using In = decltype(load(0LL));
+    long long j = w.j;
+    for (; j + (U - 1) * w.step < w.total; j += U * w.step) {
+        In in[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            in[u] = load(j + u * w.step);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            finish(j + u * w.step, in[u]);
+        }
+    }
+    for (; j < w.total; j += w.step) {
+        In in = load(j);
+        finish(j, in);
+    }
+}
+
+template <typename T, int VEC>
+struct Loaded {
+    Pack<T, VEC> x, g, y;  // data, gradient, the ReLU mask (unused where not needed)
+};
+
+// y = fma(x - mean, a, bias) per channel, a = rc_stats_partial_*'s factor (training) or, INFER,
+// scale / sqrt(run_var + eps) computed here from `a` = scale and `run_var` (as
+// bn_channel_factor); as batchnorm.cu's normalize (relu too when RELU). y may be x.
+template <typename T, int VEC, bool RELU = false, bool INFER = false>
 __device__ __forceinline__ void normalize(const T* x, T* y, const float* __restrict__ mean,
-                                          const float* __restrict__ factor,
+                                          const float* __restrict__ a,
+                                          const float* __restrict__ run_var, double eps,
                                           const float* __restrict__ bias, long long n, int c)
 {
-    RC_FOR_EACH_PACK(n, c)
-    {
-        const int ch = static_cast<int>(walk.col) * VEC;
-        Pack<T, VEC> pk = load_pack<T, VEC>(x + j * VEC);
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            const float v = fmaf(__fsub_rn(to_float(pk.v[i]), mean[ch + i]), factor[ch + i],
-                                 bias[ch + i]);
-            pk.v[i] = from_float<T>(RELU ? bn::relu(v) : v);
-        }
-        store_pack<T, VEC>(y + j * VEC, pk);
+    __shared__ float staged[3][kBlock * VEC];
+    const Columns<VEC> w = Columns<VEC>::make(n, c);
+    w.stage(staged[0], mean, c, 1);
+    if (INFER) {
+        w.stage_factor(staged[1], a, run_var, eps, c);
+    } else {
+        w.stage(staged[1], a, c, 1);
     }
+    w.stage(staged[2], bias, c, 1);
+    __syncthreads();
+    float m[VEC], k[VEC], b[VEC];
+    w.template take<1>(m, staged[0]);
+    w.template take<1>(k, staged[1]);
+    w.template take<1>(b, staged[2]);
+    column_stream<elementwise_unroll<T, VEC>()>(
+        w, [&](long long j) { return load_pack<T, VEC>(x + j * VEC); },
+        [&](long long j, Pack<T, VEC>& pk) {
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                const float v = fmaf(__fsub_rn(to_float(pk.v[i]), m[i]), k[i], b[i]);
+                pk.v[i] = from_float<T>(RELU ? bn::relu(v) : v);
+            }
+            store_pack<T, VEC>(y + j * VEC, pk);
+        });
 }
 
 // dx = dy * k - ((x - mean) * c1 + c0) as two FMAs with rc_backward_partial_*'s coefficients
@@ -289,52 +404,74 @@ __device__ __forceinline__ void backward_dx(const T* __restrict__ x, const T* __
                                             const float* __restrict__ coef, T* __restrict__ dx,
                                             long long n, int c)
 {
-    RC_FOR_EACH_PACK(n, c)
-    {
-        const int ch = static_cast<int>(walk.col) * VEC;
-        const Pack<T, VEC> px = load_pack<T, VEC>(x + j * VEC);
-        Pack<T, VEC> pg = load_pack<T, VEC>(dy + j * VEC);
-        const Pack<T, VEC> py = load_mask<T, VEC, RELU>(y, j * VEC);
+    __shared__ float staged_mean[kBlock * VEC];
+    __shared__ float staged_coef[3 * kBlock * VEC];
+    const Columns<VEC> w = Columns<VEC>::make(n, c);
+    w.stage(staged_mean, savemean, c, 1);
+    w.stage(staged_coef, coef, c, 3);
+    __syncthreads();
+    float m[VEC], k3[3 * VEC];
+    w.template take<1>(m, staged_mean);
+    w.template take<3>(k3, staged_coef);
+    column_stream<elementwise_unroll<T, VEC>()>(
+        w,
+        [&](long long j) {
+            Loaded<T, VEC> in;
+            in.x = load_pack<T, VEC>(x + j * VEC);
+            in.g = load_pack<T, VEC>(dy + j * VEC);
+            in.y = load_mask<T, VEC, RELU>(y, j * VEC);
+            return in;
+        },
+        [&](long long j, Loaded<T, VEC>& in) {
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            const float* k3 = coef + (ch + i) * 3;
-            const float u = fmaf(__fsub_rn(to_float(px.v[i]), savemean[ch + i]), k3[2], k3[1]);
-            const float g = masked<T, VEC, RELU>(to_float(pg.v[i]), py, i);
-            pg.v[i] = from_float<T>(fmaf(g, k3[0], -u));
-        }
-        store_pack<T, VEC>(dx + j * VEC, pg);
-    }
+            for (int i = 0; i < VEC; ++i) {
+                const float u = fmaf(__fsub_rn(to_float(in.x.v[i]), m[i]), k3[3 * i + 2],
+                                     k3[3 * i + 1]);
+                const float g = masked<T, VEC, RELU>(to_float(in.g.v[i]), in.y, i);
+                in.g.v[i] = from_float<T>(fmaf(g, k3[3 * i], -u));
+            }
+            store_pack<T, VEC>(dx + j * VEC, in.g);
+        });
 }
 
-// dx = dy * k, k = bn_channel_factor's scale / sqrt(run_var + eps) (frozen statistics); dy masked
-// by y when RELU
+// dx = dy * k with frozen statistics, k = scale / sqrt(run_var + eps) computed here per channel
+// (as bn_channel_factor); dy masked by y when RELU.
 template <typename T, int VEC, bool RELU = false>
 __device__ __forceinline__ void backward_infer(const T* __restrict__ dy, const T* __restrict__ y,
-                                               const float* __restrict__ factor,
+                                               const float* __restrict__ scale,
+                                               const float* __restrict__ run_var, double eps,
                                                T* __restrict__ dx, long long n, int c)
 {
-    RC_FOR_EACH_PACK(n, c)
-    {
-        const int ch = static_cast<int>(walk.col) * VEC;
-        Pack<T, VEC> pg = load_pack<T, VEC>(dy + j * VEC);
-        const Pack<T, VEC> py = load_mask<T, VEC, RELU>(y, j * VEC);
+    __shared__ float staged[kBlock * VEC];
+    const Columns<VEC> w = Columns<VEC>::make(n, c);
+    w.stage_factor(staged, scale, run_var, eps, c);
+    __syncthreads();
+    float k[VEC];
+    w.template take<1>(k, staged);
+    column_stream<elementwise_unroll<T, VEC>()>(
+        w,
+        [&](long long j) {
+            Loaded<T, VEC> in;
+            in.g = load_pack<T, VEC>(dy + j * VEC);
+            in.y = load_mask<T, VEC, RELU>(y, j * VEC);
+            return in;
+        },
+        [&](long long j, Loaded<T, VEC>& in) {
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            const float g = masked<T, VEC, RELU>(to_float(pg.v[i]), py, i);
-            pg.v[i] = from_float<T>(__fmul_rn(g, factor[ch + i]));
-        }
-        store_pack<T, VEC>(dx + j * VEC, pg);
-    }
+            for (int i = 0; i < VEC; ++i) {
+                const float g = masked<T, VEC, RELU>(to_float(in.g.v[i]), in.y, i);
+                in.g.v[i] = from_float<T>(__fmul_rn(g, k[i]));
+            }
+            store_pack<T, VEC>(dx + j * VEC, in.g);
+        });
 }
-
-#undef RC_FOR_EACH_PACK
 
 }  // namespace rc
 
 // --- entry points ---------------------------------------------------------------------------------
 // Plain signatures only; 256-thread blocks. Reductions: grid (ceil(C / (32 VEC)), nsplit), and
 // in the same launch, the last block of each channel tile finishes it (one counter per tile, all 0
-// and left 0). Elementwise: a 1-D grid-stride grid.
+// and left 0). Elementwise: a 1-D grid of at least C / VEC threads, used in whole rows.
 
 // Batch statistics (bn::kPartial records, then savemean, saveinvvar, a and the running statistics).
 extern "C" __global__ void rc_stats_partial_f32(const float* x, float* part, long long n, int c, unsigned int* counters, double eps, double factor, const float* scale, float* savemean, float* saveinvvar, float* a, float* run_mean, float* run_var)
@@ -362,31 +499,57 @@ extern "C" __global__ void rc_stats_partial_bf16_vec(const __nv_bfloat16* x, flo
     rc::stats_partial<__nv_bfloat16, 8>(x, part, n, c, counters, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var});
 }
 
-// Normalization y = fmaf(x - mean, a, bias): training (savemean, rc_stats_partial_*'s a) and
-// inference (run_mean, bn_channel_factor's a); y may be x.
+// Training normalization y = fmaf(x - savemean, a, bias), a from rc_stats_partial_*; y may be x.
 extern "C" __global__ void rc_normalize_f32(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
-    rc::normalize<float, 1>(x, y, mean, a, bias, n, c);
+    rc::normalize<float, 1>(x, y, mean, a, nullptr, 0.0, bias, n, c);
 }
 extern "C" __global__ void rc_normalize_f32_vec(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
-    rc::normalize<float, 4>(x, y, mean, a, bias, n, c);
+    rc::normalize<float, 4>(x, y, mean, a, nullptr, 0.0, bias, n, c);
 }
 extern "C" __global__ void rc_normalize_f16(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
-    rc::normalize<__half, 1>(x, y, mean, a, bias, n, c);
+    rc::normalize<__half, 1>(x, y, mean, a, nullptr, 0.0, bias, n, c);
 }
 extern "C" __global__ void rc_normalize_f16_vec(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
-    rc::normalize<__half, 8>(x, y, mean, a, bias, n, c);
+    rc::normalize<__half, 8>(x, y, mean, a, nullptr, 0.0, bias, n, c);
 }
 extern "C" __global__ void rc_normalize_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
-    rc::normalize<__nv_bfloat16, 1>(x, y, mean, a, bias, n, c);
+    rc::normalize<__nv_bfloat16, 1>(x, y, mean, a, nullptr, 0.0, bias, n, c);
 }
 extern "C" __global__ void rc_normalize_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
-    rc::normalize<__nv_bfloat16, 8>(x, y, mean, a, bias, n, c);
+    rc::normalize<__nv_bfloat16, 8>(x, y, mean, a, nullptr, 0.0, bias, n, c);
+}
+
+// Inference normalization in one launch: y = fmaf(x - run_mean, a, bias), a = scale /
+// sqrt(run_var + eps) computed per channel in each block (float64, rounded once).
+extern "C" __global__ void rc_normalize_infer_f32(const float* x, float* y, const float* mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c)
+{
+    rc::normalize<float, 1, false, true>(x, y, mean, scale, run_var, eps, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_infer_f32_vec(const float* x, float* y, const float* mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c)
+{
+    rc::normalize<float, 4, false, true>(x, y, mean, scale, run_var, eps, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_infer_f16(const __half* x, __half* y, const float* mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c)
+{
+    rc::normalize<__half, 1, false, true>(x, y, mean, scale, run_var, eps, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_infer_f16_vec(const __half* x, __half* y, const float* mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c)
+{
+    rc::normalize<__half, 8, false, true>(x, y, mean, scale, run_var, eps, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_infer_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c)
+{
+    rc::normalize<__nv_bfloat16, 1, false, true>(x, y, mean, scale, run_var, eps, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_infer_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c)
+{
+    rc::normalize<__nv_bfloat16, 8, false, true>(x, y, mean, scale, run_var, eps, bias, n, c);
 }
 
 // Backward reduction (bn::kSumPartial records, then dscale, dbias and the dx coefficients).
@@ -441,57 +604,82 @@ extern "C" __global__ void rc_backward_train_bf16_vec(const __nv_bfloat16* x, co
     rc::backward_dx<__nv_bfloat16, 8>(x, dy, nullptr, savemean, coef, dx, n, c);
 }
 
-// Backward with frozen statistics: dx = dy * k, k from bn_channel_factor.
-extern "C" __global__ void rc_backward_infer_f32(const float* dy, const float* k, float* dx, long long n, int c)
+// Backward with frozen statistics: dx = dy * k, k = scale / sqrt(run_var + eps) computed per
+// channel in each block (float64, rounded once), one launch.
+extern "C" __global__ void rc_backward_infer_f32(const float* dy, const float* scale, const float* run_var, double eps, float* dx, long long n, int c)
 {
-    rc::backward_infer<float, 1>(dy, nullptr, k, dx, n, c);
+    rc::backward_infer<float, 1>(dy, nullptr, scale, run_var, eps, dx, n, c);
 }
-extern "C" __global__ void rc_backward_infer_f32_vec(const float* dy, const float* k, float* dx, long long n, int c)
+extern "C" __global__ void rc_backward_infer_f32_vec(const float* dy, const float* scale, const float* run_var, double eps, float* dx, long long n, int c)
 {
-    rc::backward_infer<float, 4>(dy, nullptr, k, dx, n, c);
+    rc::backward_infer<float, 4>(dy, nullptr, scale, run_var, eps, dx, n, c);
 }
-extern "C" __global__ void rc_backward_infer_f16(const __half* dy, const float* k, __half* dx, long long n, int c)
+extern "C" __global__ void rc_backward_infer_f16(const __half* dy, const float* scale, const float* run_var, double eps, __half* dx, long long n, int c)
 {
-    rc::backward_infer<__half, 1>(dy, nullptr, k, dx, n, c);
+    rc::backward_infer<__half, 1>(dy, nullptr, scale, run_var, eps, dx, n, c);
 }
-extern "C" __global__ void rc_backward_infer_f16_vec(const __half* dy, const float* k, __half* dx, long long n, int c)
+extern "C" __global__ void rc_backward_infer_f16_vec(const __half* dy, const float* scale, const float* run_var, double eps, __half* dx, long long n, int c)
 {
-    rc::backward_infer<__half, 8>(dy, nullptr, k, dx, n, c);
+    rc::backward_infer<__half, 8>(dy, nullptr, scale, run_var, eps, dx, n, c);
 }
-extern "C" __global__ void rc_backward_infer_bf16(const __nv_bfloat16* dy, const float* k, __nv_bfloat16* dx, long long n, int c)
+extern "C" __global__ void rc_backward_infer_bf16(const __nv_bfloat16* dy, const float* scale, const float* run_var, double eps, __nv_bfloat16* dx, long long n, int c)
 {
-    rc::backward_infer<__nv_bfloat16, 1>(dy, nullptr, k, dx, n, c);
+    rc::backward_infer<__nv_bfloat16, 1>(dy, nullptr, scale, run_var, eps, dx, n, c);
 }
-extern "C" __global__ void rc_backward_infer_bf16_vec(const __nv_bfloat16* dy, const float* k, __nv_bfloat16* dx, long long n, int c)
+extern "C" __global__ void rc_backward_infer_bf16_vec(const __nv_bfloat16* dy, const float* scale, const float* run_var, double eps, __nv_bfloat16* dx, long long n, int c)
 {
-    rc::backward_infer<__nv_bfloat16, 8>(dy, nullptr, k, dx, n, c);
+    rc::backward_infer<__nv_bfloat16, 8>(dy, nullptr, scale, run_var, eps, dx, n, c);
 }
 
 // Fused ReLU: the same passes with relu(v) = v <= 0 ? 0 : v on the output, or the gradient masked
 // by the forward's output y (0 where y <= 0), in the same pass.
 extern "C" __global__ void rc_normalize_relu_f32(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
-    rc::normalize<float, 1, true>(x, y, mean, a, bias, n, c);
+    rc::normalize<float, 1, true>(x, y, mean, a, nullptr, 0.0, bias, n, c);
 }
 extern "C" __global__ void rc_normalize_relu_f32_vec(const float* x, float* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
-    rc::normalize<float, 4, true>(x, y, mean, a, bias, n, c);
+    rc::normalize<float, 4, true>(x, y, mean, a, nullptr, 0.0, bias, n, c);
 }
 extern "C" __global__ void rc_normalize_relu_f16(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
-    rc::normalize<__half, 1, true>(x, y, mean, a, bias, n, c);
+    rc::normalize<__half, 1, true>(x, y, mean, a, nullptr, 0.0, bias, n, c);
 }
 extern "C" __global__ void rc_normalize_relu_f16_vec(const __half* x, __half* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
-    rc::normalize<__half, 8, true>(x, y, mean, a, bias, n, c);
+    rc::normalize<__half, 8, true>(x, y, mean, a, nullptr, 0.0, bias, n, c);
 }
 extern "C" __global__ void rc_normalize_relu_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
-    rc::normalize<__nv_bfloat16, 1, true>(x, y, mean, a, bias, n, c);
+    rc::normalize<__nv_bfloat16, 1, true>(x, y, mean, a, nullptr, 0.0, bias, n, c);
 }
 extern "C" __global__ void rc_normalize_relu_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* a, const float* bias, long long n, int c)
 {
-    rc::normalize<__nv_bfloat16, 8, true>(x, y, mean, a, bias, n, c);
+    rc::normalize<__nv_bfloat16, 8, true>(x, y, mean, a, nullptr, 0.0, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_infer_relu_f32(const float* x, float* y, const float* mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c)
+{
+    rc::normalize<float, 1, true, true>(x, y, mean, scale, run_var, eps, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_infer_relu_f32_vec(const float* x, float* y, const float* mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c)
+{
+    rc::normalize<float, 4, true, true>(x, y, mean, scale, run_var, eps, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_infer_relu_f16(const __half* x, __half* y, const float* mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c)
+{
+    rc::normalize<__half, 1, true, true>(x, y, mean, scale, run_var, eps, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_infer_relu_f16_vec(const __half* x, __half* y, const float* mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c)
+{
+    rc::normalize<__half, 8, true, true>(x, y, mean, scale, run_var, eps, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_infer_relu_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c)
+{
+    rc::normalize<__nv_bfloat16, 1, true, true>(x, y, mean, scale, run_var, eps, bias, n, c);
+}
+extern "C" __global__ void rc_normalize_infer_relu_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, const float* mean, const float* scale, const float* run_var, double eps, const float* bias, long long n, int c)
+{
+    rc::normalize<__nv_bfloat16, 8, true, true>(x, y, mean, scale, run_var, eps, bias, n, c);
 }
 extern "C" __global__ void rc_backward_partial_relu_f32(const float* x, const float* dy, const float* y, const float* savemean, float* part, long long n, int c, unsigned int* counters, const float* scale, const float* saveinvvar, float* dscale, float* dbias, float* coef)
 {
@@ -541,27 +729,27 @@ extern "C" __global__ void rc_backward_train_relu_bf16_vec(const __nv_bfloat16* 
 {
     rc::backward_dx<__nv_bfloat16, 8, true>(x, dy, y, savemean, coef, dx, n, c);
 }
-extern "C" __global__ void rc_backward_infer_relu_f32(const float* dy, const float* y, const float* k, float* dx, long long n, int c)
+extern "C" __global__ void rc_backward_infer_relu_f32(const float* dy, const float* y, const float* scale, const float* run_var, double eps, float* dx, long long n, int c)
 {
-    rc::backward_infer<float, 1, true>(dy, y, k, dx, n, c);
+    rc::backward_infer<float, 1, true>(dy, y, scale, run_var, eps, dx, n, c);
 }
-extern "C" __global__ void rc_backward_infer_relu_f32_vec(const float* dy, const float* y, const float* k, float* dx, long long n, int c)
+extern "C" __global__ void rc_backward_infer_relu_f32_vec(const float* dy, const float* y, const float* scale, const float* run_var, double eps, float* dx, long long n, int c)
 {
-    rc::backward_infer<float, 4, true>(dy, y, k, dx, n, c);
+    rc::backward_infer<float, 4, true>(dy, y, scale, run_var, eps, dx, n, c);
 }
-extern "C" __global__ void rc_backward_infer_relu_f16(const __half* dy, const __half* y, const float* k, __half* dx, long long n, int c)
+extern "C" __global__ void rc_backward_infer_relu_f16(const __half* dy, const __half* y, const float* scale, const float* run_var, double eps, __half* dx, long long n, int c)
 {
-    rc::backward_infer<__half, 1, true>(dy, y, k, dx, n, c);
+    rc::backward_infer<__half, 1, true>(dy, y, scale, run_var, eps, dx, n, c);
 }
-extern "C" __global__ void rc_backward_infer_relu_f16_vec(const __half* dy, const __half* y, const float* k, __half* dx, long long n, int c)
+extern "C" __global__ void rc_backward_infer_relu_f16_vec(const __half* dy, const __half* y, const float* scale, const float* run_var, double eps, __half* dx, long long n, int c)
 {
-    rc::backward_infer<__half, 8, true>(dy, y, k, dx, n, c);
+    rc::backward_infer<__half, 8, true>(dy, y, scale, run_var, eps, dx, n, c);
 }
-extern "C" __global__ void rc_backward_infer_relu_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* k, __nv_bfloat16* dx, long long n, int c)
+extern "C" __global__ void rc_backward_infer_relu_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* scale, const float* run_var, double eps, __nv_bfloat16* dx, long long n, int c)
 {
-    rc::backward_infer<__nv_bfloat16, 1, true>(dy, y, k, dx, n, c);
+    rc::backward_infer<__nv_bfloat16, 1, true>(dy, y, scale, run_var, eps, dx, n, c);
 }
-extern "C" __global__ void rc_backward_infer_relu_bf16_vec(const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* k, __nv_bfloat16* dx, long long n, int c)
+extern "C" __global__ void rc_backward_infer_relu_bf16_vec(const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* scale, const float* run_var, double eps, __nv_bfloat16* dx, long long n, int c)
 {
-    rc::backward_infer<__nv_bfloat16, 8, true>(dy, y, k, dx, n, c);
+    rc::backward_infer<__nv_bfloat16, 8, true>(dy, y, scale, run_var, eps, dx, n, c);
 }
