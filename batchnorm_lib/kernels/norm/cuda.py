@@ -377,11 +377,26 @@ def _rows_setup(x, *others):
     return rt, suffix, r, c, vec, width
 
 
+# rows per rows x channels reduction block at least (16 per warp, four batches of the kernels'
+# 4-row loads): each block writes a partial record per channel, so fewer, longer row ranges move
+# fewer partial bytes per element (at 8 rows per warp a 4096 x 1024 float32 pass wrote and read
+# 22% more than its data)
+ROWS_MIN_BLOCK_ROWS = 128
+
+
 def _rows_reduction(r, c, width):
-    """Grid and nsplit of a rows x channels reduction: channel tiles of 32 packs, row splits."""
+    """Grid and nsplit of a rows x channels reduction: channel tiles of 32 packs, row splits of
+    at least ROWS_MIN_BLOCK_ROWS rows (and few enough rows per block for exact float counts)."""
     tiles = -(-c // (32 * width))
-    nsplit = _splits(tiles, r * 32, r)
+    nsplit = min(_splits(tiles, r * 32, r), max(1, r // ROWS_MIN_BLOCK_ROWS))
+    nsplit = max(nsplit, -(-r // MAX_BLOCK_ELEMENTS))
     return (tiles, nsplit), nsplit
+
+
+def _rows_padded(c):
+    """Channels per field of the reductions' planar partials: C rounded up to 8 floats (whole
+    32-byte sectors; rows_channels.cu's padded_channels)."""
+    return -(-c // 8) * 8
 
 
 def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar,
@@ -390,7 +405,7 @@ def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, save
     if r < 1:
         return
     grid, nsplit = _rows_reduction(r, c, width)
-    part = rt.empty((c * nsplit * STATS_PARTIAL,), np.float32)
+    part = rt.empty((_rows_padded(c) * nsplit * STATS_PARTIAL,), np.float32)
     a = rt.empty((c,), np.float32)
     _rows_launch(rt, "rc_stats_partial_" + suffix + vec, grid,
                  (_ptr(x), _ptr(part), np.int64(r), np.int32(c))
@@ -428,7 +443,7 @@ def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y
     if r < 1:
         return
     grid, nsplit = _rows_reduction(r, c, width)
-    part = rt.empty((c * nsplit * SUM_PARTIAL,), np.float32)
+    part = rt.empty((_rows_padded(c) * nsplit * SUM_PARTIAL,), np.float32)
     coef = rt.empty((c * 3,), np.float32)
     _rows_launch(rt, _relu("rc_backward_partial", mask) + "_" + suffix + vec, grid,
                  (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(part), np.int64(r),

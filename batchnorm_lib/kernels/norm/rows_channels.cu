@@ -8,11 +8,11 @@
 // on the _vec entries, launched only when every data pointer is 16-byte aligned and C is a
 // multiple of VEC). Reductions: a (ceil(C / (32 VEC)), nsplit) grid, each block owning a channel
 // tile over one contiguous range of rows; its 8 warps take interleaved rows and are merged per
-// channel in warp order. The partials are batchnorm.cu's (bn::write_partial, bn::write_sums), with
-// its numerics (values shifted by the channel's first one, float32 chunks folded into float-float
-// totals), and the last block of each tile to finish merges them in float64 in a fixed order
-// (bn::last_block, bn::stats_finalize, bn::backward_finalize): no float atomics, results bitwise
-// repeatable and dependent on the shape only. The elementwise passes take the reductions'
+// channel in warp order. The partials hold batchnorm.cu's fields (bn::kPartial, bn::kSumPartial)
+// with its numerics (values shifted by the channel's first one, float32 chunks folded into
+// float-float totals), laid out planar so that they are written and read whole sectors at a time,
+// and the last block of each tile to finish (bn::last_block) merges them in float64 in a fixed
+// order: no float atomics, results bitwise repeatable and dependent on the shape only. The elementwise passes take the reductions'
 // per-channel factors (the normalize factor a, the dx coefficients), or compute the inference
 // factor themselves as batchnorm.cu's bn_channel_factor does (inference is one launch), and round
 // as batchnorm.cu's kernels do.
@@ -77,32 +77,89 @@ struct Tile {
         t.end = min(t.begin + chunk, n);
         return t;
     }
-
-    // lanes of warp 0 that write partial records (those whose first channel exists), in every block
-    // of this tile's column
-    template <int VEC>
-    __device__ __forceinline__ unsigned int writers(int c) const
-    {
-        const int left = c - static_cast<int>(blockIdx.x) * 32 * VEC;
-        return static_cast<unsigned int>(min(32, (left + VEC - 1) / VEC));
-    }
 };
+
+// --- block partials, planar ---------------------------------------------------------------------
+// A block's partial records go out field by field: part[(split * K + field) * cp + channel], cp =
+// C rounded up to 8 floats, so consecutive threads write (and the tile's last block reads)
+// consecutive channels of one field and every 32-byte sector is used whole. The block first
+// gathers its tile's records in shared memory, rec[field][channel in tile].
+
+__device__ __forceinline__ int padded_channels(int c) { return (c + 7) & ~7; }
+
+// A channel's three backward sums in float64 (the last block's merge).
+struct Sum3 {
+    double s0, s1, s2;
+};
+
+// Writes the block's K-float records of its tile's `valid` channels; true in the threads that
+// wrote (min(kBlock, K * valid) of them in every block of the tile).
+template <int K, int TILE>
+__device__ __forceinline__ bool write_records(const float (&rec)[K][TILE], float* part, int c,
+                                              int valid)
+{
+    const int cp = padded_channels(c);
+    const int first = blockIdx.x * TILE;
+    for (int i = threadIdx.x; i < K * valid; i += kBlock) {
+        const int f = i / valid;
+        const int k = i - f * valid;
+        part[(static_cast<long long>(blockIdx.y) * K + f) * cp + first + k] = rec[f][k];
+    }
+    return static_cast<int>(threadIdx.x) < K * valid;
+}
+
+// The tile's last block merges its channels' records: TILE channels x kBlock / TILE threads per
+// channel; thread p of a channel merges splits p, p + P, ... in order, then the first merges the
+// P results in p order (fixed by the shape). read(split, channel) -> R, merge(R, R) -> R,
+// finish(R, channel) on the first thread of each channel.
+template <int TILE, typename R, typename Read, typename Merge, typename Finish>
+__device__ __forceinline__ void finish_tile(int nsplit, int c, R empty, const Read& read,
+                                            const Merge& merge, const Finish& finish)
+{
+    constexpr int P = kBlock / TILE;
+    __shared__ R acc[kBlock];
+    const int k = threadIdx.x % TILE;
+    const int p = threadIdx.x / TILE;
+    const int ch = blockIdx.x * TILE + k;
+    R r = empty;
+    if (ch < c) {
+        for (int b = p; b < nsplit; b += P) {
+            r = merge(r, read(b, ch));
+        }
+    }
+    if (P > 1) {
+        acc[threadIdx.x] = r;
+        __syncthreads();
+        if (p == 0) {
+#pragma unroll
+            for (int q = 1; q < P; ++q) {
+                r = merge(r, acc[q * TILE + k]);
+            }
+        }
+    }
+    if (p == 0 && ch < c) {
+        finish(r, ch);
+    }
+}
 
 // --- batch statistics ---------------------------------------------------------------------------
 
 // Welford per channel over the split's rows, shifted by the channel's row-0 value (the same shift
-// in every split, as bn::stats_finalize expects). The VEC channels of a lane step together, so
-// one step counter closes all their float32 chunks (bn::kChunk) at once.
+// in every split). kUnroll rows are loaded before any is used and each channel takes them as one
+// batch (one division per batch, not per value); the VEC channels of a lane step together, so one
+// step counter closes all their float32 chunks (bn::kChunk batches) at once. The tile's last
+// block merges the partials in float64 and writes the statistics (as bn::stats_finalize).
 template <typename T, int VEC>
 __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __restrict__ part,
                                               long long n, int c, unsigned int* counters,
                                               const bn::StatsOut& out)
 {
+    constexpr int kTile = 32 * VEC;
     // per-warp results, one per thread, merged by warp 0 one pack position at a time (so the tile
     // does not grow with VEC)
     __shared__ Welford tile[kWarps][32];
+    __shared__ float rec[bn::kPartial][kTile];
     const Tile t = Tile::make<VEC>(n);
-    const int nsplit = gridDim.y;
     Welford total[VEC], chunk[VEC];
     float shift[VEC];
 #pragma unroll
@@ -118,13 +175,21 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
             shift[i] = to_float(p0.v[i]);
         }
         int steps = 0;
-        // one row's values into the chunks; a chunk closes after bn::kChunk rows
-        auto add_row = [&](const Pack<T, VEC>& pk) {
+        // K rows' values into the chunks, one batch per channel; a chunk closes after bn::kChunk
+        // batches
+        auto add_rows = [&](const auto& pk) {
+            constexpr int K = sizeof(pk) / sizeof(pk[0]);
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
-                const float xi = to_float(pk.v[i]);
-                const float v[1] = {__fsub_rn(xi, shift[i])};
-                bn::welford_add<1>(chunk[i], v, xi);
+                float v[K];
+                float raw = 0.f;
+#pragma unroll
+                for (int u = 0; u < K; ++u) {
+                    const float xi = to_float(pk[u].v[i]);
+                    raw = __fadd_rn(raw, xi);
+                    v[u] = __fsub_rn(xi, shift[i]);
+                }
+                bn::welford_add<K>(chunk[i], v, raw);
             }
             if (++steps == bn::kChunk) {
 #pragma unroll
@@ -135,8 +200,6 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
                 steps = 0;
             }
         };
-        // kUnroll rows' loads issued before their use, so more bytes are in flight per warp; the
-        // rows are added in the same order as one at a time (same results)
         long long row = t.begin + t.warp;
         for (; row + (kUnroll - 1) * kWarps < t.end; row += kUnroll * kWarps) {
             Pack<T, VEC> pk[kUnroll];
@@ -144,38 +207,73 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
             for (int u = 0; u < kUnroll; ++u) {
                 pk[u] = load_pack<T, VEC>(x + (row + u * kWarps) * c + t.ch0);
             }
-#pragma unroll
-            for (int u = 0; u < kUnroll; ++u) {
-                add_row(pk[u]);
-            }
+            add_rows(pk);
         }
         for (; row < t.end; row += kWarps) {
-            add_row(load_pack<T, VEC>(x + row * c + t.ch0));
+            const Pack<T, VEC> pk[1] = {load_pack<T, VEC>(x + row * c + t.ch0)};
+            add_rows(pk);
         }
     }
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
         tile[t.warp][t.lane] = bn::welford_merge(total[i], chunk[i]);
         __syncthreads();
-        if (t.warp == 0 && t.ch0 < c) {
+        if (t.warp == 0) {
             const Welford r = merge_warps(tile, t.lane);
-            bn::write_partial(part + (static_cast<long long>(t.ch0 + i) * nsplit + blockIdx.y) *
-                                         bn::kPartial,
-                              r, shift[i]);
+            const int k = t.lane * VEC + i;
+            rec[0][k] = r.n;
+            rec[1][k] = r.mean;
+            rec[2][k] = r.mean_lo;
+            rec[3][k] = r.m2;
+            rec[4][k] = r.m2_lo;
+            rec[5][k] = r.total;
+            rec[6][k] = shift[i];
         }
         __syncthreads();  // the tile is reused for the next pack position
     }
-    const bool wrote = t.warp == 0 && t.ch0 < c;
-    if (bn::last_block(counters + blockIdx.x, nsplit, wrote, t.writers<VEC>(c))) {
-        bn::finish_channels(blockIdx.x * 32 * VEC, 32 * VEC, c,
-                            [&](int k, int l) { bn::stats_finalize(part, k, nsplit, l, out); });
+    const int valid = min(kTile, c - static_cast<int>(blockIdx.x) * kTile);
+    const bool wrote = write_records(rec, part, c, valid);
+    const unsigned int writers = static_cast<unsigned int>(min(kBlock, bn::kPartial * valid));
+    if (!bn::last_block(counters + blockIdx.x, gridDim.y, wrote, writers)) {
+        return;
     }
+    const int cp = padded_channels(c);
+    const int nsplit = gridDim.y;
+    finish_tile<kTile>(
+        nsplit, c, bn::WelfordD{0.0, 0.0, 0.0, 0.0},
+        [&](int b, int ch) {
+            const float* p = part + static_cast<long long>(b) * bn::kPartial * cp + ch;
+            Welford w;
+            w.n = __ldcg(p);
+            w.mean = __ldcg(p + cp);
+            w.mean_lo = __ldcg(p + 2 * cp);
+            w.m2 = __ldcg(p + 3 * cp);
+            w.m2_lo = __ldcg(p + 4 * cp);
+            w.total = __ldcg(p + 5 * cp);
+            return bn::to_double(w);
+        },
+        [](const bn::WelfordD& a, const bn::WelfordD& b) { return bn::welford_merge(a, b); },
+        [&](const bn::WelfordD& w, int ch) {
+            // as bn::stats_finalize: each figure computed in float64 and rounded once
+            double mean, var;
+            bn::welford_finish(w, __ldcg(part + 6 * cp + ch), mean, var);
+            const double invstd = 1.0 / sqrt(var + out.eps);
+            out.savemean[ch] = static_cast<float>(mean);
+            out.saveinvvar[ch] = static_cast<float>(invstd);
+            out.a[ch] = static_cast<float>(static_cast<double>(out.scale[ch]) / sqrt(var + out.eps));
+            const double keep = 1.0 - out.factor;
+            out.run_mean[ch] = static_cast<float>(keep * out.run_mean[ch] + out.factor * mean);
+            out.run_var[ch] = static_cast<float>(keep * out.run_var[ch] +
+                                                 out.factor * (var * (w.n / (w.n - 1.0))));
+        });
 }
 
 // --- backward sums ------------------------------------------------------------------------------
 
 // bn::kSums compensated sums per channel (sum(dy), sum(dy * (x - m)), sum(x - m)), as
-// batchnorm.cu's backward partials; RELU: dy masked by the forward's output y.
+// batchnorm.cu's backward partials; RELU: dy masked by the forward's output y. The tile's last
+// block merges them in float64 and writes the parameter gradients and dx coefficients (as
+// bn::backward_finalize).
 template <typename T, int VEC, bool RELU = false>
 __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const T* __restrict__ dy,
                                                  const T* __restrict__ y,
@@ -183,9 +281,18 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
                                                  float* __restrict__ part, long long n, int c,
                                                  unsigned int* counters, const bn::SumsOut& out)
 {
+    constexpr int kTile = 32 * VEC;
     __shared__ Sums<bn::kSums> tile[kWarps][32];
+    __shared__ float rec[bn::kSumPartial][kTile];
     const Tile t = Tile::make<VEC>(n);
-    const int nsplit = gridDim.y;
+    __shared__ float staged_mean[kTile];
+    const int valid = min(kTile, c - static_cast<int>(blockIdx.x) * kTile);
+    // the tile's means, consecutive threads on consecutive channels (lanes VEC channels apart
+    // would use a fraction of each sector they touch)
+    for (int i = threadIdx.x; i < valid; i += kBlock) {
+        staged_mean[i] = savemean[blockIdx.x * kTile + i];
+    }
+    __syncthreads();
     bn::SumStream<bn::kSums> acc[VEC];
     float m[VEC];
 #pragma unroll
@@ -195,7 +302,7 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
     if (t.ch0 < c) {
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-            m[i] = savemean[t.ch0 + i];
+            m[i] = staged_mean[t.lane * VEC + i];
         }
         auto add_row = [&](const Pack<T, VEC>& px, const Pack<T, VEC>& pg, const Pack<T, VEC>& py) {
 #pragma unroll
@@ -230,18 +337,52 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
     for (int i = 0; i < VEC; ++i) {
         tile[t.warp][t.lane] = acc[i].result();
         __syncthreads();
-        if (t.warp == 0 && t.ch0 < c) {
+        if (t.warp == 0) {
             const Sums<bn::kSums> r = merge_warps(tile, t.lane);
-            bn::write_sums(part + (static_cast<long long>(t.ch0 + i) * nsplit + blockIdx.y) *
-                                      bn::kSumPartial,
-                           r);
+#pragma unroll
+            for (int s = 0; s < bn::kSums; ++s) {
+                rec[2 * s][t.lane * VEC + i] = r.hi[s];
+                rec[2 * s + 1][t.lane * VEC + i] = r.lo[s];
+            }
         }
         __syncthreads();
     }
-    const bool wrote = t.warp == 0 && t.ch0 < c;
-    if (bn::last_block(counters + blockIdx.x, nsplit, wrote, t.writers<VEC>(c))) {
-        bn::finish_channels(blockIdx.x * 32 * VEC, 32 * VEC, c,
-                            [&](int k, int l) { bn::backward_finalize(part, k, nsplit, n, l, out); });
+    const bool wrote = write_records(rec, part, c, valid);
+    const unsigned int writers = static_cast<unsigned int>(min(kBlock, bn::kSumPartial * valid));
+    if (!bn::last_block(counters + blockIdx.x, gridDim.y, wrote, writers)) {
+        return;
+    }
+    const int cp = padded_channels(c);
+    __shared__ float coef_tile[3 * kTile];
+    finish_tile<kTile>(
+        static_cast<int>(gridDim.y), c, Sum3{0.0, 0.0, 0.0},
+        [&](int b, int ch) {
+            const float* p = part + static_cast<long long>(b) * bn::kSumPartial * cp + ch;
+            return Sum3{bn::ff_value(__ldcg(p), __ldcg(p + cp)),
+                           bn::ff_value(__ldcg(p + 2 * cp), __ldcg(p + 3 * cp)),
+                           bn::ff_value(__ldcg(p + 4 * cp), __ldcg(p + 5 * cp))};
+        },
+        [](const Sum3& a, const Sum3& b) { return Sum3{a.s0 + b.s0, a.s1 + b.s1, a.s2 + b.s2}; },
+        [&](const Sum3& sum, int ch) {
+            // as bn::backward_factors: r = exact mean - savemean, each figure in float64,
+            // rounded once
+            const double fm = static_cast<double>(n);
+            const double r = sum.s2 / fm;
+            const double invstd = out.saveinvvar[ch];
+            const double gs = (sum.s1 - bn::correction(r * sum.s0)) * invstd;
+            const double k = static_cast<double>(out.scale[ch]) * invstd;
+            const double c1 = k * invstd * gs / fm;
+            out.dbias[ch] = static_cast<float>(sum.s0);
+            out.dscale[ch] = static_cast<float>(gs);
+            float* kc = coef_tile + 3 * (ch - static_cast<int>(blockIdx.x) * kTile);
+            kc[0] = static_cast<float>(k);
+            kc[1] = static_cast<float>(k * sum.s0 / fm - bn::correction(r * c1));
+            kc[2] = static_cast<float>(c1);
+        });
+    // the coefficients out as consecutive floats (a thread per channel would write 12 bytes apart)
+    __syncthreads();
+    for (int i = threadIdx.x; i < 3 * valid; i += kBlock) {
+        out.coef[3 * blockIdx.x * kTile + i] = coef_tile[i];
     }
 }
 
