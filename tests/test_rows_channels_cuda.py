@@ -114,3 +114,31 @@ def test_training_wrapped_columns_against_float64(shape, dtype_name, rng):
                                    rtol=rtol, atol=atol)
         np.testing.assert_allclose(dbi.get(), ref_dbias, rtol=1e-4, atol=1e-3)
         np.testing.assert_allclose(dsc.get(), ref_dscale, rtol=1e-3, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype_name, c", [("float32", 40), ("float16", 40), ("float32", 37),
+                                           ("float16", 4104)])
+def test_reduction_grid_is_one_resident_wave(dtype_name, c):
+    """The reductions' grid: at most the blocks the device holds at once (by the kernel's
+    registers and shared memory), at least 128 rows per block, and exactly one full wave where
+    the rows allow."""
+    with active_backend("cudasim"):
+        from batchnorm_lib import config
+
+        rt = config.backend_module().runtime()
+        dtype = _dtype(dtype_name)
+        for kind in ("rc_stats_partial_", "rc_backward_partial_", "rc_backward_partial_relu_"):
+            vec, width = norm_cuda._vector(c, dtype)
+            name = kind + norm_cuda._SUFFIX[dtype_name] + vec
+            slots = norm_cuda._rows_resident(rt, name)
+            fn = rt.functions_of(norm_cuda.ROWS_SOURCE)[name]
+            if fn.num_regs:  # ptxas's figure known: the register limit applies
+                assert slots % 132 == 0 and 1 <= slots // 132 <= 8
+                assert slots // 132 <= 65536 // (-(-fn.num_regs * 32 // 256) * 256 * 8)
+            else:
+                assert slots == norm_cuda.TARGET_BLOCKS
+            for rows in (200, 5000, 10 ** 7):
+                (tiles, nsplit), again = norm_cuda._rows_reduction(rows, c, width, rt, name)
+                assert tiles == -(-c // (32 * width)) and nsplit == again
+                assert nsplit == max(1, min(slots // tiles, rows // norm_cuda.ROWS_MIN_BLOCK_ROWS))
+                assert tiles * nsplit <= max(slots, tiles)

@@ -384,12 +384,37 @@ def _rows_setup(x, *others):
 ROWS_MIN_BLOCK_ROWS = 128
 
 
-def _rows_reduction(r, c, width):
-    """Grid and nsplit of a rows x channels reduction: channel tiles of 32 packs, row splits of
-    at least ROWS_MIN_BLOCK_ROWS rows (and few enough rows per block for exact float counts)."""
+def _rows_resident(rt, name):
+    """Blocks of reduction ``name`` the device holds at once (SMs x blocks per SM by threads,
+    registers and shared memory), or TARGET_BLOCKS where the kernel's figures are unknown."""
+    if not _launches_on_device(rt):
+        rt = config.backend_module().runtime()  # plan a recorded launch for the active device
+    fn = rt.functions_of(ROWS_SOURCE)[name]
+    attr = rt.api.driver.device_attribute
+    dev = rt.device
+    per_sm = min(dev.get_attribute(attr.MAX_THREADS_PER_MULTIPROCESSOR) // BLOCK,
+                 dev.get_attribute(attr.MAX_BLOCKS_PER_MULTIPROCESSOR),
+                 dev.get_attribute(attr.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
+                 // (fn.shared_size_bytes + SMEM_RESERVED))
+    if not fn.num_regs:
+        return TARGET_BLOCKS
+    warp_regs = -(-fn.num_regs * 32 // 256) * 256
+    per_sm = min(per_sm, dev.get_attribute(attr.MAX_REGISTERS_PER_MULTIPROCESSOR)
+                 // (warp_regs * WARPS_PER_BLOCK))
+    return max(1, per_sm) * dev.get_attribute(attr.MULTIPROCESSOR_COUNT)
+
+
+def _rows_reduction(r, c, width, rt=None, name=None):
+    """Grid and nsplit of a rows x channels reduction: channel tiles of 32 lanes of ``width``
+    channels, row splits of at least ROWS_MIN_BLOCK_ROWS rows, as many as the device holds at once
+    (one wave of reduction ``name``, TARGET_BLOCKS without it), and few enough rows per block for
+    exact float counts. Fixed by the shape and the device, so the merge order is too."""
     tiles = -(-c // (32 * width))
-    nsplit = min(_splits(tiles, r * 32, r), max(1, r // ROWS_MIN_BLOCK_ROWS))
+    slots = _rows_resident(rt, name) if name else TARGET_BLOCKS
+    nsplit = max(1, min(slots // tiles, r // ROWS_MIN_BLOCK_ROWS))
     nsplit = max(nsplit, -(-r // MAX_BLOCK_ELEMENTS))
+    if nsplit > MAX_GRID_Y:
+        raise ValueError("%d rows are too many for the CUDA rows x channels kernels" % r)
     return (tiles, nsplit), nsplit
 
 
@@ -404,10 +429,11 @@ def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, save
     rt, suffix, r, c, vec, width = _rows_setup(x, out)
     if r < 1:
         return
-    grid, nsplit = _rows_reduction(r, c, width)
+    name = "rc_stats_partial_" + suffix + vec
+    grid, nsplit = _rows_reduction(r, c, width, rt, name)
     part = rt.empty((_rows_padded(c) * nsplit * STATS_PARTIAL,), np.float32)
     a = rt.empty((c,), np.float32)
-    _rows_launch(rt, "rc_stats_partial_" + suffix + vec, grid,
+    _rows_launch(rt, name, grid,
                  (_ptr(x), _ptr(part), np.int64(r), np.int32(c))
                  + _stats_out(rt, grid, eps, factor, scale, savemean, saveinvvar, a, run_mean,
                               run_var))
@@ -442,10 +468,11 @@ def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y
     rt, suffix, r, c, vec, width = _rows_setup(x, dy, dx, *masks)
     if r < 1:
         return
-    grid, nsplit = _rows_reduction(r, c, width)
+    name = _relu("rc_backward_partial", mask) + "_" + suffix + vec
+    grid, nsplit = _rows_reduction(r, c, width, rt, name)
     part = rt.empty((_rows_padded(c) * nsplit * SUM_PARTIAL,), np.float32)
     coef = rt.empty((c * 3,), np.float32)
-    _rows_launch(rt, _relu("rc_backward_partial", mask) + "_" + suffix + vec, grid,
+    _rows_launch(rt, name, grid,
                  (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(part), np.int64(r),
                                                np.int32(c))
                  + _sums_out(rt, grid, scale, saveinvvar, dscale, dbias, coef))
