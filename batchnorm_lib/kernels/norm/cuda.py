@@ -414,11 +414,51 @@ def _rows_setup(x, *others):
     return rt, suffix, r, c, vec, width
 
 
-def _rows_reduction(r, c, width):
-    """Grid and nsplit of a rows x channels reduction: channel tiles of 32 packs, row splits."""
+# rows per rows x channels reduction block at least (16 per warp, four batches of the kernels'
+# 4-row loads): each block writes a partial record per channel, so fewer, longer row ranges move
+# fewer partial bytes per element (at 8 rows per warp a 4096 x 1024 float32 pass wrote and read
+# 22% more than its data)
+ROWS_MIN_BLOCK_ROWS = 128
+
+
+def _rows_resident(rt, name):
+    """Blocks of reduction ``name`` the device holds at once (SMs x blocks per SM by threads,
+    registers and shared memory), or TARGET_BLOCKS where the kernel's figures are unknown."""
+    if not _launches_on_device(rt):
+        rt = config.backend_module().runtime()  # plan a recorded launch for the active device
+    fn = rt.functions_of(ROWS_SOURCE)[name]
+    attr = rt.api.driver.device_attribute
+    dev = rt.device
+    per_sm = min(dev.get_attribute(attr.MAX_THREADS_PER_MULTIPROCESSOR) // BLOCK,
+                 dev.get_attribute(attr.MAX_BLOCKS_PER_MULTIPROCESSOR),
+                 dev.get_attribute(attr.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
+                 // (fn.shared_size_bytes + SMEM_RESERVED))
+    if not fn.num_regs:
+        return TARGET_BLOCKS
+    warp_regs = -(-fn.num_regs * 32 // 256) * 256
+    per_sm = min(per_sm, dev.get_attribute(attr.MAX_REGISTERS_PER_MULTIPROCESSOR)
+                 // (warp_regs * WARPS_PER_BLOCK))
+    return max(1, per_sm) * dev.get_attribute(attr.MULTIPROCESSOR_COUNT)
+
+
+def _rows_reduction(r, c, width, rt=None, name=None):
+    """Grid and nsplit of a rows x channels reduction: channel tiles of 32 lanes of ``width``
+    channels, row splits of at least ROWS_MIN_BLOCK_ROWS rows, as many as the device holds at once
+    (one wave of reduction ``name``, TARGET_BLOCKS without it), and few enough rows per block for
+    exact float counts. Fixed by the shape and the device, so the merge order is too."""
     tiles = -(-c // (32 * width))
-    nsplit = _splits(tiles, r * 32, r)
+    slots = _rows_resident(rt, name) if name else TARGET_BLOCKS
+    nsplit = max(1, min(slots // tiles, r // ROWS_MIN_BLOCK_ROWS))
+    nsplit = max(nsplit, -(-r // MAX_BLOCK_ELEMENTS))
+    if nsplit > MAX_GRID_Y:
+        raise ValueError("%d rows are too many for the CUDA rows x channels kernels" % r)
     return (tiles, nsplit), nsplit
+
+
+def _rows_padded(c):
+    """Channels per field of the reductions' planar partials: C rounded up to 8 floats (whole
+    32-byte sectors; rows_channels.cu's padded_channels)."""
+    return -(-c // 8) * 8
 
 
 def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar,
@@ -426,27 +466,38 @@ def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, save
     rt, suffix, r, c, vec, width = _rows_setup(x, out)
     if r < 1:
         return
-    grid, nsplit = _rows_reduction(r, c, width)
-    part = rt.empty((c * nsplit * STATS_PARTIAL,), np.float32)
+    name = "rc_stats_partial_" + suffix + vec
+    grid, nsplit = _rows_reduction(r, c, width, rt, name)
+    part = rt.empty((_rows_padded(c) * nsplit * STATS_PARTIAL,), np.float32)
     a = rt.empty((c,), np.float32)
-    _rows_launch(rt, "rc_stats_partial_" + suffix + vec, grid,
+    _rows_launch(rt, name, grid,
                  (_ptr(x), _ptr(part), np.int64(r), np.int32(c))
                  + _stats_out(rt, grid, eps, factor, scale, savemean, saveinvvar, a, run_mean,
                               run_var))
     _rows_normalize(rt, suffix + vec, x, out, savemean, a, bias, r, c, width, relu)
 
 
+def _rows_elementwise_grid(r, c, width):
+    """Elementwise grid of a rows x channels pass: its threads walk whole rows, each keeping one
+    column of C / width packs, so at least one row of threads."""
+    cols = c // width
+    return (max(_elementwise_grid(r * cols)[0], -(-cols // BLOCK)),)
+
+
 def _rows_normalize(rt, kind, x, out, mean, a, bias, r, c, width, relu):
-    _rows_launch(rt, _relu("rc_normalize", relu) + "_" + kind, _elementwise_grid(r * (c // width)),
+    _rows_launch(rt, _relu("rc_normalize", relu) + "_" + kind, _rows_elementwise_grid(r, c, width),
                  (_ptr(x), _ptr(out), _ptr(mean), _ptr(a), _ptr(bias), np.int64(r), np.int32(c)))
 
 
 def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
+    """One launch: the kernel computes a = scale / sqrt(run_var + eps) per channel itself."""
     rt, suffix, r, c, vec, width = _rows_setup(x, out)
     if r < 1:
         return
-    a = _channel_factor(rt, scale, run_var, eps, c)
-    _rows_normalize(rt, suffix + vec, x, out, run_mean, a, bias, r, c, width, relu)
+    _rows_launch(rt, _relu("rc_normalize_infer", relu) + "_" + suffix + vec,
+                 _rows_elementwise_grid(r, c, width),
+                 (_ptr(x), _ptr(out), _ptr(run_mean), _ptr(scale), _ptr(run_var), np.float64(eps),
+                  _ptr(bias), np.int64(r), np.int32(c)))
 
 
 def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None):
@@ -454,16 +505,17 @@ def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y
     rt, suffix, r, c, vec, width = _rows_setup(x, dy, dx, *masks)
     if r < 1:
         return
-    grid, nsplit = _rows_reduction(r, c, width)
-    part = rt.empty((c * nsplit * SUM_PARTIAL,), np.float32)
+    name = _relu("rc_backward_partial", mask) + "_" + suffix + vec
+    grid, nsplit = _rows_reduction(r, c, width, rt, name)
+    part = rt.empty((_rows_padded(c) * nsplit * SUM_PARTIAL,), np.float32)
     coef = rt.empty((c * 3,), np.float32)
-    _rows_launch(rt, _relu("rc_backward_partial", mask) + "_" + suffix + vec, grid,
+    _rows_launch(rt, name, grid,
                  (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(part), np.int64(r),
                                                np.int32(c))
                  + _sums_out(rt, grid, scale, saveinvvar, dscale, dbias, coef))
     if dx is not None:
         _rows_launch(rt, _relu("rc_backward_train", mask) + "_" + suffix + vec,
-                     _elementwise_grid(r * (c // width)),
+                     _rows_elementwise_grid(r, c, width),
                      (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(coef), _ptr(dx),
                                                    np.int64(r), np.int32(c)))
 
@@ -473,10 +525,10 @@ def rows_backward_infer(dy, scale, run_var, eps, dx, y=None):
     rt, suffix, r, c, vec, width = _rows_setup(dy, dx, *masks)
     if r < 1:
         return
-    k = _channel_factor(rt, scale, run_var, eps, c)
     _rows_launch(rt, _relu("rc_backward_infer", mask) + "_" + suffix + vec,
-                 _elementwise_grid(r * (c // width)),
-                 (_ptr(dy),) + mask + (_ptr(k), _ptr(dx), np.int64(r), np.int32(c)))
+                 _rows_elementwise_grid(r, c, width),
+                 (_ptr(dy),) + mask + (_ptr(scale), _ptr(run_var), np.float64(eps), _ptr(dx),
+                                       np.int64(r), np.int32(c)))
 
 
 # -- single-read training passes: kernels/norm/persistent.cu ---------------------------------------
