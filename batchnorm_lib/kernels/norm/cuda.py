@@ -455,8 +455,15 @@ PERSIST_SOURCE = "norm/persistent.cu"
 SINGLE_READ_ENV = "BATCHNORM_LIB_SINGLE_READ"
 SMEM_RESERVED = 1024  # shared memory the driver keeps per resident block (compute capability >= 8)
 PERSIST_MIN_PACKS = 4  # packs per thread before a channel is split further (2 batches of loads)
-# resident blocks per SM at least: 16 warps of 2 packs in flight each is ~16 KB per SM, what an
-# H100 needs at ~700 ns (Little's law); one block of 8 warps would leave half the bandwidth unused
+# Bytes in flight per SM the plan asks for: ~16 KB is what an H100 needs at ~700 ns (3.0 TB/s x
+# 700 ns over 132 SMs, Little's law). The packed entries (8- and 16-byte loads) issue
+# PERSIST_AHEAD_BYTES per thread before using any (persistent.cu, kAheadBytes), so one resident
+# block of BLOCK threads keeps 16 KiB in flight: such a block may hold a whole channel in up to
+# the 227 KiB a block can have, one per SM, the grid running as many waves as that takes. The
+# scalar entries issue 2- or 4-byte loads, a batch at a time: they keep at least
+# PERSIST_MIN_RESIDENT blocks per SM.
+PERSIST_FLIGHT_BYTES = 16 * 1024
+PERSIST_AHEAD_BYTES = 64
 PERSIST_MIN_RESIDENT = 2
 _persist_sync = {}  # id(runtime) -> (runtime, uint32 counters): 2 per channel, zeroed once
 
@@ -471,8 +478,9 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
     registers in 256-register warp allocations, shared memory plus SMEM_RESERVED per block) from
     the kernel's registers and the device's limits. nsplit: the most blocks that fit, at most one
     per PERSIST_MIN_PACKS packs per thread unless only a finer split fits; else one block per
-    channel (any number of channels: no block waits) where a channel fits one block. Always at
-    least PERSIST_MIN_RESIDENT blocks per SM."""
+    channel (any number of channels: no block waits) where a channel fits one block. Always
+    PERSIST_FLIGHT_BYTES in flight per SM on the packed entries (width > 1), at least
+    PERSIST_MIN_RESIDENT blocks per SM on the scalar ones."""
     if os.environ.get(SINGLE_READ_ENV, "1") == "0":
         return None
     if s == 1 or c > MAX_GRID_Y:
@@ -512,11 +520,29 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
         if shared > dynamic_max:
             continue
         resident = min(per_sm, smem_sm // (fn.shared_size_bytes + shared + SMEM_RESERVED))
-        if resident < PERSIST_MIN_RESIDENT:
+        if resident < _persist_min_resident(width):
             continue
         if nsplit == 1 or c * nsplit <= sms * resident:
             return name, fn, nsplit, slots, shared  # (one block a channel: nothing waits)
     return None
+
+
+def _persist_min_resident(width):
+    """Resident blocks per SM a plan needs (see PERSIST_FLIGHT_BYTES)."""
+    if width > 1:
+        return -(-PERSIST_FLIGHT_BYTES // (BLOCK * PERSIST_AHEAD_BYTES))
+    return PERSIST_MIN_RESIDENT
+
+
+def _persist_vector(s, dtype, *arrays):
+    """(suffix, elements per pack) of the single-read entries: 16-byte packs (_vec) as _vector
+    gives them, else 8-byte packs (_vec8) where rows are a multiple of 8 bytes and every pointer is
+    8-byte aligned, else one element per load."""
+    vec, width = _vector(s, dtype, *arrays)
+    half = 8 // np.dtype(dtype).itemsize
+    if width == 1 and s % half == 0 and all(int(a.ptr) % 8 == 0 for a in arrays if a is not None):
+        return "_vec8", half
+    return vec, width
 
 
 def _blocks_may_wait(rt):
@@ -562,7 +588,7 @@ def _persist_counters(rt, c):
 def _persist_launch(rt, plan, c, args):
     name, fn, nsplit, _, shared = plan
     if not _launches_on_device(rt):
-        rt.launch(name, (nsplit, c), args)
+        rt.launch(name, (nsplit, c), args, shared=shared)
         return
     if shared > 48 * 1024:  # above 48 KiB a kernel must opt in
         fn.set_attribute(rt.api.driver.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared)
@@ -583,7 +609,7 @@ def _persistent_forward(x, scale, bias, run_mean, run_var, eps, factor, out, sav
     n, c, s = _ncs(x.shape)
     if n * s < 1:
         return False
-    vec, width = _vector(s, x.dtype, x, out)
+    vec, width = _persist_vector(s, x.dtype, x, out)
     plan = _persistent_plan(rt, "forward", suffix, vec, width, x.dtype.itemsize, 1, n, c, s)
     if plan is None:
         return False
@@ -606,7 +632,7 @@ def _persistent_backward(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, 
     n, c, s = _ncs(x.shape)
     if n * s < 1:
         return False
-    vec, width = _vector(s, x.dtype, x, dy, dx, y)
+    vec, width = _persist_vector(s, x.dtype, x, dy, dx, y)
     plan = _persistent_plan(rt, "backward", suffix, vec, width, x.dtype.itemsize, 2, n, c, s)
     if plan is None:
         return False

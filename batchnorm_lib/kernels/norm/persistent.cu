@@ -51,6 +51,21 @@ __host__ __device__ constexpr int batch_packs()
     return VEC > 1 ? 2 : static_cast<int>(16 / sizeof(T));
 }
 
+// Bytes of the data arrays each thread of a packed (8- or 16-byte) entry loads before it uses any:
+// 256 threads x 64 bytes = 16 KiB, what an SM needs in flight at ~700 ns (3.0 TB/s over 132 SMs,
+// Little's law), so one resident block per SM reaches the bandwidth and a block may hold a whole
+// channel of up to 227 KiB. The host's plan (cuda.py, PERSIST_AHEAD_BYTES) relies on this figure.
+constexpr int kAheadBytes = 64;
+
+// Batches of packs a thread loads before folding the first, over `arrays` data arrays (x; x and
+// dy): kAheadBytes on the packed entries; the scalar entries load one batch ahead.
+template <typename T, int VEC, int ARRAYS>
+__host__ __device__ constexpr int ahead_batches()
+{
+    constexpr int batch_bytes = batch_packs<T, VEC>() * VEC * static_cast<int>(sizeof(T)) * ARRAYS;
+    return VEC > 1 && batch_bytes < kAheadBytes ? kAheadBytes / batch_bytes : 1;
+}
+
 // The part of a channel one block holds, and this thread's walk over its packs.
 struct Tile {
     int ch;
@@ -185,6 +200,36 @@ __device__ __forceinline__ float relu_if(float v, int relu)
     return relu && v <= 0.f ? 0.f : v;
 }
 
+// K packs of the thread's walk loaded (all issued before any is used), folded into the statistics
+// in batches of BATCH packs (the same batches, in the same order, whatever K: the partial does not
+// depend on how far ahead the loads run) and held in the next K slots.
+template <typename T, int VEC, int K, int BATCH>
+__device__ __forceinline__ void forward_step(const T* x, const Tile& t, RowWalk& walk, int c,
+                                             long long s, float shift, WelfordStream& acc,
+                                             Pack<T, VEC>* held, int& slots)
+{
+    Pack<T, VEC> pk[K];
+#pragma unroll
+    for (int u = 0; u < K; ++u) {
+        pk[u] = load_pack<T, VEC>(x + t.offset(walk, c, s, VEC));
+        walk.advance();
+    }
+#pragma unroll
+    for (int b = 0; b < K / BATCH; ++b) {
+        Pack<T, VEC> batch[BATCH];
+#pragma unroll
+        for (int u = 0; u < BATCH; ++u) {
+            batch[u] = pk[b * BATCH + u];
+        }
+        add_packs(acc, batch, shift);
+    }
+#pragma unroll
+    for (int u = 0; u < K; ++u) {
+        held[(slots + u) * kBlock] = pk[u];
+    }
+    slots += K;
+}
+
 // x and y may be the same buffer: each element is read and written by one thread, and every read
 // of x (the shift included) happens before the barrier, every write after it.
 template <typename T, int VEC>
@@ -192,6 +237,7 @@ __device__ __forceinline__ void forward_train(const T* x, T* y, long long n, int
                                               const ForwardArgs& a)
 {
     constexpr int kBatch = batch_packs<T, VEC>();
+    constexpr int kGroup = ahead_batches<T, VEC, 1>() * kBatch;
     __shared__ float k[3];
     Pack<T, VEC>* held = held_packs<T, VEC>() + threadIdx.x;
     const Tile t(n, s, VEC);
@@ -202,26 +248,14 @@ __device__ __forceinline__ void forward_train(const T* x, T* y, long long n, int
     long long j = t.begin + threadIdx.x;
     if (j < t.end) {
         RowWalk walk(j, kBlock, t.cols);
-        for (; j + (kBatch - 1) * kBlock < t.end; j += kBatch * kBlock) {
-            Pack<T, VEC> pk[kBatch];
-#pragma unroll
-            for (int u = 0; u < kBatch; ++u) {
-                pk[u] = load_pack<T, VEC>(x + t.offset(walk, c, s, VEC));
-                walk.advance();
-            }
-            add_packs(acc, pk, shift);
-#pragma unroll
-            for (int u = 0; u < kBatch; ++u) {
-                held[(slots + u) * kBlock] = pk[u];
-            }
-            slots += kBatch;
+        for (; j + (kGroup - 1) * kBlock < t.end; j += kGroup * kBlock) {
+            forward_step<T, VEC, kGroup, kBatch>(x, t, walk, c, s, shift, acc, held, slots);
+        }
+        for (; j + (kBatch - 1) * kBlock < t.end; j += kBatch * kBlock) {  // < kAhead batches left
+            forward_step<T, VEC, kBatch, kBatch>(x, t, walk, c, s, shift, acc, held, slots);
         }
         for (; j < t.end; j += kBlock) {  // at most kBatch - 1 packs left
-            Pack<T, VEC> pk[1] = {load_pack<T, VEC>(x + t.offset(walk, c, s, VEC))};
-            add_packs(acc, pk, shift);
-            held[slots * kBlock] = pk[0];
-            ++slots;
-            walk.advance();
+            forward_step<T, VEC, 1, 1>(x, t, walk, c, s, shift, acc, held, slots);
         }
     }
     const Welford w = bn::block_reduce(acc.result());
@@ -307,6 +341,42 @@ __device__ __forceinline__ void add_terms(SumStream<kSums>& acc, const Pack<T, V
     acc.flush_step();
 }
 
+// K packs of x and dy (and y for the fused ReLU's mask) loaded, every load issued before any is
+// used, their terms added pack by pack, and held in the next K slots.
+template <typename T, int VEC, int K>
+__device__ __forceinline__ void backward_step(const T* x, const T* dy, const T* y, const Tile& t,
+                                              RowWalk& walk, int c, long long s, float mean,
+                                              SumStream<kSums>& acc, Pack<T, VEC>* held_x,
+                                              Pack<T, VEC>* held_g, int& slots)
+{
+    Pack<T, VEC> px[K], pg[K], py[K];
+    long long off[K];
+#pragma unroll
+    for (int u = 0; u < K; ++u) {
+        off[u] = t.offset(walk, c, s, VEC);
+        px[u] = load_pack<T, VEC>(x + off[u]);
+        pg[u] = load_pack<T, VEC>(dy + off[u]);
+        walk.advance();
+    }
+    if (y != nullptr) {
+#pragma unroll
+        for (int u = 0; u < K; ++u) {
+            py[u] = load_pack<T, VEC>(y + off[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < K; ++u) {
+            relu_mask<T, VEC>(pg[u], py[u]);
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < K; ++u) {
+        add_terms(acc, px[u], pg[u], mean);
+        held_x[(slots + u) * kBlock] = px[u];
+        held_g[(slots + u) * kBlock] = pg[u];
+    }
+    slots += K;
+}
+
 // y: the forward's output for the fused ReLU's gradient, or null; only the masked dy is held.
 // dx may be dy or x: every read happens before the barrier, every write after it.
 template <typename T, int VEC>
@@ -315,6 +385,7 @@ __device__ __forceinline__ void backward_train(const T* x, const T* dy, const T*
                                                const BackwardArgs& a)
 {
     constexpr int kBatch = batch_packs<T, VEC>();
+    constexpr int kGroup = ahead_batches<T, VEC, 2>() * kBatch;
     __shared__ float k[3];
     Pack<T, VEC>* held_x = held_packs<T, VEC>() + threadIdx.x;
     Pack<T, VEC>* held_g = held_x + static_cast<long long>(slots_per_array) * kBlock;
@@ -326,47 +397,14 @@ __device__ __forceinline__ void backward_train(const T* x, const T* dy, const T*
     long long j = t.begin + threadIdx.x;
     if (j < t.end) {
         RowWalk walk(j, kBlock, t.cols);
-        // whole batches: every load of the batch issued before any is used
-        for (; j + (kBatch - 1) * kBlock < t.end; j += kBatch * kBlock) {
-            Pack<T, VEC> px[kBatch], pg[kBatch], py[kBatch];
-            long long off[kBatch];
-#pragma unroll
-            for (int u = 0; u < kBatch; ++u) {
-                off[u] = t.offset(walk, c, s, VEC);
-                px[u] = load_pack<T, VEC>(x + off[u]);
-                pg[u] = load_pack<T, VEC>(dy + off[u]);
-                walk.advance();
-            }
-            if (y != nullptr) {
-#pragma unroll
-                for (int u = 0; u < kBatch; ++u) {
-                    py[u] = load_pack<T, VEC>(y + off[u]);
-                }
-#pragma unroll
-                for (int u = 0; u < kBatch; ++u) {
-                    relu_mask<T, VEC>(pg[u], py[u]);
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < kBatch; ++u) {
-                add_terms(acc, px[u], pg[u], mean);
-                held_x[(slots + u) * kBlock] = px[u];
-                held_g[(slots + u) * kBlock] = pg[u];
-            }
-            slots += kBatch;
+        for (; j + (kGroup - 1) * kBlock < t.end; j += kGroup * kBlock) {
+            backward_step<T, VEC, kGroup>(x, dy, y, t, walk, c, s, mean, acc, held_x, held_g, slots);
+        }
+        for (; j + (kBatch - 1) * kBlock < t.end; j += kBatch * kBlock) {  // < kAhead batches left
+            backward_step<T, VEC, kBatch>(x, dy, y, t, walk, c, s, mean, acc, held_x, held_g, slots);
         }
         for (; j < t.end; j += kBlock) {  // at most kBatch - 1 packs left
-            const long long off = t.offset(walk, c, s, VEC);
-            const Pack<T, VEC> px = load_pack<T, VEC>(x + off);
-            Pack<T, VEC> pg = load_pack<T, VEC>(dy + off);
-            if (y != nullptr) {
-                relu_mask<T, VEC>(pg, load_pack<T, VEC>(y + off));
-            }
-            add_terms(acc, px, pg, mean);
-            held_x[slots * kBlock] = px;
-            held_g[slots * kBlock] = pg;
-            ++slots;
-            walk.advance();
+            backward_step<T, VEC, 1>(x, dy, y, t, walk, c, s, mean, acc, held_x, held_g, slots);
         }
     }
     const Sums<kSums> r = bn::block_reduce(acc.result());
@@ -402,7 +440,9 @@ __device__ __forceinline__ void backward_train(const T* x, const T* dy, const T*
 // with the dynamic shared memory of the tile: slots * kBlock packs (forward), twice that
 // (backward). part holds C * nsplit partials; sync 2 * C counters, zero before the first launch and
 // left zero by every launch. relu: nonzero for the fused ReLU. y in the backward: the forward's
-// output for the fused ReLU's gradient, or null.
+// output for the fused ReLU's gradient, or null. Suffixes: none, one element per load; _vec,
+// 16-byte packs; _vec8, 8-byte packs (rows a multiple of 8 bytes but not of 16, as 16-bit data at
+// 14x14): the spatial size a multiple of the pack and every data pointer aligned to it.
 
 extern "C" __global__ void bn_persist_forward_f32(const float* x, float* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
 {
@@ -451,4 +491,28 @@ extern "C" __global__ void bn_persist_backward_bf16(const __nv_bfloat16* x, cons
 extern "C" __global__ void bn_persist_backward_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, __nv_bfloat16* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
 {
     persist::backward_train<__nv_bfloat16, 8>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
+}
+extern "C" __global__ void bn_persist_forward_f32_vec8(const float* x, float* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+{
+    persist::forward_train<float, 2>(x, y, n, c, s, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
+}
+extern "C" __global__ void bn_persist_forward_f16_vec8(const __half* x, __half* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+{
+    persist::forward_train<__half, 4>(x, y, n, c, s, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
+}
+extern "C" __global__ void bn_persist_forward_bf16_vec8(const __nv_bfloat16* x, __nv_bfloat16* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+{
+    persist::forward_train<__nv_bfloat16, 4>(x, y, n, c, s, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
+}
+extern "C" __global__ void bn_persist_backward_f32_vec8(const float* x, const float* dy, const float* y, float* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
+{
+    persist::backward_train<float, 2>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
+}
+extern "C" __global__ void bn_persist_backward_f16_vec8(const __half* x, const __half* dy, const __half* y, __half* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
+{
+    persist::backward_train<__half, 4>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
+}
+extern "C" __global__ void bn_persist_backward_bf16_vec8(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, __nv_bfloat16* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
+{
+    persist::backward_train<__nv_bfloat16, 4>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
 }
