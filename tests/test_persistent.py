@@ -347,3 +347,58 @@ def test_resnet_14x14_plans_on_an_h100(device_of, kind, dtype, entry, shared):
     assert plan[0] == entry and plan[2] == 1 and plan[4] == shared
     assert resident(rt, plan) * 256 * bn_cuda.PERSIST_AHEAD_BYTES >= bn_cuda.PERSIST_FLIGHT_BYTES
 
+
+
+# -- padded rows: 7x7 (and 5x5) rows walked as 64 (32) positions, each warp request in one row ---
+
+@pytest.mark.parametrize("shape, dtype, relu", [
+    ((5, 3, 7, 7), "float32", True),
+    ((9, 2, 5, 5), "float32", False),
+    ((6, 3, 7, 7), "float16", False),
+])
+def test_padded_rows_requests_stay_in_one_row(sim, rng, shape, dtype, relu):
+    from batchnorm_lib.backend.cudasim import profile
+
+    dt = np.dtype(dtype)
+    if dt not in sim.supported_dtypes():
+        pytest.skip("%s is not supported by the simulated device here" % dtype)
+    s = int(np.prod(shape[2:]))
+    assert bn_cuda._persist_cols(s, 1) == (64 if s == 49 else 32)
+    x, scale, bias, dy = data(rng, shape)
+    x, dy = x.astype(dt).astype(np.float64), dy.astype(dt).astype(np.float64)
+    with profile() as prof:
+        got = forward(sim, x, scale, bias, relu=relu, dtype=dt)
+        grads = backward(sim, x, dy, scale, got[1], got[2], y=got[0] if relu else None, dtype=dt)
+    check_forward(got, x, scale, bias, relu, dtype=dt)
+    check_backward(grads, x, np.where(got[0] <= 0, 0.0, dy) if relu else dy, scale, dtype=dt)
+    launches = [l for l in prof.launches if l.name.startswith("bn_persist")]
+    assert [l.name for l in launches] == ["bn_persist_forward_%s" % bn_cuda._SUFFIX[dtype],
+                                          "bn_persist_backward_%s" % bn_cuda._SUFFIX[dtype]]
+    arrays = (1, 3 if relu else 2)
+    for launch, reads in zip(launches, arrays):
+        # every request covers one contiguous stretch: no more sectors than its bytes need
+        assert launch.load_sectors == launch.ideal_load_sectors
+        assert launch.store_sectors == launch.ideal_store_sectors
+        # and no element is read twice (a few per-channel values and each thread's shift aside)
+        assert launch.load_bytes <= reads * x.size * dt.itemsize + shape[1] * (256 * 4 + 128)
+
+
+@pytest.mark.parametrize("kind", ["forward", "backward"])
+def test_padded_rows_split_over_blocks(small_device, rng, kind):
+    """Rows of 49 over several blocks of whole rows that meet at the barrier (forward: 100 rows,
+    6 blocks of 17 rows, the last one short); bitwise repeatable."""
+    shape = (100 if kind == "forward" else 60, 1, 7, 7)
+    plan = bn_cuda._persistent_plan(small_device, kind, "f32", "", 1, 4,
+                                    2 if kind == "backward" else 1, shape[0], 1, 49)
+    assert plan[2] > 1
+    x, scale, bias, dy = data(rng, shape)
+    got, names = launched(lambda: forward(small_device, x, scale, bias))
+    assert kind != "forward" or names == ["bn_persist_forward_f32"]
+    check_forward(got, x, scale, bias, False)
+    grads, names = launched(lambda: backward(small_device, x, dy, scale, got[1], got[2]))
+    assert names == ["bn_persist_backward_f32"] or kind != "backward"
+    check_backward(grads, x, dy, scale)
+    again = forward(small_device, x, scale, bias)
+    assert all(np.array_equal(a, b) for a, b in zip(got, again))
+    again = backward(small_device, x, dy, scale, got[1], got[2])
+    assert all(np.array_equal(a, b) for a, b in zip(grads, again))

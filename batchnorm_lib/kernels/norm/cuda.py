@@ -492,6 +492,7 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
         waiting_cap = _simulator_waiting_blocks()
     name = "bn_persist_%s_%s%s" % (kind, suffix, vec)
     fn = rt.functions_of(PERSIST_SOURCE)[name]
+    cols = _persist_cols(s, width)
     attr = rt.api.driver.device_attribute
     dev = rt.device
     sms = dev.get_attribute(attr.MULTIPROCESSOR_COUNT)
@@ -503,7 +504,9 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
                      // (warp_regs * WARPS_PER_BLOCK))
     smem_sm = dev.get_attribute(attr.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
     dynamic_max = dev.get_attribute(attr.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN) - fn.shared_size_bytes
-    packs = n * (s // width)
+    packs = n * cols  # walk positions, the padding columns' included
+    # shared packs per slot: a column of BLOCK threads, or the S of each cols threads when padded
+    held = BLOCK if cols * width == s else BLOCK // cols * s
     # most blocks first (bytes in flight), each thread a few packs where the data allows
     fills = [sms * k // c for k in range(per_sm, 0, -1)]
     work = max(1, packs // (BLOCK * PERSIST_MIN_PACKS))
@@ -515,8 +518,11 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
         if nsplit > 1 and (not _blocks_may_wait(rt)
                            or (waiting_cap is not None and c * nsplit > waiting_cap)):
             continue
-        slots = -(-(-(-packs // nsplit)) // BLOCK)
-        shared = slots * BLOCK * width * itemsize * arrays
+        chunk = -(-packs // nsplit)
+        if cols * width != s:
+            chunk = -(-chunk // cols) * cols  # padded blocks start at a row (persistent.cu, Tile)
+        slots = -(-chunk // BLOCK)
+        shared = slots * held * width * itemsize * arrays
         if shared > dynamic_max:
             continue
         resident = min(per_sm, smem_sm // (fn.shared_size_bytes + shared + SMEM_RESERVED))
@@ -532,6 +538,18 @@ def _persist_min_resident(width):
     if width > 1:
         return -(-PERSIST_FLIGHT_BYTES // (BLOCK * PERSIST_AHEAD_BYTES))
     return PERSIST_MIN_RESIDENT
+
+
+def _persist_cols(s, width):
+    """Positions per row of the kernels' walk (persistent.cu, Tile): S / width, or on the scalar
+    entries a row padded to the power of two cols <= BLOCK with S >= 3/4 cols (7x7: 64), so each
+    warp request stays within one row (at most a quarter of the threads idle)."""
+    if width > 1:
+        return s // width
+    cols = 32
+    while cols < s:
+        cols *= 2
+    return cols if s < cols <= BLOCK and 4 * s >= 3 * cols else s
 
 
 def _persist_vector(s, dtype, *arrays):
@@ -616,7 +634,8 @@ def _persistent_forward(x, scale, bias, run_mean, run_var, eps, factor, out, sav
     part = rt.empty((c * plan[2] * STATS_PARTIAL,), np.float32)
     _persist_launch(rt, plan, c,
                     (_ptr(x), _ptr(out), _ptr(part), _ptr(_persist_counters(rt, c)), np.int64(n),
-                     np.int32(c), np.int64(s), np.float64(eps), np.float64(factor), _ptr(scale),
+                     np.int32(c), np.int64(s), np.int64(_persist_cols(s, width)),
+                     np.float64(eps), np.float64(factor), _ptr(scale),
                      _ptr(bias), _ptr(savemean), _ptr(saveinvvar), _ptr(run_mean), _ptr(run_var),
                      np.int32(1 if relu else 0)))
     return True
@@ -640,8 +659,8 @@ def _persistent_backward(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, 
     _persist_launch(rt, plan, c,
                     (_ptr(x), _ptr(dy), np.uintp(0) if y is None else _ptr(y), _ptr(dx),
                      _ptr(part), _ptr(_persist_counters(rt, c)), np.int64(n), np.int32(c),
-                     np.int64(s), np.int32(plan[3]), _ptr(scale), _ptr(savemean),
-                     _ptr(saveinvvar), _ptr(dscale), _ptr(dbias)))
+                     np.int64(s), np.int64(_persist_cols(s, width)), np.int32(plan[3]),
+                     _ptr(scale), _ptr(savemean), _ptr(saveinvvar), _ptr(dscale), _ptr(dbias)))
     return True
 
 

@@ -4,12 +4,13 @@
 // two-pass kernels' 12) and the backward reads x and dy once and writes dx (12 instead of 20).
 //
 // Launch: grid (nsplit, C), kBlock threads, slots * kBlock packs of dynamic shared memory per data
-// array held (x; the backward also the masked dy). Block (split, ch) owns the packs
-// [split * chunk, min((split + 1) * chunk, total)) of channel ch's n * S / VEC packs, chunk =
-// ceil(total / nsplit) <= slots * kBlock; thread t takes packs begin + t + k * kBlock and keeps
-// pack k in slot k of its column of the tile. Tiling, thread assignment, batching of the loads
-// and accumulation order are batchnorm.cu's (bn_stats_partial, bn_backward_partial), so each
-// block's partial is the one the two-pass kernel writes for the same nsplit.
+// array held (x; the backward also the masked dy; less for padded rows, see Tile). Block
+// (split, ch) owns the packs [split * chunk, min((split + 1) * chunk, total)) of channel ch's
+// n * S / VEC packs, chunk = ceil(total / nsplit) <= slots * kBlock; thread t takes packs
+// begin + t + k * kBlock and keeps pack k in slot k of its column of the tile. Except on padded
+// rows, tiling, thread assignment, batching of the loads and accumulation order are
+// batchnorm.cu's (bn_stats_partial, bn_backward_partial), so each block's partial is the one the
+// two-pass kernel writes for the same nsplit.
 //
 // The blocks of a channel meet at a barrier on two counters of `sync` (arrivals, generation) after
 // writing their partials. With nsplit > 1 that needs every block of the grid resident at once,
@@ -67,24 +68,44 @@ __host__ __device__ constexpr int ahead_batches()
 }
 
 // The part of a channel one block holds, and this thread's walk over its packs.
+//
+// The walk runs over `cols` packs per row: S / VEC, or, on the scalar entries for rows a little
+// short of a power of two (cols a power of two dividing kBlock, S >= 3/4 cols: 7x7 rows of 49 run
+// as 64), a row padded to cols positions. Padded, a warp's 32 lanes take positions of one row only,
+// so each load or store request covers one contiguous stretch of memory (the sectors it touches
+// are the fewest its bytes need), where 32 lanes over 49-element rows would mostly span two rows
+// C * S elements apart. The block then starts at a row, so each thread keeps one column (kBlock
+// is a multiple of cols): the threads of the padding columns load nothing, and the held tile packs
+// the others' slots (S of each cols threads) so no shared memory is spent on the padding.
 struct Tile {
     int ch;
     int split;
     int nsplit;
-    long long cols;   // packs per row of the channel (S / VEC)
-    long long begin;  // first pack of the block
+    long long cols;   // walk positions per row (S / VEC, or the padded row)
+    long long begin;  // first position of the block
     long long end;
+    bool active;      // the thread's column is in the row (always, unpadded)
+    int rank;         // the thread's column of the held tile
+    int stride;       // held packs per slot: kBlock, or S per cols threads padded
 
-    __device__ __forceinline__ Tile(long long n, long long s, int vec)
+    __device__ __forceinline__ Tile(long long n, long long s, int vec, long long walk_cols)
     {
         ch = blockIdx.y;
         split = blockIdx.x;
         nsplit = gridDim.x;
-        cols = s / vec;
+        cols = walk_cols;
         const long long total = n * cols;
-        const long long chunk = (total + nsplit - 1) / nsplit;
+        long long chunk = (total + nsplit - 1) / nsplit;
+        const bool padded = cols * vec != s;
+        if (padded) {
+            chunk = (chunk + cols - 1) / cols * cols;  // whole rows
+        }
         begin = split * chunk;
         end = min(begin + chunk, total);
+        const int column = static_cast<int>(threadIdx.x % cols);
+        active = !padded || column < s;
+        rank = padded ? static_cast<int>(threadIdx.x / cols * s) + column : threadIdx.x;
+        stride = padded ? static_cast<int>(kBlock / cols * s) : kBlock;
     }
 
     // Element offset of the pack a walk points at.
@@ -225,7 +246,7 @@ __device__ __forceinline__ void forward_step(const T* x, const Tile& t, RowWalk&
     }
 #pragma unroll
     for (int u = 0; u < K; ++u) {
-        held[(slots + u) * kBlock] = pk[u];
+        held[(slots + u) * t.stride] = pk[u];
     }
     slots += K;
 }
@@ -234,19 +255,19 @@ __device__ __forceinline__ void forward_step(const T* x, const Tile& t, RowWalk&
 // of x (the shift included) happens before the barrier, every write after it.
 template <typename T, int VEC>
 __device__ __forceinline__ void forward_train(const T* x, T* y, long long n, int c, long long s,
-                                              const ForwardArgs& a)
+                                              long long cols, const ForwardArgs& a)
 {
     constexpr int kBatch = batch_packs<T, VEC>();
     constexpr int kGroup = ahead_batches<T, VEC, 1>() * kBatch;
     __shared__ float k[3];
-    Pack<T, VEC>* held = held_packs<T, VEC>() + threadIdx.x;
-    const Tile t(n, s, VEC);
+    const Tile t(n, s, VEC, cols);
+    Pack<T, VEC>* held = held_packs<T, VEC>() + t.rank;
     const float shift = to_float(x[static_cast<long long>(t.ch) * s]);
 
     WelfordStream acc;
     int slots = 0;
     long long j = t.begin + threadIdx.x;
-    if (j < t.end) {
+    if (t.active && j < t.end) {
         RowWalk walk(j, kBlock, t.cols);
         for (; j + (kGroup - 1) * kBlock < t.end; j += kGroup * kBlock) {
             forward_step<T, VEC, kGroup, kBatch>(x, t, walk, c, s, shift, acc, held, slots);
@@ -273,7 +294,7 @@ __device__ __forceinline__ void forward_train(const T* x, T* y, long long n, int
     const float m = k[0], f = k[1], b = k[2];
     RowWalk walk(t.begin + threadIdx.x, kBlock, t.cols);
     for (int i = 0; i < slots; ++i) {
-        Pack<T, VEC> pk = held[i * kBlock];
+        Pack<T, VEC> pk = held[i * t.stride];
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
             pk.v[e] = from_float<T>(relu_if(fmaf(__fsub_rn(to_float(pk.v[e]), m), f, b), a.relu));
@@ -371,8 +392,8 @@ __device__ __forceinline__ void backward_step(const T* x, const T* dy, const T* 
 #pragma unroll
     for (int u = 0; u < K; ++u) {
         add_terms(acc, px[u], pg[u], mean);
-        held_x[(slots + u) * kBlock] = px[u];
-        held_g[(slots + u) * kBlock] = pg[u];
+        held_x[(slots + u) * t.stride] = px[u];
+        held_g[(slots + u) * t.stride] = pg[u];
     }
     slots += K;
 }
@@ -381,21 +402,21 @@ __device__ __forceinline__ void backward_step(const T* x, const T* dy, const T* 
 // dx may be dy or x: every read happens before the barrier, every write after it.
 template <typename T, int VEC>
 __device__ __forceinline__ void backward_train(const T* x, const T* dy, const T* y, T* dx,
-                                               long long n, int c, long long s, int slots_per_array,
-                                               const BackwardArgs& a)
+                                               long long n, int c, long long s, long long cols,
+                                               int slots_per_array, const BackwardArgs& a)
 {
     constexpr int kBatch = batch_packs<T, VEC>();
     constexpr int kGroup = ahead_batches<T, VEC, 2>() * kBatch;
     __shared__ float k[3];
-    Pack<T, VEC>* held_x = held_packs<T, VEC>() + threadIdx.x;
-    Pack<T, VEC>* held_g = held_x + static_cast<long long>(slots_per_array) * kBlock;
-    const Tile t(n, s, VEC);
+    const Tile t(n, s, VEC, cols);
+    Pack<T, VEC>* held_x = held_packs<T, VEC>() + t.rank;
+    Pack<T, VEC>* held_g = held_x + static_cast<long long>(slots_per_array) * t.stride;
     const float mean = a.savemean[t.ch];
 
     SumStream<kSums> acc;
     int slots = 0;
     long long j = t.begin + threadIdx.x;
-    if (j < t.end) {
+    if (t.active && j < t.end) {
         RowWalk walk(j, kBlock, t.cols);
         for (; j + (kGroup - 1) * kBlock < t.end; j += kGroup * kBlock) {
             backward_step<T, VEC, kGroup>(x, dy, y, t, walk, c, s, mean, acc, held_x, held_g, slots);
@@ -421,8 +442,8 @@ __device__ __forceinline__ void backward_train(const T* x, const T* dy, const T*
     const float kk = k[0], c0 = k[1], c1 = k[2];
     RowWalk walk(t.begin + threadIdx.x, kBlock, t.cols);
     for (int i = 0; i < slots; ++i) {
-        const Pack<T, VEC> px = held_x[i * kBlock];
-        Pack<T, VEC> pg = held_g[i * kBlock];
+        const Pack<T, VEC> px = held_x[i * t.stride];
+        Pack<T, VEC> pg = held_g[i * t.stride];
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
             const float u = fmaf(__fsub_rn(to_float(px.v[e]), mean), c1, c0);
@@ -440,79 +461,80 @@ __device__ __forceinline__ void backward_train(const T* x, const T* dy, const T*
 // with the dynamic shared memory of the tile: slots * kBlock packs (forward), twice that
 // (backward). part holds C * nsplit partials; sync 2 * C counters, zero before the first launch and
 // left zero by every launch. relu: nonzero for the fused ReLU. y in the backward: the forward's
-// output for the fused ReLU's gradient, or null. Suffixes: none, one element per load; _vec,
+// output for the fused ReLU's gradient, or null. cols: the walk's positions per row, S / VEC or
+// the padded row of the scalar entries (see Tile). Suffixes: none, one element per load; _vec,
 // 16-byte packs; _vec8, 8-byte packs (rows a multiple of 8 bytes but not of 16, as 16-bit data at
 // 14x14): the spatial size a multiple of the pack and every data pointer aligned to it.
 
-extern "C" __global__ void bn_persist_forward_f32(const float* x, float* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+extern "C" __global__ void bn_persist_forward_f32(const float* x, float* y, float* part, unsigned int* sync, long long n, int c, long long s, long long cols, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
 {
-    persist::forward_train<float, 1>(x, y, n, c, s, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
+    persist::forward_train<float, 1>(x, y, n, c, s, cols, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
 }
-extern "C" __global__ void bn_persist_forward_f32_vec(const float* x, float* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+extern "C" __global__ void bn_persist_forward_f32_vec(const float* x, float* y, float* part, unsigned int* sync, long long n, int c, long long s, long long cols, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
 {
-    persist::forward_train<float, 4>(x, y, n, c, s, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
+    persist::forward_train<float, 4>(x, y, n, c, s, cols, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
 }
-extern "C" __global__ void bn_persist_forward_f16(const __half* x, __half* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+extern "C" __global__ void bn_persist_forward_f16(const __half* x, __half* y, float* part, unsigned int* sync, long long n, int c, long long s, long long cols, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
 {
-    persist::forward_train<__half, 1>(x, y, n, c, s, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
+    persist::forward_train<__half, 1>(x, y, n, c, s, cols, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
 }
-extern "C" __global__ void bn_persist_forward_f16_vec(const __half* x, __half* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+extern "C" __global__ void bn_persist_forward_f16_vec(const __half* x, __half* y, float* part, unsigned int* sync, long long n, int c, long long s, long long cols, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
 {
-    persist::forward_train<__half, 8>(x, y, n, c, s, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
+    persist::forward_train<__half, 8>(x, y, n, c, s, cols, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
 }
-extern "C" __global__ void bn_persist_forward_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+extern "C" __global__ void bn_persist_forward_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, float* part, unsigned int* sync, long long n, int c, long long s, long long cols, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
 {
-    persist::forward_train<__nv_bfloat16, 1>(x, y, n, c, s, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
+    persist::forward_train<__nv_bfloat16, 1>(x, y, n, c, s, cols, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
 }
-extern "C" __global__ void bn_persist_forward_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+extern "C" __global__ void bn_persist_forward_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, float* part, unsigned int* sync, long long n, int c, long long s, long long cols, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
 {
-    persist::forward_train<__nv_bfloat16, 8>(x, y, n, c, s, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
+    persist::forward_train<__nv_bfloat16, 8>(x, y, n, c, s, cols, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
 }
-extern "C" __global__ void bn_persist_backward_f32(const float* x, const float* dy, const float* y, float* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
+extern "C" __global__ void bn_persist_backward_f32(const float* x, const float* dy, const float* y, float* dx, float* part, unsigned int* sync, long long n, int c, long long s, long long cols, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
 {
-    persist::backward_train<float, 1>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
+    persist::backward_train<float, 1>(x, dy, y, dx, n, c, s, cols, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
 }
-extern "C" __global__ void bn_persist_backward_f32_vec(const float* x, const float* dy, const float* y, float* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
+extern "C" __global__ void bn_persist_backward_f32_vec(const float* x, const float* dy, const float* y, float* dx, float* part, unsigned int* sync, long long n, int c, long long s, long long cols, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
 {
-    persist::backward_train<float, 4>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
+    persist::backward_train<float, 4>(x, dy, y, dx, n, c, s, cols, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
 }
-extern "C" __global__ void bn_persist_backward_f16(const __half* x, const __half* dy, const __half* y, __half* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
+extern "C" __global__ void bn_persist_backward_f16(const __half* x, const __half* dy, const __half* y, __half* dx, float* part, unsigned int* sync, long long n, int c, long long s, long long cols, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
 {
-    persist::backward_train<__half, 1>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
+    persist::backward_train<__half, 1>(x, dy, y, dx, n, c, s, cols, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
 }
-extern "C" __global__ void bn_persist_backward_f16_vec(const __half* x, const __half* dy, const __half* y, __half* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
+extern "C" __global__ void bn_persist_backward_f16_vec(const __half* x, const __half* dy, const __half* y, __half* dx, float* part, unsigned int* sync, long long n, int c, long long s, long long cols, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
 {
-    persist::backward_train<__half, 8>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
+    persist::backward_train<__half, 8>(x, dy, y, dx, n, c, s, cols, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
 }
-extern "C" __global__ void bn_persist_backward_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, __nv_bfloat16* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
+extern "C" __global__ void bn_persist_backward_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, __nv_bfloat16* dx, float* part, unsigned int* sync, long long n, int c, long long s, long long cols, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
 {
-    persist::backward_train<__nv_bfloat16, 1>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
+    persist::backward_train<__nv_bfloat16, 1>(x, dy, y, dx, n, c, s, cols, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
 }
-extern "C" __global__ void bn_persist_backward_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, __nv_bfloat16* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
+extern "C" __global__ void bn_persist_backward_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, __nv_bfloat16* dx, float* part, unsigned int* sync, long long n, int c, long long s, long long cols, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
 {
-    persist::backward_train<__nv_bfloat16, 8>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
+    persist::backward_train<__nv_bfloat16, 8>(x, dy, y, dx, n, c, s, cols, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
 }
-extern "C" __global__ void bn_persist_forward_f32_vec8(const float* x, float* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+extern "C" __global__ void bn_persist_forward_f32_vec8(const float* x, float* y, float* part, unsigned int* sync, long long n, int c, long long s, long long cols, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
 {
-    persist::forward_train<float, 2>(x, y, n, c, s, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
+    persist::forward_train<float, 2>(x, y, n, c, s, cols, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
 }
-extern "C" __global__ void bn_persist_forward_f16_vec8(const __half* x, __half* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+extern "C" __global__ void bn_persist_forward_f16_vec8(const __half* x, __half* y, float* part, unsigned int* sync, long long n, int c, long long s, long long cols, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
 {
-    persist::forward_train<__half, 4>(x, y, n, c, s, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
+    persist::forward_train<__half, 4>(x, y, n, c, s, cols, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
 }
-extern "C" __global__ void bn_persist_forward_bf16_vec8(const __nv_bfloat16* x, __nv_bfloat16* y, float* part, unsigned int* sync, long long n, int c, long long s, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+extern "C" __global__ void bn_persist_forward_bf16_vec8(const __nv_bfloat16* x, __nv_bfloat16* y, float* part, unsigned int* sync, long long n, int c, long long s, long long cols, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
 {
-    persist::forward_train<__nv_bfloat16, 4>(x, y, n, c, s, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
+    persist::forward_train<__nv_bfloat16, 4>(x, y, n, c, s, cols, {part, sync, eps, factor, scale, bias, savemean, saveinvvar, run_mean, run_var, relu});
 }
-extern "C" __global__ void bn_persist_backward_f32_vec8(const float* x, const float* dy, const float* y, float* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
+extern "C" __global__ void bn_persist_backward_f32_vec8(const float* x, const float* dy, const float* y, float* dx, float* part, unsigned int* sync, long long n, int c, long long s, long long cols, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
 {
-    persist::backward_train<float, 2>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
+    persist::backward_train<float, 2>(x, dy, y, dx, n, c, s, cols, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
 }
-extern "C" __global__ void bn_persist_backward_f16_vec8(const __half* x, const __half* dy, const __half* y, __half* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
+extern "C" __global__ void bn_persist_backward_f16_vec8(const __half* x, const __half* dy, const __half* y, __half* dx, float* part, unsigned int* sync, long long n, int c, long long s, long long cols, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
 {
-    persist::backward_train<__half, 4>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
+    persist::backward_train<__half, 4>(x, dy, y, dx, n, c, s, cols, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
 }
-extern "C" __global__ void bn_persist_backward_bf16_vec8(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, __nv_bfloat16* dx, float* part, unsigned int* sync, long long n, int c, long long s, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
+extern "C" __global__ void bn_persist_backward_bf16_vec8(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, __nv_bfloat16* dx, float* part, unsigned int* sync, long long n, int c, long long s, long long cols, int slots, const float* scale, const float* savemean, const float* saveinvvar, float* dscale, float* dbias)
 {
-    persist::backward_train<__nv_bfloat16, 4>(x, dy, y, dx, n, c, s, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
+    persist::backward_train<__nv_bfloat16, 4>(x, dy, y, dx, n, c, s, cols, slots, {part, sync, scale, savemean, saveinvvar, dscale, dbias});
 }
