@@ -93,19 +93,28 @@ struct Tile {
         ch = blockIdx.y;
         split = blockIdx.x;
         nsplit = gridDim.x;
-        cols = walk_cols;
+        // (S / VEC on the packed entries, whatever the host passes: a constant division lets
+        // nvcc keep their loads ahead of the arithmetic)
+        cols = vec == 1 ? walk_cols : s / vec;
         const long long total = n * cols;
         long long chunk = (total + nsplit - 1) / nsplit;
-        const bool padded = cols * vec != s;
+        // only the scalar entries pad (the packed ones fold all of this away)
+        const bool padded = vec == 1 && cols != s;
         if (padded) {
             chunk = (chunk + cols - 1) / cols * cols;  // whole rows
         }
         begin = split * chunk;
         end = min(begin + chunk, total);
-        const int column = static_cast<int>(threadIdx.x % cols);
-        active = !padded || column < s;
-        rank = padded ? static_cast<int>(threadIdx.x / cols * s) + column : threadIdx.x;
-        stride = padded ? static_cast<int>(kBlock / cols * s) : kBlock;
+        active = true;
+        rank = threadIdx.x;
+        stride = kBlock;
+        if (padded) {
+            const int columns = static_cast<int>(cols);  // a power of two <= kBlock
+            const int column = static_cast<int>(threadIdx.x) & (columns - 1);
+            active = column < s;
+            rank = static_cast<int>(threadIdx.x) / columns * static_cast<int>(s) + column;
+            stride = kBlock / columns * static_cast<int>(s);
+        }
     }
 
     // Element offset of the pack a walk points at.
@@ -114,6 +123,21 @@ struct Tile {
         return (w.row * c + ch) * s + w.col * vec;
     }
 };
+
+// The held tile's slot stride and this thread's column in it: only the scalar entries pad rows, so
+// the packed ones keep a stride known at compile time (their loads stay ahead of the shared-memory
+// address arithmetic).
+template <int VEC>
+__device__ __forceinline__ int held_stride(const Tile& t)
+{
+    return VEC > 1 ? kBlock : t.stride;
+}
+
+template <int VEC>
+__device__ __forceinline__ int held_rank(const Tile& t)
+{
+    return VEC > 1 ? static_cast<int>(threadIdx.x) : t.rank;
+}
 
 // Every block of channel `ch` waits here until all `nsplit` of them have published their partials
 // (thread 0 wrote this block's just before). Thread 0 reads the generation before arriving: it can
@@ -246,7 +270,7 @@ __device__ __forceinline__ void forward_step(const T* x, const Tile& t, RowWalk&
     }
 #pragma unroll
     for (int u = 0; u < K; ++u) {
-        held[(slots + u) * t.stride] = pk[u];
+        held[(slots + u) * held_stride<VEC>(t)] = pk[u];
     }
     slots += K;
 }
@@ -261,13 +285,13 @@ __device__ __forceinline__ void forward_train(const T* x, T* y, long long n, int
     constexpr int kGroup = ahead_batches<T, VEC, 1>() * kBatch;
     __shared__ float k[3];
     const Tile t(n, s, VEC, cols);
-    Pack<T, VEC>* held = held_packs<T, VEC>() + t.rank;
+    Pack<T, VEC>* held = held_packs<T, VEC>() + held_rank<VEC>(t);
     const float shift = to_float(x[static_cast<long long>(t.ch) * s]);
 
     WelfordStream acc;
     int slots = 0;
     long long j = t.begin + threadIdx.x;
-    if (t.active && j < t.end) {
+    if ((VEC > 1 || t.active) && j < t.end) {
         RowWalk walk(j, kBlock, t.cols);
         for (; j + (kGroup - 1) * kBlock < t.end; j += kGroup * kBlock) {
             forward_step<T, VEC, kGroup, kBatch>(x, t, walk, c, s, shift, acc, held, slots);
@@ -294,7 +318,7 @@ __device__ __forceinline__ void forward_train(const T* x, T* y, long long n, int
     const float m = k[0], f = k[1], b = k[2];
     RowWalk walk(t.begin + threadIdx.x, kBlock, t.cols);
     for (int i = 0; i < slots; ++i) {
-        Pack<T, VEC> pk = held[i * t.stride];
+        Pack<T, VEC> pk = held[i * held_stride<VEC>(t)];
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
             pk.v[e] = from_float<T>(relu_if(fmaf(__fsub_rn(to_float(pk.v[e]), m), f, b), a.relu));
@@ -392,8 +416,8 @@ __device__ __forceinline__ void backward_step(const T* x, const T* dy, const T* 
 #pragma unroll
     for (int u = 0; u < K; ++u) {
         add_terms(acc, px[u], pg[u], mean);
-        held_x[(slots + u) * t.stride] = px[u];
-        held_g[(slots + u) * t.stride] = pg[u];
+        held_x[(slots + u) * held_stride<VEC>(t)] = px[u];
+        held_g[(slots + u) * held_stride<VEC>(t)] = pg[u];
     }
     slots += K;
 }
@@ -409,14 +433,14 @@ __device__ __forceinline__ void backward_train(const T* x, const T* dy, const T*
     constexpr int kGroup = ahead_batches<T, VEC, 2>() * kBatch;
     __shared__ float k[3];
     const Tile t(n, s, VEC, cols);
-    Pack<T, VEC>* held_x = held_packs<T, VEC>() + t.rank;
-    Pack<T, VEC>* held_g = held_x + static_cast<long long>(slots_per_array) * t.stride;
+    Pack<T, VEC>* held_x = held_packs<T, VEC>() + held_rank<VEC>(t);
+    Pack<T, VEC>* held_g = held_x + static_cast<long long>(slots_per_array) * held_stride<VEC>(t);
     const float mean = a.savemean[t.ch];
 
     SumStream<kSums> acc;
     int slots = 0;
     long long j = t.begin + threadIdx.x;
-    if (t.active && j < t.end) {
+    if ((VEC > 1 || t.active) && j < t.end) {
         RowWalk walk(j, kBlock, t.cols);
         for (; j + (kGroup - 1) * kBlock < t.end; j += kGroup * kBlock) {
             backward_step<T, VEC, kGroup>(x, dy, y, t, walk, c, s, mean, acc, held_x, held_g, slots);
@@ -442,8 +466,8 @@ __device__ __forceinline__ void backward_train(const T* x, const T* dy, const T*
     const float kk = k[0], c0 = k[1], c1 = k[2];
     RowWalk walk(t.begin + threadIdx.x, kBlock, t.cols);
     for (int i = 0; i < slots; ++i) {
-        const Pack<T, VEC> px = held_x[i * t.stride];
-        Pack<T, VEC> pg = held_g[i * t.stride];
+        const Pack<T, VEC> px = held_x[i * held_stride<VEC>(t)];
+        Pack<T, VEC> pg = held_g[i * held_stride<VEC>(t)];
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
             const float u = fmaf(__fsub_rn(to_float(px.v[e]), mean), c1, c0);
