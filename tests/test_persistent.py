@@ -30,8 +30,12 @@ def sim():
 def small_device(sim, monkeypatch):
     """A simulated device of 2 SMs with 20 KiB of shared memory each, so tensors of a few thousand
     elements need several blocks per channel, or do not fit at all. The simulator's own residency
-    rule reads the same limits: a plan that overcommits the device deadlocks the launch."""
-    from batchnorm_lib.backend.cudasim import driver
+    rule reads the same limits: a plan that overcommits the device deadlocks the launch. The
+    blocks of a channel wait for each other here, which the sanitizer rules out (see
+    test_sanitizer_finds_nothing, which turns it on itself): it is off."""
+    from batchnorm_lib.backend.cudasim import driver, instrument
+
+    monkeypatch.delenv(instrument.SANITIZE_ENV, raising=False)
 
     monkeypatch.setattr(driver, "SM_COUNT", 2)
     limits = dict(driver._LIMITS[driver.compute_capability()] if driver.compute_capability()
@@ -241,3 +245,160 @@ def test_16_bit_data(sim, rng, dtype):
     check_forward(got, x, scale, bias, False, dtype=dt)
     grads = backward(sim, x, dy, scale, got[1], got[2], dtype=dt)
     check_backward(grads, x, dy, scale, dtype=dt)
+
+
+# -- one block per SM: the packed entries keep PERSIST_FLIGHT_BYTES in flight with one block -------
+
+@pytest.fixture
+def device_of(sim, monkeypatch):
+    """device_of(sms, smem_sm, smem_block): the simulated device with these limits (the plan and
+    the simulator's residency rule read them)."""
+    from batchnorm_lib.backend.cudasim import driver
+
+    cc = driver.compute_capability()
+    base = dict(driver._LIMITS.get(cc, driver._LIMITS[(8, 0)]))
+
+    def make(sms, smem_sm, smem_block):
+        monkeypatch.setattr(driver, "SM_COUNT", sms)
+        monkeypatch.setitem(driver._LIMITS, cc, dict(base, smem_sm=smem_sm,
+                                                     smem_block_optin=smem_block))
+        return sim
+    return make
+
+
+def resident(rt, plan):
+    return plan[1].blocks_per_sm(256, plan[4])
+
+
+# (shape, dtype, kind, entry): a channel (x; x and dy backward) of 10-12 KiB, one per SM of 20 KiB
+ONE_BLOCK_CASES = [
+    ((5, 3, 24, 25), "float32", "forward", "bn_persist_forward_f32_vec"),     # 16-byte packs
+    ((5, 3, 14, 43), "float32", "forward", "bn_persist_forward_f32_vec8"),    # rows of 602 floats
+    ((3, 2, 14, 31), "float32", "backward", "bn_persist_backward_f32_vec8"),
+    ((13, 2, 14, 14), "float16", "backward", "bn_persist_backward_f16_vec8"),  # 392-byte rows
+    ((25, 2, 14, 14), "bfloat16", "forward", "bn_persist_forward_bf16_vec8"),
+]
+
+
+@pytest.mark.parametrize("shape, dtype, kind, entry", ONE_BLOCK_CASES)
+def test_a_channel_in_one_block_per_sm(device_of, rng, shape, dtype, kind, entry):
+    from batchnorm_lib.backend.cuda.core import bfloat16_dtype
+
+    rt = device_of(2, 20 * 1024, 19 * 1024)
+    dt = bfloat16_dtype() if dtype == "bfloat16" else np.dtype(dtype)
+    if dt is None or dt not in rt.supported_dtypes():
+        pytest.skip("%s is not supported by the simulated device here" % dtype)
+    n, c = shape[:2]
+    s = int(np.prod(shape[2:]))
+    width = 16 // dt.itemsize if entry.endswith("_vec") else 8 // dt.itemsize
+    arrays = 2 if kind == "backward" else 1
+    suffix = entry.split("_")[3]
+    plan = bn_cuda._persistent_plan(rt, kind, suffix, entry[len("bn_persist_%s_%s" % (
+        kind, suffix)):], width, dt.itemsize, arrays, n, c, s)
+    # one block a channel, one block per SM: the rule the scalar entries follow would refuse it
+    assert plan[0] == entry and plan[2] == 1 and resident(rt, plan) == 1
+    assert bn_cuda._persist_min_resident(1) == 2
+
+    x, scale, bias, dy = data(rng, shape)
+    x, dy = x.astype(dt).astype(np.float64), dy.astype(dt).astype(np.float64)
+    got, names = launched(lambda: forward(rt, x, scale, bias, dtype=dt))
+    assert (names == [entry]) == (kind == "forward")
+    check_forward(got, x, scale, bias, False, dtype=dt)
+    grads, names = launched(lambda: backward(rt, x, dy, scale, got[1], got[2], dtype=dt))
+    assert (names == [entry]) == (kind == "backward")
+    check_backward(grads, x, dy, scale, dtype=dt)
+    # bitwise repeatable
+    again = forward(rt, x, scale, bias, dtype=dt)
+    assert all(np.array_equal(a, b) for a, b in zip(got, again))
+    again = backward(rt, x, dy, scale, got[1], got[2], dtype=dt)
+    assert all(np.array_equal(a, b) for a, b in zip(grads, again))
+
+
+def test_deeper_loads_fold_the_same_batches(sim, rng, monkeypatch):
+    """The 16-byte forward loads 4 packs ahead and folds them 2 by 2 as the two-pass reduction
+    does: with one block per channel on both paths (a channel of 1 block's work), equal bits."""
+    shape = (3, 2, 40, 50)  # 1500 packs a channel: one block of the two-pass reduction too
+    x, scale, bias, _ = data(rng, shape)
+    got, names = launched(lambda: forward(sim, x, scale, bias))
+    assert names == ["bn_persist_forward_f32_vec"]
+    with monkeypatch.context() as m:
+        two_pass(m)
+        base = forward(sim, x, scale, bias)
+    assert np.array_equal(got[1], base[1]) and np.array_equal(got[2], base[2])
+
+
+@pytest.mark.parametrize("kind, dtype, entry, shared", [
+    ("forward", "float32", "bn_persist_forward_f32_vec", 256 * 196 * 4),
+    ("backward", "float16", "bn_persist_backward_f16_vec8", 2 * 256 * 196 * 2),
+    # x and dy: 392 KiB a channel, more than a block holds, and 2048 blocks cannot wait at once
+    ("backward", "float32", None, None),
+    ("forward", "float16", "bn_persist_forward_f16_vec8", 256 * 196 * 2),
+])
+def test_resnet_14x14_plans_on_an_h100(device_of, kind, dtype, entry, shared):
+    """The full ResNet-50 shape's plans on an H100's limits (132 SMs, 228 KiB per SM)."""
+    rt = device_of(132, 228 * 1024, 227 * 1024)
+    item = np.dtype(dtype).itemsize
+    width, vec = (16 // item, "_vec") if item == 4 else (8 // item, "_vec8")
+    plan = bn_cuda._persistent_plan(rt, kind, bn_cuda._SUFFIX[dtype], vec, width, item,
+                                    2 if kind == "backward" else 1, 256, 1024, 196)
+    if entry is None:
+        assert plan is None
+        return
+    assert plan[0] == entry and plan[2] == 1 and plan[4] == shared
+    assert resident(rt, plan) * 256 * bn_cuda.PERSIST_AHEAD_BYTES >= bn_cuda.PERSIST_FLIGHT_BYTES
+
+
+
+# -- padded rows: 7x7 (and 5x5) rows walked as 64 (32) positions, each warp request in one row ---
+
+@pytest.mark.parametrize("shape, dtype, relu", [
+    ((5, 3, 7, 7), "float32", True),
+    ((9, 2, 5, 5), "float32", False),
+    ((6, 3, 7, 7), "float16", False),
+])
+def test_padded_rows_requests_stay_in_one_row(sim, rng, shape, dtype, relu):
+    from batchnorm_lib.backend.cudasim import profile
+
+    dt = np.dtype(dtype)
+    if dt not in sim.supported_dtypes():
+        pytest.skip("%s is not supported by the simulated device here" % dtype)
+    s = int(np.prod(shape[2:]))
+    assert bn_cuda._persist_cols(s, 1) == (64 if s == 49 else 32)
+    x, scale, bias, dy = data(rng, shape)
+    x, dy = x.astype(dt).astype(np.float64), dy.astype(dt).astype(np.float64)
+    with profile() as prof:
+        got = forward(sim, x, scale, bias, relu=relu, dtype=dt)
+        grads = backward(sim, x, dy, scale, got[1], got[2], y=got[0] if relu else None, dtype=dt)
+    check_forward(got, x, scale, bias, relu, dtype=dt)
+    check_backward(grads, x, np.where(got[0] <= 0, 0.0, dy) if relu else dy, scale, dtype=dt)
+    launches = [l for l in prof.launches if l.name.startswith("bn_persist")]
+    assert [l.name for l in launches] == ["bn_persist_forward_%s" % bn_cuda._SUFFIX[dtype],
+                                          "bn_persist_backward_%s" % bn_cuda._SUFFIX[dtype]]
+    arrays = (1, 3 if relu else 2)
+    for launch, reads in zip(launches, arrays):
+        # every request covers one contiguous stretch: no more sectors than its bytes need
+        assert launch.load_sectors == launch.ideal_load_sectors
+        assert launch.store_sectors == launch.ideal_store_sectors
+        # and no element is read twice (a few per-channel values and each thread's shift aside)
+        assert launch.load_bytes <= reads * x.size * dt.itemsize + shape[1] * (256 * 4 + 128)
+
+
+@pytest.mark.parametrize("kind", ["forward", "backward"])
+def test_padded_rows_split_over_blocks(small_device, rng, kind):
+    """Rows of 49 over several blocks of whole rows that meet at the barrier (forward: 100 rows,
+    6 blocks of 17 rows, the last one short); bitwise repeatable."""
+    shape = (100 if kind == "forward" else 60, 1, 7, 7)
+    plan = bn_cuda._persistent_plan(small_device, kind, "f32", "", 1, 4,
+                                    2 if kind == "backward" else 1, shape[0], 1, 49)
+    assert plan[2] > 1
+    x, scale, bias, dy = data(rng, shape)
+    got, names = launched(lambda: forward(small_device, x, scale, bias))
+    assert kind != "forward" or names == ["bn_persist_forward_f32"]
+    check_forward(got, x, scale, bias, False)
+    grads, names = launched(lambda: backward(small_device, x, dy, scale, got[1], got[2]))
+    assert names == ["bn_persist_backward_f32"] or kind != "backward"
+    check_backward(grads, x, dy, scale)
+    again = forward(small_device, x, scale, bias)
+    assert all(np.array_equal(a, b) for a, b in zip(got, again))
+    again = backward(small_device, x, dy, scale, got[1], got[2])
+    assert all(np.array_equal(a, b) for a, b in zip(grads, again))

@@ -192,6 +192,7 @@ class _Recorder:
         self.name = real.name
         self._dtypes = real.supported_dtypes()
         self.launches = []
+        self.shared = {}  # kernel -> dynamic shared memory per block of its launches (single-read)
         self._next = 1 << 20
 
     def supported_dtypes(self):
@@ -208,8 +209,10 @@ class _Recorder:
         self._next += -(-a.size * a.dtype.itemsize // 256) * 256 + 256
         return a
 
-    def launch(self, name, grid, args, source=None):
+    def launch(self, name, grid, args, source=None, shared=0):
         self.launches.append((name, tuple(int(g) for g in grid), source))
+        if shared:
+            self.shared[name] = int(shared)
 
 
 @contextlib.contextmanager
@@ -283,9 +286,10 @@ def _sim_alloc(gpuarray, rng):
     return alloc
 
 
-def _static(kernel, grid, block, source=None):
+def _static(kernel, grid, block, source=None, shared=0):
     """Compiler figures of one full-shape launch, or None without nvcc/nvdisasm. ``source``: the
-    kernel's .cu under kernels/ (None: the runtime's own sources, searched)."""
+    kernel's .cu under kernels/ (None: the runtime's own sources, searched); ``shared``: its
+    dynamic shared memory per block, which bounds its resident blocks."""
     from batchnorm_lib import model
     from batchnorm_lib.backend.cuda.core import KERNEL_DIR, SOURCES
 
@@ -296,7 +300,7 @@ def _static(kernel, grid, block, source=None):
         path = os.path.join(KERNEL_DIR, name)
         try:
             if kernel in sass.compile_cubin(path)[1]:
-                return model.analyze_kernel(path, kernel, grid, block)
+                return model.analyze_kernel(path, kernel, grid, block, shared)
         except sass.ToolError:
             return None
     return None
@@ -384,7 +388,7 @@ def model_case(shape, dtype_name, pass_name, budget, rng, latency=h100.LATENCY, 
         else:
             full = moved * int(np.prod(grid)) / sim_blocks[name]
         entry = {"kernel": name, "grid": list(grid), "block": [BLOCK], "dram_bytes": full}
-        static = _static(name, grid, (BLOCK,), source)
+        static = _static(name, grid, (BLOCK,), source, rec.shared.get(name, 0))
         if static is not None:
             entry.update({k: static[k] for k in (
                 "registers", "shared_bytes", "spill_stores", "spill_loads", "blocks_per_sm",

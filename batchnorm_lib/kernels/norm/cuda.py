@@ -544,8 +544,15 @@ PERSIST_SOURCE = "norm/persistent.cu"
 SINGLE_READ_ENV = "BATCHNORM_LIB_SINGLE_READ"
 SMEM_RESERVED = 1024  # shared memory the driver keeps per resident block (compute capability >= 8)
 PERSIST_MIN_PACKS = 4  # packs per thread before a channel is split further (2 batches of loads)
-# resident blocks per SM at least: 16 warps of 2 packs in flight each is ~16 KB per SM, what an
-# H100 needs at ~700 ns (Little's law); one block of 8 warps would leave half the bandwidth unused
+# Bytes in flight per SM the plan asks for: ~16 KB is what an H100 needs at ~700 ns (3.0 TB/s x
+# 700 ns over 132 SMs, Little's law). The packed entries (8- and 16-byte loads) issue
+# PERSIST_AHEAD_BYTES per thread before using any (persistent.cu, kAheadBytes), so one resident
+# block of BLOCK threads keeps 16 KiB in flight: such a block may hold a whole channel in up to
+# the 227 KiB a block can have, one per SM, the grid running as many waves as that takes. The
+# scalar entries issue 2- or 4-byte loads, a batch at a time: they keep at least
+# PERSIST_MIN_RESIDENT blocks per SM.
+PERSIST_FLIGHT_BYTES = 16 * 1024
+PERSIST_AHEAD_BYTES = 64
 PERSIST_MIN_RESIDENT = 2
 _persist_sync = {}  # id(runtime) -> (runtime, uint32 counters): 2 per channel, zeroed once
 
@@ -560,8 +567,9 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
     registers in 256-register warp allocations, shared memory plus SMEM_RESERVED per block) from
     the kernel's registers and the device's limits. nsplit: the most blocks that fit, at most one
     per PERSIST_MIN_PACKS packs per thread unless only a finer split fits; else one block per
-    channel (any number of channels: no block waits) where a channel fits one block. Always at
-    least PERSIST_MIN_RESIDENT blocks per SM."""
+    channel (any number of channels: no block waits) where a channel fits one block. Always
+    PERSIST_FLIGHT_BYTES in flight per SM on the packed entries (width > 1), at least
+    PERSIST_MIN_RESIDENT blocks per SM on the scalar ones."""
     if os.environ.get(SINGLE_READ_ENV, "1") == "0":
         return None
     if s == 1 or c > MAX_GRID_Y:
@@ -573,6 +581,7 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
         waiting_cap = _simulator_waiting_blocks()
     name = "bn_persist_%s_%s%s" % (kind, suffix, vec)
     fn = rt.functions_of(PERSIST_SOURCE)[name]
+    cols = _persist_cols(s, width)
     attr = rt.api.driver.device_attribute
     dev = rt.device
     sms = dev.get_attribute(attr.MULTIPROCESSOR_COUNT)
@@ -584,7 +593,9 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
                      // (warp_regs * WARPS_PER_BLOCK))
     smem_sm = dev.get_attribute(attr.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
     dynamic_max = dev.get_attribute(attr.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN) - fn.shared_size_bytes
-    packs = n * (s // width)
+    packs = n * cols  # walk positions, the padding columns' included
+    # shared packs per slot: a column of BLOCK threads, or the S of each cols threads when padded
+    held = BLOCK if cols * width == s else BLOCK // cols * s
     # most blocks first (bytes in flight), each thread a few packs where the data allows
     fills = [sms * k // c for k in range(per_sm, 0, -1)]
     work = max(1, packs // (BLOCK * PERSIST_MIN_PACKS))
@@ -596,16 +607,49 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
         if nsplit > 1 and (not _blocks_may_wait(rt)
                            or (waiting_cap is not None and c * nsplit > waiting_cap)):
             continue
-        slots = -(-(-(-packs // nsplit)) // BLOCK)
-        shared = slots * BLOCK * width * itemsize * arrays
+        chunk = -(-packs // nsplit)
+        if cols * width != s:
+            chunk = -(-chunk // cols) * cols  # padded blocks start at a row (persistent.cu, Tile)
+        slots = -(-chunk // BLOCK)
+        shared = slots * held * width * itemsize * arrays
         if shared > dynamic_max:
             continue
         resident = min(per_sm, smem_sm // (fn.shared_size_bytes + shared + SMEM_RESERVED))
-        if resident < PERSIST_MIN_RESIDENT:
+        if resident < _persist_min_resident(width):
             continue
         if nsplit == 1 or c * nsplit <= sms * resident:
             return name, fn, nsplit, slots, shared  # (one block a channel: nothing waits)
     return None
+
+
+def _persist_min_resident(width):
+    """Resident blocks per SM a plan needs (see PERSIST_FLIGHT_BYTES)."""
+    if width > 1:
+        return -(-PERSIST_FLIGHT_BYTES // (BLOCK * PERSIST_AHEAD_BYTES))
+    return PERSIST_MIN_RESIDENT
+
+
+def _persist_cols(s, width):
+    """Positions per row of the kernels' walk (persistent.cu, Tile): S / width, or on the scalar
+    entries a row padded to the power of two cols <= BLOCK with S >= 3/4 cols (7x7: 64), so each
+    warp request stays within one row (at most a quarter of the threads idle)."""
+    if width > 1:
+        return s // width
+    cols = 32
+    while cols < s:
+        cols *= 2
+    return cols if s < cols <= BLOCK and 4 * s >= 3 * cols else s
+
+
+def _persist_vector(s, dtype, *arrays):
+    """(suffix, elements per pack) of the single-read entries: 16-byte packs (_vec) as _vector
+    gives them, else 8-byte packs (_vec8) where rows are a multiple of 8 bytes and every pointer is
+    8-byte aligned, else one element per load."""
+    vec, width = _vector(s, dtype, *arrays)
+    half = 8 // np.dtype(dtype).itemsize
+    if width == 1 and s % half == 0 and all(int(a.ptr) % 8 == 0 for a in arrays if a is not None):
+        return "_vec8", half
+    return vec, width
 
 
 def _blocks_may_wait(rt):
@@ -651,7 +695,7 @@ def _persist_counters(rt, c):
 def _persist_launch(rt, plan, c, args):
     name, fn, nsplit, _, shared = plan
     if not _launches_on_device(rt):
-        rt.launch(name, (nsplit, c), args)
+        rt.launch(name, (nsplit, c), args, shared=shared)
         return
     if shared > 48 * 1024:  # above 48 KiB a kernel must opt in
         fn.set_attribute(rt.api.driver.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared)
@@ -672,14 +716,15 @@ def _persistent_forward(x, scale, bias, run_mean, run_var, eps, factor, out, sav
     n, c, s = _ncs(x.shape)
     if n * s < 1:
         return False
-    vec, width = _vector(s, x.dtype, x, out)
+    vec, width = _persist_vector(s, x.dtype, x, out)
     plan = _persistent_plan(rt, "forward", suffix, vec, width, x.dtype.itemsize, 1, n, c, s)
     if plan is None:
         return False
     part = rt.empty((c * plan[2] * STATS_PARTIAL,), np.float32)
     _persist_launch(rt, plan, c,
                     (_ptr(x), _ptr(out), _ptr(part), _ptr(_persist_counters(rt, c)), np.int64(n),
-                     np.int32(c), np.int64(s), np.float64(eps), np.float64(factor), _ptr(scale),
+                     np.int32(c), np.int64(s), np.int64(_persist_cols(s, width)),
+                     np.float64(eps), np.float64(factor), _ptr(scale),
                      _ptr(bias), _ptr(savemean), _ptr(saveinvvar), _ptr(run_mean), _ptr(run_var),
                      np.int32(1 if relu else 0)))
     return True
@@ -695,7 +740,7 @@ def _persistent_backward(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, 
     n, c, s = _ncs(x.shape)
     if n * s < 1:
         return False
-    vec, width = _vector(s, x.dtype, x, dy, dx, y)
+    vec, width = _persist_vector(s, x.dtype, x, dy, dx, y)
     plan = _persistent_plan(rt, "backward", suffix, vec, width, x.dtype.itemsize, 2, n, c, s)
     if plan is None:
         return False
@@ -703,8 +748,8 @@ def _persistent_backward(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, 
     _persist_launch(rt, plan, c,
                     (_ptr(x), _ptr(dy), np.uintp(0) if y is None else _ptr(y), _ptr(dx),
                      _ptr(part), _ptr(_persist_counters(rt, c)), np.int64(n), np.int32(c),
-                     np.int64(s), np.int32(plan[3]), _ptr(scale), _ptr(savemean),
-                     _ptr(saveinvvar), _ptr(dscale), _ptr(dbias)))
+                     np.int64(s), np.int64(_persist_cols(s, width)), np.int32(plan[3]),
+                     _ptr(scale), _ptr(savemean), _ptr(saveinvvar), _ptr(dscale), _ptr(dbias)))
     return True
 
 
