@@ -111,7 +111,10 @@ static inline void st8(float *p, __m256 v, int stream)
 #ifndef RC_RB
 #define RC_RB 8
 #endif
-/* RC_RB: rows per register block of the reductions (sequential streams, within L1's ways) */
+#ifndef RC_RB_DY
+#define RC_RB_DY 8
+#endif
+/* RC_RB (RC_RB_DY in the backward, two arrays): rows per register block of the reductions (sequential streams, within L1's ways) */
 
 static i64 rc_min(i64 a, i64 b) { return a < b ? a : b; }
 static i64 rc_max(i64 a, i64 b) { return a > b ? a : b; }
@@ -332,19 +335,30 @@ static int rc_stream(const float *out, const float *in, i64 R, i64 C)
     return nt_stream(out, in, R * C) && C % 8 == 0 && ((uintptr_t)out & 31) == 0;
 }
 
-/* Rows per step of the elementwise passes: the per-channel constants are loaded once for them, so
- * the loads are mostly data. RC_ER rows while a step spans at most RC_ER_SPAN bytes of each array,
- * else 2: several wide rows at once (their streams of x, dy and the output) were measured slower
- * than two (512 x 2048: 12 streams a multiple of 4 KB apart, more than L1's ways). */
+/* Rows per step of the elementwise passes, a function of C: with wide rows the per-channel
+ * constants (4 arrays of C floats in the backward) no longer sit in L1 beside the data, so a step
+ * of RC_ER rows loads them once for all; but no more than RC_ER_SPAN bytes of each array per step
+ * (512 x 2048: 4 rows of x, dy and dx are 12 streams a multiple of 4 KB apart, more than L1's
+ * ways; 2 rows were faster). Narrow rows go one at a time: measured as fast or faster there (one
+ * thread, 32x64x56x56 to 256x512x7x7 channels last), their constants stay in L1. */
 #ifndef RC_ER
 #define RC_ER 4
 #endif
 #ifndef RC_ER_SPAN
 #define RC_ER_SPAN (16 * 1024)
 #endif
-static int rc_wide_rows(i64 C)
+#ifndef RC_ER_MIN_ROW
+#define RC_ER_MIN_ROW 4096 /* bytes: narrower rows go one at a time */
+#endif
+static int rc_row_step(i64 C)
 {
-    return C * (i64)sizeof(float) * RC_ER > RC_ER_SPAN;
+#ifdef RC_AVX
+    i64 row = C * (i64)sizeof(float);
+    return row < RC_ER_MIN_ROW ? 1 : row * RC_ER <= RC_ER_SPAN ? RC_ER : 2;
+#else
+    (void)C;
+    return 1; /* the scalar loops reload nothing per row worth saving */
+#endif
 }
 
 /* nr rows (a constant once inlined) from row pointer offset 0: o = (x - m) * a + b (relu'd when
@@ -377,16 +391,18 @@ static inline __attribute__((always_inline)) void rows_affine_k(
 #else
     (void)stream;
 #endif
-    for (; j < C; j++)
-        for (int i = 0; i < nr; i++) {
-            i64 k = i * C + j;
+    for (int i = 0; i < nr; i++) {
+        const float *xi = xr + i * C, *yi = y ? y + i * C : NULL;
+        float *oi = o + i * C;
+        for (i64 jj = j; jj < C; jj++) {
             if (m) {
-                float v = fmaf(xr[k] - m[j], a[j], b[j]);
-                o[k] = relu ? rc_relu(v) : v;
+                float v = fmaf(xi[jj] - m[jj], a[jj], b[jj]);
+                oi[jj] = relu ? rc_relu(v) : v;
             } else {
-                o[k] = rc_grad(xr, y, k) * a[j];
+                oi[jj] = rc_grad(xi, yi, jj) * a[jj];
             }
         }
+    }
 }
 
 /* rows [r0, r1) of rows_affine_k, step (RC_ER or 2) at a time */
@@ -406,10 +422,13 @@ static inline __attribute__((always_inline)) void rows_affine(
     const float *x, float *out, const float *y, i64 r0, i64 r1, i64 C, const float *m,
     const float *a, const float *b, int relu, int stream)
 {
-    if (rc_wide_rows(C))
+    int step = rc_row_step(C);
+    if (step == RC_ER)
+        rows_affine_step(x, out, y, r0, r1, RC_ER, C, m, a, b, relu, stream);
+    else if (step == 2)
         rows_affine_step(x, out, y, r0, r1, 2, C, m, a, b, relu, stream);
     else
-        rows_affine_step(x, out, y, r0, r1, RC_ER, C, m, a, b, relu, stream);
+        rows_affine_step(x, out, y, r0, r1, 1, C, m, a, b, relu, stream);
 }
 
 static void rows_affine_any(const float *x, float *out, const float *y, i64 r0, i64 r1, i64 C,
@@ -449,11 +468,12 @@ static inline __attribute__((always_inline)) void rows_dx_k(
 #else
     (void)stream;
 #endif
-    for (; j < C; j++)
-        for (int i = 0; i < nr; i++) {
-            i64 e = i * C + j;
-            o[e] = (rc_grad(g, y, e) * k[j] - c0[j]) - (xr[e] - m[j]) * c1[j];
-        }
+    for (int i = 0; i < nr; i++) {
+        const float *xi = xr + i * C, *gi = g + i * C, *yi = y ? y + i * C : NULL;
+        float *oi = o + i * C;
+        for (i64 jj = j; jj < C; jj++)
+            oi[jj] = (rc_grad(gi, yi, jj) * k[jj] - c0[jj]) - (xi[jj] - m[jj]) * c1[jj];
+    }
 }
 
 static inline __attribute__((always_inline)) void rows_dx_step(
@@ -473,10 +493,13 @@ static inline __attribute__((always_inline)) void rows_dx(
     const float *x, const float *g, const float *y, float *o, i64 r0, i64 r1, i64 C,
     const float *m, const float *k, const float *c0, const float *c1, int stream)
 {
-    if (rc_wide_rows(C))
+    int step = rc_row_step(C);
+    if (step == RC_ER)
+        rows_dx_step(x, g, y, o, r0, r1, RC_ER, C, m, k, c0, c1, stream);
+    else if (step == 2)
         rows_dx_step(x, g, y, o, r0, r1, 2, C, m, k, c0, c1, stream);
     else
-        rows_dx_step(x, g, y, o, r0, r1, RC_ER, C, m, k, c0, c1, stream);
+        rows_dx_step(x, g, y, o, r0, r1, 1, C, m, k, c0, c1, stream);
 }
 
 static void rows_dx_any(const float *x, const float *g, const float *y, float *o, i64 r0, i64 r1,
@@ -626,11 +649,11 @@ static void part_sums(const float *x, const float *dy, const float *y, i64 C, i6
     for (i64 j = 0; j < w; j++)
         s1[j] = s2[j] = s3[j] = 0.0;
     if (y)
-        for (i64 rb = r0; rb < r1; rb += RC_RB)
-            block_sums(x, dy, y, C, rb, rc_min(rb + RC_RB, r1), w, m, s1, s2, s3);
+        for (i64 rb = r0; rb < r1; rb += RC_RB_DY)
+            block_sums(x, dy, y, C, rb, rc_min(rb + RC_RB_DY, r1), w, m, s1, s2, s3);
     else
-        for (i64 rb = r0; rb < r1; rb += RC_RB)
-            block_sums(x, dy, NULL, C, rb, rc_min(rb + RC_RB, r1), w, m, s1, s2, s3);
+        for (i64 rb = r0; rb < r1; rb += RC_RB_DY)
+            block_sums(x, dy, NULL, C, rb, rc_min(rb + RC_RB_DY, r1), w, m, s1, s2, s3);
 }
 
 typedef struct {
