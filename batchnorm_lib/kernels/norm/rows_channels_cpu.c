@@ -88,8 +88,9 @@ static inline __m256 relu256(__m256 v)
 static inline __m256 grad256(const float *dy, const float *y)
 {
     __m256 g = _mm256_loadu_ps(dy);
-    return y ? _mm256_andnot_ps(_mm256_cmp_ps(_mm256_loadu_ps(y), _mm256_setzero_ps(), _CMP_LE_OQ), g)
-             : g;
+    if (!y)
+        return g;
+    return _mm256_andnot_ps(_mm256_cmp_ps(_mm256_loadu_ps(y), _mm256_setzero_ps(), _CMP_LE_OQ), g);
 }
 /* acc[0..8) += v, in double */
 static inline void add8d(double *acc, __m256 v)
@@ -114,7 +115,8 @@ static inline void st8(float *p, __m256 v, int stream)
 #ifndef RC_RB_DY
 #define RC_RB_DY 8
 #endif
-/* RC_RB (RC_RB_DY in the backward, two arrays): rows per register block of the reductions (sequential streams, within L1's ways) */
+/* RC_RB (RC_RB_DY in the backward, two arrays): rows per register block of the reductions
+ * (sequential streams, within L1's ways) */
 
 static i64 rc_min(i64 a, i64 b) { return a < b ? a : b; }
 static i64 rc_max(i64 a, i64 b) { return a > b ? a : b; }
@@ -361,6 +363,24 @@ static int rc_row_step(i64 C)
 #endif
 }
 
+/* The scalar loop of rows_affine_k: channels [j, C) of nr rows (not inlined: gcc then warns of
+ * overflows it imagines in the unrolled rows) */
+static __attribute__((noinline)) void rows_affine_tail(const float *xr, float *o, const float *y,
+                                                       int nr, i64 C, i64 j, const float *m,
+                                                       const float *a, const float *b, int relu)
+{
+    for (int i = 0; i < nr; i++)
+        for (i64 jj = j; jj < C; jj++) {
+            i64 e = i * C + jj;
+            if (m) {
+                float v = fmaf(xr[e] - m[jj], a[jj], b[jj]);
+                o[e] = relu ? rc_relu(v) : v;
+            } else {
+                o[e] = rc_grad(xr, y, e) * a[jj];
+            }
+        }
+}
+
 /* nr rows (a constant once inlined) from row pointer offset 0: o = (x - m) * a + b (relu'd when
  * relu), or o = x * a when m is NULL (x masked by y where y is not NULL); o may be x. */
 static inline __attribute__((always_inline)) void rows_affine_k(
@@ -391,18 +411,8 @@ static inline __attribute__((always_inline)) void rows_affine_k(
 #else
     (void)stream;
 #endif
-    for (int i = 0; i < nr; i++) {
-        const float *xi = xr + i * C, *yi = y ? y + i * C : NULL;
-        float *oi = o + i * C;
-        for (i64 jj = j; jj < C; jj++) {
-            if (m) {
-                float v = fmaf(xi[jj] - m[jj], a[jj], b[jj]);
-                oi[jj] = relu ? rc_relu(v) : v;
-            } else {
-                oi[jj] = rc_grad(xi, yi, jj) * a[jj];
-            }
-        }
-    }
+    if (j < C)
+        rows_affine_tail(xr, o, y, nr, C, j, m, a, b, relu);
 }
 
 /* rows [r0, r1) of rows_affine_k, step (RC_ER or 2) at a time */
@@ -442,6 +452,19 @@ static void rows_affine_any(const float *x, float *out, const float *y, i64 r0, 
         rows_affine(x, out, NULL, r0, r1, C, m, a, b, 0, stream);
 }
 
+/* The scalar loop of rows_dx_k: channels [j, C) of nr rows (not inlined, as rows_affine_tail) */
+static __attribute__((noinline)) void rows_dx_tail(const float *xr, const float *g,
+                                                   const float *y, float *o, int nr, i64 C, i64 j,
+                                                   const float *m, const float *k, const float *c0,
+                                                   const float *c1)
+{
+    for (int i = 0; i < nr; i++)
+        for (i64 jj = j; jj < C; jj++) {
+            i64 e = i * C + jj;
+            o[e] = (rc_grad(g, y, e) * k[jj] - c0[jj]) - (xr[e] - m[jj]) * c1[jj];
+        }
+}
+
 /* nr rows: dx = (dy * k - c0) - (x - m) * c1, dy masked by y where y is not NULL. */
 static inline __attribute__((always_inline)) void rows_dx_k(
     const float *xr, const float *g, const float *y, float *o, int nr, i64 C,
@@ -468,12 +491,8 @@ static inline __attribute__((always_inline)) void rows_dx_k(
 #else
     (void)stream;
 #endif
-    for (int i = 0; i < nr; i++) {
-        const float *xi = xr + i * C, *gi = g + i * C, *yi = y ? y + i * C : NULL;
-        float *oi = o + i * C;
-        for (i64 jj = j; jj < C; jj++)
-            oi[jj] = (rc_grad(gi, yi, jj) * k[jj] - c0[jj]) - (xi[jj] - m[jj]) * c1[jj];
-    }
+    if (j < C)
+        rows_dx_tail(xr, g, y, o, nr, C, j, m, k, c0, c1);
 }
 
 static inline __attribute__((always_inline)) void rows_dx_step(
