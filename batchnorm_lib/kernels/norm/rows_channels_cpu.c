@@ -107,6 +107,13 @@ static inline void st8(float *p, __m256 v, int stream)
     else
         _mm256_storeu_ps(p, v);
 }
+/* v[i] to row i of nr rows C floats apart, after all of a step's loads */
+static inline __attribute__((always_inline)) void st8_rows(float *o, const __m256 *v, int nr,
+                                                           i64 C, int stream)
+{
+    for (int i = 0; i < nr; i++)
+        st8(o + i * C, v[i], stream);
+}
 #endif
 
 #ifndef RC_RB
@@ -420,8 +427,7 @@ static inline __attribute__((always_inline)) void rows_affine_k(
             for (int i = 0; i < nr; i++)
                 v[i] = _mm256_mul_ps(grad256(xr + i * C + j, y ? y + i * C + j : NULL), av);
         }
-        for (int i = 0; i < nr; i++)
-            st8(o + i * C + j, v[i], stream);
+        st8_rows(o + j, v, nr, C, stream);
     }
 #else
     (void)stream;
@@ -500,8 +506,7 @@ static inline __attribute__((always_inline)) void rows_dx_k(
             u[i] = _mm256_sub_ps(_mm256_mul_ps(u[i], kv), c0v);
             v[i] = _mm256_sub_ps(u[i], _mm256_mul_ps(_mm256_sub_ps(v[i], mv), c1v));
         }
-        for (int i = 0; i < nr; i++)
-            st8(o + i * C + j, v[i], stream);
+        st8_rows(o + j, v, nr, C, stream);
     }
 #else
     (void)stream;
