@@ -149,7 +149,8 @@ ROWS = [
     (301, 132),       # whole 16-byte packs of float32 along C (the CUDA _vec entries)
     (9, 5, 3, 20),
 ]
-ROWS_CPU_ONLY = [(3, 65536), (130, 65536)]  # very wide rows (on the simulator: (5, 4099) above)
+ROWS_CPU_ONLY = [(3, 65536), (130, 65536),  # very wide rows (on the simulator: (5, 4099) above)
+                 (9, 1024), (7, 2056)]      # 4 and 2 rows per elementwise step, rows left over
 
 
 def _rows_run(shape, x, dy, scale, bias, eps=1e-5, factor=0.25, dtype=np.float32):
