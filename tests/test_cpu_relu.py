@@ -33,6 +33,8 @@ CASES = [
     ((3001, 37), True),           # (N, C), odd C
     ((5, 7, 9, 13), True),        # channels last (N, H, W, C)
     ((4, 33, 72), True),          # channels last (N, L, C), C a multiple of 8
+    ((9, 1024), True),            # (N, C), 4 rows per elementwise step and one left over
+    ((5, 1031), True),            # (N, C), 2 rows per step, a scalar tail of 7 channels
 ]
 IDS = ["x".join(map(str, s)) + ("-rows" if r else "") for s, r in CASES]
 

@@ -149,7 +149,8 @@ ROWS = [
     (301, 132),       # whole 16-byte packs of float32 along C (the CUDA _vec entries)
     (9, 5, 3, 20),
 ]
-ROWS_CPU_ONLY = [(3, 65536), (130, 65536)]  # very wide rows (on the simulator: (5, 4099) above)
+ROWS_CPU_ONLY = [(3, 65536), (130, 65536),  # very wide rows (on the simulator: (5, 4099) above)
+                 (9, 1024), (7, 2056)]      # 4 and 2 rows per elementwise step, rows left over
 
 
 def _rows_run(shape, x, dy, scale, bias, eps=1e-5, factor=0.25, dtype=np.float32):
@@ -273,6 +274,63 @@ def test_rows_native_independent_of_threads(rng, shape):
     _native_bitwise_equal(rng, shape, [lambda n=n: cpu_kernels.set_num_threads(n)
                                        for n in (1, 2, 3)] +
                           [lambda: cpu_kernels.set_num_threads(previous)])
+
+
+def _rows_lib_run(lib, x, dy, scale, bias, relu):
+    """Every rows x channels entry of a loaded library on (R, C) float32 data; its outputs."""
+    import ctypes
+
+    R, C = x.shape
+    p = lambda a: a.ctypes.data  # noqa: E731
+    vec = lambda v: np.array(v, np.float32)  # noqa: E731
+    sc, bi, rm, rv, sm, si, ds, db = (vec(v) for v in (scale, bias, np.zeros(C), np.ones(C),
+                                                         np.zeros(C), np.zeros(C), np.zeros(C),
+                                                         np.zeros(C)))
+    out, dx, ev, evdx = (np.empty_like(x) for _ in range(4))
+    lib.bn_set_num_threads(2)
+    assert lib.rc_forward_train(p(x), p(out), R, C, p(sc), p(bi), p(rm), p(rv), 1e-5, 0.3, p(sm),
+                                p(si), relu) == 0
+    mask = ctypes.c_void_p(p(out)) if relu else None
+    assert lib.rc_backward_train(p(x), p(dy), p(dx), R, C, p(sc), p(sm), p(si), p(ds), p(db),
+                                 mask) == 0
+    assert lib.rc_forward_infer(p(x), p(ev), R, C, p(sc), p(bi), p(rm), p(rv), 1e-5, relu) == 0
+    assert lib.rc_backward_infer(p(dy), p(evdx), R, C, p(sc), p(rv), 1e-5, mask) == 0
+    return dict(y=out, dx=dx, dscale=ds, dbias=db, mean=sm, invstd=si, rm=rm, rv=rv, infer=ev,
+                dx_infer=evdx)
+
+
+def test_rows_native_same_bits_without_vector_instructions(rng, tmp_path):
+    """The vector loops (AVX and FMA with -march=native) and the scalar loops do per channel the
+    same float operations in the same order, fmaf where the vectors fuse: a library built without
+    -march=native gives bitwise the same results, so they do not depend on the machine."""
+    import ctypes
+    import subprocess
+
+    if not cpu_native.probe()[0]:
+        pytest.skip("native CPU kernels unavailable: %s" % cpu_native.probe()[1])
+    cc, flags = cpu_native.build_info()["compiler"], cpu_native.build_info()["flags"]
+    path = str(tmp_path / "plain.so")
+    cmd = [cc] + cpu_native.BASE_FLAGS + [f for f in flags if f == "-fopenmp"] + ["-o", path] \
+        + cpu_native.SOURCES + ["-lm"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    plain = ctypes.CDLL(path)
+    cpu_native._declare(plain)
+    native = cpu_native._library()
+    previous = cpu_native.get_num_threads()
+    try:
+        # odd C (vector and scalar channels), 4 and 2 rows per elementwise step, many row parts
+        for shape in [(3001, 37), (9, 1024), (77, 1031), (20000, 24)]:
+            x = rng.normal(5, 2, shape).astype(np.float32)
+            dy = rng.normal(0, 1, shape).astype(np.float32)
+            scale, bias = rng.uniform(-1.5, 1.5, shape[1]), rng.normal(0, 1, shape[1])
+            for relu in (0, 1):
+                want = _rows_lib_run(native, x, dy, scale, bias, relu)
+                got = _rows_lib_run(plain, x, dy, scale, bias, relu)
+                for k in want:
+                    np.testing.assert_array_equal(got[k], want[k], err_msg="%s %s relu=%d"
+                                                  % (shape, k, relu))
+    finally:
+        cpu_native.set_num_threads(previous)
 
 
 def test_rows_simulator_vector_path_and_repeatable(rng):

@@ -7,20 +7,23 @@
  *
  * Work split. The rows are cut into row parts by the shape alone (at most RC_MAX_PARTS, each of
  * at least RC_PART_ELEMS elements); a reduction task is one row part times one chunk of at most
- * RC_CHUNK channels, and the OpenMP threads share the tasks. Inside a task the rows go by in tiles
- * of B rows (B x chunk floats stay in L2): the first pass over a tile streams it from memory row by
- * row, the second re-reads it from cache. The parts are merged per channel in part order, so the
- * results depend on the shape only: bitwise the same for every thread count.
+ * RC_CHUNK channels, and the OpenMP threads share the tasks. A task reads its rows once, RC_RB
+ * rows at a time (sequential streams). The parts are merged per channel in part order, so the
+ * results depend on the shape only: bitwise the same for every thread count. The elementwise
+ * passes split the rows among the threads and take several rows per step, so each per-channel
+ * constant is loaded once for them.
  *
- * SIMD across channels: every inner loop runs along the channels with unit stride over
- * restrict-qualified arrays, the form gcc and clang vectorize at -O3 (with -march=native, at the
- * widest vector width the CPU has); per-channel constants are expanded once per call into arrays.
+ * SIMD across channels: with AVX and FMA (-march=native on such a CPU) the inner loops are
+ * written with 8-float intrinsics, the partial sums of 16 channels held in registers while a block
+ * of rows goes by; the scalar loops (the channel tails, and every channel on other CPUs) do per
+ * channel exactly what a vector lane does, so the results do not depend on which ran.
  *
- * Numerics, as in bn_cpu.c: a tile's statistics are a corrected two-pass around the tile's rough
- * mean, the deviations summed in float registers over blocks of RC_RB rows and then in double, so
- * no float rounding grows with the rows; tiles and parts merge with Chan's formula in double. The
- * per-channel constants are computed in float64 and rounded once; the backward also sums
- * x - savemean, the float32 mean's offset from the exact one, and corrects the gradients for it.
+ * Numerics, as in bn_cpu.c: a part's statistics are sums of deviations from a shift, the mean of
+ * the part's first RC_RB rows, summed in float registers over blocks of RC_RB rows and then in
+ * double, so no float rounding grows with the rows; the part's mean and M2 follow in double and
+ * the parts merge with Chan's formula in double. The per-channel constants are computed in
+ * float64 and rounded once; the backward also sums x - savemean, the float32 mean's offset from
+ * the exact one, and corrects the gradients for it.
  * The elementwise formulas are evaluated in float32 in bn_cpu.c's order:
  *   forward:  out = fmaf(x - mean, a, bias),          a = scale / sqrt(var + eps)
  *   backward: dx  = (dy * k - c0) - (x - mean) * c1,  k = scale * invstd
@@ -38,21 +41,15 @@
 
 #if defined(__AVX__) && defined(__FMA__)
 #include <immintrin.h>
-#define RC_STREAM 1 /* 32-byte non-temporal stores */
+#define RC_AVX 1 /* 8-float vectors, fused multiply-adds, 32-byte non-temporal stores */
 #endif
 
 typedef int64_t i64;
 
 int bn_get_num_threads(void); /* bn_cpu.c, same library */
 
-#ifndef RC_FBLOCK
-#define RC_FBLOCK 64                  /* rows per tile, at most (its rough mean is a float sum) */
-#endif
 #ifndef RC_CHUNK
 #define RC_CHUNK 1024                 /* channels per reduction task */
-#endif
-#ifndef RC_TILE_BYTES
-#define RC_TILE_BYTES (128 * 1024)    /* a tile of rows x chunk, re-read from cache */
 #endif
 #ifndef RC_PART_ELEMS
 #define RC_PART_ELEMS (128 * 1024)    /* a row part holds at least this many elements */
@@ -73,50 +70,62 @@ int bn_get_num_threads(void); /* bn_cpu.c, same library */
 #define RC_SERIAL_BELOW (64 * 1024)   /* elements: smaller tensors run on one thread */
 #endif
 
-/* 8 floats as one vector (GCC/clang vector extension: one AVX register, two SSE ones); the
- * unaligned type loads and stores rows at any offset */
-typedef float rc_vf __attribute__((vector_size(32)));
-typedef float rc_vfu __attribute__((vector_size(32), aligned(4), may_alias));
-static inline rc_vf vld(const float *p) { return *(const rc_vfu *)p; }
-static inline void vst(float *p, rc_vf v) { *(rc_vfu *)p = v; }
-
-/* 4 doubles: the double lanes the register sums are added into */
-typedef double rc_vd __attribute__((vector_size(32)));
-typedef double rc_vdu __attribute__((vector_size(32), aligned(8), may_alias));
-static inline rc_vd vldd(const double *p) { return *(const rc_vdu *)p; }
-static inline rc_vd lo_d(rc_vf v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3), rc_vd); }
-static inline rc_vd hi_d(rc_vf v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7), rc_vd); }
-static inline void vstd(double *p, rc_vd v) { *(rc_vdu *)p = v; }
-
-/* The fused relu and its gradient mask, on the bits: v <= 0 is false for NaN, so NaN stays, and
- * -0 becomes +0. */
-typedef int32_t rc_vi __attribute__((vector_size(32)));
-static inline rc_vf zero_where_le0(rc_vf v, rc_vf test)
-{
-    const rc_vf zero = {0};
-    return (rc_vf)((rc_vi)v & ~(rc_vi)(test <= zero));
-}
 static inline float rc_relu(float v) { return v <= 0.0f ? 0.0f : v; }
-/* dy[i] masked by the forward's output y (y NULL: dy as is) */
+/* dy[i] masked by the forward's output y (y NULL: dy as is); v <= 0 is false for NaN, so NaN
+ * stays */
 static inline float rc_grad(const float *dy, const float *y, i64 i)
 {
     return y && y[i] <= 0.0f ? 0.0f : dy[i];
 }
-static inline rc_vf rc_vgrad(const float *dy, const float *y, i64 i)
-{
-    return y ? zero_where_le0(vld(dy + i), vld(y + i)) : vld(dy + i);
-}
 
-/* acc[0..16) += the 16 floats of (a, b), in double */
-static inline void flush16(double *acc, rc_vf a, rc_vf b)
+#ifdef RC_AVX
+/* the same rules on 8 channels: v <= 0 ? 0 : v with an ordered compare (NaN stays, -0 becomes +0),
+ * and dy masked by y */
+static inline __m256 relu256(__m256 v)
 {
-    vstd(acc, vldd(acc) + lo_d(a));
-    vstd(acc + 4, vldd(acc + 4) + hi_d(a));
-    vstd(acc + 8, vldd(acc + 8) + lo_d(b));
-    vstd(acc + 12, vldd(acc + 12) + hi_d(b));
+    return _mm256_andnot_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LE_OQ), v);
 }
+static inline __m256 grad256(const float *dy, const float *y)
+{
+    __m256 g = _mm256_loadu_ps(dy);
+    if (!y)
+        return g;
+    return _mm256_andnot_ps(_mm256_cmp_ps(_mm256_loadu_ps(y), _mm256_setzero_ps(), _CMP_LE_OQ), g);
+}
+/* acc[0..8) += v, in double */
+static inline void add8d(double *acc, __m256 v)
+{
+    _mm256_storeu_pd(acc, _mm256_add_pd(_mm256_loadu_pd(acc),
+                                        _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
+    _mm256_storeu_pd(acc + 4, _mm256_add_pd(_mm256_loadu_pd(acc + 4),
+                                            _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
+}
+static inline void st8(float *p, __m256 v, int stream)
+{
+    if (stream)
+        _mm256_stream_ps(p, v);
+    else
+        _mm256_storeu_ps(p, v);
+}
+/* v[i] to row i of nr rows C floats apart, after all of a step's loads */
+static inline __attribute__((always_inline)) void st8_rows(float *o, const __m256 *v, int nr,
+                                                           i64 C, int stream)
+{
+    for (int i = 0; i < nr; i++)
+        st8(o + i * C, v[i], stream);
+}
+#endif
 
-#define RC_RB 8 /* rows per register block of the reductions (sequential streams, within L1's ways) */
+#ifndef RC_RB
+#define RC_RB 8
+#endif
+#ifndef RC_RB_DY
+#define RC_RB_DY 4
+#endif
+/* RC_RB (RC_RB_DY in the backward, two arrays): rows per register block of the reductions
+ * (sequential streams, within L1's ways). The backward's blocks read x and dy, 2 RC_RB_DY streams:
+ * 4 rows were faster than 8 (2 threads, 512 x 2048 sums 0.23 against 0.33 ms; one thread, as
+ * fast or faster within the noise of a shared machine) and 16 slower everywhere. */
 
 static i64 rc_min(i64 a, i64 b) { return a < b ? a : b; }
 static i64 rc_max(i64 a, i64 b) { return a > b ? a : b; }
@@ -127,10 +136,22 @@ static int rc_threads(i64 total)
     return total < RC_SERIAL_BELOW ? 1 : bn_get_num_threads();
 }
 
+#ifndef RC_CHANNEL_WORK
+#define RC_CHANNEL_WORK 4096 /* per-channel steps, counting a part's merge 1 and the square root
+                                * and divisions 4: less runs on one thread */
+#endif
+/* Threads for the per-channel steps between the passes (merging P parts, a square root and
+ * divisions in double per channel): serial they cost tens of microseconds at C = 2048, a tenth of
+ * a 512 x 2048 forward, while the other threads wait. Each channel is computed alone, so the
+ * results do not depend on the split. */
+static int rc_channel_threads(i64 R, i64 work)
+{
+    return work < RC_CHANNEL_WORK ? 1 : rc_threads(R * work);
+}
+
 /* The reduction's decomposition; a function of (R, C) only. */
 typedef struct {
     i64 W, nchunk;   /* channels per chunk, chunks */
-    i64 B;           /* rows per tile */
     i64 P, PR;       /* row parts, rows per part */
 } rc_plan;
 
@@ -139,9 +160,10 @@ static rc_plan rc_make_plan(i64 R, i64 C)
     rc_plan p;
     p.W = rc_min(C, RC_CHUNK);
     p.nchunk = rc_ceil_div(C, p.W);
-    p.B = rc_max(1, rc_min(RC_FBLOCK, RC_TILE_BYTES / ((i64)sizeof(float) * p.W)));
     i64 parts = rc_min(R * C / RC_PART_ELEMS, R / RC_MIN_PART_ROWS);
     parts = rc_max(1, rc_min(parts, RC_MAX_PARTS));
+    if (parts > 2)
+        parts -= parts % 2; /* even: two or four threads get equal shares (49 parts: 25 and 24) */
     p.PR = rc_ceil_div(R, parts);
     p.P = rc_ceil_div(R, p.PR);
     return p;
@@ -179,99 +201,114 @@ static int rc_tasks(const rc_plan *p, i64 R, i64 C, i64 ws_doubles, rc_task_fn f
 /* ---------------------------------------------------------------------------------------------- */
 /* statistics                                                                                      */
 
+#ifdef RC_AVX
+/* block_sums on the nv (1 or 2, a constant once inlined) vectors of channels [j, j + 8 nv): the
+ * sums stay in registers while the rows go by */
+static inline __attribute__((always_inline)) void strip_sums(const float *x, const float *dy,
+                                                             const float *y, i64 C, i64 rb,
+                                                             i64 re, i64 j, int nv, const float *c,
+                                                             double *f1, double *f2, double *f3)
+{
+    __m256 cv[2], a[2], q[2], e[2];
+    for (int v = 0; v < nv; v++) {
+        cv[v] = _mm256_loadu_ps(c + j + 8 * v);
+        a[v] = q[v] = e[v] = _mm256_setzero_ps();
+    }
+    for (i64 r = rb; r < re; r++) {
+        i64 o = r * C + j;
+        for (int v = 0; v < nv; v++) {
+            __m256 t = _mm256_sub_ps(_mm256_loadu_ps(x + o + 8 * v), cv[v]);
+            if (dy) {
+                __m256 u = grad256(dy + o + 8 * v, y ? y + o + 8 * v : NULL);
+                a[v] = _mm256_add_ps(a[v], u);
+                q[v] = _mm256_fmadd_ps(u, t, q[v]);
+                e[v] = _mm256_add_ps(e[v], t);
+            } else {
+                a[v] = _mm256_add_ps(a[v], t);
+                q[v] = _mm256_fmadd_ps(t, t, q[v]);
+            }
+        }
+    }
+    for (int v = 0; v < nv; v++) {
+        add8d(f1 + j + 8 * v, a[v]);
+        add8d(f2 + j + 8 * v, q[v]);
+        if (dy)
+            add8d(f3 + j + 8 * v, e[v]);
+    }
+}
+#endif
+
 /* Over rows [rb, re) (at most RC_RB: sequential streams, and rows a multiple of 4 KB apart share L1
  * sets, so RC_RB of them stay within its ways), with t = x - c[j] in float32:
  *   dy NULL: f1[j] += sum(t), f2[j] += sum(t * t)
  *   else:    f1[j] += sum(dy), f2[j] += sum(dy * t), f3[j] += sum(t), dy masked by y if not NULL
- 16 channels held in float registers while the rows go by (at most RC_RB terms: exact enough,
- * the terms are deviations from a nearby shift), then added into double. Inlined, so each caller
- * gets its own loop. */
+ * Each channel's sums run in float over the block's rows (at most RC_RB terms, deviations from a
+ * nearby shift: exact enough), products accumulated with fmaf, then are added into double; the
+ * vector and scalar loops do exactly this per channel, so a build without AVX gives the same bits.
+ * Inlined, so each caller gets its own loop. */
 static inline __attribute__((always_inline)) void block_sums(const float *x, const float *dy,
                                                              const float *y, i64 C, i64 rb, i64 re,
                                                              i64 w, const float *c, double *f1,
                                                              double *f2, double *f3)
 {
     i64 j = 0;
-    for (; j + 16 <= w; j += 16) {
-        rc_vf c0 = vld(c + j), c1 = vld(c + j + 8);
-        rc_vf a0 = {0}, a1 = {0}, q0 = {0}, q1 = {0}, e0 = {0}, e1 = {0};
-        for (i64 r = rb; r < re; r++) {
-            const float *xr = x + r * C + j;
-            rc_vf t0 = vld(xr) - c0, t1 = vld(xr + 8) - c1;
-            rc_vf u0 = dy ? rc_vgrad(dy, y, r * C + j) : t0;
-            rc_vf u1 = dy ? rc_vgrad(dy, y, r * C + j + 8) : t1;
-            a0 += u0;
-            q0 += u0 * t0;
-            a1 += u1;
-            q1 += u1 * t1;
-            if (dy) {
-                e0 += t0;
-                e1 += t1;
-            }
-        }
-        flush16(f1 + j, a0, a1);
-        flush16(f2 + j, q0, q1);
-        if (dy)
-            flush16(f3 + j, e0, e1);
-    }
+#ifdef RC_AVX
+    for (; j + 16 <= w; j += 16)
+        strip_sums(x, dy, y, C, rb, re, j, 2, c, f1, f2, f3);
+    for (; j + 8 <= w; j += 8)
+        strip_sums(x, dy, y, C, rb, re, j, 1, c, f1, f2, f3);
+#endif
     for (; j < w; j++) {
+        float a = 0.0f, q = 0.0f, e = 0.0f;
         for (i64 r = rb; r < re; r++) {
-            double t = (double)(x[r * C + j] - c[j]);
-            double u = dy ? (double)rc_grad(dy, y, r * C + j) : t;
-            f1[j] += u;
-            f2[j] += u * t;
-            if (dy)
-                f3[j] += t;
+            float t = x[r * C + j] - c[j];
+            float u = dy ? rc_grad(dy, y, r * C + j) : t;
+            a += u;
+            q = fmaf(u, t, q);
+            e += t;
         }
+        f1[j] += (double)a;
+        f2[j] += (double)q;
+        if (dy)
+            f3[j] += (double)e;
     }
 }
 
 /* Mean and M2 of channels [0, w) of rows [r0, r1) (row r at x + r * C) into mean[], m2[]; ws holds
- * 3 * w doubles. Chan-merges tile after tile in row order. */
-static void part_stats(const float *x, i64 C, i64 r0, i64 r1, i64 w, i64 B, double *restrict mean,
+ * 3 * w doubles. One read of the rows: sums of deviations from a shift, the mean of the part's
+ * first RC_RB rows (near the part's mean, so the float terms stay small and the double sums lose
+ * nothing to cancellation), then the part's mean and M2 from them in double. */
+static void part_stats(const float *x, i64 C, i64 r0, i64 r1, i64 w, double *restrict mean,
                        double *restrict m2, double *ws)
 {
     double *restrict f1 = ws, *restrict f2 = ws + w;
-    float *restrict sum = (float *)(ws + 2 * w);
-    double na = 0.0;
-    for (i64 j = 0; j < w; j++)
-        mean[j] = m2[j] = 0.0;
-    for (i64 t0 = r0; t0 < r1; t0 += B) {
-        i64 t1 = rc_min(t0 + B, r1);
-        double nb = (double)(t1 - t0);
-        /* pass 1, from memory row by row: the tile's rough mean, the shift of pass 2 */
-        memcpy(sum, x + t0 * C, sizeof(float) * (size_t)w);
-        for (i64 r = t0 + 1; r < t1; r++) {
-            const float *restrict row = x + r * C;
-            for (i64 j = 0; j < w; j++)
-                sum[j] += row[j];
-        }
-        float inv_nb = (float)(1.0 / nb);
+    float *restrict shift = (float *)(ws + 2 * w);
+    i64 n0 = rc_min(RC_RB, r1 - r0);
+    memcpy(shift, x + r0 * C, sizeof(float) * (size_t)w);
+    for (i64 r = r0 + 1; r < r0 + n0; r++) {
+        const float *restrict row = x + r * C;
         for (i64 j = 0; j < w; j++)
-            sum[j] *= inv_nb; /* now the shift */
-        /* pass 2, from cache: sums of deviations from the shift */
-        for (i64 j = 0; j < w; j++)
-            f1[j] = f2[j] = 0.0;
-        for (i64 rb = t0; rb < t1; rb += RC_RB)
-            block_sums(x, NULL, NULL, C, rb, rc_min(rb + RC_RB, t1), w, sum, f1, f2, NULL);
-        /* the tile's (mean, M2), merged into the part's (Chan; the weights are per tile) */
-        double n = na + nb, wb = nb / n, wab = na * wb;
-        for (i64 j = 0; j < w; j++) {
-            double s1 = f1[j], dm = s1 / nb;
-            double tm = (double)sum[j] + dm;
-            double tm2 = f2[j] - s1 * dm;
-            tm2 = tm2 > 0.0 ? tm2 : 0.0;
-            double d = tm - mean[j];
-            mean[j] += d * wb;
-            m2[j] += tm2 + d * d * wab;
-        }
-        na = n;
+            shift[j] += row[j];
+    }
+    float inv_n0 = (float)(1.0 / (double)n0);
+    for (i64 j = 0; j < w; j++) {
+        shift[j] *= inv_n0;
+        f1[j] = f2[j] = 0.0;
+    }
+    for (i64 rb = r0; rb < r1; rb += RC_RB)
+        block_sums(x, NULL, NULL, C, rb, rc_min(rb + RC_RB, r1), w, shift, f1, f2, NULL);
+    double n = (double)(r1 - r0);
+    for (i64 j = 0; j < w; j++) {
+        double s1 = f1[j], dm = s1 / n;
+        double pm2 = f2[j] - s1 * dm;
+        mean[j] = (double)shift[j] + dm;
+        m2[j] = pm2 > 0.0 ? pm2 : 0.0;
     }
 }
 
 typedef struct {
     const float *x;
-    i64 C, B;
+    i64 C;
     double *pmean, *pm2;
 } stats_ctx;
 
@@ -279,7 +316,7 @@ static void stats_task(void *ctx, i64 part, i64 c0, i64 w, i64 r0, i64 r1, doubl
 {
     const stats_ctx *k = ctx;
     i64 o = part * k->C + c0;
-    part_stats(k->x + c0, k->C, r0, r1, w, k->B, k->pmean + o, k->pm2 + o, ws);
+    part_stats(k->x + c0, k->C, r0, r1, w, k->pmean + o, k->pm2 + o, ws);
 }
 
 /* scale / sqrt(var + eps) in float64, rounded once */
@@ -300,7 +337,7 @@ static i64 g_stream_bytes = RC_STREAM_BYTES;
  * stores: the rule of every elementwise pass of the library (bn_cpu.c, per_row_cpu.c, here). */
 int nt_stream(const float *out, const float *in, i64 n)
 {
-#ifdef RC_STREAM
+#ifdef RC_AVX
     return out != in && n * (i64)sizeof(float) >= g_stream_bytes;
 #else
     (void)out; (void)in; (void)n;
@@ -324,114 +361,202 @@ static int rc_stream(const float *out, const float *in, i64 R, i64 C)
     return nt_stream(out, in, R * C) && C % 8 == 0 && ((uintptr_t)out & 31) == 0;
 }
 
-/* First index of a row from which o + j is 32-byte aligned (when streaming; else the row's end,
- * the vector loop below then does nothing). */
-static i64 rc_peel(const float *o, i64 C, int stream)
+/* Rows per step of the elementwise passes, a function of C: with wide rows the per-channel
+ * constants (4 arrays of C floats in the backward) no longer sit in L1 beside the data, so a step
+ * of RC_ER rows loads them once for all; but no more than RC_ER_SPAN bytes of each array per step
+ * (512 x 2048: 4 rows of x, dy and dx are 12 streams a multiple of 4 KB apart, more than L1's
+ * ways; 2 rows were faster). Narrow rows go one at a time: measured as fast or faster there (one
+ * thread, 32x64x56x56 to 256x512x7x7 channels last), their constants stay in L1. */
+#ifndef RC_ER
+#define RC_ER 4
+#endif
+#ifndef RC_ER_SPAN
+#define RC_ER_SPAN (16 * 1024)
+#endif
+#ifndef RC_ER_MIN_ROW
+#define RC_ER_MIN_ROW 4096 /* bytes: narrower rows go one at a time */
+#endif
+static int rc_row_step(i64 C)
 {
-    if (!stream)
-        return C;
-    i64 mis = (i64)(((uintptr_t)o & 31) / sizeof(float));
-    return rc_min(C, mis ? 8 - mis : 0);
+#ifdef RC_AVX
+    i64 row = C * (i64)sizeof(float);
+    return row < RC_ER_MIN_ROW ? 1 : row * RC_ER <= RC_ER_SPAN ? RC_ER : 2;
+#else
+    (void)C;
+    return 1; /* the scalar loops reload nothing per row worth saving */
+#endif
 }
 
-#ifdef RC_STREAM
-/* v <= 0 ? 0 : v, ordered compare: NaN stays */
-static inline __m256 relu256(__m256 v)
+/* The scalar loop of rows_affine_k: channels [j, C) of nr rows (not inlined: gcc then warns of
+ * overflows it imagines in the unrolled rows) */
+static __attribute__((noinline)) void rows_affine_tail(const float *xr, float *o, const float *y,
+                                                       int nr, i64 C, i64 j, const float *m,
+                                                       const float *a, const float *b, int relu)
 {
-    return _mm256_andnot_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LE_OQ), v);
+    for (int i = 0; i < nr; i++)
+        for (i64 jj = j; jj < C; jj++) {
+            i64 e = i * C + jj;
+            if (m) {
+                float v = fmaf(xr[e] - m[jj], a[jj], b[jj]);
+                o[e] = relu ? rc_relu(v) : v;
+            } else {
+                o[e] = rc_grad(xr, y, e) * a[jj];
+            }
+        }
 }
-#endif
 
-/* One row: o = (x - m) * a + b (relu'd when relu), or o = x * a when m is NULL (x masked by y
- * where y is not NULL); o may be x. Inlined with constant flags: each variant is its own loop. */
-static inline __attribute__((always_inline)) void row_affine_k(
-    const float *xr, float *o, i64 C, const float *restrict m, const float *restrict a,
-    const float *restrict b, int relu, const float *y, int stream)
+/* nr rows (a constant once inlined) from row pointer offset 0: o = (x - m) * a + b (relu'd when
+ * relu), or o = x * a when m is NULL (x masked by y where y is not NULL); o may be x. */
+static inline __attribute__((always_inline)) void rows_affine_k(
+    const float *xr, float *o, const float *y, int nr, i64 C, const float *restrict m,
+    const float *restrict a, const float *restrict b, int relu, int stream)
 {
-    i64 j = 0, head = rc_peel(o, C, stream);
-    if (m) {
-        for (; j < head; j++) {
-            float v = fmaf(xr[j] - m[j], a[j], b[j]);
-            o[j] = relu ? rc_relu(v) : v;
+    i64 j = 0;
+#ifdef RC_AVX
+    /* all of a step's loads before its stores: with C * 4 a multiple of 4 KB a load from the next
+     * row after a store to this one has the same address bits below 4 KB and waits for it */
+    for (; j + 8 <= C; j += 8) {
+        __m256 av = _mm256_loadu_ps(a + j), v[RC_ER];
+        if (m) {
+            __m256 mv = _mm256_loadu_ps(m + j), bv = _mm256_loadu_ps(b + j);
+            for (int i = 0; i < nr; i++)
+                v[i] = _mm256_loadu_ps(xr + i * C + j);
+            for (int i = 0; i < nr; i++) {
+                v[i] = _mm256_fmadd_ps(_mm256_sub_ps(v[i], mv), av, bv);
+                v[i] = relu ? relu256(v[i]) : v[i];
+            }
+        } else {
+            for (int i = 0; i < nr; i++)
+                v[i] = _mm256_mul_ps(grad256(xr + i * C + j, y ? y + i * C + j : NULL), av);
         }
-#ifdef RC_STREAM
-        for (; stream && j + 8 <= C; j += 8) {
-            __m256 v = _mm256_sub_ps(_mm256_loadu_ps(xr + j), _mm256_loadu_ps(m + j));
-            v = _mm256_fmadd_ps(v, _mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j));
-            _mm256_stream_ps(o + j, relu ? relu256(v) : v);
-        }
-#endif
-        for (; j < C; j++) {
-            float v = fmaf(xr[j] - m[j], a[j], b[j]);
-            o[j] = relu ? rc_relu(v) : v;
-        }
-    } else {
-        for (; j < head; j++)
-            o[j] = rc_grad(xr, y, j) * a[j];
-#ifdef RC_STREAM
-        for (; stream && j + 8 <= C; j += 8) {
-            __m256 g = _mm256_loadu_ps(xr + j);
-            if (y)
-                g = _mm256_andnot_ps(_mm256_cmp_ps(_mm256_loadu_ps(y + j), _mm256_setzero_ps(),
-                                                   _CMP_LE_OQ), g);
-            _mm256_stream_ps(o + j, _mm256_mul_ps(g, _mm256_loadu_ps(a + j)));
-        }
-#endif
-        for (; j < C; j++)
-            o[j] = rc_grad(xr, y, j) * a[j];
+        st8_rows(o + j, v, nr, C, stream);
     }
+#else
+    (void)stream;
+#endif
+    if (j < C)
+        rows_affine_tail(xr, o, y, nr, C, j, m, a, b, relu);
 }
 
-static void row_affine(const float *xr, float *o, i64 C, const float *m, const float *a,
-                       const float *b, int relu, const float *y, int stream)
+/* rows [r0, r1) of rows_affine_k, step (RC_ER or 2) at a time */
+static inline __attribute__((always_inline)) void rows_affine_step(
+    const float *x, float *out, const float *y, i64 r0, i64 r1, int step, i64 C, const float *m,
+    const float *a, const float *b, int relu, int stream)
+{
+    i64 r = r0;
+    for (; r + step <= r1; r += step)
+        rows_affine_k(x + r * C, out + r * C, y ? y + r * C : NULL, step, C, m, a, b, relu,
+                      stream);
+    for (; r < r1; r++)
+        rows_affine_k(x + r * C, out + r * C, y ? y + r * C : NULL, 1, C, m, a, b, relu, stream);
+}
+
+static inline __attribute__((always_inline)) void rows_affine(
+    const float *x, float *out, const float *y, i64 r0, i64 r1, i64 C, const float *m,
+    const float *a, const float *b, int relu, int stream)
+{
+    int step = rc_row_step(C);
+    if (step == RC_ER)
+        rows_affine_step(x, out, y, r0, r1, RC_ER, C, m, a, b, relu, stream);
+    else if (step == 2)
+        rows_affine_step(x, out, y, r0, r1, 2, C, m, a, b, relu, stream);
+    else
+        rows_affine_step(x, out, y, r0, r1, 1, C, m, a, b, relu, stream);
+}
+
+static void rows_affine_any(const float *x, float *out, const float *y, i64 r0, i64 r1, i64 C,
+                            const float *m, const float *a, const float *b, int relu, int stream)
 {
     if (relu)
-        row_affine_k(xr, o, C, m, a, b, 1, NULL, stream);
+        rows_affine(x, out, NULL, r0, r1, C, m, a, b, 1, stream);
     else if (y)
-        row_affine_k(xr, o, C, m, a, b, 0, y, stream);
+        rows_affine(x, out, y, r0, r1, C, m, a, b, 0, stream);
     else
-        row_affine_k(xr, o, C, m, a, b, 0, NULL, stream);
+        rows_affine(x, out, NULL, r0, r1, C, m, a, b, 0, stream);
 }
 
-/* One row: dx = (dy * k - c0) - (x - m) * c1, dy masked by y where y is not NULL. */
-static inline __attribute__((always_inline)) void row_dx_k(
-    const float *restrict xr, const float *restrict g, const float *restrict y, float *restrict o,
-    i64 C, const float *restrict m, const float *restrict k, const float *restrict c0,
+/* The scalar loop of rows_dx_k: channels [j, C) of nr rows (not inlined, as rows_affine_tail) */
+static __attribute__((noinline)) void rows_dx_tail(const float *xr, const float *g,
+                                                   const float *y, float *o, int nr, i64 C, i64 j,
+                                                   const float *m, const float *k, const float *c0,
+                                                   const float *c1)
+{
+    for (int i = 0; i < nr; i++)
+        for (i64 jj = j; jj < C; jj++) {
+            i64 e = i * C + jj;
+            o[e] = (rc_grad(g, y, e) * k[jj] - c0[jj]) - (xr[e] - m[jj]) * c1[jj];
+        }
+}
+
+/* nr rows: dx = (dy * k - c0) - (x - m) * c1, dy masked by y where y is not NULL. */
+static inline __attribute__((always_inline)) void rows_dx_k(
+    const float *xr, const float *g, const float *y, float *o, int nr, i64 C,
+    const float *restrict m, const float *restrict k, const float *restrict c0,
     const float *restrict c1, int stream)
 {
-    i64 j = 0, head = rc_peel(o, C, stream);
-    for (; j < head; j++)
-        o[j] = (rc_grad(g, y, j) * k[j] - c0[j]) - (xr[j] - m[j]) * c1[j];
-#ifdef RC_STREAM
-    for (; stream && j + 8 <= C; j += 8) {
-        __m256 gv = _mm256_loadu_ps(g + j);
-        if (y)
-            gv = _mm256_andnot_ps(_mm256_cmp_ps(_mm256_loadu_ps(y + j), _mm256_setzero_ps(),
-                                                _CMP_LE_OQ), gv);
-        __m256 u = _mm256_sub_ps(_mm256_mul_ps(gv, _mm256_loadu_ps(k + j)),
-                                 _mm256_loadu_ps(c0 + j));
-        __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + j), _mm256_loadu_ps(m + j)),
-                                 _mm256_loadu_ps(c1 + j));
-        _mm256_stream_ps(o + j, _mm256_sub_ps(u, v));
+    i64 j = 0;
+#ifdef RC_AVX
+    for (; j + 8 <= C; j += 8) { /* loads before stores, as in rows_affine_k */
+        __m256 mv = _mm256_loadu_ps(m + j), kv = _mm256_loadu_ps(k + j);
+        __m256 c0v = _mm256_loadu_ps(c0 + j), c1v = _mm256_loadu_ps(c1 + j), u[RC_ER], v[RC_ER];
+        for (int i = 0; i < nr; i++) {
+            i64 e = i * C + j;
+            u[i] = grad256(g + e, y ? y + e : NULL);
+            v[i] = _mm256_loadu_ps(xr + e);
+        }
+        for (int i = 0; i < nr; i++) {
+            u[i] = _mm256_sub_ps(_mm256_mul_ps(u[i], kv), c0v);
+            v[i] = _mm256_sub_ps(u[i], _mm256_mul_ps(_mm256_sub_ps(v[i], mv), c1v));
+        }
+        st8_rows(o + j, v, nr, C, stream);
     }
+#else
+    (void)stream;
 #endif
-    for (; j < C; j++)
-        o[j] = (rc_grad(g, y, j) * k[j] - c0[j]) - (xr[j] - m[j]) * c1[j];
+    if (j < C)
+        rows_dx_tail(xr, g, y, o, nr, C, j, m, k, c0, c1);
 }
 
-static void row_dx(const float *xr, const float *g, const float *y, float *o, i64 C,
-                   const float *m, const float *k, const float *c0, const float *c1, int stream)
+static inline __attribute__((always_inline)) void rows_dx_step(
+    const float *x, const float *g, const float *y, float *o, i64 r0, i64 r1, int step, i64 C,
+    const float *m, const float *k, const float *c0, const float *c1, int stream)
+{
+    i64 r = r0;
+    for (; r + step <= r1; r += step)
+        rows_dx_k(x + r * C, g + r * C, y ? y + r * C : NULL, o + r * C, step, C, m, k, c0, c1,
+                  stream);
+    for (; r < r1; r++)
+        rows_dx_k(x + r * C, g + r * C, y ? y + r * C : NULL, o + r * C, 1, C, m, k, c0, c1,
+                  stream);
+}
+
+static inline __attribute__((always_inline)) void rows_dx(
+    const float *x, const float *g, const float *y, float *o, i64 r0, i64 r1, i64 C,
+    const float *m, const float *k, const float *c0, const float *c1, int stream)
+{
+    int step = rc_row_step(C);
+    if (step == RC_ER)
+        rows_dx_step(x, g, y, o, r0, r1, RC_ER, C, m, k, c0, c1, stream);
+    else if (step == 2)
+        rows_dx_step(x, g, y, o, r0, r1, 2, C, m, k, c0, c1, stream);
+    else
+        rows_dx_step(x, g, y, o, r0, r1, 1, C, m, k, c0, c1, stream);
+}
+
+static void rows_dx_any(const float *x, const float *g, const float *y, float *o, i64 r0, i64 r1,
+                        i64 C, const float *m, const float *k, const float *c0, const float *c1,
+                        int stream)
 {
     if (y)
-        row_dx_k(xr, g, y, o, C, m, k, c0, c1, stream);
+        rows_dx(x, g, y, o, r0, r1, C, m, k, c0, c1, stream);
     else
-        row_dx_k(xr, g, NULL, o, C, m, k, c0, c1, stream);
+        rows_dx(x, g, NULL, o, r0, r1, C, m, k, c0, c1, stream);
 }
 
 /* after a thread's last streaming store: the streamed lines are visible before the threads join */
 void nt_fence(int stream)
 {
-#ifdef RC_STREAM
+#ifdef RC_AVX
     if (stream)
         _mm_sfence(); /* the streamed lines are visible before the threads join */
 #else
@@ -470,9 +595,7 @@ static void rc_affine(const float *x, float *out, i64 R, i64 C, const float *m, 
         rc_share(ntask, &lo, &hi);
         for (i64 t = hi - 1; t >= lo; t--) {
             i64 r1 = rc_min(R, (t + 1) * rows);
-            for (i64 r = t * rows; r < r1; r++)
-                row_affine(x + r * C, out + r * C, C, m, a, b, relu, y ? y + r * C : NULL,
-                           stream);
+            rows_affine_any(x, out, y, t * rows, r1, C, m, a, b, relu, stream);
         }
         nt_fence(stream); /* once per thread: a fence per task stalls */
     }
@@ -493,7 +616,7 @@ int rc_forward_train(const float *x, float *out, i64 R, i64 C, const float *scal
         free(pmean); free(pm2); free(consts);
         return -1;
     }
-    stats_ctx ctx = {x, C, p.B, pmean, pm2};
+    stats_ctx ctx = {x, C, pmean, pm2};
     if (rc_tasks(&p, R, C, 3, stats_task, &ctx) != 0) {
         free(pmean); free(pm2); free(consts);
         return -1;
@@ -510,6 +633,7 @@ int rc_forward_train(const float *x, float *out, i64 R, i64 C, const float *scal
     }
     double keep = 1.0 - factor;
     double unbias = (double)R / (double)(R - 1);
+#pragma omp parallel for schedule(static) num_threads(rc_channel_threads(R, C * (p.P + 4)))
     for (i64 c = 0; c < C; c++) {
         double mean = 0.0, m2 = 0.0;
         for (i64 part = 0; part < p.P; part++) {
@@ -541,6 +665,7 @@ static int rc_frozen(const float *x, float *out, i64 R, i64 C, const float *scal
     float *a32 = malloc(sizeof(float) * (size_t)C);
     if (!a32)
         return -1;
+#pragma omp parallel for schedule(static) num_threads(rc_channel_threads(R, 4 * C))
     for (i64 c = 0; c < C; c++)
         a32[c] = affine_f32(scale[c], run_var[c], eps);
     rc_affine(x, out, R, C, m, a32, b, relu, y);
@@ -567,11 +692,11 @@ static void part_sums(const float *x, const float *dy, const float *y, i64 C, i6
     for (i64 j = 0; j < w; j++)
         s1[j] = s2[j] = s3[j] = 0.0;
     if (y)
-        for (i64 rb = r0; rb < r1; rb += RC_RB)
-            block_sums(x, dy, y, C, rb, rc_min(rb + RC_RB, r1), w, m, s1, s2, s3);
+        for (i64 rb = r0; rb < r1; rb += RC_RB_DY)
+            block_sums(x, dy, y, C, rb, rc_min(rb + RC_RB_DY, r1), w, m, s1, s2, s3);
     else
-        for (i64 rb = r0; rb < r1; rb += RC_RB)
-            block_sums(x, dy, NULL, C, rb, rc_min(rb + RC_RB, r1), w, m, s1, s2, s3);
+        for (i64 rb = r0; rb < r1; rb += RC_RB_DY)
+            block_sums(x, dy, NULL, C, rb, rc_min(rb + RC_RB_DY, r1), w, m, s1, s2, s3);
 }
 
 typedef struct {
@@ -617,6 +742,7 @@ int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
      * gs = (sum(dy (x - mean)) - r sum(dy)) * invstd, k = scale * invstd,
      * c1 = k * invstd * gs / m, c0 = k * gb / m - r * c1 */
     float *k32 = consts, *c032 = consts + C, *c132 = consts + 2 * C;
+#pragma omp parallel for schedule(static) num_threads(rc_channel_threads(R, C * (p.P + 4)))
     for (i64 c = 0; c < C; c++) {
         double sdy = 0.0, sdyx = 0.0, sxm = 0.0;
         for (i64 part = 0; part < p.P; part++) {
@@ -644,9 +770,7 @@ int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
             rc_share(ntask2, &lo, &hi); /* descending, as in rc_affine */
             for (i64 t = hi - 1; t >= lo; t--) {
                 i64 r1 = rc_min(R, (t + 1) * rows);
-                for (i64 r = t * rows; r < r1; r++)
-                    row_dx(x + r * C, dy + r * C, y ? y + r * C : NULL, dx + r * C, C, savemean,
-                           k32, c032, c132, stream);
+                rows_dx_any(x, dy, y, dx, t * rows, r1, C, savemean, k32, c032, c132, stream);
             }
             nt_fence(stream);
         }
