@@ -137,21 +137,32 @@ def _reduction(rt, kernel, suffix, n, c, s, vec, width):
             (np.int64(n), np.int32(c), np.int64(s), np.int32(nsplit)))
 
 
+def _blocks_per_sm(rt, fn, shared=None):
+    """Blocks of compiled kernel ``fn`` one SM of the device holds at once: the occupancy rule from
+    its threads and its registers (ptxas's count, where known, allocated per warp in units of 256)
+    and, given ``shared`` (bytes per block), shared memory plus SMEM_RESERVED per block."""
+    attr = rt.api.driver.device_attribute
+    dev = rt.device
+    per_sm = min(dev.get_attribute(attr.MAX_THREADS_PER_MULTIPROCESSOR) // BLOCK,
+                 dev.get_attribute(attr.MAX_BLOCKS_PER_MULTIPROCESSOR))
+    if shared is not None:
+        per_sm = min(per_sm, dev.get_attribute(attr.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
+                     // (shared + SMEM_RESERVED))
+    if fn.num_regs:
+        warp_regs = -(-fn.num_regs * 32 // 256) * 256
+        per_sm = min(per_sm, dev.get_attribute(attr.MAX_REGISTERS_PER_MULTIPROCESSOR)
+                     // (warp_regs * WARPS_PER_BLOCK))
+    return per_sm
+
+
 def _resident_blocks(rt, name):
     """Blocks of batchnorm.cu's entry ``name`` the device holds at once: SMs times the blocks per SM
     that its threads and registers (ptxas's count, where known) allow."""
     if not _launches_on_device(rt):
         rt = config.backend_module().runtime()  # a recorded launch: the active device's figure
-    fn = rt.compile()[name]
-    attr = rt.api.driver.device_attribute
-    dev = rt.device
-    per_sm = min(dev.get_attribute(attr.MAX_THREADS_PER_MULTIPROCESSOR) // BLOCK,
-                 dev.get_attribute(attr.MAX_BLOCKS_PER_MULTIPROCESSOR))
-    if fn.num_regs:
-        warp_regs = -(-fn.num_regs * 32 // 256) * 256
-        per_sm = min(per_sm, dev.get_attribute(attr.MAX_REGISTERS_PER_MULTIPROCESSOR)
-                     // (warp_regs * WARPS_PER_BLOCK))
-    return dev.get_attribute(attr.MULTIPROCESSOR_COUNT) * max(1, per_sm)
+    per_sm = _blocks_per_sm(rt, rt.compile()[name])
+    sms = rt.device.get_attribute(rt.api.driver.device_attribute.MULTIPROCESSOR_COUNT)
+    return sms * max(1, per_sm)
 
 
 def _relu(name, on):
@@ -427,18 +438,11 @@ def _rows_resident(rt, name):
     if not _launches_on_device(rt):
         rt = config.backend_module().runtime()  # plan a recorded launch for the active device
     fn = rt.functions_of(ROWS_SOURCE)[name]
-    attr = rt.api.driver.device_attribute
-    dev = rt.device
-    per_sm = min(dev.get_attribute(attr.MAX_THREADS_PER_MULTIPROCESSOR) // BLOCK,
-                 dev.get_attribute(attr.MAX_BLOCKS_PER_MULTIPROCESSOR),
-                 dev.get_attribute(attr.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
-                 // (fn.shared_size_bytes + SMEM_RESERVED))
     if not fn.num_regs:
         return TARGET_BLOCKS
-    warp_regs = -(-fn.num_regs * 32 // 256) * 256
-    per_sm = min(per_sm, dev.get_attribute(attr.MAX_REGISTERS_PER_MULTIPROCESSOR)
-                 // (warp_regs * WARPS_PER_BLOCK))
-    return max(1, per_sm) * dev.get_attribute(attr.MULTIPROCESSOR_COUNT)
+    per_sm = _blocks_per_sm(rt, fn, fn.shared_size_bytes)
+    sms = rt.device.get_attribute(rt.api.driver.device_attribute.MULTIPROCESSOR_COUNT)
+    return max(1, per_sm) * sms
 
 
 def _rows_reduction(r, c, width, rt=None, name=None):
@@ -585,12 +589,7 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
     attr = rt.api.driver.device_attribute
     dev = rt.device
     sms = dev.get_attribute(attr.MULTIPROCESSOR_COUNT)
-    per_sm = min(dev.get_attribute(attr.MAX_THREADS_PER_MULTIPROCESSOR) // BLOCK,
-                 dev.get_attribute(attr.MAX_BLOCKS_PER_MULTIPROCESSOR))
-    if fn.num_regs:
-        warp_regs = -(-fn.num_regs * 32 // 256) * 256
-        per_sm = min(per_sm, dev.get_attribute(attr.MAX_REGISTERS_PER_MULTIPROCESSOR)
-                     // (warp_regs * WARPS_PER_BLOCK))
+    per_sm = _blocks_per_sm(rt, fn)
     smem_sm = dev.get_attribute(attr.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
     dynamic_max = dev.get_attribute(attr.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN) - fn.shared_size_bytes
     packs = n * cols  # walk positions, the padding columns' included
