@@ -1,7 +1,7 @@
 """The NCHW inference passes run in one launch each (kernels/norm/batchnorm.cu: bn_normalize_infer_*,
 bn_backward_infer_*): the kernel computes a = scale / sqrt(run_var + eps) in float64, rounded once,
-per channel per block, so the results are bitwise those of the factor launch (bn_channel_factor)
-followed by the elementwise pass, and close to the float64 reference. The shapes cover a block's
+per channel per block, so the results are bitwise those of the training elementwise pass given that
+factor (computed on the host in float64 and rounded once: IEEE division and sqrt give the same bits), and close to the float64 reference. The shapes cover a block's
 channel table holding every channel (from a channel other than 0, wrapping past C - 1), a run of
 fewer than C channels (wrapping too), a block range taken in several table-sized segments, packs
 straddling channels (S < pack), a partial last pack, and the unpacked (misaligned) kernels."""
@@ -54,7 +54,7 @@ def test_cases_cover_every_table_path():
 
 
 def _factor32(scale, run_var, eps):
-    """bn_channel_factor's a: float64, rounded once to float32."""
+    """The inference factor a: float64, rounded once to float32 (bn::frozen_factor's expression)."""
     return (scale.astype(np.float64) / np.sqrt(run_var.astype(np.float64) + eps)).astype(np.float32)
 
 
@@ -93,17 +93,14 @@ def test_inference_one_launch_bitwise_as_two(shape, dtype, misaligned, relu, rng
                                                      % (relu_tag, suffix, vec)]
         y = out.get()
 
-        # the previous sequence: the factor launch, then the training normalize entry
-        a = gpuarray.empty((c,), np.float32)
+        # the two-launch sequence: the factor (from the host), then the training normalize entry
+        a = gpuarray.to_gpu(_factor32(scale, run_var, eps))
         old = to_gpu_misaligned(np.full(shape, np.nan, dtype), misaligned)
         P = norm_cuda._ptr
-        rt.launch("bn_channel_factor", (-(-c // 256),),
-                  (P(params[0]), P(params[3]), np.float64(eps), P(a), np.int32(c)))
         rt.launch("bn_normalize%s_%s%s" % (relu_tag, suffix, vec),
                   norm_cuda._elementwise_grid(n * c * s // width),
                   (P(gx), P(old), P(params[2]), P(a), P(params[1]), np.int64(n), np.int32(c),
                    np.int64(s)))
-        assert np.array_equal(a.get(), _factor32(scale, run_var, eps))
         assert np.array_equal(_bits(y), _bits(old.get()))
 
         rtol, atol = TOLERANCES[dtype.name]

@@ -43,9 +43,9 @@ def _data(rng, shape, dtype):
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype_name", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_inference_one_launch_equals_channel_factor_path(shape, dtype_name, relu, rng):
-    """One launch each; the output bitwise equal to bn_channel_factor's factor used by the
-    training normalize entry (the two-launch path), and to dy * a rounded once for the backward;
+def test_inference_one_launch_equals_two_launch_path(shape, dtype_name, relu, rng):
+    """One launch each; the output bitwise equal to the training normalize entry given the
+    factor in float64 rounded once (bn::frozen_factor's expression, here on the host) (the two-launch path), and to dy * a rounded once for the backward;
     close to the float64 reference."""
     with active_backend("cudasim"):
         from batchnorm_lib.backend import gpuarray
@@ -63,9 +63,11 @@ def test_inference_one_launch_equals_channel_factor_path(shape, dtype_name, relu
             impl.rows_backward_infer(g(dy), gs, grv, EPS, dx, y=y if relu else None)
         assert len(fwd.launches) == 1 and len(bwd.launches) == 1
 
-        # the two-launch path: bn_channel_factor, then the training normalize entry
+        # the two-launch path: the factor (IEEE division and sqrt: the device's bits), then the
+        # training normalize entry
         rt, suffix, r, c, vec, width = norm_cuda._rows_setup(gx, y)
-        a = norm_cuda._channel_factor(rt, gs, grv, EPS, c)
+        a = g((scale.astype(np.float64) / np.sqrt(run_var.astype(np.float64) + EPS))
+              .astype(np.float32))
         two = g(np.zeros(shape, dtype))
         norm_cuda._rows_normalize(rt, suffix + vec, gx, two, grm, a, gb, r, c, width, relu)
         assert y.get().tobytes() == two.get().tobytes()

@@ -15,8 +15,7 @@
 // partials in a fixed order (lane-strided, then a shuffle-down tree; bn::stats_finalize and
 // bn::backward_finalize). No float atomics: the result depends only on the shapes, so repeated runs
 // are bitwise equal. Float64 runs only per channel: there, in the inference factors
-// (bn::frozen_factor, once per channel per block of the one-launch inference passes) and in
-// bn_channel_factor.
+// (bn::frozen_factor, once per channel per block of the one-launch inference passes).
 #include "bn_common.cuh"
 
 namespace bn {
@@ -182,24 +181,12 @@ __device__ __forceinline__ void stats_partial_cols(const T* __restrict__ x, floa
 }
 
 // The inference factor a = scale / sqrt(run_var + eps) of one channel, in float64 and rounded
-// once: bn_channel_factor's (the rows x channels passes) and the one-launch NCHW inference passes'
-// (FrozenFactor), so both give the same bits.
+// once: the one-launch inference passes' (FrozenFactor here, rows_channels.cu's stage_factor), so
+// NCHW and rows x channels data give the same bits.
 __device__ __forceinline__ float frozen_factor(const float* __restrict__ scale,
                                               const float* __restrict__ run_var, double eps, int ch)
 {
     return static_cast<float>(static_cast<double>(scale[ch]) / sqrt(run_var[ch] + eps));
-}
-
-// Inference factors for the rows x channels passes: one thread per channel, before their
-// normalize (or frozen-statistics backward) pass.
-__device__ __forceinline__ void channel_factor(const float* __restrict__ scale,
-                                               const float* __restrict__ run_var, double eps,
-                                               float* __restrict__ a, int c)
-{
-    const int ch = blockIdx.x * kBlock + threadIdx.x;
-    if (ch < c) {
-        a[ch] = frozen_factor(scale, run_var, eps, ch);
-    }
 }
 
 // Where an elementwise pass takes its per-channel factor from: an array (the training passes: a
@@ -676,13 +663,6 @@ __device__ __forceinline__ void backward_infer(const T* __restrict__ dy, const T
 // --- entry points ---------------------------------------------------------------------------------
 // Plain signatures only (pointers and int / long long / float scalars): the Python side and the
 // simulator backend launch them by name. All use 256-thread blocks (bn::kBlock).
-
-// Inference factors a = scale / sqrt(run_var + eps) for the rows x channels passes: one thread per
-// channel (grid ceil(C / 256)).
-extern "C" __global__ void bn_channel_factor(const float* scale, const float* run_var, double eps, float* a, int c)
-{
-    bn::channel_factor(scale, run_var, eps, a, c);
-}
 
 // Parameter-gradient accumulation and updates: y = alpha * x + beta * y (beta == 0 overwrites y,
 // so stale non-finite values do not survive). Grid-stride over n float32 elements.

@@ -578,7 +578,7 @@ __device__ __forceinline__ WelfordD read_partial_cg(const float* p)
 }
 
 // One warp (all 32 lanes) finishes channel ch: merges its nsplit partials in float64, then writes
-// savemean, saveinvvar, the normalize factor a = scale / sqrt(var + eps) (as channel_factor and
+// savemean, saveinvvar, the normalize factor a = scale / sqrt(var + eps) (as frozen_factor and
 // the CPU backend compute it) and updates the running statistics, each rounded once from float64.
 __device__ __forceinline__ void stats_finalize(const float* part, int ch, int nsplit, int lane,
                                                const StatsOut& o)

@@ -18,7 +18,7 @@ tensor fits on chip, the training passes instead run as one single-read launch o
 once: bitwise repeatable on one device, equal to the two-pass results to rounding.
 
 Numerics: threads accumulate in float32, partials merge in compensated float32 (float-float) within a
-block and in float64 per channel (the reductions' last blocks, bn_channel_factor and the NCHW
+block and in float64 per channel (the reductions' last blocks and the
 inference kernels' factors, the only code using float64); the factors (normalize factor, dx
 coefficients, inference factor) are computed once per channel (per block, in the inference kernels)
 in float64. See docs/numerics.md.
@@ -229,18 +229,9 @@ def _normalize(rt, suffix, x, out, mean, a, bias, n, c, s, relu):
                np.int64(s)))
 
 
-def _channel_factor(rt, scale, run_var, eps, c):
-    """a = scale / sqrt(run_var + eps) per channel, in float64 rounded once (a workspace): the
-    rows x channels inference passes' first launch (the NCHW ones compute it in their kernel)."""
-    a = rt.empty((c,), np.float32)
-    rt.launch("bn_channel_factor", (-(-c // BLOCK),),
-              (_ptr(scale), _ptr(run_var), np.float64(eps), _ptr(a), np.int32(c)))
-    return a
-
-
 def forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
     """One launch: the kernel computes a = scale / sqrt(run_var + eps) itself, once per channel per
-    block, as bn_channel_factor would (float64, rounded once)."""
+    block (bn::frozen_factor: float64, rounded once)."""
     rt = _runtime()
     suffix = _suffix(rt, x.dtype, out)
     n, c, s = _ncs(x.shape)

@@ -14,7 +14,7 @@
 // and the last block of each tile to finish (bn::last_block) merges them in float64 in a fixed
 // order: no float atomics, results bitwise repeatable and dependent on the shape only. The elementwise passes take the reductions'
 // per-channel factors (the normalize factor a, the dx coefficients), or compute the inference
-// factor themselves as batchnorm.cu's bn_channel_factor does (inference is one launch), and round
+// factor themselves as bn::frozen_factor does (inference is one launch), and round
 // as batchnorm.cu's kernels do.
 #include "bn_common.cuh"
 
@@ -445,7 +445,7 @@ struct Columns {
     }
 
     // The inference factors a = scale / sqrt(run_var + eps) of the block's channels, each in
-    // float64 and rounded once, as batchnorm.cu's bn_channel_factor (once per channel per block).
+    // float64 and rounded once (bn::frozen_factor, once per channel per block).
     __device__ __forceinline__ void stage_factor(float* dst, const float* __restrict__ scale,
                                                  const float* __restrict__ run_var, double eps,
                                                  int c) const
@@ -503,7 +503,7 @@ struct Loaded {
 
 // y = fma(x - mean, a, bias) per channel, a = rc_stats_partial_*'s factor (training) or, INFER,
 // scale / sqrt(run_var + eps) computed here from `a` = scale and `run_var` (as
-// bn_channel_factor); as batchnorm.cu's normalize (relu too when RELU). y may be x.
+// bn::frozen_factor); as batchnorm.cu's normalize (relu too when RELU). y may be x.
 template <typename T, int VEC, bool RELU = false, bool INFER = false>
 __device__ __forceinline__ void normalize(const T* x, T* y, const float* __restrict__ mean,
                                           const float* __restrict__ a,
@@ -576,7 +576,7 @@ __device__ __forceinline__ void backward_dx(const T* __restrict__ x, const T* __
 }
 
 // dx = dy * k with frozen statistics, k = scale / sqrt(run_var + eps) computed here per channel
-// (as bn_channel_factor); dy masked by y when RELU.
+// (as bn::frozen_factor); dy masked by y when RELU.
 template <typename T, int VEC, bool RELU = false>
 __device__ __forceinline__ void backward_infer(const T* __restrict__ dy, const T* __restrict__ y,
                                                const float* __restrict__ scale,
