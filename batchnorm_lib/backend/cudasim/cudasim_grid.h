@@ -93,15 +93,31 @@ static void spin_point(const char* file, int line) {
     }
 }
 
-// An atomic whose memory changed is progress; one that changed nothing (a poll) is a spin.
+// An atomic whose memory changed is progress, and so is a poll (an atomic that changed nothing)
+// that sees another value than the same thread's last poll of that address: the wait it was in
+// is over, even if the threads that ended it have finished. Any other poll is a spin.
 template <class F, class P>
 static inline auto watched_atomic(F op, P* p, const char* file, int line) -> decltype(op(p)) {
     unsigned char before[16];
     const size_t n = sizeof(*p) < sizeof before ? sizeof(*p) : sizeof before;
     memcpy(before, (const void*)p, n);
     auto result = op(p);
-    if (memcmp(before, (const void*)p, n) != 0) note_progress();
-    else spin_point(file, line);
+    if (memcmp(before, (const void*)p, n) != 0) {
+        note_progress();
+        return result;
+    }
+    Fiber* self = g.cur;
+    if (self) {
+        const bool seen_change = self->poll_addr == (const void*)p &&
+                                 memcmp(self->poll_seen, before, n) != 0;
+        self->poll_addr = (const void*)p;
+        memcpy(self->poll_seen, before, n);
+        if (seen_change) {
+            note_progress();
+            return result;
+        }
+    }
+    spin_point(file, line);
     return result;
 }
 

@@ -113,6 +113,10 @@ struct Fiber {
     uint64_t in, out;
     int src;
     int barrier_result;
+    // the last atomic that changed nothing: its address and the value it saw (cudasim_grid.h,
+    // watched_atomic: seeing another thread's change there is progress)
+    const void* poll_addr;
+    unsigned char poll_seen[16];
 #if !defined(CUDASIM_ASM_SWITCH)
     ucontext_t ctx;
 #endif
@@ -686,6 +690,7 @@ static void init_block() {
         f->line = 0;
         f->op = 0;
         f->in = 0;
+        f->poll_addr = nullptr;
         fiber_prepare(f, g.stacks + g.stack_stride * i + page, g.stack_bytes);
         make_ready(f);
     }
