@@ -172,7 +172,8 @@ def test_blocks_of_a_channel_meet_at_the_barrier(small_device, rng):
     ("forward", (6, 1, 32, 40), True),     # 7680 values: 4 blocks of 8 KiB, 2 per SM
     ("forward", (7, 1, 30, 40), False),    # 8400: no split fits 2 SMs of 20 KiB, 2 blocks each
     ("forward", (10, 2, 13, 31), True),    # scalar entries
-    ("forward", (11, 2, 13, 31), False),
+    ("forward", (11, 2, 13, 31), True),    # both channels at once do not fit: one group walks them
+    ("forward", (23, 1, 13, 31), False),
     ("forward", (3, 21, 5, 8), True),      # one block a channel, more blocks than fit at once
     ("backward", (3, 21, 5, 8), True),
     ("backward", (4, 1, 25, 40), True),    # x and dy: 4000 values each
@@ -330,24 +331,63 @@ def test_deeper_loads_fold_the_same_batches(sim, rng, monkeypatch):
 @pytest.mark.parametrize("kind, dtype, entry, shared", [
     ("forward", "float32", "bn_persist_forward_f32_vec", 256 * 196 * 4),
     ("backward", "float16", "bn_persist_backward_f16_vec8", 2 * 256 * 196 * 2),
-    # x and dy: 392 KiB a channel, more than a block holds, and 2048 blocks cannot wait at once
-    ("backward", "float32", None, None),
+    # x and dy: 392 KiB a channel, more than a block holds, and 2048 blocks cannot wait at once:
+    # 66 groups of 6 blocks (3 per SM, 72 KiB each) walk the channels
+    ("backward", "float32", "bn_persist_backward_f32_vec", 2 * 9 * 256 * 16),
     ("forward", "float16", "bn_persist_forward_f16_vec8", 256 * 196 * 2),
 ])
-def test_resnet_14x14_plans_on_an_h100(device_of, kind, dtype, entry, shared):
-    """The full ResNet-50 shape's plans on an H100's limits (132 SMs, 228 KiB per SM)."""
+def test_resnet_14x14_plans_on_an_h100(device_of, monkeypatch, kind, dtype, entry, shared):
+    """The full ResNet-50 shape's plans on an H100's limits (132 SMs, 228 KiB per SM; not the
+    simulator's own cap on blocks set aside at once)."""
     rt = device_of(132, 228 * 1024, 227 * 1024)
+    monkeypatch.setattr(bn_cuda, "_simulator_waiting_blocks", lambda: None)
     item = np.dtype(dtype).itemsize
     width, vec = (16 // item, "_vec") if item == 4 else (8 // item, "_vec8")
     plan = bn_cuda._persistent_plan(rt, kind, bn_cuda._SUFFIX[dtype], vec, width, item,
                                     2 if kind == "backward" else 1, 256, 1024, 196)
-    if entry is None:
-        assert plan is None
+    assert plan[0] == entry and plan[4] == shared
+    if kind == "backward" and dtype == "float32":
+        assert plan[2] == 6 and plan[5] == 66 and resident(rt, plan) == 3
         return
-    assert plan[0] == entry and plan[2] == 1 and plan[4] == shared
+    assert plan[2] == 1 and plan[5] == 1024
     assert resident(rt, plan) * 256 * bn_cuda.PERSIST_AHEAD_BYTES >= bn_cuda.PERSIST_FLIGHT_BYTES
 
 
+
+
+def test_channels_walked_by_fewer_groups(device_of, rng, monkeypatch):
+    """A channel larger than a block, more channels than the device holds split at once: groups of
+    nsplit blocks walk the channels (block (split, g) takes channels g, g + G, ...). Against the
+    reference, bitwise repeatable, and bitwise what the same split gives with a group a channel
+    on a device large enough to hold every block at once."""
+    rt = device_of(4, 20 * 1024, 19 * 1024)
+    shape = (6, 4, 25, 40)  # a channel: 1500 packs of 16 bytes (24 KiB), x and dy 48 KiB
+    n, c, s = 6, 4, 1000
+    x, scale, bias, dy = data(rng, shape)
+    plans = {}
+    for kind, arrays in (("forward", 1), ("backward", 2)):
+        plans[kind] = bn_cuda._persistent_plan(rt, kind, "f32", "_vec", 4, 4, arrays, n, c, s)
+        assert plans[kind][2] > 1 and plans[kind][5] < c  # split, and walked
+    got, names = launched(lambda: forward(rt, x, scale, bias, relu=True))
+    assert names == ["bn_persist_forward_f32_vec"]
+    check_forward(got, x, scale, bias, True)
+    grads, names = launched(lambda: backward(rt, x, dy, scale, got[1], got[2], y=got[0]))
+    assert names == ["bn_persist_backward_f32_vec"]
+    check_backward(grads, x, np.where(got[0] <= 0, 0.0, dy), scale)
+    again = forward(rt, x, scale, bias, relu=True), backward(rt, x, dy, scale, got[1], got[2],
+                                                               y=got[0])
+    assert all(np.array_equal(a, b) for a, b in zip(got + grads, again[0] + again[1]))
+    assert not bn_cuda._persist_counters(rt, c).get()[0::2].any()  # arrivals left at 0
+
+    # the same splits, one group a channel, on a device holding every block at once
+    big = device_of(64, 20 * 1024, 19 * 1024)
+    kinds = {"bn_persist_forward_f32_vec": "forward", "bn_persist_backward_f32_vec": "backward"}
+    monkeypatch.setattr(bn_cuda, "_persistent_plan",
+                        lambda *a: plans[a[1]][:5] + (c,))
+    assert set(kinds.values()) == set(plans)
+    wide = forward(big, x, scale, bias, relu=True), backward(big, x, dy, scale, got[1], got[2],
+                                                             y=got[0])
+    assert all(np.array_equal(a, b) for a, b in zip(got + grads, wide[0] + wide[1]))
 
 # -- padded rows: 7x7 (and 5x5) rows walked as 64 (32) positions, each warp request in one row ---
 

@@ -553,8 +553,8 @@ _persist_sync = {}  # id(runtime) -> (runtime, uint32 counters): 2 per channel, 
 
 
 def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
-    """(entry name, function, nsplit, slots, shared bytes) of the single-read kernel ``kind``
-    ("forward" or "backward"), or None when the data cannot stay on chip.
+    """(entry name, function, nsplit, slots, shared bytes, groups) of the single-read kernel
+    ``kind`` ("forward" or "backward"), or None when the data cannot stay on chip.
 
     Block (split, channel) holds ``slots`` packs per thread of each of ``arrays`` data arrays in
     shared memory. With nsplit > 1 the grid must fit the device at once, as the blocks of a
@@ -564,7 +564,9 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
     per PERSIST_MIN_PACKS packs per thread unless only a finer split fits; else one block per
     channel (any number of channels: no block waits) where a channel fits one block. Always
     PERSIST_FLIGHT_BYTES in flight per SM on the packed entries (width > 1), at least
-    PERSIST_MIN_RESIDENT blocks per SM on the scalar ones."""
+    PERSIST_MIN_RESIDENT blocks per SM on the scalar ones. groups: C, or, where no split lets the
+    blocks of every channel wait at once, fewer groups of nsplit blocks that the device holds at
+    once, each walking its channels in turn (_walking_plan)."""
     if os.environ.get(SINGLE_READ_ENV, "1") == "0":
         return None
     if s == 1 or c > MAX_GRID_Y:
@@ -608,8 +610,57 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
         if resident < _persist_min_resident(width):
             continue
         if nsplit == 1 or c * nsplit <= sms * resident:
-            return name, fn, nsplit, slots, shared  # (one block a channel: nothing waits)
-    return None
+            return name, fn, nsplit, slots, shared, c  # (one block a channel: nothing waits)
+    if not _blocks_may_wait(rt):
+        return None
+    return _walking_plan(name, fn, sms, per_sm, smem_sm, dynamic_max, packs, held, cols * width != s,
+                         cols, width, itemsize * width * arrays, c, waiting_cap)
+
+
+WALK_MIN_USE = 0.75  # the least share of the grid's block-steps a walking plan may leave busy
+WALK_USE_SLACK = 0.02  # walking plans this close to the best share count as equal
+# Most blocks a walking plan splits a channel over: each channel costs its group a barrier of that
+# many blocks, a wait the byte count does not show; larger channels keep the two-pass kernels.
+WALK_MAX_SPLIT = 16
+
+
+def _walking_plan(name, fn, sms, per_sm, smem_sm, dynamic_max, packs, held, padded, cols, width,
+                  pack_bytes, c, waiting_cap):
+    """The single-read plan for channels too large for the device to hold every channel's blocks at
+    once: G groups of nsplit blocks, G * nsplit resident together, group g taking channels g,
+    g + G, ... (persistent.cu). Of the splits whose tile fits, the one whose block-steps are most
+    often busy, use = C * nsplit / (ceil(C / G) * SMs * resident per SM); among those within
+    WALK_USE_SLACK of it, the most resident blocks per SM (bytes in flight; at least
+    PERSIST_MIN_RESIDENT), then the fewest blocks a channel. None below WALK_MIN_USE: reading x twice at full occupancy is then faster
+    (12 bytes an element against 8 / use); None where a channel needs more than WALK_MAX_SPLIT."""
+    options = []
+    for nsplit in range(2, min(packs, sms * per_sm, WALK_MAX_SPLIT) + 1):
+        chunk = -(-packs // nsplit)
+        if padded:
+            chunk = -(-chunk // cols) * cols
+        slots = -(-chunk // BLOCK)
+        shared = slots * held * pack_bytes
+        if shared > dynamic_max:
+            continue
+        resident = min(per_sm, smem_sm // (fn.shared_size_bytes + shared + SMEM_RESERVED))
+        # at least PERSIST_MIN_RESIDENT blocks per SM whatever the loads: a block waiting at its
+        # channel's barrier leaves its SM another one to run
+        if resident < max(_persist_min_resident(width), PERSIST_MIN_RESIDENT):
+            continue
+        groups = min(c, sms * resident // nsplit)
+        if waiting_cap is not None:
+            groups = min(groups, waiting_cap // nsplit)
+        if groups < 1:
+            continue
+        use = c * nsplit / (-(-c // groups) * sms * resident)
+        options.append((use, resident, nsplit, (name, fn, nsplit, slots, shared, groups)))
+    if not options:
+        return None
+    top = max(o[0] for o in options)
+    if top < WALK_MIN_USE:
+        return None
+    return max((o for o in options if o[0] >= top - WALK_USE_SLACK),
+               key=lambda o: (o[1], -o[2]))[3]
 
 
 def _persist_min_resident(width):
@@ -682,15 +733,15 @@ def _persist_counters(rt, c):
     return held[1]
 
 
-def _persist_launch(rt, plan, c, args):
-    name, fn, nsplit, _, shared = plan
+def _persist_launch(rt, plan, args):
+    name, fn, nsplit, _, shared, groups = plan
     if not _launches_on_device(rt):
-        rt.launch(name, (nsplit, c), args, shared=shared)
+        rt.launch(name, (nsplit, groups), args, shared=shared)
         return
     if shared > 48 * 1024:  # above 48 KiB a kernel must opt in
         fn.set_attribute(rt.api.driver.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared)
     try:
-        fn(*args, block=(BLOCK, 1, 1), grid=(nsplit, c, 1), shared=shared)
+        fn(*args, block=(BLOCK, 1, 1), grid=(nsplit, groups, 1), shared=shared)
         if rt.sync_each_launch:
             rt.api.driver.Context.synchronize()
     except Exception:
@@ -711,7 +762,7 @@ def _persistent_forward(x, scale, bias, run_mean, run_var, eps, factor, out, sav
     if plan is None:
         return False
     part = rt.empty((c * plan[2] * STATS_PARTIAL,), np.float32)
-    _persist_launch(rt, plan, c,
+    _persist_launch(rt, plan,
                     (_ptr(x), _ptr(out), _ptr(part), _ptr(_persist_counters(rt, c)), np.int64(n),
                      np.int32(c), np.int64(s), np.int64(_persist_cols(s, width)),
                      np.float64(eps), np.float64(factor), _ptr(scale),
@@ -735,7 +786,7 @@ def _persistent_backward(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, 
     if plan is None:
         return False
     part = rt.empty((c * plan[2] * SUM_PARTIAL,), np.float32)
-    _persist_launch(rt, plan, c,
+    _persist_launch(rt, plan,
                     (_ptr(x), _ptr(dy), np.uintp(0) if y is None else _ptr(y), _ptr(dx),
                      _ptr(part), _ptr(_persist_counters(rt, c)), np.int64(n), np.int32(c),
                      np.int64(s), np.int64(_persist_cols(s, width)), np.int32(plan[3]),

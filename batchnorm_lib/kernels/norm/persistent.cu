@@ -3,9 +3,10 @@
 // so the forward reads x once and writes y once (8 bytes per float32 element instead of the
 // two-pass kernels' 12) and the backward reads x and dy once and writes dx (12 instead of 20).
 //
-// Launch: grid (nsplit, C), kBlock threads, slots * kBlock packs of dynamic shared memory per data
-// array held (x; the backward also the masked dy; less for padded rows, see Tile). Block
-// (split, ch) owns the packs [split * chunk, min((split + 1) * chunk, total)) of channel ch's
+// Launch: grid (nsplit, G), G <= C, kBlock threads, slots * kBlock packs of dynamic shared memory
+// per data array held (x; the backward also the masked dy; less for padded rows, see Tile). Block
+// (split, g) takes channels g, g + G, g + 2G, ... one after another (G = C: one channel each), and
+// of channel ch owns the packs [split * chunk, min((split + 1) * chunk, total)) of channel ch's
 // n * S / VEC packs, chunk = ceil(total / nsplit) <= slots * kBlock; thread t takes packs
 // begin + t + k * kBlock and keeps pack k in slot k of its column of the tile. Except on padded
 // rows, tiling, thread assignment, batching of the loads and accumulation order are
@@ -16,6 +17,9 @@
 // writing their partials. With nsplit > 1 that needs every block of the grid resident at once,
 // which the host guarantees by sizing the grid from the kernel's registers and shared memory and
 // the device's SMs (kernels/norm/cuda.py, _persistent_plan): pycuda has no cooperative launch.
+// A channel of more than the device can hold for all channels at once is split all the same: the
+// grid is then G groups of nsplit blocks that fit the device, each group walking its channels in
+// turn (the channel's counters are its own, so a group's barrier waits only for its own blocks).
 // With nsplit 1 no block waits, and the grid may be of any size. The last block
 // to arrive sets the arrival count back to 0 and advances the generation, so the counters are
 // ready for the next launch without a memset. After the barrier every block merges all of its
@@ -88,9 +92,9 @@ struct Tile {
     int rank;         // the thread's column of the held tile
     int stride;       // held packs per slot: kBlock, or S per cols threads padded
 
-    __device__ __forceinline__ Tile(long long n, long long s, int vec, long long walk_cols)
+    __device__ __forceinline__ Tile(long long n, long long s, int vec, long long walk_cols, int channel)
     {
-        ch = blockIdx.y;
+        ch = channel;
         split = blockIdx.x;
         nsplit = gridDim.x;
         // (S / VEC on the packed entries, whatever the host passes: a constant division lets
@@ -275,16 +279,19 @@ __device__ __forceinline__ void forward_step(const T* x, const Tile& t, RowWalk&
     slots += K;
 }
 
-// x and y may be the same buffer: each element is read and written by one thread, and every read
-// of x (the shift included) happens before the barrier, every write after it.
+// One channel's part: x and y may be the same buffer: each element is read and written by one
+// thread, and every read of x (the shift included) happens before the barrier, every write after
+// it. The block's next channel may start as soon as its threads are done: each thread reuses only
+// its own slots of the held tile, and `k` and the reduction's scratch are written again only past
+// the next channel's barrier, which every thread reaches after its stores.
 template <typename T, int VEC>
-__device__ __forceinline__ void forward_train(const T* x, T* y, long long n, int c, long long s,
-                                              long long cols, const ForwardArgs& a)
+__device__ __forceinline__ void forward_channel(const T* x, T* y, long long n, int c, long long s,
+                                                long long cols, const ForwardArgs& a, int ch)
 {
     constexpr int kBatch = batch_packs<T, VEC>();
     constexpr int kGroup = ahead_batches<T, VEC, 1>() * kBatch;
     __shared__ float k[3];
-    const Tile t(n, s, VEC, cols);
+    const Tile t(n, s, VEC, cols, ch);
     Pack<T, VEC>* held = held_packs<T, VEC>() + held_rank<VEC>(t);
     const float shift = to_float(x[static_cast<long long>(t.ch) * s]);
 
@@ -425,14 +432,14 @@ __device__ __forceinline__ void backward_step(const T* x, const T* dy, const T* 
 // y: the forward's output for the fused ReLU's gradient, or null; only the masked dy is held.
 // dx may be dy or x: every read happens before the barrier, every write after it.
 template <typename T, int VEC>
-__device__ __forceinline__ void backward_train(const T* x, const T* dy, const T* y, T* dx,
-                                               long long n, int c, long long s, long long cols,
-                                               int slots_per_array, const BackwardArgs& a)
+__device__ __forceinline__ void backward_channel(const T* x, const T* dy, const T* y, T* dx,
+                                                 long long n, int c, long long s, long long cols,
+                                                 int slots_per_array, const BackwardArgs& a, int ch)
 {
     constexpr int kBatch = batch_packs<T, VEC>();
     constexpr int kGroup = ahead_batches<T, VEC, 2>() * kBatch;
     __shared__ float k[3];
-    const Tile t(n, s, VEC, cols);
+    const Tile t(n, s, VEC, cols, ch);
     Pack<T, VEC>* held_x = held_packs<T, VEC>() + held_rank<VEC>(t);
     Pack<T, VEC>* held_g = held_x + static_cast<long long>(slots_per_array) * held_stride<VEC>(t);
     const float mean = a.savemean[t.ch];
@@ -478,10 +485,31 @@ __device__ __forceinline__ void backward_train(const T* x, const T* dy, const T*
     }
 }
 
+// The block's channels: blockIdx.y, then every gridDim.y-th (see the top of the file).
+template <typename T, int VEC>
+__device__ __forceinline__ void forward_train(const T* x, T* y, long long n, int c, long long s,
+                                              long long cols, const ForwardArgs& a)
+{
+    for (int ch = blockIdx.y; ch < c; ch += gridDim.y) {
+        forward_channel<T, VEC>(x, y, n, c, s, cols, a, ch);
+    }
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void backward_train(const T* x, const T* dy, const T* y, T* dx,
+                                               long long n, int c, long long s, long long cols,
+                                               int slots_per_array, const BackwardArgs& a)
+{
+    for (int ch = blockIdx.y; ch < c; ch += gridDim.y) {
+        backward_channel<T, VEC>(x, dy, y, dx, n, c, s, cols, slots_per_array, a, ch);
+    }
+}
+
 }  // namespace persist
 
 // --- entry points ---------------------------------------------------------------------------------
-// Grid (nsplit, C) of bn::kBlock threads, every block resident at once (see the top of the file),
+// Grid (nsplit, G) of bn::kBlock threads, G <= C groups walking the channels, every block resident
+// at once when nsplit > 1 (see the top of the file),
 // with the dynamic shared memory of the tile: slots * kBlock packs (forward), twice that
 // (backward). part holds C * nsplit partials; sync 2 * C counters, zero before the first launch and
 // left zero by every launch. relu: nonzero for the fused ReLU. y in the backward: the forward's
