@@ -176,6 +176,13 @@ def test_waves_and_time():
     assert h100.waves(2 * 1056, 8) == (2.0, 1.0)
     waves, tail = h100.waves(1056 + 264, 8)
     assert waves == pytest.approx(1.25) and tail == pytest.approx(0.25)
+    # a resident grid walking tiles: 66 groups of 6 blocks (3 per SM fill 396 slots) over 1024
+    # channels are 1024 / 66 waves, the last 34 of 66 groups full; a grid of fewer blocks than
+    # slots counts its own
+    waves, tail = h100.waves(396, 3, tiles=6 * 1024)
+    assert waves == pytest.approx(1024 / 66) and tail == pytest.approx(34 / 66)
+    waves, tail = h100.waves(100, 8, tiles=250)
+    assert waves == pytest.approx(2.5) and tail == pytest.approx(0.5)
     # a grid under one wave spreads over the SMs: 66 blocks of 256 threads -> 128 per SM
     assert h100.resident_threads_per_sm(66, 256, 8) == pytest.approx(128)
     # 1 GB at 3.0 TB/s is 333.3 us; with 8 KB in flight per SM at 700 ns Little's law allows

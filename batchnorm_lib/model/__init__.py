@@ -21,11 +21,12 @@ def _dims(value):
 
 
 def analyze_kernel(source, kernel, grid, block, shared_bytes=0, dram_bytes=None,
-                   latency=h100.LATENCY, arch="sm_90", options=()):
+                   latency=h100.LATENCY, arch="sm_90", options=(), tiles=None):
     """Every modelled figure of one launch of ``kernel`` from the .cu file ``source`` on an H100:
     ptxas resources, occupancy, waves, loads and bytes in flight, bandwidth fraction across the
     latency range, and, given ``dram_bytes``, the modelled time. ``shared_bytes`` is the launch's
-    dynamic shared memory."""
+    dynamic shared memory; ``tiles``, for a grid of resident blocks that walks more work than one
+    block each, that work in blocks (h100.waves)."""
     grid_dims, grid_blocks = _dims(grid)
     block_dims, block_threads = _dims(block)
     cubin, resources = compile_cubin(source, arch, options)
@@ -35,7 +36,7 @@ def analyze_kernel(source, kernel, grid, block, shared_bytes=0, dram_bytes=None,
     res = resources[kernel]
     shared = res["shared_bytes"] + int(shared_bytes)
     occ = h100.occupancy(res["registers"], block_threads, shared)
-    waves, tail = h100.waves(grid_blocks, occ["blocks_per_sm"])
+    waves, tail = h100.waves(grid_blocks, occ["blocks_per_sm"], tiles)
     insns, labels = disassemble(cubin, kernel)
     flight = loads_in_flight(insns, labels)
     resident = h100.resident_threads_per_sm(grid_blocks, block_threads, occ["blocks_per_sm"])

@@ -65,13 +65,20 @@ def occupancy(registers, block_threads, shared_bytes=0):
             "occupancy": blocks * warps * WARP / MAX_THREADS_PER_SM}
 
 
-def waves(grid_blocks, blocks_per_sm):
-    """(waves, fill of the last wave in 0..1] for ``grid_blocks`` blocks."""
+def waves(grid_blocks, blocks_per_sm, tiles=None):
+    """(waves, fill of the last wave in 0..1] for ``grid_blocks`` blocks; or, given ``tiles``, for
+    a grid whose resident blocks walk ``tiles`` blocks' worth of work in turn (persistent grids:
+    the NCHW reductions' tiles, the single-read kernels' channel groups), counted over the slots
+    the grid fills: a grid of one resident wave walking 15.5 tiles a block is 15.5 waves, its
+    last half full."""
     slots = blocks_per_sm * SMS
     if slots == 0:
         return math.inf, 0.0
-    full, rest = divmod(grid_blocks, slots)
-    return grid_blocks / slots, (rest / slots if rest else 1.0)
+    work = grid_blocks
+    if tiles is not None:
+        slots, work = min(slots, grid_blocks), tiles
+    full, rest = divmod(work, slots)
+    return work / slots, (rest / slots if rest else 1.0)
 
 
 def resident_threads_per_sm(grid_blocks, block_threads, blocks_per_sm):

@@ -193,6 +193,7 @@ class _Recorder:
         self._dtypes = real.supported_dtypes()
         self.launches = []
         self.shared = {}  # kernel -> dynamic shared memory per block of its launches (single-read)
+        self.tiles = {}  # kernel -> blocks' worth of work its resident grid walks (Runtime.launch)
         self._next = 1 << 20
 
     def supported_dtypes(self):
@@ -209,10 +210,12 @@ class _Recorder:
         self._next += -(-a.size * a.dtype.itemsize // 256) * 256 + 256
         return a
 
-    def launch(self, name, grid, args, source=None, shared=0):
+    def launch(self, name, grid, args, source=None, shared=0, tiles=None):
         self.launches.append((name, tuple(int(g) for g in grid), source))
         if shared:
             self.shared[name] = int(shared)
+        if tiles is not None:
+            self.tiles[name] = int(tiles)
 
 
 @contextlib.contextmanager
@@ -286,10 +289,11 @@ def _sim_alloc(gpuarray, rng):
     return alloc
 
 
-def _static(kernel, grid, block, source=None, shared=0):
+def _static(kernel, grid, block, source=None, shared=0, tiles=None):
     """Compiler figures of one full-shape launch, or None without nvcc/nvdisasm. ``source``: the
     kernel's .cu under kernels/ (None: the runtime's own sources, searched); ``shared``: its
-    dynamic shared memory per block, which bounds its resident blocks."""
+    dynamic shared memory per block, which bounds its resident blocks; ``tiles``: the work its
+    resident grid walks, in blocks (waves count it)."""
     from batchnorm_lib import model
     from batchnorm_lib.backend.cuda.core import KERNEL_DIR, SOURCES
 
@@ -300,7 +304,7 @@ def _static(kernel, grid, block, source=None, shared=0):
         path = os.path.join(KERNEL_DIR, name)
         try:
             if kernel in sass.compile_cubin(path)[1]:
-                return model.analyze_kernel(path, kernel, grid, block, shared)
+                return model.analyze_kernel(path, kernel, grid, block, shared, tiles=tiles)
         except sass.ToolError:
             return None
     return None
@@ -388,7 +392,8 @@ def model_case(shape, dtype_name, pass_name, budget, rng, latency=h100.LATENCY, 
         else:
             full = moved * int(np.prod(grid)) / sim_blocks[name]
         entry = {"kernel": name, "grid": list(grid), "block": [BLOCK], "dram_bytes": full}
-        static = _static(name, grid, (BLOCK,), source, rec.shared.get(name, 0))
+        static = _static(name, grid, (BLOCK,), source, rec.shared.get(name, 0),
+                         rec.tiles.get(name))
         if static is not None:
             entry.update({k: static[k] for k in (
                 "registers", "shared_bytes", "spill_stores", "spill_loads", "blocks_per_sm",

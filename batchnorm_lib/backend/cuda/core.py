@@ -205,8 +205,10 @@ class CudaBackend:
             raise KernelCompileError("compiling %s for %s failed: %s\n%s"
                                      % (name, arch, e, log or "(nvcc printed nothing)")) from e
 
-    def launch(self, name, grid, args):
-        """Run kernel ``name`` on ``grid`` blocks of BLOCK threads; ``args`` are numpy scalars."""
+    def launch(self, name, grid, args, tiles=None):
+        """Run kernel ``name`` on ``grid`` blocks of BLOCK threads; ``args`` are numpy scalars.
+        ``tiles``: for a grid of resident blocks walking a larger piece of work, how many blocks'
+        worth of it (the performance model's waves; the launch itself does not need it)."""
         function = (self._functions or self.compile())[name]
         function(*args, block=(BLOCK, 1, 1), grid=tuple(grid) + (1,) * (3 - len(grid)), shared=0)
         if self.sync_each_launch:

@@ -155,6 +155,12 @@ def _blocks_per_sm(rt, fn, shared=None):
     return per_sm
 
 
+def _tiles(grid, c, nsplit):
+    """The work a reduction grid walks, in tiles (Runtime.launch's ``tiles``): C x nsplit for the
+    1-D grids of resident blocks, None for the column kernels' grid of a block a tile."""
+    return c * nsplit if len(grid) == 1 else None
+
+
 def _resident_blocks(rt, name):
     """Blocks of batchnorm.cu's entry ``name`` the device holds at once: SMs times the blocks per SM
     that its threads and registers (ptxas's count, where known) allow."""
@@ -203,7 +209,8 @@ def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean,
     part = rt.empty((c * nsplit * STATS_PARTIAL,), np.float32)
     a = rt.empty((c,), np.float32)
     rt.launch(name, grid, (_ptr(x), _ptr(part)) + reduce_args
-              + _stats_out(rt, (c,), eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var))
+              + _stats_out(rt, (c,), eps, factor, scale, savemean, saveinvvar, a, run_mean, run_var),
+              tiles=_tiles(grid, c, nsplit))
     _normalize(rt, suffix, x, out, savemean, a, bias, n, c, s, relu)
 
 
@@ -259,7 +266,8 @@ def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None
     part = rt.empty((c * nsplit * SUM_PARTIAL,), np.float32)
     coef = rt.empty((c * 3,), np.float32)
     rt.launch(name, grid, (_ptr(x), _ptr(dy)) + mask + (_ptr(savemean), _ptr(part)) + reduce_args
-              + _sums_out(rt, (c,), scale, saveinvvar, dscale, dbias, coef))
+              + _sums_out(rt, (c,), scale, saveinvvar, dscale, dbias, coef),
+              tiles=_tiles(grid, c, nsplit))
     if dx is not None:
         evec, ewidth = _flat_vector(x.dtype, x, dy, dx, *masks)
         rt.launch(_relu("bn_backward_train", mask) + "_" + suffix + evec,
@@ -733,10 +741,10 @@ def _persist_counters(rt, c):
     return held[1]
 
 
-def _persist_launch(rt, plan, args):
+def _persist_launch(rt, plan, c, args):
     name, fn, nsplit, _, shared, groups = plan
     if not _launches_on_device(rt):
-        rt.launch(name, (nsplit, groups), args, shared=shared)
+        rt.launch(name, (nsplit, groups), args, shared=shared, tiles=nsplit * c)
         return
     if shared > 48 * 1024:  # above 48 KiB a kernel must opt in
         fn.set_attribute(rt.api.driver.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared)
@@ -762,7 +770,7 @@ def _persistent_forward(x, scale, bias, run_mean, run_var, eps, factor, out, sav
     if plan is None:
         return False
     part = rt.empty((c * plan[2] * STATS_PARTIAL,), np.float32)
-    _persist_launch(rt, plan,
+    _persist_launch(rt, plan, c,
                     (_ptr(x), _ptr(out), _ptr(part), _ptr(_persist_counters(rt, c)), np.int64(n),
                      np.int32(c), np.int64(s), np.int64(_persist_cols(s, width)),
                      np.float64(eps), np.float64(factor), _ptr(scale),
@@ -786,7 +794,7 @@ def _persistent_backward(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, 
     if plan is None:
         return False
     part = rt.empty((c * plan[2] * SUM_PARTIAL,), np.float32)
-    _persist_launch(rt, plan,
+    _persist_launch(rt, plan, c,
                     (_ptr(x), _ptr(dy), np.uintp(0) if y is None else _ptr(y), _ptr(dx),
                      _ptr(part), _ptr(_persist_counters(rt, c)), np.int64(n), np.int32(c),
                      np.int64(s), np.int64(_persist_cols(s, width)), np.int32(plan[3]),
