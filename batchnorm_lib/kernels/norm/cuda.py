@@ -596,6 +596,20 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
     packs = n * cols  # walk positions, the padding columns' included
     # shared packs per slot: a column of BLOCK threads, or the S of each cols threads when padded
     held = BLOCK if cols * width == s else BLOCK // cols * s
+
+    def fit(nsplit):
+        """(slots, shared bytes, resident blocks per SM) of blocks of 1 / nsplit of a channel, or
+        None when such a block's tile is more than a block may hold."""
+        chunk = -(-packs // nsplit)
+        if cols * width != s:
+            chunk = -(-chunk // cols) * cols  # padded blocks start at a row (persistent.cu, Tile)
+        slots = -(-chunk // BLOCK)
+        shared = slots * held * width * itemsize * arrays
+        if shared > dynamic_max:
+            return None
+        return slots, shared, min(per_sm, smem_sm // (fn.shared_size_bytes + shared
+                                                      + SMEM_RESERVED))
+
     # most blocks first (bytes in flight), each thread a few packs where the data allows
     fills = [sms * k // c for k in range(per_sm, 0, -1)]
     work = max(1, packs // (BLOCK * PERSIST_MIN_PACKS))
@@ -607,22 +621,17 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
         if nsplit > 1 and (not _blocks_may_wait(rt)
                            or (waiting_cap is not None and c * nsplit > waiting_cap)):
             continue
-        chunk = -(-packs // nsplit)
-        if cols * width != s:
-            chunk = -(-chunk // cols) * cols  # padded blocks start at a row (persistent.cu, Tile)
-        slots = -(-chunk // BLOCK)
-        shared = slots * held * width * itemsize * arrays
-        if shared > dynamic_max:
+        tile = fit(nsplit)
+        if tile is None:
             continue
-        resident = min(per_sm, smem_sm // (fn.shared_size_bytes + shared + SMEM_RESERVED))
+        slots, shared, resident = tile
         if resident < _persist_min_resident(width):
             continue
         if nsplit == 1 or c * nsplit <= sms * resident:
             return name, fn, nsplit, slots, shared, c  # (one block a channel: nothing waits)
     if not _blocks_may_wait(rt):
         return None
-    return _walking_plan(name, fn, sms, per_sm, smem_sm, dynamic_max, packs, held, cols * width != s,
-                         cols, width, itemsize * width * arrays, c, waiting_cap)
+    return _walking_plan(name, fn, fit, min(packs, sms * per_sm), sms, width, c, waiting_cap)
 
 
 WALK_MIN_USE = 0.75  # the least share of the grid's block-steps a walking plan may leave busy
@@ -632,25 +641,22 @@ WALK_USE_SLACK = 0.02  # walking plans this close to the best share count as equ
 WALK_MAX_SPLIT = 16
 
 
-def _walking_plan(name, fn, sms, per_sm, smem_sm, dynamic_max, packs, held, padded, cols, width,
-                  pack_bytes, c, waiting_cap):
+def _walking_plan(name, fn, fit, most, sms, width, c, waiting_cap):
     """The single-read plan for channels too large for the device to hold every channel's blocks at
     once: G groups of nsplit blocks, G * nsplit resident together, group g taking channels g,
     g + G, ... (persistent.cu). Of the splits whose tile fits, the one whose block-steps are most
     often busy, use = C * nsplit / (ceil(C / G) * SMs * resident per SM); among those within
     WALK_USE_SLACK of it, the most resident blocks per SM (bytes in flight; at least
-    PERSIST_MIN_RESIDENT), then the fewest blocks a channel. None below WALK_MIN_USE: reading x twice at full occupancy is then faster
-    (12 bytes an element against 8 / use); None where a channel needs more than WALK_MAX_SPLIT."""
+    PERSIST_MIN_RESIDENT), then the fewest blocks a channel. None below WALK_MIN_USE: reading x
+    twice at full occupancy is then faster (12 bytes an element against 8 / use); None where a
+    channel needs more than WALK_MAX_SPLIT. ``fit``: _persistent_plan's tile rule; ``most``: the
+    most blocks a channel may have."""
     options = []
-    for nsplit in range(2, min(packs, sms * per_sm, WALK_MAX_SPLIT) + 1):
-        chunk = -(-packs // nsplit)
-        if padded:
-            chunk = -(-chunk // cols) * cols
-        slots = -(-chunk // BLOCK)
-        shared = slots * held * pack_bytes
-        if shared > dynamic_max:
+    for nsplit in range(2, min(most, WALK_MAX_SPLIT) + 1):
+        tile = fit(nsplit)
+        if tile is None:
             continue
-        resident = min(per_sm, smem_sm // (fn.shared_size_bytes + shared + SMEM_RESERVED))
+        slots, shared, resident = tile
         # at least PERSIST_MIN_RESIDENT blocks per SM whatever the loads: a block waiting at its
         # channel's barrier leaves its SM another one to run
         if resident < max(_persist_min_resident(width), PERSIST_MIN_RESIDENT):
