@@ -80,54 +80,71 @@
 
 typedef int64_t i64;
 
-/* LANES floats as one vector (GCC/clang vector extension); vfu loads and stores unaligned data */
-typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
-typedef float vfu __attribute__((vector_size(LANES * sizeof(float)), aligned(4), may_alias));
+/* LANES floats as two 8-float halves of the GCC/clang vector extension (vhu loads and stores
+ * unaligned data). One 16-float vector type would say the same, but gcc without AVX-512 keeps it in
+ * memory, spilling every accumulator on each add (measured: the statistics loops 2-3x slower on
+ * AVX2); a 32-byte half is one AVX register and a struct of two is split into registers. */
+typedef float vh __attribute__((vector_size(8 * sizeof(float))));
+typedef float vhu __attribute__((vector_size(8 * sizeof(float)), aligned(4), may_alias));
+typedef struct {
+    vh lo, hi;
+} vf;
 
-static inline vf ld(const float *p) { return *(const vfu *)p; }
-static inline void st(float *p, vf v) { *(vfu *)p = v; }
-/* a * b + c per lane, rounded once (vfmadd where the target has FMA) */
-static inline vf vfma(vf a, vf b, vf c)
+static inline vf ld(const float *p)
 {
-    vf r;
-    for (int k = 0; k < LANES; k++)
+    vf v = {*(const vhu *)p, *(const vhu *)(p + 8)};
+    return v;
+}
+static inline void st(float *p, vf v)
+{
+    *(vhu *)p = v.lo;
+    *(vhu *)(p + 8) = v.hi;
+}
+static inline vf vadd(vf a, vf b) { return (vf){a.lo + b.lo, a.hi + b.hi}; }
+static inline vf vsub(vf a, vf b) { return (vf){a.lo - b.lo, a.hi - b.hi}; }
+static inline vf vmul(vf a, vf b) { return (vf){a.lo * b.lo, a.hi * b.hi}; }
+static inline vf vneg(vf a) { return (vf){-a.lo, -a.hi}; }
+
+/* a * b + c per lane, rounded once (vfmadd where the target has FMA) */
+static inline vh vhfma(vh a, vh b, vh c)
+{
+#ifdef __FMA__
+    return (vh)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+    vh r;
+    for (int k = 0; k < 8; k++)
         r[k] = __builtin_fmaf(a[k], b[k], c[k]);
     return r;
+#endif
 }
+static inline vf vfma(vf a, vf b, vf c) { return (vf){vhfma(a.lo, b.lo, c.lo), vhfma(a.hi, b.hi, c.hi)}; }
 
 static inline vf splat(float s)
 {
-    vf v;
-    for (int k = 0; k < LANES; k++)
-        v[k] = s;
-    return v;
+    vh h = {s, s, s, s, s, s, s, s};
+    return (vf){h, h};
 }
 
 /* The fused relu and its gradient mask, on the bits: v <= 0 is false for NaN, so NaN stays, and
  * -0 (all bits but the sign clear) becomes +0. */
 #ifdef __AVX__
-/* With AVX, on 8-float halves: gcc lowers a 16-lane generic compare to scalar code on AVX2. */
-typedef float vf8 __attribute__((vector_size(8 * sizeof(float))));
-static inline vf8 zero_where_le0_8(vf8 v, vf8 test)
+static inline vh zero_where_le0_8(vh v, vh test)
 {
-    return (vf8)_mm256_andnot_ps(_mm256_cmp_ps((__m256)test, _mm256_setzero_ps(), _CMP_LE_OQ),
+    return (vh)_mm256_andnot_ps(_mm256_cmp_ps((__m256)test, _mm256_setzero_ps(), _CMP_LE_OQ),
                                  (__m256)v);
 }
-
+#else
+typedef int32_t vi8 __attribute__((vector_size(8 * sizeof(float))));
+static inline vh zero_where_le0_8(vh v, vh test)
+{
+    vh z = {0};
+    return (vh)((vi8)v & ~(vi8)(test <= z));
+}
+#endif
 static inline vf vzero_where_le0(vf v, vf test)
 {
-    vf8 h[2], t[2];
-    memcpy(h, &v, sizeof h);
-    memcpy(t, &test, sizeof t);
-    for (int k = 0; k < 2; k++)
-        h[k] = zero_where_le0_8(h[k], t[k]);
-    memcpy(&v, h, sizeof h);
-    return v;
+    return (vf){zero_where_le0_8(v.lo, test.lo), zero_where_le0_8(v.hi, test.hi)};
 }
-#else
-typedef int32_t vi __attribute__((vector_size(LANES * sizeof(float))));
-static inline vf vzero_where_le0(vf v, vf test) { return (vf)((vi)v & ~(vi)(test <= splat(0.0f))); }
-#endif
 static inline vf vrelu(vf v) { return vzero_where_le0(v, v); }
 static inline float srelu(float v) { return v <= 0.0f ? 0.0f : v; }
 /* dy masked by the forward's output y (y NULL: dy as is) */
@@ -243,12 +260,12 @@ static stat_t stat_from_sums(double cnt, double total, double c, double s1, doub
  * deviations from a nearby shift), and the blocks are added into double lanes. The lanes are an
  * explicit vector type, so the compiler keeps them in registers on any vector width. */
 
-static void flush(vf f, double *acc)
+static inline void flush(vf f, double *acc)
 {
-    float t[LANES];
-    memcpy(t, &f, sizeof t);
-    for (int k = 0; k < LANES; k++)
-        acc[k] += t[k];
+    for (int k = 0; k < 8; k++) {
+        acc[k] += f.lo[k];
+        acc[k + 8] += f.hi[k];
+    }
 }
 
 static void lanes_sum(const float *x, i64 S, double *acc)
@@ -259,14 +276,14 @@ static void lanes_sum(const float *x, i64 S, double *acc)
         vf f0 = {0}, f1 = {0};
         i64 v = 0;
         for (; v + 2 <= nb; v += 2, i += 2 * LANES) {
-            f0 += ld(x + i);
-            f1 += ld(x + i + LANES);
+            f0 = vadd(f0, ld(x + i));
+            f1 = vadd(f1, ld(x + i + LANES));
         }
         if (v < nb) {
-            f0 += ld(x + i);
+            f0 = vadd(f0, ld(x + i));
             i += LANES;
         }
-        flush(f0 + f1, acc);
+        flush(vadd(f0, f1), acc);
         nv -= nb;
     }
     for (int k = 0; i < S; i++, k++)
@@ -282,20 +299,20 @@ static void lanes_dev(const float *x, i64 S, float c, double *a1, double *a2)
         vf f1 = {0}, f2 = {0}, g1 = {0}, g2 = {0};
         i64 v = 0;
         for (; v + 2 <= nb; v += 2, i += 2 * LANES) {
-            vf d = ld(x + i) - cv, e = ld(x + i + LANES) - cv;
-            f1 += d;
-            f2 += d * d;
-            g1 += e;
-            g2 += e * e;
+            vf d = vsub(ld(x + i), cv), e = vsub(ld(x + i + LANES), cv);
+            f1 = vadd(f1, d);
+            f2 = vadd(f2, vmul(d, d));
+            g1 = vadd(g1, e);
+            g2 = vadd(g2, vmul(e, e));
         }
         if (v < nb) {
-            vf d = ld(x + i) - cv;
-            f1 += d;
-            f2 += d * d;
+            vf d = vsub(ld(x + i), cv);
+            f1 = vadd(f1, d);
+            f2 = vadd(f2, vmul(d, d));
             i += LANES;
         }
-        flush(f1 + g1, a1);
-        flush(f2 + g2, a2);
+        flush(vadd(f1, g1), a1);
+        flush(vadd(f2, g2), a2);
         nv -= nb;
     }
     for (int k = 0; i < S; i++, k++) {
@@ -343,22 +360,22 @@ static inline __attribute__((always_inline)) void lanes_bwd_k(const float *x, co
         i64 v = 0;
         for (; v + 2 <= nb; v += 2, i += 2 * LANES) {
             vf g = vgrad(dy, y, i), h = vgrad(dy, y, i + LANES);
-            vf d = ld(x + i) - mv, e = ld(x + i + LANES) - mv;
-            f1 += g;
-            f2 += g * d;
-            g1 += h;
-            g2 += h * e;
-            f3 += d + e;
+            vf d = vsub(ld(x + i), mv), e = vsub(ld(x + i + LANES), mv);
+            f1 = vadd(f1, g);
+            f2 = vadd(f2, vmul(g, d));
+            g1 = vadd(g1, h);
+            g2 = vadd(g2, vmul(h, e));
+            f3 = vadd(f3, vadd(d, e));
         }
         if (v < nb) {
-            vf g = vgrad(dy, y, i), d = ld(x + i) - mv;
-            f1 += g;
-            f2 += g * d;
-            f3 += d;
+            vf g = vgrad(dy, y, i), d = vsub(ld(x + i), mv);
+            f1 = vadd(f1, g);
+            f2 = vadd(f2, vmul(g, d));
+            f3 = vadd(f3, d);
             i += LANES;
         }
-        flush(f1 + g1, a1);
-        flush(f2 + g2, a2);
+        flush(vadd(f1, g1), a1);
+        flush(vadd(f2, g2), a2);
         flush(f3, a3);
         nv -= nb;
     }
@@ -447,11 +464,11 @@ static void cols_dev(const float *x, i64 rs, i64 n0, i64 n1, i64 L, const float 
             vf s0 = {0}, s1 = {0}, q0 = {0}, q1 = {0};
             for (i64 n = nb; n < ne; n++) {
                 const float *r = x + n * rs + j;
-                vf d0 = ld(r) - c0, d1 = ld(r + LANES) - c1;
-                s0 += d0;
-                q0 += d0 * d0;
-                s1 += d1;
-                q1 += d1 * d1;
+                vf d0 = vsub(ld(r), c0), d1 = vsub(ld(r + LANES), c1);
+                s0 = vadd(s0, d0);
+                q0 = vadd(q0, vmul(d0, d0));
+                s1 = vadd(s1, d1);
+                q1 = vadd(q1, vmul(d1, d1));
             }
             flush(s0, a1 + j);
             flush(s1, a1 + j + LANES);
@@ -465,9 +482,9 @@ static void cols_dev(const float *x, i64 rs, i64 n0, i64 n1, i64 L, const float 
             i64 ne = nb + FBLOCK < n1 ? nb + FBLOCK : n1;
             vf s0 = {0}, q0 = {0};
             for (i64 n = nb; n < ne; n++) {
-                vf d0 = ld(x + n * rs + j) - c0;
-                s0 += d0;
-                q0 += d0 * d0;
+                vf d0 = vsub(ld(x + n * rs + j), c0);
+                s0 = vadd(s0, d0);
+                q0 = vadd(q0, vmul(d0, d0));
             }
             flush(s0, a1 + j);
             flush(q0, a2 + j);
@@ -511,16 +528,16 @@ static inline __attribute__((always_inline)) void cols_bwd_k(const float *x, con
             /* with the mask, 8 lanes at a time: its loads and compares next to the accumulators
              * of 16-lane vectors spill on AVX2 (same sums per lane either way) */
             for (; y && j + 8 <= L; j += 8) {
-                vf8 m0, s0, q0, u0;
+                vh m0, s0, q0, u0;
                 memcpy(&m0, m + j, sizeof m0);
                 memcpy(&s0, f1 + j, sizeof s0);
                 memcpy(&q0, f2 + j, sizeof q0);
                 memcpy(&u0, f3 + j, sizeof u0);
                 for (i64 n = rb; n < re; n++) {
                     i64 o = n * rs + j;
-                    vf8 g0 = zero_where_le0_8((vf8)_mm256_loadu_ps(dy + o),
-                                              (vf8)_mm256_loadu_ps(y + o));
-                    vf8 d0 = (vf8)_mm256_loadu_ps(x + o) - m0;
+                    vh g0 = zero_where_le0_8((vh)_mm256_loadu_ps(dy + o),
+                                              (vh)_mm256_loadu_ps(y + o));
+                    vh d0 = (vh)_mm256_loadu_ps(x + o) - m0;
                     s0 += g0;
                     q0 += g0 * d0;
                     u0 += d0;
@@ -539,13 +556,13 @@ static inline __attribute__((always_inline)) void cols_bwd_k(const float *x, con
                     const float *r = x + n * rs + j, *g = dy + n * rs + j;
                     const float *yr = y ? y + n * rs + j : NULL;
                     vf g0 = vgrad(g, yr, 0), g1 = vgrad(g, yr, LANES);
-                    vf d0 = ld(r) - m0, d1 = ld(r + LANES) - m1;
-                    s0 += g0;
-                    q0 += g0 * d0;
-                    u0 += d0;
-                    s1 += g1;
-                    q1 += g1 * d1;
-                    u1 += d1;
+                    vf d0 = vsub(ld(r), m0), d1 = vsub(ld(r + LANES), m1);
+                    s0 = vadd(s0, g0);
+                    q0 = vadd(q0, vmul(g0, d0));
+                    u0 = vadd(u0, d0);
+                    s1 = vadd(s1, g1);
+                    q1 = vadd(q1, vmul(g1, d1));
+                    u1 = vadd(u1, d1);
                 }
                 st(f1 + j, s0);
                 st(f1 + j + LANES, s1);
@@ -558,10 +575,10 @@ static inline __attribute__((always_inline)) void cols_bwd_k(const float *x, con
                 vf m0 = ld(m + j), s0 = ld(f1 + j), q0 = ld(f2 + j), u0 = ld(f3 + j);
                 for (i64 n = rb; n < re; n++) {
                     const float *yr = y ? y + n * rs + j : NULL;
-                    vf g0 = vgrad(dy + n * rs + j, yr, 0), d0 = ld(x + n * rs + j) - m0;
-                    s0 += g0;
-                    q0 += g0 * d0;
-                    u0 += d0;
+                    vf g0 = vgrad(dy + n * rs + j, yr, 0), d0 = vsub(ld(x + n * rs + j), m0);
+                    s0 = vadd(s0, g0);
+                    q0 = vadd(q0, vmul(g0, d0));
+                    u0 = vadd(u0, d0);
                 }
                 st(f1 + j, s0);
                 st(f2 + j, q0);
@@ -653,11 +670,8 @@ void nt_fence(int stream);
 static inline void st_nt(float *p, vf v)
 {
 #ifdef BN_STREAM
-    __m256 lo, hi;
-    memcpy(&lo, &v, sizeof lo);
-    memcpy(&hi, (const char *)&v + sizeof lo, sizeof hi);
-    _mm256_stream_ps(p, lo);
-    _mm256_stream_ps(p + 8, hi);
+    _mm256_stream_ps(p, (__m256)v.lo);
+    _mm256_stream_ps(p + 8, (__m256)v.hi);
 #else
     st(p, v);
 #endif
@@ -683,14 +697,15 @@ static inline __attribute__((always_inline)) vf ew_vec(int kind, int flag, int l
 {
     vf a = lanes ? ld(p->al + j) : splat(p->a);
     if (kind == EW_SCALE)
-        return (flag ? vgrad(p->x, p->y, j) : ld(p->x + j)) * a;
+        return vmul(flag ? vgrad(p->x, p->y, j) : ld(p->x + j), a);
     vf m = lanes ? ld(p->ml + j) : splat(p->m), b = lanes ? ld(p->bl + j) : splat(p->b);
     if (kind == EW_AFFINE) {
-        vf v = vfma(ld(p->x + j) - m, a, b);
+        vf v = vfma(vsub(ld(p->x + j), m), a, b);
         return flag ? vrelu(v) : v;
     }
     vf c1 = lanes ? ld(p->cl + j) : splat(p->c1);
-    return vfma(flag ? vgrad(p->dy, p->y, j) : ld(p->dy + j), a, -vfma(ld(p->x + j) - m, c1, b));
+    return vfma(flag ? vgrad(p->dy, p->y, j) : ld(p->dy + j), a,
+                vneg(vfma(vsub(ld(p->x + j), m), c1, b)));
 }
 
 static inline __attribute__((always_inline)) float ew_one(int kind, int flag, int lanes,
