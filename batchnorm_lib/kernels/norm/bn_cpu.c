@@ -691,7 +691,7 @@ enum { EW_AFFINE, EW_SCALE, EW_DX };
 
 typedef struct {
     const float *x, *dy, *y;        /* row starts; y the relu mask (flag) */
-    const float *pf;                /* prefetched into L2 alongside the row (row mode), or NULL */
+    const float *pf, *pf2;          /* prefetched into L2 alongside the row (row mode), or NULL */
     const float *ml, *al, *bl, *cl; /* lane arrays (lane mode) */
     float m, a, b, c1;              /* row constants (row mode) */
 } ew_t;
@@ -749,6 +749,8 @@ static inline __attribute__((always_inline)) void ew_span(int kind, int flag, in
     for (; j + LANES <= n; j += LANES) {
         if (!lanes && p->pf)
             PREFETCH(p->pf + j);
+        if (!lanes && p->pf2)
+            PREFETCH(p->pf2 + j);
         vf v = ew_vec(kind, flag, lanes, p, j);
         if (stream)
             st_nt(o + j, v);
@@ -789,10 +791,12 @@ static void row_scale(const float *x, const float *y, float *o, i64 S, float a, 
     ew_row(EW_SCALE, y != NULL, 0, stream, &p, o, S);
 }
 
+/* dx = fmaf(dy, k, -fmaf(x - m, c1, c0)) over one row of S, dy masked by y where y is not NULL,
+ * prefetching pf[0..S) and pf2[0..S) (the next tile's x and dy) where they are not NULL */
 static void row_dx(const float *x, const float *dy, const float *y, float *dx, i64 S, float m,
-                   float k, float c0, float c1, int stream)
+                   float k, float c0, float c1, const float *pf, const float *pf2, int stream)
 {
-    ew_t p = {.x = x, .dy = dy, .y = y, .m = m, .a = k, .b = c0, .c1 = c1};
+    ew_t p = {.x = x, .dy = dy, .y = y, .pf = pf, .pf2 = pf2, .m = m, .a = k, .b = c0, .c1 = c1};
     ew_row(EW_DX, y != NULL, 0, stream, &p, dx, S);
 }
 
@@ -1270,7 +1274,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
 
     if (S >= SHORT_S) {
         i64 ntask = C * p.nrb;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
         for (i64 t = 0; t < ntask; t++) {
             i64 c = t / p.nrb, rb = t % p.nrb;
             i64 n0 = rb * p.B, n1 = n0 + p.B < N ? n0 + p.B : N;
@@ -1285,10 +1289,12 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
             sums[2] = fold(a3);
             if (fused) {
                 bconst_t q = backward_const(m, scale[c], mc, saveinvvar[c], sums);
+                /* as in the forward: prefetch this thread's next channel (static schedule) */
+                i64 on = c + nt < C ? nt * S : -1; /* offset of the next channel */
                 for (i64 n = 0; n < N; n++) {
                     i64 o = n * rs + c * S;
                     row_dx(x + o, dy + o, y ? y + o : NULL, dx + o, S, q.m, q.k, q.c0, q.c1,
-                           stream);
+                           on >= 0 ? x + o + on : NULL, on >= 0 ? dy + o + on : NULL, stream);
                 }
                 nt_fence(stream);
             }
@@ -1377,7 +1383,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                 for (i64 t = 0; t < ntask; t++) {
                     bconst_t b = q[t % C];
                     row_dx(x + t * S, dy + t * S, y ? y + t * S : NULL, dx + t * S, S, b.m, b.k,
-                           b.c0, b.c1, stream);
+                           b.c0, b.c1, NULL, NULL, stream);
                 }
                 nt_fence(stream); /* once per thread, as in elementwise() */
             }
