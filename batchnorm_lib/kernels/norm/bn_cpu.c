@@ -691,7 +691,7 @@ enum { EW_AFFINE, EW_SCALE, EW_DX };
 
 typedef struct {
     const float *x, *dy, *y;        /* row starts; y the relu mask (flag) */
-    const float *pf, *pf2;          /* prefetched into L2 alongside the row (row mode), or NULL */
+    const float *pf, *pf2;          /* prefetched into L2 alongside the row, or NULL */
     const float *ml, *al, *bl, *cl; /* lane arrays (lane mode) */
     float m, a, b, c1;              /* row constants (row mode) */
 } ew_t;
@@ -747,9 +747,9 @@ static inline __attribute__((always_inline)) void ew_span(int kind, int flag, in
             o[j] = ew_one(kind, flag, lanes, p, j);
     }
     for (; j + LANES <= n; j += LANES) {
-        if (!lanes && p->pf)
+        if (p->pf)
             PREFETCH(p->pf + j);
-        if (!lanes && p->pf2)
+        if (p->pf2)
             PREFETCH(p->pf2 + j);
         vf v = ew_vec(kind, flag, lanes, p, j);
         if (stream)
@@ -804,21 +804,25 @@ static void row_dx(const float *x, const float *dy, const float *y, float *dx, i
 static void ew_lanes(int kind, int flag, int stream, ew_t p, float *o, i64 rs, i64 n0, i64 n1,
                      i64 L)
 {
-    const float *x = p.x, *dy = p.dy, *y = p.y;
+    const float *x = p.x, *dy = p.dy, *y = p.y, *pf = p.pf, *pf2 = p.pf2;
     for (i64 n = n0; n < n1; n++) {
         i64 off = n * rs;
         p.x = x + off;
         p.dy = dy ? dy + off : NULL;
         p.y = y ? y + off : NULL;
+        p.pf = pf ? pf + off : NULL;
+        p.pf2 = pf2 ? pf2 + off : NULL;
         ew_row(kind, flag, 1, stream, &p, o + off, L);
     }
 }
 
+/* o = fmaf(x - m, a, b) per lane over rows n0..n1 (relu'd when relu), prefetching the same lanes
+ * of pf (the next tile) where pf is not NULL */
 static void rows_affine_lanes(const float *x, float *o, i64 rs, i64 n0, i64 n1, i64 L,
                               const float *ml, const float *al, const float *bl, int relu,
-                              int stream)
+                              int stream, const float *pf)
 {
-    ew_t p = {.x = x, .ml = ml, .al = al, .bl = bl};
+    ew_t p = {.x = x, .pf = pf, .ml = ml, .al = al, .bl = bl};
     ew_lanes(EW_AFFINE, relu, stream, p, o, rs, n0, n1, L);
 }
 
@@ -831,12 +835,14 @@ static void rows_scale_lanes(const float *x, const float *y, float *o, i64 rs, i
 }
 
 /* dx = fmaf(dy, k, -fmaf(x - m, c1, c0)) per lane over rows n0..n1, dy masked by y where y is not
- * NULL */
+ * NULL, prefetching the same lanes of pf and pf2 (the next tile's x and dy) where not NULL */
 static void rows_dx_lanes(const float *x, const float *dy, const float *y, float *dx, i64 rs,
                           i64 n0, i64 n1, i64 L, const float *ml, const float *kl,
-                          const float *c0l, const float *c1l, int stream)
+                          const float *c0l, const float *c1l, int stream, const float *pf,
+                          const float *pf2)
 {
-    ew_t p = {.x = x, .dy = dy, .y = y, .ml = ml, .al = kl, .bl = c0l, .cl = c1l};
+    ew_t p = {.x = x, .dy = dy, .y = y, .pf = pf, .pf2 = pf2, .ml = ml, .al = kl, .bl = c0l,
+              .cl = c1l};
     ew_lanes(EW_DX, y != NULL, stream, p, dx, rs, n0, n1, L);
 }
 
@@ -1041,8 +1047,12 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
                                 bl[q * S + tt] = bias[c0 + q];
                             }
                         }
+                        /* prefetch the group this thread likely takes next (dynamic schedule:
+                         * the threads take turns; a static one was measured slower where the
+                         * channels span several row blocks) */
+                        i64 gn = gi + nt < p.ngroups ? (gi + nt) * p.G : -1;
                         rows_affine_lanes(x + c0 * S, out + c0 * S, rs, 0, N, g * S, ml, al, bl,
-                                          relu, stream);
+                                          relu, stream, gn >= 0 ? x + gn * S : NULL);
                         nt_fence(stream);
                     }
                 }
@@ -1178,7 +1188,7 @@ static int elementwise(const float *x, float *out, i64 N, i64 C, i64 S, const fl
                 }
                 if (m)
                     rows_affine_lanes(x + c0 * S, out + c0 * S, rs, n0, n1, g * S, lanes,
-                                      lanes + L, lanes + 2 * L, relu, stream);
+                                      lanes + L, lanes + 2 * L, relu, stream, NULL);
                 else
                     rows_scale_lanes(x + c0 * S, y ? y + c0 * S : NULL, out + c0 * S, rs, n0, n1,
                                      g * S, lanes + L, stream);
@@ -1343,8 +1353,10 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                                 c1l[q * S + tt] = b.c1;
                             }
                         }
+                        i64 gn = gi + nt < p.ngroups ? (gi + nt) * p.G : -1; /* as forwards */
                         rows_dx_lanes(x + c0 * S, dy + c0 * S, y ? y + c0 * S : NULL, dx + c0 * S,
-                                      rs, 0, N, Lg, ml, kl, c0l, c1l, stream);
+                                      rs, 0, N, Lg, ml, kl, c0l, c1l, stream,
+                                      gn >= 0 ? x + gn * S : NULL, gn >= 0 ? dy + gn * S : NULL);
                         nt_fence(stream);
                     }
                 }
@@ -1416,7 +1428,7 @@ int bn_backward_train(const float *x, const float *dy, float *dx, i64 N, i64 C, 
                             cur = gi;
                         }
                         rows_dx_lanes(x + c0 * S, dy + c0 * S, y ? y + c0 * S : NULL, dx + c0 * S,
-                                      rs, n0, n1, Lg, ml, kl, c0l, c1l, stream);
+                                      rs, n0, n1, Lg, ml, kl, c0l, c1l, stream, NULL, NULL);
                     }
                 }
                 nt_fence(stream);
