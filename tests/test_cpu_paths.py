@@ -141,17 +141,24 @@ def test_backward_train(cpu_path, shape, rng):
     np.testing.assert_array_equal(dbias2, dbias)
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
-def test_inference(cpu_path, shape, rng):
+def _frozen_case(shape, rng, loc):
+    """Data, gradient, parameters and running statistics, and the four per-channel arrays as
+    device arrays (scale, bias, mean, var), for the frozen-statistics kernels."""
     C = shape[1]
-    x = rng.normal(1.0, 3.0, shape).astype(np.float32)
+    x = rng.normal(loc, 3.0, shape).astype(np.float32)
     dy = rng.normal(0, 1, shape).astype(np.float32)
     scale, bias = _params(C, rng)
     mean = rng.normal(0, 1, C).astype(np.float32)
     var = rng.uniform(0.2, 4.0, C).astype(np.float32)
-    ps = (1, C, 1, 1)
+    args = [gpuarray.to_gpu(v.reshape(1, C, 1, 1)) for v in (scale, bias, mean, var)]
+    return x, dy, scale, bias, mean, var, args
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
+def test_inference(cpu_path, shape, rng):
+    C = shape[1]
+    x, dy, scale, bias, mean, var, args = _frozen_case(shape, rng, 1.0)
     ops = kernels.norm.ops("cpu")
-    args = [gpuarray.to_gpu(v.reshape(ps)) for v in (scale, bias, mean, var)]
     xd = gpuarray.to_gpu(x)
     out = gpuarray.empty(shape, np.float32)
     ops.forward_infer(xd, *args, 1e-5, out)
@@ -164,6 +171,32 @@ def test_inference(cpu_path, shape, rng):
     ops.backward_infer(gpuarray.to_gpu(dy), args[0], args[3], 1e-5, dx)
     cs = (1, C) + (1,) * (len(shape) - 2)
     expect = dy.astype(np.float64) * (scale / np.sqrt(var.astype(np.float64) + 1e-5)).reshape(cs)
+    _close(dx.get(), expect)
+
+
+# Short rows (16 <= S < 256) in the elementwise passes run as one stream across the (n, c) rows:
+# vectors straddle row boundaries, and in these shapes the last whole vector straddles one with a
+# tail after it (21 x 17 = 357 values per sample: the vector at 336 spans the row starting at 340).
+SHORT_ROWS = [(1, 21, 17), (3, 7, 17), (5, 3, 33), (2, 9, 196), (3, 5, 16), (3, 13, 255)]
+
+
+@pytest.mark.parametrize("shape", SHORT_ROWS, ids=_ids(SHORT_ROWS))
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+def test_inference_short_rows_across_boundaries(cpu_path, shape, relu, rng):
+    C = shape[1]
+    x, dy, scale, bias, mean, var, args = _frozen_case(shape, rng, 0.5)
+    ops = kernels.norm.ops("cpu")
+    out = gpuarray.empty(shape, np.float32)
+    ops.forward_infer(gpuarray.to_gpu(x), *args, 1e-5, out, relu=relu)
+    expect = ref.forward_eval(x, scale, bias, mean, var, 1e-5)
+    _close(out.get(), np.maximum(expect, 0.0) if relu else expect)
+
+    y = out.get() if relu else None
+    dx = gpuarray.empty(shape, np.float32)
+    ops.backward_infer(gpuarray.to_gpu(dy), args[0], args[3], 1e-5, dx,
+                       y=None if y is None else gpuarray.to_gpu(y))
+    g = np.where(y > 0, dy, 0.0) if relu else dy.astype(np.float64)
+    expect = g * (scale / np.sqrt(var.astype(np.float64) + 1e-5)).reshape(1, C, 1)
     _close(dx.get(), expect)
 
 
