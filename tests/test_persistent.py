@@ -99,6 +99,18 @@ def check_forward(got, x, scale, bias, relu, dtype=np.float32):
                                + FACTOR * var_unbiased, rtol=1e-5 if dtype == np.float32 else 1e-3)
 
 
+def relu_passes(rt, x, scale, bias, dy, entry):
+    """Training forward with the fused relu, then its backward (dy masked by y): each one launch of
+    the single-read ``entry`` (forward and backward), against the reference. (forward, backward)."""
+    got, names = launched(lambda: forward(rt, x, scale, bias, relu=True))
+    assert names == ["bn_persist_forward_" + entry]
+    check_forward(got, x, scale, bias, True)
+    grads, names = launched(lambda: backward(rt, x, dy, scale, got[1], got[2], y=got[0]))
+    assert names == ["bn_persist_backward_" + entry]
+    check_backward(grads, x, np.where(got[0] <= 0, 0.0, dy), scale)
+    return got, grads
+
+
 def check_backward(got, x, dy, scale, dtype=np.float32):
     rtol, atol = TOLERANCES[np.dtype(dtype).name]
     dx, dscale, dbias = ref.backward_train(x, dy, scale, EPS)
@@ -202,12 +214,7 @@ def test_sanitizer_finds_nothing(small_device, rng, monkeypatch):
     monkeypatch.setenv(instrument.SANITIZE_ENV, "1")
     x, scale, bias, dy = data(rng, (3, 2, 7, 31))
     assert bn_cuda._persistent_plan(small_device, "backward", "f32", "", 1, 4, 2, 3, 2, 217)[2] == 1
-    got, names = launched(lambda: forward(small_device, x, scale, bias, relu=True))
-    assert names == ["bn_persist_forward_f32"]
-    check_forward(got, x, scale, bias, True)
-    grads, names = launched(lambda: backward(small_device, x, dy, scale, got[1], got[2], y=got[0]))
-    assert names == ["bn_persist_backward_f32"]
-    check_backward(grads, x, np.where(got[0] <= 0, 0.0, dy), scale)
+    relu_passes(small_device, x, scale, bias, dy, "f32")
     # a channel that needs several blocks takes the two-pass kernels under the sanitizer
     x, scale, bias, _ = data(rng, (6, 1, 25, 40))
     got, names = launched(lambda: forward(small_device, x, scale, bias))
@@ -368,12 +375,7 @@ def test_channels_walked_by_fewer_groups(device_of, rng, monkeypatch):
     for kind, arrays in (("forward", 1), ("backward", 2)):
         plans[kind] = bn_cuda._persistent_plan(rt, kind, "f32", "_vec", 4, 4, arrays, n, c, s)
         assert plans[kind][2] > 1 and plans[kind][5] < c  # split, and walked
-    got, names = launched(lambda: forward(rt, x, scale, bias, relu=True))
-    assert names == ["bn_persist_forward_f32_vec"]
-    check_forward(got, x, scale, bias, True)
-    grads, names = launched(lambda: backward(rt, x, dy, scale, got[1], got[2], y=got[0]))
-    assert names == ["bn_persist_backward_f32_vec"]
-    check_backward(grads, x, np.where(got[0] <= 0, 0.0, dy), scale)
+    got, grads = relu_passes(rt, x, scale, bias, dy, "f32_vec")
     again = forward(rt, x, scale, bias, relu=True), backward(rt, x, dy, scale, got[1], got[2],
                                                                y=got[0])
     assert all(np.array_equal(a, b) for a, b in zip(got + grads, again[0] + again[1]))
@@ -381,10 +383,7 @@ def test_channels_walked_by_fewer_groups(device_of, rng, monkeypatch):
 
     # the same splits, one group a channel, on a device holding every block at once
     big = device_of(64, 20 * 1024, 19 * 1024)
-    kinds = {"bn_persist_forward_f32_vec": "forward", "bn_persist_backward_f32_vec": "backward"}
-    monkeypatch.setattr(bn_cuda, "_persistent_plan",
-                        lambda *a: plans[a[1]][:5] + (c,))
-    assert set(kinds.values()) == set(plans)
+    monkeypatch.setattr(bn_cuda, "_persistent_plan", lambda *a: plans[a[1]][:5] + (c,))
     wide = forward(big, x, scale, bias, relu=True), backward(big, x, dy, scale, got[1], got[2],
                                                              y=got[0])
     assert all(np.array_equal(a, b) for a, b in zip(got + grads, wide[0] + wide[1]))
