@@ -7,50 +7,27 @@ import numpy as np
 import pytest
 
 import reference as ref
-from conftest import TOLERANCES, active_backend
+from conftest import TOLERANCES
 
 from batchnorm_lib.kernels.norm import cuda as bn_cuda
+# the single-read path whatever the environment says, the simulator, a device of given limits,
+# the kernels a call launches
+from test_persistent import device_of, launched, sim, single_read_on  # noqa: F401
 
 EPS = 1e-5
 FACTOR = 0.3
 
 
-@pytest.fixture(autouse=True)
-def single_read_on(monkeypatch):
-    """These tests are about the single-read path: whatever the environment says."""
-    monkeypatch.delenv(bn_cuda.SINGLE_READ_ENV, raising=False)
-
-
 @pytest.fixture
-def sim():
-    with active_backend("cudasim"):
-        yield bn_cuda._runtime()
-
-
-@pytest.fixture
-def small_device(sim, monkeypatch):
+def small_device(device_of, monkeypatch):
     """A simulated device of 2 SMs with 64 KiB of shared memory each and 28 KiB a block (about 10
     KiB of it dynamic, beside the entries' static shared memory), so rows of a few thousand
     elements need several blocks per channel tile (whose blocks then wait for each other: the
     sanitizer is off) or do not fit at all."""
-    from batchnorm_lib.backend.cudasim import driver, instrument
+    from batchnorm_lib.backend.cudasim import instrument
 
     monkeypatch.delenv(instrument.SANITIZE_ENV, raising=False)
-    cc = driver.compute_capability()
-    limits = dict(driver._LIMITS.get(cc, driver._LIMITS[(8, 0)]))
-    monkeypatch.setattr(driver, "SM_COUNT", 2)
-    monkeypatch.setitem(driver._LIMITS, cc, dict(limits, smem_sm=64 * 1024,
-                                                 smem_block_optin=28 * 1024))
-    return sim
-
-
-def launched(fn):
-    """(result of fn(), names of the kernels it launched)."""
-    from batchnorm_lib.backend.cudasim import compiler
-
-    before = dict(compiler.launch_counts)
-    result = fn()
-    return result, sorted(k for k, v in compiler.launch_counts.items() if v != before.get(k, 0))
+    return device_of(2, 64 * 1024, 28 * 1024)
 
 
 def dtype_of(name, rt):
