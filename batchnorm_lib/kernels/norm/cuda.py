@@ -14,8 +14,9 @@ on the shape, and a tile's partial not on the block computing it, so results are
 repeatable and equal across devices. A training pass is two launches (reduction, then the elementwise pass), an NCHW
 inference pass one (forward or backward: the kernel computes its channels' factors). Where a
 tensor fits on chip, the training passes instead run as one single-read launch of
-``kernels/norm/persistent.cu`` (see the end of this module), split by what the device holds at
-once: bitwise repeatable on one device, equal to the two-pass results to rounding.
+``kernels/norm/persistent.cu`` (see the end of this module; rows x channels data: the
+``rc_persist_*`` entries of ``rows_channels.cu``), split by what the device holds at once: bitwise
+repeatable on one device, equal to the two-pass results to rounding.
 
 Numerics: threads accumulate in float32, partials merge in compensated float32 (float-float) within a
 block and in float64 per channel (the reductions' last blocks and the
