@@ -160,6 +160,7 @@ def test_row_splits_meet_at_the_barrier(small_device, rng, monkeypatch, shape, w
     for kind, arrays in (("forward", 1), ("backward", 2)):
         plan = bn_cuda._rows_persist_plan(small_device, kind, suffix, width, 4, arrays, r, c)
         assert plan is not None and plan[2] > 1, plan
+        assert (plan[2] - 1) * -(-r // plan[2]) < r  # every split holds rows
     x, scale, bias, dy = data(rng, shape)
     got, names = launched(lambda: forward(small_device, x, scale, bias))
     assert names == ["rc_persist_forward_" + suffix]

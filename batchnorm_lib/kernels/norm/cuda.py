@@ -498,8 +498,8 @@ def _rows_persist_plan(rt, kind, suffix, width, itemsize, arrays, r, c):
     thread and array. The same rule as the NCHW plan (_resident_split): with nsplit > 1 the
     device holds every block at once (occupancy from registers, shared memory and SMs; the
     simulator's waiting cap; never under the sanitizer), nsplit 1 at any grid size; no split
-    without rows. No walking groups: a tensor the device cannot hold at once takes the two-pass
-    kernels."""
+    without rows (fewer splits of the same rows each where the last would be empty). No walking
+    groups: a tensor the device cannot hold at once takes the two-pass kernels."""
     if os.environ.get(SINGLE_READ_ENV, "1") == "0":
         return None
     name = "rc_persist_%s_%s" % (kind, suffix)
@@ -509,7 +509,7 @@ def _rows_persist_plan(rt, kind, suffix, width, itemsize, arrays, r, c):
 
     def fit(nsplit):
         chunk = -(-r // nsplit)
-        if (nsplit - 1) * chunk >= r or nsplit > MAX_GRID_Y:
+        if nsplit > MAX_GRID_Y:
             return None
         slots = -(-chunk // WARPS_PER_BLOCK)
         shared = slots * BLOCK * width * itemsize * arrays
@@ -518,7 +518,13 @@ def _rows_persist_plan(rt, kind, suffix, width, itemsize, arrays, r, c):
         return slots, shared, resident_with(shared)
 
     found = _resident_split(rt, fit, tiles, r * 32, width, waiting_cap, sms, per_sm)
-    return None if found is None else (name, fn) + found + (tiles,)
+    if found is None:
+        return None
+    nsplit, slots, shared = found
+    # only the splits that hold rows: ceil(R / nsplit) rows each leaves the last ones empty where
+    # nsplit does not divide R finely (12544 rows over 132: 131 splits of 96 hold them all)
+    nsplit = -(-r // -(-r // nsplit))
+    return name, fn, nsplit, slots, shared, tiles
 
 
 def _rows_elementwise_grid(r, c, width):
