@@ -20,7 +20,7 @@ archs=${ARCHS:-"sm_80 sm_90"}
 # the batch-norm reductions (they finish in their own launch) and in the single-read kernels'
 # merge of their channel's block partials (kernels/norm/persistent.cu), and the one-launch
 # inference passes' factors, once per channel per block (batchnorm.cu, rows_channels.cu)
-DOUBLE_OK='_finalize$|^(bn|rc)_(stats|backward)_partial_|^bn_persist_|^(bn|rc)_(normalize|backward)_infer_'
+DOUBLE_OK='_finalize$|^(bn|rc)_(stats|backward)_partial_|^(bn|rc)_persist_|^(bn|rc)_(normalize|backward)_infer_'
 
 if [ -z "$nvcc" ]; then
     echo "check_kernels: nvcc not found (set NVCC or put it on PATH)" >&2

@@ -84,11 +84,15 @@ def test_inference_one_launch_equals_two_launch_path(shape, dtype_name, relu, rn
         np.testing.assert_allclose(y.get().astype(np.float64), ref, rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("single_read", ["1", "0"], ids=["single-read", "two-pass"])
 @pytest.mark.parametrize("dtype_name", ["float32", "float16"])
 @pytest.mark.parametrize("shape", SHAPES[2:], ids=lambda s: "x".join(map(str, s)))
-def test_training_wrapped_columns_against_float64(shape, dtype_name, rng):
+def test_training_wrapped_columns_against_float64(shape, dtype_name, single_read, rng,
+                                                  monkeypatch):
     """Training forward and backward where a block's columns wrap at the row end, threads are
-    left past the last whole row, or C = 1: against the float64 reference."""
+    left past the last whole row, or C = 1: against the float64 reference, on the single-read
+    entries (these shapes fit on chip) and on the two-pass kernels."""
+    monkeypatch.setenv(norm_cuda.SINGLE_READ_ENV, single_read)
     with active_backend("cudasim"):
         from batchnorm_lib.backend import gpuarray
 

@@ -347,7 +347,8 @@ def model_case(shape, dtype_name, pass_name, budget, rng, latency=h100.LATENCY, 
     with _recording(impl, real) as rec:
         _call(op, pass_name, impl, lambda s, d, f: rec.array(s, d), shape, dtype)
     # the reduced shape fits on chip where the full one may not: it runs the full shape's path
-    single_read = any(name.startswith("bn_persist") for name, _, _ in rec.launches)
+    single_read = any(name.startswith(("bn_persist", "rc_persist"))
+                      for name, _, _ in rec.launches)
     with _environment(SINGLE_READ_ENV, "1" if single_read else "0"), profile() as prof:
         _call(op, pass_name, impl, alloc, sim_shape, dtype)
     sim = list(prof.launches)

@@ -563,6 +563,37 @@ struct SumsOut {
     float* coef;
 };
 
+// Every block of group `ch` (a channel of persistent.cu, a channel tile of rows_channels.cu) waits
+// here until all `nsplit` of them have published their partials (thread 0's own writes are released
+// by the fence here; other threads that wrote fence before the block's __syncthreads that precedes
+// the call). Thread 0 reads the generation before arriving: it can
+// only advance after this block's arrival. The fence before the arrival releases the partial;
+// after the wait, an atomic on the arrival counter acquires every block's release (each was made
+// on that address) before the partials are read.
+__device__ __forceinline__ void channel_barrier(unsigned int* sync, int ch, int nsplit)
+{
+    if (nsplit > 1 && threadIdx.x == 0) {
+        unsigned int* arrived = sync + 2 * ch;
+        unsigned int* generation = arrived + 1;
+        const unsigned int seen = atomicAdd(generation, 0u);
+        __threadfence();
+        if (atomicAdd(arrived, 1u) == static_cast<unsigned int>(nsplit - 1)) {
+            atomicExch(arrived, 0u);  // ready for the next launch
+            __threadfence();
+            atomicAdd(generation, 1u);
+        } else {
+            while (atomicAdd(generation, 0u) == seen) {
+#if __CUDA_ARCH__ >= 700
+                __nanosleep(64);
+#endif
+            }
+        }
+        atomicAdd(arrived, 0u);
+        __threadfence();
+    }
+    __syncthreads();
+}
+
 // A partial record written by another block of this launch: read through L2 (__ldcg), never from
 // a stale L1 line.
 __device__ __forceinline__ WelfordD read_partial_cg(const float* p)

@@ -14,8 +14,9 @@ on the shape, and a tile's partial not on the block computing it, so results are
 repeatable and equal across devices. A training pass is two launches (reduction, then the elementwise pass), an NCHW
 inference pass one (forward or backward: the kernel computes its channels' factors). Where a
 tensor fits on chip, the training passes instead run as one single-read launch of
-``kernels/norm/persistent.cu`` (see the end of this module), split by what the device holds at
-once: bitwise repeatable on one device, equal to the two-pass results to rounding.
+``kernels/norm/persistent.cu`` (see the end of this module; rows x channels data: the
+``rc_persist_*`` entries of ``rows_channels.cu``), split by what the device holds at once: bitwise
+repeatable on one device, equal to the two-pass results to rounding.
 
 Numerics: threads accumulate in float32, partials merge in compensated float32 (float-float) within a
 block and in float64 per channel (the reductions' last blocks and the
@@ -469,6 +470,15 @@ def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, save
     rt, suffix, r, c, vec, width = _rows_setup(x, out)
     if r < 1:
         return
+    plan = _rows_persist_plan(rt, "forward", suffix + vec, width, x.dtype.itemsize, 1, r, c)
+    if plan is not None:  # one single-read launch
+        part = rt.empty((_rows_padded(c) * plan[2] * STATS_PARTIAL,), np.float32)
+        _persist_launch(rt, plan, c,
+                        (_ptr(x), _ptr(out), _ptr(part), _ptr(_persist_counters(rt, plan[5])),
+                         np.int64(r), np.int32(c), np.float64(eps), np.float64(factor),
+                         _ptr(scale), _ptr(bias), _ptr(savemean), _ptr(saveinvvar),
+                         _ptr(run_mean), _ptr(run_var), np.int32(1 if relu else 0)), rows=True)
+        return
     name = "rc_stats_partial_" + suffix + vec
     grid, nsplit = _rows_reduction(r, c, width, rt, name)
     part = rt.empty((_rows_padded(c) * nsplit * STATS_PARTIAL,), np.float32)
@@ -478,6 +488,43 @@ def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, save
                  + _stats_out(rt, grid, eps, factor, scale, savemean, saveinvvar, a, run_mean,
                               run_var))
     _rows_normalize(rt, suffix + vec, x, out, savemean, a, bias, r, c, width, relu)
+
+
+def _rows_persist_plan(rt, kind, suffix, width, itemsize, arrays, r, c):
+    """(entry name, function, nsplit, slots, shared bytes, channel tiles) of the rows x channels
+    single-read entry rc_persist_<kind>_<suffix> (rows_channels.cu), or None where the data cannot
+    stay on chip (or BATCHNORM_LIB_SINGLE_READ=0): the reductions' (tiles, nsplit) grid, each
+    block holding its split's rows of ``arrays`` data arrays, slots = rows per warp packs per
+    thread and array. The same rule as the NCHW plan (_resident_split): with nsplit > 1 the
+    device holds every block at once (occupancy from registers, shared memory and SMs; the
+    simulator's waiting cap; never under the sanitizer), nsplit 1 at any grid size; no split
+    without rows (fewer splits of the same rows each where the last would be empty). No walking
+    groups: a tensor the device cannot hold at once takes the two-pass kernels."""
+    if os.environ.get(SINGLE_READ_ENV, "1") == "0":
+        return None
+    name = "rc_persist_%s_%s" % (kind, suffix)
+    rt, fn, waiting_cap, sms, per_sm, resident_with, dynamic_max = _persist_device(
+        rt, ROWS_SOURCE, name)
+    tiles = -(-c // (32 * width))
+
+    def fit(nsplit):
+        chunk = -(-r // nsplit)
+        if nsplit > MAX_GRID_Y:
+            return None
+        slots = -(-chunk // WARPS_PER_BLOCK)
+        shared = slots * BLOCK * width * itemsize * arrays
+        if shared > dynamic_max:
+            return None
+        return slots, shared, resident_with(shared)
+
+    found = _resident_split(rt, fit, tiles, r * 32, width, waiting_cap, sms, per_sm)
+    if found is None:
+        return None
+    nsplit, slots, shared = found
+    # only the splits that hold rows: ceil(R / nsplit) rows each leaves the last ones empty where
+    # nsplit does not divide R finely (12544 rows over 132: 131 splits of 96 hold them all)
+    nsplit = -(-r // -(-r // nsplit))
+    return name, fn, nsplit, slots, shared, tiles
 
 
 def _rows_elementwise_grid(r, c, width):
@@ -507,6 +554,17 @@ def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y
     mask, masks = _mask(y, dy)
     rt, suffix, r, c, vec, width = _rows_setup(x, dy, dx, *masks)
     if r < 1:
+        return
+    # (without dx the two-pass reduction alone reads the data once)
+    plan = dx is not None and _rows_persist_plan(
+        rt, _relu("backward", mask), suffix + vec, width, x.dtype.itemsize, 2, r, c)
+    if plan:  # one single-read launch
+        part = rt.empty((_rows_padded(c) * plan[2] * SUM_PARTIAL,), np.float32)
+        _persist_launch(rt, plan, c,
+                        (_ptr(x), _ptr(dy)) + mask
+                        + (_ptr(savemean), _ptr(dx), _ptr(part),
+                           _ptr(_persist_counters(rt, plan[5])), np.int64(r), np.int32(c),
+                           _ptr(scale), _ptr(saveinvvar), _ptr(dscale), _ptr(dbias)), rows=True)
         return
     name = _relu("rc_backward_partial", mask) + "_" + suffix + vec
     grid, nsplit = _rows_reduction(r, c, width, rt, name)
@@ -579,20 +637,10 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
         return None
     if s == 1 or c > MAX_GRID_Y:
         return None  # spatial size 1 reads a channel C apart: the column kernels are better
-    waiting_cap = None
-    if not _launches_on_device(rt):
-        rt = config.backend_module().runtime()  # plan a recorded launch for the active device
-    elif rt.name == "cudasim":
-        waiting_cap = _simulator_waiting_blocks()
     name = "bn_persist_%s_%s%s" % (kind, suffix, vec)
-    fn = rt.functions_of(PERSIST_SOURCE)[name]
+    rt, fn, waiting_cap, sms, per_sm, resident_with, dynamic_max = _persist_device(
+        rt, PERSIST_SOURCE, name)
     cols = _persist_cols(s, width)
-    attr = rt.api.driver.device_attribute
-    dev = rt.device
-    sms = dev.get_attribute(attr.MULTIPROCESSOR_COUNT)
-    per_sm = _blocks_per_sm(rt, fn)
-    smem_sm = dev.get_attribute(attr.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
-    dynamic_max = dev.get_attribute(attr.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN) - fn.shared_size_bytes
     packs = n * cols  # walk positions, the padding columns' included
     # shared packs per slot: a column of BLOCK threads, or the S of each cols threads when padded
     held = BLOCK if cols * width == s else BLOCK // cols * s
@@ -607,11 +655,49 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
         shared = slots * held * width * itemsize * arrays
         if shared > dynamic_max:
             return None
-        return slots, shared, min(per_sm, smem_sm // (fn.shared_size_bytes + shared
-                                                      + SMEM_RESERVED))
+        return slots, shared, resident_with(shared)
 
-    # most blocks first (bytes in flight), each thread a few packs where the data allows
-    fills = [sms * k // c for k in range(per_sm, 0, -1)]
+    found = _resident_split(rt, fit, c, packs, width, waiting_cap, sms, per_sm)
+    if found is not None:
+        return (name, fn) + found + (c,)
+    if not _blocks_may_wait(rt):
+        return None
+    return _walking_plan(name, fn, fit, min(packs, sms * per_sm), sms, width, c, waiting_cap)
+
+
+def _persist_device(rt, source, name):
+    """What a single-read plan for entry ``name`` of ``source`` is made from: (runtime, compiled
+    entry, the simulator's cap on waiting blocks or None, SMs, blocks per SM by threads and
+    registers, resident_with(shared bytes) -> blocks per SM with that much dynamic shared memory,
+    the most dynamic shared memory a block may have). A recorded launch (the performance model) is
+    planned for the active device."""
+    waiting_cap = None
+    if not _launches_on_device(rt):
+        rt = config.backend_module().runtime()
+    elif rt.name == "cudasim":
+        waiting_cap = _simulator_waiting_blocks()
+    fn = rt.functions_of(source)[name]
+    attr = rt.api.driver.device_attribute
+    dev = rt.device
+    per_sm = _blocks_per_sm(rt, fn)
+    smem_sm = dev.get_attribute(attr.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
+    dynamic_max = dev.get_attribute(attr.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN) - fn.shared_size_bytes
+
+    def resident_with(shared):
+        return min(per_sm, smem_sm // (fn.shared_size_bytes + shared + SMEM_RESERVED))
+
+    return (rt, fn, waiting_cap, dev.get_attribute(attr.MULTIPROCESSOR_COUNT), per_sm,
+            resident_with, dynamic_max)
+
+
+def _resident_split(rt, fit, units, packs, width, waiting_cap, sms, per_sm):
+    """(nsplit, slots, shared bytes) of a single-read grid of ``units`` x nsplit blocks (channels,
+    or channel tiles) that the device holds at once, or None. ``fit(nsplit)``: (slots, shared,
+    resident blocks per SM) of a block of 1 / nsplit of a unit, or None where it cannot be held;
+    ``packs``: a unit's loads of one thread each. The most blocks first (bytes in flight), each
+    thread PERSIST_MIN_PACKS packs at least where the data allows; nsplit 1 (no block waits) at
+    any grid size."""
+    fills = [sms * k // units for k in range(per_sm, 0, -1)]
     work = max(1, packs // (BLOCK * PERSIST_MIN_PACKS))
     tried = set()
     for nsplit in [min(f, work) for f in fills] + fills + [1]:
@@ -619,7 +705,7 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
             continue
         tried.add(nsplit)
         if nsplit > 1 and (not _blocks_may_wait(rt)
-                           or (waiting_cap is not None and c * nsplit > waiting_cap)):
+                           or (waiting_cap is not None and units * nsplit > waiting_cap)):
             continue
         tile = fit(nsplit)
         if tile is None:
@@ -627,11 +713,9 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
         slots, shared, resident = tile
         if resident < _persist_min_resident(width):
             continue
-        if nsplit == 1 or c * nsplit <= sms * resident:
-            return name, fn, nsplit, slots, shared, c  # (one block a channel: nothing waits)
-    if not _blocks_may_wait(rt):
-        return None
-    return _walking_plan(name, fn, fit, min(packs, sms * per_sm), sms, width, c, waiting_cap)
+        if nsplit == 1 or units * nsplit <= sms * resident:
+            return nsplit, slots, shared
+    return None
 
 
 WALK_MIN_USE = 0.75  # the least share of the grid's block-steps a walking plan may leave busy
@@ -747,15 +831,21 @@ def _persist_counters(rt, c):
     return held[1]
 
 
-def _persist_launch(rt, plan, c, args):
+def _persist_launch(rt, plan, c, args, rows=False):
+    """Launch a single-read plan: grid (nsplit, groups) of persistent.cu, or with ``rows`` grid
+    (channel tiles, nsplit) of rows_channels.cu."""
     name, fn, nsplit, _, shared, groups = plan
+    grid = (groups, nsplit) if rows else (nsplit, groups)
     if not _launches_on_device(rt):
-        rt.launch(name, (nsplit, groups), args, shared=shared, tiles=nsplit * c)
+        if rows:
+            rt.launch(name, grid, args, source=ROWS_SOURCE, shared=shared)
+        else:
+            rt.launch(name, grid, args, shared=shared, tiles=nsplit * c)
         return
-    if shared > 48 * 1024:  # above 48 KiB a kernel must opt in
+    if shared + fn.shared_size_bytes > 48 * 1024:  # above 48 KiB in all a kernel must opt in
         fn.set_attribute(rt.api.driver.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared)
     try:
-        fn(*args, block=(BLOCK, 1, 1), grid=(nsplit, groups, 1), shared=shared)
+        fn(*args, block=(BLOCK, 1, 1), grid=grid + (1,), shared=shared)
         if rt.sync_each_launch:
             rt.api.driver.Context.synchronize()
     except Exception:

@@ -43,6 +43,8 @@ using bn::Welford;
 using bn::WelfordD;
 using bn::WelfordStream;
 using bn::add_packs;
+using bn::channel_barrier;
+using bn::read_partial_cg;
 using bn::from_float;
 using bn::load_pack;
 using bn::store_pack;
@@ -141,49 +143,6 @@ template <int VEC>
 __device__ __forceinline__ int held_rank(const Tile& t)
 {
     return VEC > 1 ? static_cast<int>(threadIdx.x) : t.rank;
-}
-
-// Every block of channel `ch` waits here until all `nsplit` of them have published their partials
-// (thread 0 wrote this block's just before). Thread 0 reads the generation before arriving: it can
-// only advance after this block's arrival. The fence before the arrival releases the partial;
-// after the wait, an atomic on the arrival counter acquires every block's release (each was made
-// on that address) before the partials are read.
-__device__ __forceinline__ void channel_barrier(unsigned int* sync, int ch, int nsplit)
-{
-    if (nsplit > 1 && threadIdx.x == 0) {
-        unsigned int* arrived = sync + 2 * ch;
-        unsigned int* generation = arrived + 1;
-        const unsigned int seen = atomicAdd(generation, 0u);
-        __threadfence();
-        if (atomicAdd(arrived, 1u) == static_cast<unsigned int>(nsplit - 1)) {
-            atomicExch(arrived, 0u);  // ready for the next launch
-            __threadfence();
-            atomicAdd(generation, 1u);
-        } else {
-            while (atomicAdd(generation, 0u) == seen) {
-#if __CUDA_ARCH__ >= 700
-                __nanosleep(64);
-#endif
-            }
-        }
-        atomicAdd(arrived, 0u);
-        __threadfence();
-    }
-    __syncthreads();
-}
-
-// A partial written by another block during this launch: read through L2 (__ldcg), never from a
-// line this SM may hold from before.
-__device__ __forceinline__ WelfordD read_partial_cg(const float* p)
-{
-    Welford w;
-    w.n = __ldcg(p + 0);
-    w.mean = __ldcg(p + 1);
-    w.mean_lo = __ldcg(p + 2);
-    w.m2 = __ldcg(p + 3);
-    w.m2_lo = __ldcg(p + 4);
-    w.total = __ldcg(p + 5);
-    return bn::to_double(w);
 }
 
 template <typename T, int VEC>

@@ -15,7 +15,8 @@
 // order: no float atomics, results bitwise repeatable and dependent on the shape only. The elementwise passes take the reductions'
 // per-channel factors (the normalize factor a, the dx coefficients), or compute the inference
 // factor themselves as bn::frozen_factor does (inference is one launch), and round
-// as batchnorm.cu's kernels do.
+// as batchnorm.cu's kernels do. Where a channel tile's rows fit on chip, the single-read entries
+// (rc_persist_*, see "single-read training passes") do a training pass in one launch.
 #include "bn_common.cuh"
 
 namespace rc {
@@ -147,19 +148,17 @@ __device__ __forceinline__ void finish_tile(int nsplit, int c, R empty, const Re
 // Welford per channel over the split's rows, shifted by the channel's row-0 value (the same shift
 // in every split). kUnroll rows are loaded before any is used and each channel takes them as one
 // batch (one division per batch, not per value); the VEC channels of a lane step together, so one
-// step counter closes all their float32 chunks (bn::kChunk batches) at once. The tile's last
-// block merges the partials in float64 and writes the statistics (as bn::stats_finalize).
-template <typename T, int VEC>
-__device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __restrict__ part,
-                                              long long n, int c, unsigned int* counters,
-                                              const bn::StatsOut& out)
+// step counter closes all their float32 chunks (bn::kChunk batches) at once. The block's records
+// of its tile go to `rec`; hold(i, pack) sees the thread's i-th row (rows begin + warp + i kWarps)
+// as loaded, for the single-read kernels to keep on chip.
+template <typename T, int VEC, typename Hold>
+__device__ __forceinline__ void stats_records(const T* __restrict__ x, long long n, int c,
+                                              const Tile& t, float (&rec)[bn::kPartial][32 * VEC],
+                                              const Hold& hold)
 {
-    constexpr int kTile = 32 * VEC;
     // per-warp results, one per thread, merged by warp 0 one pack position at a time (so the tile
     // does not grow with VEC)
     __shared__ Welford tile[kWarps][32];
-    __shared__ float rec[bn::kPartial][kTile];
-    const Tile t = Tile::make<VEC>(n);
     Welford total[VEC], chunk[VEC];
     float shift[VEC];
 #pragma unroll
@@ -175,6 +174,7 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
             shift[i] = to_float(p0.v[i]);
         }
         int steps = 0;
+        int held = 0;
         // K rows' values into the chunks, one batch per channel; a chunk closes after bn::kChunk
         // batches
         auto add_rows = [&](const auto& pk) {
@@ -198,6 +198,10 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
                     chunk[i] = bn::welford_empty();
                 }
                 steps = 0;
+            }
+#pragma unroll
+            for (int u = 0; u < K; ++u) {
+                hold(held++, pk[u]);
             }
         };
         long long row = t.begin + t.warp;
@@ -231,60 +235,96 @@ __device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __
         }
         __syncthreads();  // the tile is reused for the next pack position
     }
+}
+
+// Split b's statistics record of channel ch, written by another block of this launch (__ldcg).
+__device__ __forceinline__ bn::WelfordD read_stats(const float* part, int cp, int b, int ch)
+{
+    const float* p = part + static_cast<long long>(b) * bn::kPartial * cp + ch;
+    Welford w;
+    w.n = __ldcg(p);
+    w.mean = __ldcg(p + cp);
+    w.mean_lo = __ldcg(p + 2 * cp);
+    w.m2 = __ldcg(p + 3 * cp);
+    w.m2_lo = __ldcg(p + 4 * cp);
+    w.total = __ldcg(p + 5 * cp);
+    return bn::to_double(w);
+}
+
+// Channel ch's statistics from its merged partials, as bn::stats_finalize (each figure computed in
+// float64 and rounded once): the mean and normalize factor a = scale / sqrt(var + eps) returned;
+// savemean, saveinvvar and the running statistics written when `write`.
+__device__ __forceinline__ float2 stats_finish(const bn::WelfordD& w, const float* part, int cp,
+                                               int ch, const bn::StatsOut& out, bool write)
+{
+    double mean, var;
+    bn::welford_finish(w, __ldcg(part + 6 * cp + ch), mean, var);
+    const float a = static_cast<float>(static_cast<double>(out.scale[ch]) / sqrt(var + out.eps));
+    if (write) {
+        out.savemean[ch] = static_cast<float>(mean);
+        out.saveinvvar[ch] = static_cast<float>(1.0 / sqrt(var + out.eps));
+        const double keep = 1.0 - out.factor;
+        out.run_mean[ch] = static_cast<float>(keep * out.run_mean[ch] + out.factor * mean);
+        out.run_var[ch] = static_cast<float>(keep * out.run_var[ch] +
+                                             out.factor * (var * (w.n / (w.n - 1.0))));
+    }
+    return make_float2(static_cast<float>(mean), a);
+}
+
+// Merges the tile's statistics records (finish_tile's fixed order), finish(channel, mean, a) on
+// the first thread of each channel; savemean etc. written when `write`.
+template <int TILE, typename Finish>
+__device__ __forceinline__ void merge_stats(const float* part, int nsplit, int c,
+                                            const bn::StatsOut& out, bool write,
+                                            const Finish& finish)
+{
+    const int cp = padded_channels(c);
+    finish_tile<TILE>(
+        nsplit, c, bn::WelfordD{0.0, 0.0, 0.0, 0.0},
+        [&](int b, int ch) { return read_stats(part, cp, b, ch); },
+        [](const bn::WelfordD& a, const bn::WelfordD& b) { return bn::welford_merge(a, b); },
+        [&](const bn::WelfordD& w, int ch) {
+            const float2 r = stats_finish(w, part, cp, ch, out, write);
+            finish(ch, r.x, r.y);
+        });
+}
+
+// The statistics reduction: the tile's last block merges the partials in float64 and writes the
+// statistics and the normalize factor.
+template <typename T, int VEC>
+__device__ __forceinline__ void stats_partial(const T* __restrict__ x, float* __restrict__ part,
+                                              long long n, int c, unsigned int* counters,
+                                              const bn::StatsOut& out)
+{
+    constexpr int kTile = 32 * VEC;
+    __shared__ float rec[bn::kPartial][kTile];
+    const Tile t = Tile::make<VEC>(n);
+    stats_records<T, VEC>(x, n, c, t, rec, [](int, const Pack<T, VEC>&) {});
     const int valid = min(kTile, c - static_cast<int>(blockIdx.x) * kTile);
     const bool wrote = write_records(rec, part, c, valid);
     const unsigned int writers = static_cast<unsigned int>(min(kBlock, bn::kPartial * valid));
     if (!bn::last_block(counters + blockIdx.x, gridDim.y, wrote, writers)) {
         return;
     }
-    const int cp = padded_channels(c);
-    const int nsplit = gridDim.y;
-    finish_tile<kTile>(
-        nsplit, c, bn::WelfordD{0.0, 0.0, 0.0, 0.0},
-        [&](int b, int ch) {
-            const float* p = part + static_cast<long long>(b) * bn::kPartial * cp + ch;
-            Welford w;
-            w.n = __ldcg(p);
-            w.mean = __ldcg(p + cp);
-            w.mean_lo = __ldcg(p + 2 * cp);
-            w.m2 = __ldcg(p + 3 * cp);
-            w.m2_lo = __ldcg(p + 4 * cp);
-            w.total = __ldcg(p + 5 * cp);
-            return bn::to_double(w);
-        },
-        [](const bn::WelfordD& a, const bn::WelfordD& b) { return bn::welford_merge(a, b); },
-        [&](const bn::WelfordD& w, int ch) {
-            // as bn::stats_finalize: each figure computed in float64 and rounded once
-            double mean, var;
-            bn::welford_finish(w, __ldcg(part + 6 * cp + ch), mean, var);
-            const double invstd = 1.0 / sqrt(var + out.eps);
-            out.savemean[ch] = static_cast<float>(mean);
-            out.saveinvvar[ch] = static_cast<float>(invstd);
-            out.a[ch] = static_cast<float>(static_cast<double>(out.scale[ch]) / sqrt(var + out.eps));
-            const double keep = 1.0 - out.factor;
-            out.run_mean[ch] = static_cast<float>(keep * out.run_mean[ch] + out.factor * mean);
-            out.run_var[ch] = static_cast<float>(keep * out.run_var[ch] +
-                                                 out.factor * (var * (w.n / (w.n - 1.0))));
-        });
+    merge_stats<kTile>(part, static_cast<int>(gridDim.y), c, out, true,
+                       [&](int ch, float, float a) { out.a[ch] = a; });
 }
 
 // --- backward sums ------------------------------------------------------------------------------
 
 // bn::kSums compensated sums per channel (sum(dy), sum(dy * (x - m)), sum(x - m)), as
-// batchnorm.cu's backward partials; RELU: dy masked by the forward's output y. The tile's last
-// block merges them in float64 and writes the parameter gradients and dx coefficients (as
-// bn::backward_finalize).
-template <typename T, int VEC, bool RELU = false>
-__device__ __forceinline__ void backward_partial(const T* __restrict__ x, const T* __restrict__ dy,
-                                                 const T* __restrict__ y,
-                                                 const float* __restrict__ savemean,
-                                                 float* __restrict__ part, long long n, int c,
-                                                 unsigned int* counters, const bn::SumsOut& out)
+// batchnorm.cu's backward partials; RELU: dy masked by the forward's output y. The block's records
+// of its tile go to `rec`; hold(i, x pack, masked dy pack) sees the thread's i-th row as loaded.
+template <typename T, int VEC, bool RELU, typename Hold>
+__device__ __forceinline__ void sums_records(const T* __restrict__ x, const T* __restrict__ dy,
+                                             const T* __restrict__ y,
+                                             const float* __restrict__ savemean, long long n,
+                                             int c, const Tile& t,
+                                             float (&rec)[bn::kSumPartial][32 * VEC],
+                                             const Hold& hold)
 {
     constexpr int kTile = 32 * VEC;
     __shared__ Sums<bn::kSums> tile[kWarps][32];
-    __shared__ float rec[bn::kSumPartial][kTile];
-    const Tile t = Tile::make<VEC>(n);
     __shared__ float staged_mean[kTile];
     const int valid = min(kTile, c - static_cast<int>(blockIdx.x) * kTile);
     // the tile's means, consecutive threads on consecutive channels (lanes VEC channels apart
@@ -304,13 +344,18 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
         for (int i = 0; i < VEC; ++i) {
             m[i] = staged_mean[t.lane * VEC + i];
         }
-        auto add_row = [&](const Pack<T, VEC>& px, const Pack<T, VEC>& pg, const Pack<T, VEC>& py) {
+        int held = 0;
+        auto add_row = [&](const Pack<T, VEC>& px, Pack<T, VEC> pg, const Pack<T, VEC>& py) {
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
-                bn::backward_terms(acc[i], masked<T, VEC, RELU>(to_float(pg.v[i]), py, i),
-                                   __fsub_rn(to_float(px.v[i]), m[i]));
+                const float g = masked<T, VEC, RELU>(to_float(pg.v[i]), py, i);
+                if (RELU) {
+                    pg.v[i] = from_float<T>(g);
+                }
+                bn::backward_terms(acc[i], g, __fsub_rn(to_float(px.v[i]), m[i]));
                 acc[i].flush_step();
             }
+            hold(held++, px, pg);
         };
         long long row = t.begin + t.warp;
         for (; row + (kUnroll - 1) * kWarps < t.end; row += kUnroll * kWarps) {
@@ -347,38 +392,73 @@ __device__ __forceinline__ void backward_partial(const T* __restrict__ x, const 
         }
         __syncthreads();
     }
+}
+
+// Channel ch's parameter gradients and dx coefficients from its merged sums, as
+// bn::backward_factors (r = exact mean - savemean, each figure in float64, rounded once):
+// (k, c0, c1) of dx = dy k - ((x - m) c1 + c0) to kc; dbias and dscale written when `write`.
+__device__ __forceinline__ void sums_finish(const Sum3& sum, long long n, int ch,
+                                            const bn::SumsOut& out, bool write, float* kc)
+{
+    const double fm = static_cast<double>(n);
+    const double r = sum.s2 / fm;
+    const double invstd = out.saveinvvar[ch];
+    const double gs = (sum.s1 - bn::correction(r * sum.s0)) * invstd;
+    const double k = static_cast<double>(out.scale[ch]) * invstd;
+    const double c1 = k * invstd * gs / fm;
+    if (write) {
+        out.dbias[ch] = static_cast<float>(sum.s0);
+        out.dscale[ch] = static_cast<float>(gs);
+    }
+    kc[0] = static_cast<float>(k);
+    kc[1] = static_cast<float>(k * sum.s0 / fm - bn::correction(r * c1));
+    kc[2] = static_cast<float>(c1);
+}
+
+// Merges the tile's backward records (finish_tile's fixed order) into the coefficients of its
+// channels, coef_tile[3 * (channel in tile) ..]; dbias and dscale written when `write`.
+template <int TILE>
+__device__ __forceinline__ void merge_sums(const float* part, int nsplit, long long n, int c,
+                                           const bn::SumsOut& out, bool write, float* coef_tile)
+{
+    const int cp = padded_channels(c);
+    finish_tile<TILE>(
+        nsplit, c, Sum3{0.0, 0.0, 0.0},
+        [&](int b, int ch) {
+            const float* p = part + static_cast<long long>(b) * bn::kSumPartial * cp + ch;
+            return Sum3{bn::ff_value(__ldcg(p), __ldcg(p + cp)),
+                        bn::ff_value(__ldcg(p + 2 * cp), __ldcg(p + 3 * cp)),
+                        bn::ff_value(__ldcg(p + 4 * cp), __ldcg(p + 5 * cp))};
+        },
+        [](const Sum3& a, const Sum3& b) { return Sum3{a.s0 + b.s0, a.s1 + b.s1, a.s2 + b.s2}; },
+        [&](const Sum3& sum, int ch) {
+            sums_finish(sum, n, ch, out, write,
+                        coef_tile + 3 * (ch - static_cast<int>(blockIdx.x) * TILE));
+        });
+}
+
+// The backward reduction: the tile's last block merges the sums in float64 and writes the
+// parameter gradients and dx coefficients.
+template <typename T, int VEC, bool RELU = false>
+__device__ __forceinline__ void backward_partial(const T* __restrict__ x, const T* __restrict__ dy,
+                                                 const T* __restrict__ y,
+                                                 const float* __restrict__ savemean,
+                                                 float* __restrict__ part, long long n, int c,
+                                                 unsigned int* counters, const bn::SumsOut& out)
+{
+    constexpr int kTile = 32 * VEC;
+    __shared__ float rec[bn::kSumPartial][kTile];
+    const Tile t = Tile::make<VEC>(n);
+    sums_records<T, VEC, RELU>(x, dy, y, savemean, n, c, t, rec,
+                               [](int, const Pack<T, VEC>&, const Pack<T, VEC>&) {});
+    const int valid = min(kTile, c - static_cast<int>(blockIdx.x) * kTile);
     const bool wrote = write_records(rec, part, c, valid);
     const unsigned int writers = static_cast<unsigned int>(min(kBlock, bn::kSumPartial * valid));
     if (!bn::last_block(counters + blockIdx.x, gridDim.y, wrote, writers)) {
         return;
     }
-    const int cp = padded_channels(c);
     __shared__ float coef_tile[3 * kTile];
-    finish_tile<kTile>(
-        static_cast<int>(gridDim.y), c, Sum3{0.0, 0.0, 0.0},
-        [&](int b, int ch) {
-            const float* p = part + static_cast<long long>(b) * bn::kSumPartial * cp + ch;
-            return Sum3{bn::ff_value(__ldcg(p), __ldcg(p + cp)),
-                           bn::ff_value(__ldcg(p + 2 * cp), __ldcg(p + 3 * cp)),
-                           bn::ff_value(__ldcg(p + 4 * cp), __ldcg(p + 5 * cp))};
-        },
-        [](const Sum3& a, const Sum3& b) { return Sum3{a.s0 + b.s0, a.s1 + b.s1, a.s2 + b.s2}; },
-        [&](const Sum3& sum, int ch) {
-            // as bn::backward_factors: r = exact mean - savemean, each figure in float64,
-            // rounded once
-            const double fm = static_cast<double>(n);
-            const double r = sum.s2 / fm;
-            const double invstd = out.saveinvvar[ch];
-            const double gs = (sum.s1 - bn::correction(r * sum.s0)) * invstd;
-            const double k = static_cast<double>(out.scale[ch]) * invstd;
-            const double c1 = k * invstd * gs / fm;
-            out.dbias[ch] = static_cast<float>(sum.s0);
-            out.dscale[ch] = static_cast<float>(gs);
-            float* kc = coef_tile + 3 * (ch - static_cast<int>(blockIdx.x) * kTile);
-            kc[0] = static_cast<float>(k);
-            kc[1] = static_cast<float>(k * sum.s0 / fm - bn::correction(r * c1));
-            kc[2] = static_cast<float>(c1);
-        });
+    merge_sums<kTile>(part, static_cast<int>(gridDim.y), n, c, out, true, coef_tile);
     // the coefficients out as consecutive floats (a thread per channel would write 12 bytes apart)
     __syncthreads();
     for (int i = threadIdx.x; i < 3 * valid; i += kBlock) {
@@ -606,6 +686,143 @@ __device__ __forceinline__ void backward_infer(const T* __restrict__ dy, const T
             store_pack<T, VEC>(dx + j * VEC, in.g);
         });
 }
+
+// --- single-read training passes ----------------------------------------------------------------
+// Where a channel tile's rows fit on chip, one launch does a training pass: grid (tiles, nsplit)
+// as the reductions, each block holding the rows it reads in dynamic shared memory (slot i of
+// thread t at held[i * kBlock + t]: held_slots(n) packs per thread and data array) between the
+// statistics and the elementwise pass, so the forward reads x once and writes y once (8 bytes per
+// float32 element instead of 12) and the backward reads x and dy once and writes dx (12 instead
+// of 20). The blocks' records are the reductions' (same rows, same order); the nsplit blocks of a
+// tile meet at bn::channel_barrier on the tile's two counters (every block of the grid resident at
+// once when nsplit > 1: the host's plan, kernels/norm/cuda.py), and then every block merges all of
+// the tile's records in finish_tile's fixed order with the reductions' finish, so every block
+// holds bitwise the same per-channel factors; split 0 writes the per-channel outputs. x may be y,
+// dy or x may be dx: a block reads only its own rows (and the tiles' row 0, split 0's, for the
+// shift) before the barrier and writes only its own rows after it.
+
+template <typename T, int VEC>
+__device__ __forceinline__ Pack<T, VEC>* held_packs()
+{
+    extern __shared__ __align__(16) unsigned char rc_held[];
+    return reinterpret_cast<Pack<T, VEC>*>(rc_held);
+}
+
+// Slots per thread and data array: a split's rows per warp at most.
+__device__ __forceinline__ int held_slots(long long n)
+{
+    const long long chunk = (n + gridDim.y - 1) / gridDim.y;
+    return static_cast<int>((chunk + kWarps - 1) / kWarps);
+}
+
+// Writes the block's records, then waits for the tile's other splits to have written theirs.
+template <int K, int TILE>
+__device__ __forceinline__ void publish(const float (&rec)[K][TILE], float* part, int c,
+                                        unsigned int* sync)
+{
+    const int valid = min(TILE, c - static_cast<int>(blockIdx.x) * TILE);
+    if (write_records(rec, part, c, valid)) {
+        __threadfence();  // released before thread 0 arrives (bn::channel_barrier)
+    }
+    __syncthreads();
+    bn::channel_barrier(sync, blockIdx.x, gridDim.y);
+}
+
+// y = fma(x - mean, a, bias) (relu'd when `relu`) as normalize computes it.
+template <typename T, int VEC>
+__device__ __forceinline__ void persist_forward(const T* x, T* y, float* part, unsigned int* sync,
+                                                long long n, int c, const float* bias, int relu,
+                                                const bn::StatsOut& out)
+{
+    constexpr int kTile = 32 * VEC;
+    __shared__ float rec[bn::kPartial][kTile];
+    __shared__ float factors[2][kTile];  // mean, a
+    const Tile t = Tile::make<VEC>(n);
+    Pack<T, VEC>* held = held_packs<T, VEC>() + threadIdx.x;
+    int slots = 0;
+    stats_records<T, VEC>(x, n, c, t, rec, [&](int i, const Pack<T, VEC>& pk) {
+        held[i * kBlock] = pk;
+        slots = i + 1;
+    });
+    publish(rec, part, c, sync);
+    const int first = static_cast<int>(blockIdx.x) * kTile;
+    merge_stats<kTile>(part, static_cast<int>(gridDim.y), c, out, blockIdx.y == 0,
+                       [&](int ch, float mean, float a) {
+                           factors[0][ch - first] = mean;
+                           factors[1][ch - first] = a;
+                       });
+    __syncthreads();
+    if (slots == 0) {
+        return;
+    }
+    float m[VEC], k[VEC], b[VEC];
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+        m[i] = factors[0][t.lane * VEC + i];
+        k[i] = factors[1][t.lane * VEC + i];
+        b[i] = bias[t.ch0 + i];
+    }
+    long long row = t.begin + t.warp;
+    for (int s = 0; s < slots; ++s, row += kWarps) {
+        Pack<T, VEC> pk = held[s * kBlock];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            const float v = fmaf(__fsub_rn(to_float(pk.v[i]), m[i]), k[i], b[i]);
+            pk.v[i] = from_float<T>(relu ? bn::relu(v) : v);
+        }
+        store_pack<T, VEC>(y + row * c + t.ch0, pk);
+    }
+}
+
+// dx = dy * k - ((x - mean) * c1 + c0) as backward_dx computes it, dy masked by y when RELU (the
+// masked dy is what the block holds).
+template <typename T, int VEC, bool RELU>
+__device__ __forceinline__ void persist_backward(const T* x, const T* dy, const T* y, T* dx,
+                                                 const float* savemean, float* part,
+                                                 unsigned int* sync, long long n, int c,
+                                                 const bn::SumsOut& out)
+{
+    constexpr int kTile = 32 * VEC;
+    __shared__ float rec[bn::kSumPartial][kTile];
+    __shared__ float coef_tile[3 * kTile];
+    const Tile t = Tile::make<VEC>(n);
+    Pack<T, VEC>* held_x = held_packs<T, VEC>() + threadIdx.x;
+    Pack<T, VEC>* held_g = held_x + static_cast<long long>(held_slots(n)) * kBlock;
+    int slots = 0;
+    sums_records<T, VEC, RELU>(x, dy, y, savemean, n, c, t, rec,
+                               [&](int i, const Pack<T, VEC>& px, const Pack<T, VEC>& pg) {
+                                   held_x[i * kBlock] = px;
+                                   held_g[i * kBlock] = pg;
+                                   slots = i + 1;
+                               });
+    publish(rec, part, c, sync);
+    merge_sums<kTile>(part, static_cast<int>(gridDim.y), n, c, out, blockIdx.y == 0, coef_tile);
+    __syncthreads();
+    if (slots == 0) {
+        return;
+    }
+    float m[VEC], k3[3 * VEC];
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+        m[i] = savemean[t.ch0 + i];
+#pragma unroll
+        for (int j = 0; j < 3; ++j) {
+            k3[3 * i + j] = coef_tile[3 * (t.lane * VEC + i) + j];
+        }
+    }
+    long long row = t.begin + t.warp;
+    for (int s = 0; s < slots; ++s, row += kWarps) {
+        const Pack<T, VEC> px = held_x[s * kBlock];
+        Pack<T, VEC> pg = held_g[s * kBlock];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            const float u = fmaf(__fsub_rn(to_float(px.v[i]), m[i]), k3[3 * i + 2], k3[3 * i + 1]);
+            pg.v[i] = from_float<T>(fmaf(to_float(pg.v[i]), k3[3 * i], -u));
+        }
+        store_pack<T, VEC>(dx + row * c + t.ch0, pg);
+    }
+}
+
 
 }  // namespace rc
 
@@ -893,4 +1110,83 @@ extern "C" __global__ void rc_backward_infer_relu_bf16(const __nv_bfloat16* dy, 
 extern "C" __global__ void rc_backward_infer_relu_bf16_vec(const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* scale, const float* run_var, double eps, __nv_bfloat16* dx, long long n, int c)
 {
     rc::backward_infer<__nv_bfloat16, 8, true>(dy, y, scale, run_var, eps, dx, n, c);
+}
+
+// Single-read training passes (see the top of the single-read section): grid (ceil(C / (32 VEC)),
+// nsplit) of bn::kBlock threads, every block resident at once when nsplit > 1, with the dynamic
+// shared memory of held_slots(n) * kBlock packs per data array (x; x and the masked dy); part
+// holds the reductions' planar records of nsplit splits, sync 2 counters per channel tile, zero
+// before the first launch and left zero by every launch. relu: nonzero for the fused ReLU; the
+// _relu backward entries take the forward's output y for the gradient's mask.
+extern "C" __global__ void rc_persist_forward_f32(const float* x, float* y, float* part, unsigned int* sync, long long n, int c, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+{
+    rc::persist_forward<float, 1>(x, y, part, sync, n, c, bias, relu, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, nullptr, run_mean, run_var});
+}
+extern "C" __global__ void rc_persist_forward_f32_vec(const float* x, float* y, float* part, unsigned int* sync, long long n, int c, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+{
+    rc::persist_forward<float, 4>(x, y, part, sync, n, c, bias, relu, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, nullptr, run_mean, run_var});
+}
+extern "C" __global__ void rc_persist_forward_f16(const __half* x, __half* y, float* part, unsigned int* sync, long long n, int c, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+{
+    rc::persist_forward<__half, 1>(x, y, part, sync, n, c, bias, relu, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, nullptr, run_mean, run_var});
+}
+extern "C" __global__ void rc_persist_forward_f16_vec(const __half* x, __half* y, float* part, unsigned int* sync, long long n, int c, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+{
+    rc::persist_forward<__half, 8>(x, y, part, sync, n, c, bias, relu, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, nullptr, run_mean, run_var});
+}
+extern "C" __global__ void rc_persist_forward_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, float* part, unsigned int* sync, long long n, int c, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+{
+    rc::persist_forward<__nv_bfloat16, 1>(x, y, part, sync, n, c, bias, relu, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, nullptr, run_mean, run_var});
+}
+extern "C" __global__ void rc_persist_forward_bf16_vec(const __nv_bfloat16* x, __nv_bfloat16* y, float* part, unsigned int* sync, long long n, int c, double eps, double factor, const float* scale, const float* bias, float* savemean, float* saveinvvar, float* run_mean, float* run_var, int relu)
+{
+    rc::persist_forward<__nv_bfloat16, 8>(x, y, part, sync, n, c, bias, relu, bn::StatsOut{eps, factor, scale, savemean, saveinvvar, nullptr, run_mean, run_var});
+}
+extern "C" __global__ void rc_persist_backward_f32(const float* x, const float* dy, const float* savemean, float* dx, float* part, unsigned int* sync, long long n, int c, const float* scale, const float* saveinvvar, float* dscale, float* dbias)
+{
+    rc::persist_backward<float, 1, false>(x, dy, nullptr, dx, savemean, part, sync, n, c, bn::SumsOut{scale, saveinvvar, dscale, dbias, nullptr});
+}
+extern "C" __global__ void rc_persist_backward_f32_vec(const float* x, const float* dy, const float* savemean, float* dx, float* part, unsigned int* sync, long long n, int c, const float* scale, const float* saveinvvar, float* dscale, float* dbias)
+{
+    rc::persist_backward<float, 4, false>(x, dy, nullptr, dx, savemean, part, sync, n, c, bn::SumsOut{scale, saveinvvar, dscale, dbias, nullptr});
+}
+extern "C" __global__ void rc_persist_backward_f16(const __half* x, const __half* dy, const float* savemean, __half* dx, float* part, unsigned int* sync, long long n, int c, const float* scale, const float* saveinvvar, float* dscale, float* dbias)
+{
+    rc::persist_backward<__half, 1, false>(x, dy, nullptr, dx, savemean, part, sync, n, c, bn::SumsOut{scale, saveinvvar, dscale, dbias, nullptr});
+}
+extern "C" __global__ void rc_persist_backward_f16_vec(const __half* x, const __half* dy, const float* savemean, __half* dx, float* part, unsigned int* sync, long long n, int c, const float* scale, const float* saveinvvar, float* dscale, float* dbias)
+{
+    rc::persist_backward<__half, 8, false>(x, dy, nullptr, dx, savemean, part, sync, n, c, bn::SumsOut{scale, saveinvvar, dscale, dbias, nullptr});
+}
+extern "C" __global__ void rc_persist_backward_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, __nv_bfloat16* dx, float* part, unsigned int* sync, long long n, int c, const float* scale, const float* saveinvvar, float* dscale, float* dbias)
+{
+    rc::persist_backward<__nv_bfloat16, 1, false>(x, dy, nullptr, dx, savemean, part, sync, n, c, bn::SumsOut{scale, saveinvvar, dscale, dbias, nullptr});
+}
+extern "C" __global__ void rc_persist_backward_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* savemean, __nv_bfloat16* dx, float* part, unsigned int* sync, long long n, int c, const float* scale, const float* saveinvvar, float* dscale, float* dbias)
+{
+    rc::persist_backward<__nv_bfloat16, 8, false>(x, dy, nullptr, dx, savemean, part, sync, n, c, bn::SumsOut{scale, saveinvvar, dscale, dbias, nullptr});
+}
+extern "C" __global__ void rc_persist_backward_relu_f32(const float* x, const float* dy, const float* y, const float* savemean, float* dx, float* part, unsigned int* sync, long long n, int c, const float* scale, const float* saveinvvar, float* dscale, float* dbias)
+{
+    rc::persist_backward<float, 1, true>(x, dy, y, dx, savemean, part, sync, n, c, bn::SumsOut{scale, saveinvvar, dscale, dbias, nullptr});
+}
+extern "C" __global__ void rc_persist_backward_relu_f32_vec(const float* x, const float* dy, const float* y, const float* savemean, float* dx, float* part, unsigned int* sync, long long n, int c, const float* scale, const float* saveinvvar, float* dscale, float* dbias)
+{
+    rc::persist_backward<float, 4, true>(x, dy, y, dx, savemean, part, sync, n, c, bn::SumsOut{scale, saveinvvar, dscale, dbias, nullptr});
+}
+extern "C" __global__ void rc_persist_backward_relu_f16(const __half* x, const __half* dy, const __half* y, const float* savemean, __half* dx, float* part, unsigned int* sync, long long n, int c, const float* scale, const float* saveinvvar, float* dscale, float* dbias)
+{
+    rc::persist_backward<__half, 1, true>(x, dy, y, dx, savemean, part, sync, n, c, bn::SumsOut{scale, saveinvvar, dscale, dbias, nullptr});
+}
+extern "C" __global__ void rc_persist_backward_relu_f16_vec(const __half* x, const __half* dy, const __half* y, const float* savemean, __half* dx, float* part, unsigned int* sync, long long n, int c, const float* scale, const float* saveinvvar, float* dscale, float* dbias)
+{
+    rc::persist_backward<__half, 8, true>(x, dy, y, dx, savemean, part, sync, n, c, bn::SumsOut{scale, saveinvvar, dscale, dbias, nullptr});
+}
+extern "C" __global__ void rc_persist_backward_relu_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, __nv_bfloat16* dx, float* part, unsigned int* sync, long long n, int c, const float* scale, const float* saveinvvar, float* dscale, float* dbias)
+{
+    rc::persist_backward<__nv_bfloat16, 1, true>(x, dy, y, dx, savemean, part, sync, n, c, bn::SumsOut{scale, saveinvvar, dscale, dbias, nullptr});
+}
+extern "C" __global__ void rc_persist_backward_relu_bf16_vec(const __nv_bfloat16* x, const __nv_bfloat16* dy, const __nv_bfloat16* y, const float* savemean, __nv_bfloat16* dx, float* part, unsigned int* sync, long long n, int c, const float* scale, const float* saveinvvar, float* dscale, float* dbias)
+{
+    rc::persist_backward<__nv_bfloat16, 8, true>(x, dy, y, dx, savemean, part, sync, n, c, bn::SumsOut{scale, saveinvvar, dscale, dbias, nullptr});
 }
