@@ -10,6 +10,7 @@ cases on every backend present); arrays and modules keep the backend they were m
 import importlib
 import logging
 import os
+import sys
 
 log = logging.getLogger("batchnorm_lib")
 
@@ -26,7 +27,9 @@ class BackendError(RuntimeError):
 
 
 def _backend_module(name):
-    return importlib.import_module("batchnorm_lib.backend." + name)
+    # (sys.modules first: every array allocation asks, and import_module's lock costs more)
+    full = "batchnorm_lib.backend." + name
+    return sys.modules.get(full) or importlib.import_module(full)
 
 
 def probe(name):

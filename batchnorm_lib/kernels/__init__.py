@@ -22,6 +22,7 @@ that, never a backend directly.
 """
 
 import importlib
+import sys
 
 from batchnorm_lib import config
 
@@ -32,8 +33,9 @@ _IMPL_FOR_BACKEND = {"cpu": "cpu", "cuda": "cuda", "cudasim": "cuda"}
 def implementation(operation, backend=None):
     """The implementation module of ``operation`` (a package name under ``kernels/``) for
     ``backend`` (default: the active one)."""
-    return importlib.import_module("batchnorm_lib.kernels.%s.%s" % (
-        operation, _IMPL_FOR_BACKEND[backend or config.get_backend()]))
+    name = "batchnorm_lib.kernels.%s.%s" % (operation,
+                                            _IMPL_FOR_BACKEND[backend or config.get_backend()])
+    return sys.modules.get(name) or importlib.import_module(name)  # (every kernel call asks)
 
 
 from batchnorm_lib.kernels import dense, norm  # noqa: E402  (the operation packages)

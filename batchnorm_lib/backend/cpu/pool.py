@@ -7,6 +7,7 @@ again. A block returns to the pool when the last array viewing it is gone: each 
 lease object that numpy keeps as the base of every view, and its finalizer gives the block back.
 """
 
+import math
 import threading
 
 import numpy as np
@@ -52,7 +53,7 @@ class MemoryPool:
 
     def empty(self, shape, dtype):
         dtype = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # (exact Python ints; np.prod costs more than a small kernel)
         nbytes = count * dtype.itemsize
         if nbytes < MIN_POOLED_BYTES:
             return np.empty(shape, dtype)
