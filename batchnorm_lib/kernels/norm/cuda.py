@@ -25,6 +25,7 @@ coefficients, inference factor) are computed once per channel (per block, in the
 in float64. See docs/numerics.md.
 """
 
+import functools
 import os
 import weakref
 
@@ -473,11 +474,11 @@ def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, save
     plan = _rows_persist_plan(rt, "forward", suffix + vec, width, x.dtype.itemsize, 1, r, c)
     if plan is not None:  # one single-read launch
         part = rt.empty((_rows_padded(c) * plan[2] * STATS_PARTIAL,), np.float32)
-        _persist_launch(rt, plan, c,
+        _persist_launch(rt, plan, (plan[5], plan[2]), ROWS_SOURCE,
                         (_ptr(x), _ptr(out), _ptr(part), _ptr(_persist_counters(rt, plan[5])),
                          np.int64(r), np.int32(c), np.float64(eps), np.float64(factor),
                          _ptr(scale), _ptr(bias), _ptr(savemean), _ptr(saveinvvar),
-                         _ptr(run_mean), _ptr(run_var), np.int32(1 if relu else 0)), rows=True)
+                         _ptr(run_mean), _ptr(run_var), np.int32(1 if relu else 0)))
         return
     name = "rc_stats_partial_" + suffix + vec
     grid, nsplit = _rows_reduction(r, c, width, rt, name)
@@ -560,11 +561,11 @@ def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y
         rt, _relu("backward", mask), suffix + vec, width, x.dtype.itemsize, 2, r, c)
     if plan:  # one single-read launch
         part = rt.empty((_rows_padded(c) * plan[2] * SUM_PARTIAL,), np.float32)
-        _persist_launch(rt, plan, c,
+        _persist_launch(rt, plan, (plan[5], plan[2]), ROWS_SOURCE,
                         (_ptr(x), _ptr(dy)) + mask
                         + (_ptr(savemean), _ptr(dx), _ptr(part),
                            _ptr(_persist_counters(rt, plan[5])), np.int64(r), np.int32(c),
-                           _ptr(scale), _ptr(saveinvvar), _ptr(dscale), _ptr(dbias)), rows=True)
+                           _ptr(scale), _ptr(saveinvvar), _ptr(dscale), _ptr(dbias)))
         return
     name = _relu("rc_backward_partial", mask) + "_" + suffix + vec
     grid, nsplit = _rows_reduction(r, c, width, rt, name)
@@ -802,6 +803,7 @@ def _blocks_may_wait(rt):
     return not instrument.sanitizing()
 
 
+@functools.lru_cache(maxsize=None)
 def _simulator_waiting_blocks():
     """Blocks the simulator can hold set aside at once: each keeps BLOCK fiber stacks, each stack a
     memory mapping plus a guard page's, and Linux caps a process's mappings (vm.max_map_count,
@@ -831,16 +833,13 @@ def _persist_counters(rt, c):
     return held[1]
 
 
-def _persist_launch(rt, plan, c, args, rows=False):
-    """Launch a single-read plan: grid (nsplit, groups) of persistent.cu, or with ``rows`` grid
-    (channel tiles, nsplit) of rows_channels.cu."""
-    name, fn, nsplit, _, shared, groups = plan
-    grid = (groups, nsplit) if rows else (nsplit, groups)
+def _persist_launch(rt, plan, grid, source, args, tiles=None):
+    """Launch a single-read plan on ``grid`` (persistent.cu: (nsplit, groups); rows_channels.cu:
+    (channel tiles, nsplit)) of ``source``; ``tiles``: the work a walking grid takes in turn, for
+    a recorded launch (Runtime.launch)."""
+    name, fn, _, _, shared, _ = plan
     if not _launches_on_device(rt):
-        if rows:
-            rt.launch(name, grid, args, source=ROWS_SOURCE, shared=shared)
-        else:
-            rt.launch(name, grid, args, shared=shared, tiles=nsplit * c)
+        rt.launch(name, grid, args, source=source, shared=shared, tiles=tiles)
         return
     if shared + fn.shared_size_bytes > 48 * 1024:  # above 48 KiB in all a kernel must opt in
         fn.set_attribute(rt.api.driver.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared)
@@ -866,12 +865,12 @@ def _persistent_forward(x, scale, bias, run_mean, run_var, eps, factor, out, sav
     if plan is None:
         return False
     part = rt.empty((c * plan[2] * STATS_PARTIAL,), np.float32)
-    _persist_launch(rt, plan, c,
+    _persist_launch(rt, plan, (plan[2], plan[5]), PERSIST_SOURCE,
                     (_ptr(x), _ptr(out), _ptr(part), _ptr(_persist_counters(rt, c)), np.int64(n),
                      np.int32(c), np.int64(s), np.int64(_persist_cols(s, width)),
                      np.float64(eps), np.float64(factor), _ptr(scale),
                      _ptr(bias), _ptr(savemean), _ptr(saveinvvar), _ptr(run_mean), _ptr(run_var),
-                     np.int32(1 if relu else 0)))
+                     np.int32(1 if relu else 0)), tiles=plan[2] * c)
     return True
 
 
@@ -890,11 +889,12 @@ def _persistent_backward(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, 
     if plan is None:
         return False
     part = rt.empty((c * plan[2] * SUM_PARTIAL,), np.float32)
-    _persist_launch(rt, plan, c,
+    _persist_launch(rt, plan, (plan[2], plan[5]), PERSIST_SOURCE,
                     (_ptr(x), _ptr(dy), np.uintp(0) if y is None else _ptr(y), _ptr(dx),
                      _ptr(part), _ptr(_persist_counters(rt, c)), np.int64(n), np.int32(c),
                      np.int64(s), np.int64(_persist_cols(s, width)), np.int32(plan[3]),
-                     _ptr(scale), _ptr(savemean), _ptr(saveinvvar), _ptr(dscale), _ptr(dbias)))
+                     _ptr(scale), _ptr(savemean), _ptr(saveinvvar), _ptr(dscale), _ptr(dbias)),
+                    tiles=plan[2] * c)
     return True
 
 
