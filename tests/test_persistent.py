@@ -346,8 +346,12 @@ def test_deeper_loads_fold_the_same_batches(sim, rng, monkeypatch):
 def test_resnet_14x14_plans_on_an_h100(device_of, monkeypatch, kind, dtype, entry, shared):
     """The full ResNet-50 shape's plans on an H100's limits (132 SMs, 228 KiB per SM; not the
     simulator's own cap on blocks set aside at once)."""
+    from batchnorm_lib.backend.cudasim import instrument
+
     rt = device_of(132, 228 * 1024, 227 * 1024)
     monkeypatch.setattr(bn_cuda, "_simulator_waiting_blocks", lambda: None)
+    # the plan a GPU gets: blocks may wait for each other (the sanitizer rules that out)
+    monkeypatch.delenv(instrument.SANITIZE_ENV, raising=False)
     item = np.dtype(dtype).itemsize
     width, vec = (16 // item, "_vec") if item == 4 else (8 // item, "_vec8")
     plan = bn_cuda._persistent_plan(rt, kind, bn_cuda._SUFFIX[dtype], vec, width, item,
@@ -366,7 +370,11 @@ def test_channels_walked_by_fewer_groups(device_of, rng, monkeypatch):
     """A channel larger than a block, more channels than the device holds split at once: groups of
     nsplit blocks walk the channels (block (split, g) takes channels g, g + G, ...). Against the
     reference, bitwise repeatable, and bitwise what the same split gives with a group a channel
-    on a device large enough to hold every block at once."""
+    on a device large enough to hold every block at once. The blocks of a channel wait for each
+    other, which the sanitizer rules out (see small_device): it is off."""
+    from batchnorm_lib.backend.cudasim import instrument
+
+    monkeypatch.delenv(instrument.SANITIZE_ENV, raising=False)
     rt = device_of(4, 20 * 1024, 19 * 1024)
     shape = (6, 4, 25, 40)  # a channel: 1500 packs of 16 bytes (24 KiB), x and dy 48 KiB
     n, c, s = 6, 4, 1000
