@@ -1,6 +1,8 @@
 """Batch normalization: BatchNormND carries all state and logic; the other classes only say which
 data shapes they accept."""
 
+import math
+
 import numpy as np
 
 from batchnorm_lib import kernels
@@ -108,7 +110,7 @@ class BatchNormND(Normalization):
                                   % (self, self.calctype))
             # an empty batch (a zero-length axis) is allowed: it has no statistics to take; with
             # comm, the count that matters is the whole batch's (checked once it is known)
-            if self.comm is None and int(np.prod(shape, dtype=np.int64)) // self.maps == 1:
+            if self.comm is None and math.prod(shape) // self.maps == 1:
                 raise ModuleError("%s: training needs more than one value per channel, got shape %s"
                                   % (self, tuple(shape)))
 

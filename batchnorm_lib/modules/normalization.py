@@ -58,8 +58,9 @@ class Normalization(Module):
         if self.scalegrad is None:  # backward ran with updGrad=False
             self.paramGrads(grad)
         ops = kernels.norm.ops()
-        ops.axpby(self.scalegrad.ravel(), self.vars["scale"].grad.ravel(), scale, momentum)
-        ops.axpby(self.biasgrad.ravel(), self.vars["bias"].grad.ravel(), scale, momentum)
+        # (same shapes: axpby works elementwise over arrays of one size)
+        ops.axpby(self.scalegrad, self.vars["scale"].grad, scale, momentum)
+        ops.axpby(self.biasgrad, self.vars["bias"].grad, scale, momentum)
 
     def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
         check_grad_dtype(self, grad)

@@ -2,12 +2,13 @@
 
 import numpy as np
 
-from batchnorm_lib.backend.cpu.array import GPUArray, as_ndarray, empty, to_gpu, zeros
+from batchnorm_lib.backend.cpu.array import (GPUArray, as_ndarray, empty, kernel_address, to_gpu,
+                                             zeros)
 
 NAME = "cpu"
 
-__all__ = ["NAME", "GPUArray", "as_ndarray", "empty", "to_gpu", "zeros", "probe", "device_name",
-           "supported_dtypes"]
+__all__ = ["NAME", "GPUArray", "as_ndarray", "empty", "kernel_address", "to_gpu", "zeros", "probe",
+           "device_name", "supported_dtypes"]
 
 
 def probe():

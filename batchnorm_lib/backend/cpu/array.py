@@ -6,6 +6,8 @@ is never silently shared. ``reshape``/``ravel``, basic indexing (``a[i]``, ``a[i
 follows pycuda's rules (:mod:`batchnorm_lib.backend.arraymath`).
 """
 
+import ctypes
+
 import numpy as np
 
 from batchnorm_lib.backend.arraymath import (ArrayMath, check_basic_index, check_computable,
@@ -16,11 +18,13 @@ from batchnorm_lib.backend.cpu.pool import POOL
 def _shape_tuple(shape):
     if isinstance(shape, (int, np.integer)):
         return (int(shape),)
-    return tuple(int(s) for s in shape)
+    return tuple(map(int, shape))
 
 
 class GPUArray(ArrayMath):
-    __slots__ = ("_ary", "__weakref__")
+    # _ary: the backing ndarray, never rebound (views are new arrays); _addr: kernel_address's
+    # answer, worked out on first use (numpy's ndarray.ctypes costs microseconds a call)
+    __slots__ = ("_ary", "_addr", "__weakref__")
     backend_name = "cpu"
     allocator = None
 
@@ -28,6 +32,7 @@ class GPUArray(ArrayMath):
         if _ary is None:
             _ary = POOL.empty(_shape_tuple(shape), dtype)
         self._ary = _ary
+        self._addr = None
 
     def _new(self, shape, dtype):
         return GPUArray(_shape_tuple(shape), dtype)
@@ -162,6 +167,23 @@ def as_ndarray(a):
     return a._ary
 
 
+def kernel_address(a):
+    """The address of a CPU array's first element if compiled kernels can take the array as a
+    dense float32 buffer (C-contiguous, float32, not empty), else 0; for kernels only. Cached on
+    the array: an array keeps its buffer, dtype and shape for life."""
+    addr = a._addr
+    if addr is None:
+        ary = a._ary
+        addr = 0
+        if ary.dtype == np.float32 and ary.flags.c_contiguous and ary.size > 0:
+            try:  # a third of ndarray.ctypes's time
+                addr = ctypes.addressof(ctypes.c_char.from_buffer(ary))
+            except (TypeError, ValueError):  # a read-only buffer
+                addr = ary.ctypes.data
+        a._addr = addr
+    return addr
+
+
 def to_gpu(ary, allocator=None):
     ary = np.asarray(ary)
     out = GPUArray(ary.shape, ary.dtype)
@@ -172,7 +194,7 @@ def to_gpu(ary, allocator=None):
 def empty(shape, dtype=np.float32, allocator=None, order="C"):
     if order != "C":
         raise ValueError("only C order is supported")
-    return GPUArray(_shape_tuple(shape), dtype)
+    return GPUArray(None, _ary=POOL.empty(_shape_tuple(shape), dtype))
 
 
 def zeros(shape, dtype=np.float32, allocator=None, order="C"):

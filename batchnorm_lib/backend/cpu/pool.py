@@ -22,8 +22,8 @@ class _Lease:
     __slots__ = ("__array_interface__", "_block", "_pool")
 
     def __init__(self, pool, block, nbytes):
-        self._pool, self._block = pool, block
-        self.__array_interface__ = {"data": (_address(block), False), "shape": (nbytes,),
+        self._pool, self._block = pool, block  # block: (uint8 ndarray, aligned address)
+        self.__array_interface__ = {"data": (block[1], False), "shape": (nbytes,),
                                     "typestr": "|u1", "version": 3}
 
     def __del__(self):
@@ -32,9 +32,11 @@ class _Lease:
             pool._release(self._block)
 
 
-def _address(block):
-    addr = block.ctypes.data
-    return addr + (-addr) % ALIGN
+def _new_block(cap):
+    """(buffer, its first ALIGN-aligned address) for a block of ``cap`` bytes."""
+    buf = np.empty(cap + ALIGN, np.uint8)
+    addr = buf.ctypes.data
+    return buf, addr + (-addr) % ALIGN
 
 
 class MemoryPool:
@@ -62,21 +64,22 @@ class MemoryPool:
             blocks = self._free.get(cap)
             block = blocks.pop() if blocks else None
             if block is not None:
-                self._held -= block.nbytes
+                self._held -= block[0].nbytes
                 self.hits += 1
             else:
                 self.misses += 1
         if block is None:
-            block = np.empty(cap + ALIGN, np.uint8)
+            block = _new_block(cap)
         raw = np.asarray(_Lease(self, block, cap))
         return raw[:nbytes].view(dtype).reshape(shape)
 
     def _release(self, block):
         with self._lock:
-            if self._held + block.nbytes > self.max_held_bytes:
+            nbytes = block[0].nbytes
+            if self._held + nbytes > self.max_held_bytes:
                 return  # over the cap: let numpy free it
-            self._free.setdefault(block.nbytes - ALIGN, []).append(block)
-            self._held += block.nbytes
+            self._free.setdefault(nbytes - ALIGN, []).append(block)
+            self._held += nbytes
 
     def free_held(self):
         with self._lock:

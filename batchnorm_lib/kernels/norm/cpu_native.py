@@ -21,7 +21,7 @@ import threading
 
 import numpy as np
 
-from batchnorm_lib.backend.cpu import as_ndarray
+from batchnorm_lib.backend.cpu import kernel_address
 from batchnorm_lib.kernels.norm import cpu_numpy
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -247,30 +247,37 @@ def copy(src, dst):
 
 # -- the kernel contract -------------------------------------------------------------------------
 
-def _f32(a):
-    """The backing ndarray if the compiled kernels can take it (C-contiguous float32, not empty),
-    else None: the numpy path then handles the call."""
-    ary = as_ndarray(a)
-    if ary.dtype != np.float32 or not ary.flags.c_contiguous or ary.size == 0:
-        return None
-    return ary
+def _addrs(arrays):
+    """The kernels' addresses of ``arrays`` (an absent optional array, None, stays None), or None
+    if the compiled kernels cannot take one of them (kernel_address: C-contiguous float32, not
+    empty): the numpy path then handles the call."""
+    out = []
+    for a in arrays:
+        if a is None:
+            out.append(None)
+            continue
+        addr = kernel_address(a)
+        if not addr:
+            return None
+        out.append(addr)
+    return out
 
 
-def _nsc(ary):
-    n, c = ary.shape[0], ary.shape[1]
+def _nsc(shape):
+    """(N, C, S) of (N, C, *spatial) data."""
     s = 1
-    for d in ary.shape[2:]:
+    for d in shape[2:]:
         s *= d
-    return n, c, s
+    return shape[0], shape[1], s
 
 
-def _mask(y):
-    """The relu mask argument of the backwards: (ok, pointer). No y: (True, None); a y the
-    compiled kernels cannot take: (False, None), the numpy path then handles the call."""
-    if y is None:
-        return True, None
-    ya = _f32(y)
-    return ya is not None, None if ya is None else ya.ctypes.data
+def _rc(shape):
+    """(R, C) of (..., C) data."""
+    c = shape[-1]
+    r = 1
+    for d in shape[:-1]:
+        r *= d
+    return r, c
 
 
 def _check(rc):
@@ -278,53 +285,52 @@ def _check(rc):
         raise MemoryError("batchnorm_lib: the CPU kernels could not allocate their workspace")
 
 
-def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar,
-                  relu=False):
-    arys = [_f32(a) for a in (x, out, scale, bias, run_mean, run_var, savemean, saveinvvar)]
-    if any(a is None for a in arys):
-        return cpu_numpy.forward_train(x, scale, bias, run_mean, run_var, eps, factor, out,
-                                       savemean, saveinvvar, relu)
-    xa, oa, sc, bi, rm, rv, sm, si = arys
-    n, c, s = _nsc(xa)
-    _check(_library().bn_forward_train(xa.ctypes.data, oa.ctypes.data, n, c, s, sc.ctypes.data,
-                                       bi.ctypes.data, rm.ctypes.data, rv.ctypes.data, float(eps),
-                                       float(factor), sm.ctypes.data, si.ctypes.data, bool(relu)))
+def _batchnorm_entries(prefix, dims, fallback):
+    """The four batch-norm entries of one data family: the library's ``<prefix>forward_train``
+    and so on, called with the data's ``dims(shape)`` (``(N, C, S)`` or ``(R, C)``), falling back
+    to ``cpu_numpy``'s ``<fallback>forward_train`` and so on for arrays they cannot take."""
+    names = [fallback + n for n in ("forward_train", "forward_infer", "backward_train",
+                                    "backward_infer")]
+
+    def forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar,
+                      relu=False):
+        p = _addrs((x, out, scale, bias, run_mean, run_var, savemean, saveinvvar))
+        if p is None:
+            return getattr(cpu_numpy, names[0])(x, scale, bias, run_mean, run_var, eps, factor,
+                                                out, savemean, saveinvvar, relu)
+        _check(getattr(_library(), prefix + "forward_train")(
+            p[0], p[1], *dims(x.shape), p[2], p[3], p[4], p[5], float(eps), float(factor), p[6],
+            p[7], bool(relu)))
+
+    def forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
+        p = _addrs((x, out, scale, bias, run_mean, run_var))
+        if p is None:
+            return getattr(cpu_numpy, names[1])(x, scale, bias, run_mean, run_var, eps, out, relu)
+        _check(getattr(_library(), prefix + "forward_infer")(
+            p[0], p[1], *dims(x.shape), p[2], p[3], p[4], p[5], float(eps), bool(relu)))
+
+    def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None):
+        p = _addrs((x, dy, dx, scale, savemean, saveinvvar, dscale, dbias, y))
+        if p is None:
+            return getattr(cpu_numpy, names[2])(x, dy, scale, savemean, saveinvvar, dx, dscale,
+                                                dbias, y)
+        _check(getattr(_library(), prefix + "backward_train")(
+            p[0], p[1], p[2], *dims(x.shape), p[3], p[4], p[5], p[6], p[7], p[8]))
+
+    def backward_infer(dy, scale, run_var, eps, dx, y=None):
+        p = _addrs((dy, dx, scale, run_var, y))
+        if p is None:
+            return getattr(cpu_numpy, names[3])(dy, scale, run_var, eps, dx, y)
+        _check(getattr(_library(), prefix + "backward_infer")(
+            p[0], p[1], *dims(dy.shape), p[2], p[3], float(eps), p[4]))
+
+    entries = (forward_train, forward_infer, backward_train, backward_infer)
+    for fn, name in zip(entries, names):
+        fn.__name__ = fn.__qualname__ = name
+    return entries
 
 
-def forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
-    arys = [_f32(a) for a in (x, out, scale, bias, run_mean, run_var)]
-    if any(a is None for a in arys):
-        return cpu_numpy.forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu)
-    xa, oa, sc, bi, rm, rv = arys
-    n, c, s = _nsc(xa)
-    _check(_library().bn_forward_infer(xa.ctypes.data, oa.ctypes.data, n, c, s, sc.ctypes.data,
-                                       bi.ctypes.data, rm.ctypes.data, rv.ctypes.data,
-                                       float(eps), bool(relu)))
-
-
-def backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None):
-    arys = [_f32(a) for a in (x, dy, scale, savemean, saveinvvar, dscale, dbias)]
-    dxa = _f32(dx) if dx is not None else None
-    ok, yp = _mask(y)
-    if any(a is None for a in arys) or (dx is not None and dxa is None) or not ok:
-        return cpu_numpy.backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y)
-    xa, ga, sc, sm, si, ds, db = arys
-    n, c, s = _nsc(xa)
-    _check(_library().bn_backward_train(xa.ctypes.data, ga.ctypes.data,
-                                        None if dxa is None else dxa.ctypes.data, n, c, s,
-                                        sc.ctypes.data, sm.ctypes.data, si.ctypes.data,
-                                        ds.ctypes.data, db.ctypes.data, yp))
-
-
-def backward_infer(dy, scale, run_var, eps, dx, y=None):
-    arys = [_f32(a) for a in (dy, dx, scale, run_var)]
-    ok, yp = _mask(y)
-    if any(a is None for a in arys) or not ok:
-        return cpu_numpy.backward_infer(dy, scale, run_var, eps, dx, y)
-    ga, da, sc, rv = arys
-    n, c, s = _nsc(ga)
-    _check(_library().bn_backward_infer(ga.ctypes.data, da.ctypes.data, n, c, s, sc.ctypes.data,
-                                        rv.ctypes.data, float(eps), yp))
+forward_train, forward_infer, backward_train, backward_infer = _batchnorm_entries("bn_", _nsc, "")
 
 
 # parameter-sized arrays: numpy is as fast as a call into the library
@@ -332,30 +338,23 @@ axpby = cpu_numpy.axpby
 
 
 def per_row_forward(x, scale, bias, groups, spatial, eps, out, savemean, saveinvstd):
-    arys = [_f32(a) for a in (x, out, scale, bias, savemean, saveinvstd)]
-    if any(a is None for a in arys):
+    p = _addrs((x, out, scale, bias, savemean, saveinvstd))
+    if p is None:
         return cpu_numpy.per_row_forward(x, scale, bias, groups, spatial, eps, out, savemean,
                                          saveinvstd)
-    xa, oa, sc, bi, sm, si = arys
-    rows = sm.size
-    _check(_library().per_row_forward(xa.ctypes.data, oa.ctypes.data, rows, xa.size // rows,
-                                      int(groups), int(spatial), sc.ctypes.data, bi.ctypes.data,
-                                      float(eps), sm.ctypes.data, si.ctypes.data))
+    rows = savemean.size
+    _check(_library().per_row_forward(p[0], p[1], rows, x.size // rows, int(groups), int(spatial),
+                                      p[2], p[3], float(eps), p[4], p[5]))
 
 
 def per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial, dx, dscale, dbias):
-    arys = [_f32(a) for a in (x, dy, scale, savemean, saveinvstd, dscale, dbias)]
-    dxa = _f32(dx) if dx is not None else None
-    if any(a is None for a in arys) or (dx is not None and dxa is None):
+    p = _addrs((x, dy, dx, scale, savemean, saveinvstd, dscale, dbias))
+    if p is None:
         return cpu_numpy.per_row_backward(x, dy, scale, savemean, saveinvstd, groups, spatial,
                                           dx, dscale, dbias)
-    xa, ga, sc, sm, si, ds, db = arys
-    rows = sm.size
-    _check(_library().per_row_backward(xa.ctypes.data, ga.ctypes.data,
-                                       None if dxa is None else dxa.ctypes.data, rows,
-                                       xa.size // rows, int(groups), int(spatial), sc.ctypes.data,
-                                       sm.ctypes.data, si.ctypes.data, ds.ctypes.data,
-                                       db.ctypes.data))
+    rows = savemean.size
+    _check(_library().per_row_backward(p[0], p[1], p[2], rows, x.size // rows, int(groups),
+                                       int(spatial), p[3], p[4], p[5], p[6], p[7]))
 
 
 # -- rows x channels (rows_channels_cpu.c): (..., C) data as R rows of C channels ----------------
@@ -382,57 +381,5 @@ def rows_stream_bytes(n=-1):
     return _library().rc_set_stream_bytes(int(n))
 
 
-def _rc(ary):
-    """(R, C) of a (..., C) array."""
-    c = ary.shape[-1]
-    return ary.size // c, c
-
-
-def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, savemean, saveinvvar,
-                       relu=False):
-    arys = [_f32(a) for a in (x, out, scale, bias, run_mean, run_var, savemean, saveinvvar)]
-    if any(a is None for a in arys):
-        return cpu_numpy.rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out,
-                                            savemean, saveinvvar, relu)
-    xa, oa, sc, bi, rm, rv, sm, si = arys
-    r, c = _rc(xa)
-    _check(_library().rc_forward_train(xa.ctypes.data, oa.ctypes.data, r, c, sc.ctypes.data,
-                                       bi.ctypes.data, rm.ctypes.data, rv.ctypes.data, float(eps),
-                                       float(factor), sm.ctypes.data, si.ctypes.data, bool(relu)))
-
-
-def rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu=False):
-    arys = [_f32(a) for a in (x, out, scale, bias, run_mean, run_var)]
-    if any(a is None for a in arys):
-        return cpu_numpy.rows_forward_infer(x, scale, bias, run_mean, run_var, eps, out, relu)
-    xa, oa, sc, bi, rm, rv = arys
-    r, c = _rc(xa)
-    _check(_library().rc_forward_infer(xa.ctypes.data, oa.ctypes.data, r, c, sc.ctypes.data,
-                                       bi.ctypes.data, rm.ctypes.data, rv.ctypes.data, float(eps),
-                                       bool(relu)))
-
-
-def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y=None):
-    arys = [_f32(a) for a in (x, dy, scale, savemean, saveinvvar, dscale, dbias)]
-    dxa = _f32(dx) if dx is not None else None
-    ok, yp = _mask(y)
-    if any(a is None for a in arys) or (dx is not None and dxa is None) or not ok:
-        return cpu_numpy.rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale,
-                                             dbias, y)
-    xa, ga, sc, sm, si, ds, db = arys
-    r, c = _rc(xa)
-    _check(_library().rc_backward_train(xa.ctypes.data, ga.ctypes.data,
-                                        None if dxa is None else dxa.ctypes.data, r, c,
-                                        sc.ctypes.data, sm.ctypes.data, si.ctypes.data,
-                                        ds.ctypes.data, db.ctypes.data, yp))
-
-
-def rows_backward_infer(dy, scale, run_var, eps, dx, y=None):
-    arys = [_f32(a) for a in (dy, dx, scale, run_var)]
-    ok, yp = _mask(y)
-    if any(a is None for a in arys) or not ok:
-        return cpu_numpy.rows_backward_infer(dy, scale, run_var, eps, dx, y)
-    ga, da, sc, rv = arys
-    r, c = _rc(ga)
-    _check(_library().rc_backward_infer(ga.ctypes.data, da.ctypes.data, r, c, sc.ctypes.data,
-                                        rv.ctypes.data, float(eps), yp))
+rows_forward_train, rows_forward_infer, rows_backward_train, rows_backward_infer = \
+    _batchnorm_entries("rc_", _rc, "rows_")
