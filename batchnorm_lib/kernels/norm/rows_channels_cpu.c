@@ -149,6 +149,14 @@ static int rc_channel_threads(i64 R, i64 work)
     return work < RC_CHANNEL_WORK ? 1 : rc_threads(R * work);
 }
 
+#ifndef RC_MERGE_BLOCK
+#define RC_MERGE_BLOCK 64
+#endif
+/* The per-channel merge of the row parts runs over blocks of RC_MERGE_BLOCK channels, parts
+ * outside: the partials of one part are P * C doubles apart (16 KB at C = 2048), so a channel at a
+ * time missed the cache on every part (512 x 2048: 5% of a training step); a block reads each
+ * part's stretch in order. Each channel still adds its parts in part order, as alone. */
+
 /* The reduction's decomposition; a function of (R, C) only. */
 typedef struct {
     i64 W, nchunk;   /* channels per chunk, chunks */
@@ -655,21 +663,31 @@ int rc_forward_train(const float *x, float *out, i64 R, i64 C, const float *scal
     }
     double keep = 1.0 - factor;
     double unbias = (double)R / (double)(R - 1);
+    i64 nblk = rc_ceil_div(C, RC_MERGE_BLOCK);
 #pragma omp parallel for schedule(static) num_threads(rc_channel_threads(R, C * (p.P + 4)))
-    for (i64 c = 0; c < C; c++) {
-        double mean = 0.0, m2 = 0.0;
-        for (i64 part = 0; part < p.P; part++) {
-            double d = pmean[part * C + c] - mean;
-            mean += d * wb[part];
-            m2 += pm2[part * C + c] + d * d * wab[part];
+    for (i64 blk = 0; blk < nblk; blk++) {
+        i64 c0 = blk * RC_MERGE_BLOCK, n = rc_min(RC_MERGE_BLOCK, C - c0);
+        double bmean[RC_MERGE_BLOCK], bm2[RC_MERGE_BLOCK];
+        for (i64 i = 0; i < n; i++)
+            bmean[i] = bm2[i] = 0.0;
+        for (i64 part = 0; part < p.P; part++) { /* part order, each channel as alone */
+            const double *qm = pmean + part * C + c0, *q2 = pm2 + part * C + c0;
+            for (i64 i = 0; i < n; i++) {
+                double d = qm[i] - bmean[i];
+                bmean[i] += d * wb[part];
+                bm2[i] += q2[i] + d * d * wab[part];
+            }
         }
-        double var = m2 / (double)R;
-        mean32[c] = (float)mean;
-        a32[c] = affine_f32(scale[c], var, eps);
-        savemean[c] = (float)mean;
-        saveinvvar[c] = (float)(1.0 / sqrt(var + eps));
-        run_mean[c] = (float)(keep * run_mean[c] + factor * mean);
-        run_var[c] = (float)(keep * run_var[c] + factor * (var * unbias));
+        for (i64 i = 0; i < n; i++) {
+            i64 c = c0 + i;
+            double mean = bmean[i], var = bm2[i] / (double)R;
+            mean32[c] = (float)mean;
+            a32[c] = affine_f32(scale[c], var, eps);
+            savemean[c] = (float)mean;
+            saveinvvar[c] = (float)(1.0 / sqrt(var + eps));
+            run_mean[c] = (float)(keep * run_mean[c] + factor * mean);
+            run_var[c] = (float)(keep * run_var[c] + factor * (var * unbias));
+        }
     }
     free(pmean);
     free(pm2);
@@ -764,22 +782,34 @@ int rc_backward_train(const float *x, const float *dy, float *dx, i64 R, i64 C,
      * gs = (sum(dy (x - mean)) - r sum(dy)) * invstd, k = scale * invstd,
      * c1 = k * invstd * gs / m, c0 = k * gb / m - r * c1 */
     float *k32 = consts, *c032 = consts + C, *c132 = consts + 2 * C;
+    i64 nblk = rc_ceil_div(C, RC_MERGE_BLOCK);
 #pragma omp parallel for schedule(static) num_threads(rc_channel_threads(R, C * (p.P + 4)))
-    for (i64 c = 0; c < C; c++) {
-        double sdy = 0.0, sdyx = 0.0, sxm = 0.0;
-        for (i64 part = 0; part < p.P; part++) {
-            sdy += ps1[part * C + c];
-            sdyx += ps2[part * C + c];
-            sxm += ps3[part * C + c];
+    for (i64 blk = 0; blk < nblk; blk++) {
+        i64 c0 = blk * RC_MERGE_BLOCK, n = rc_min(RC_MERGE_BLOCK, C - c0);
+        double b1[RC_MERGE_BLOCK], b2[RC_MERGE_BLOCK], b3[RC_MERGE_BLOCK];
+        for (i64 i = 0; i < n; i++)
+            b1[i] = b2[i] = b3[i] = 0.0;
+        for (i64 part = 0; part < p.P; part++) { /* part order, each channel as alone */
+            const double *q1 = ps1 + part * C + c0, *q2 = ps2 + part * C + c0;
+            const double *q3 = ps3 + part * C + c0;
+            for (i64 i = 0; i < n; i++) {
+                b1[i] += q1[i];
+                b2[i] += q2[i];
+                b3[i] += q3[i];
+            }
         }
-        double inv = (double)saveinvvar[c], fm = (double)R, r = sxm / fm;
-        double gs = (sdyx - rc_correction(r * sdy)) * inv, k = (double)scale[c] * inv;
-        double c1 = k * inv * gs / fm;
-        dbias[c] = (float)sdy;
-        dscale[c] = (float)gs;
-        k32[c] = (float)k;
-        c132[c] = (float)c1;
-        c032[c] = (float)(k * sdy / fm - rc_correction(r * c1));
+        for (i64 i = 0; i < n; i++) {
+            i64 c = c0 + i;
+            double sdy = b1[i], sdyx = b2[i], sxm = b3[i];
+            double inv = (double)saveinvvar[c], fm = (double)R, r = sxm / fm;
+            double gs = (sdyx - rc_correction(r * sdy)) * inv, k = (double)scale[c] * inv;
+            double c1 = k * inv * gs / fm;
+            dbias[c] = (float)sdy;
+            dscale[c] = (float)gs;
+            k32[c] = (float)k;
+            c132[c] = (float)c1;
+            c032[c] = (float)(k * sdy / fm - rc_correction(r * c1));
+        }
     }
     free(ps);
     if (dx != NULL) {
