@@ -17,14 +17,15 @@ ALIGN = 64
 
 
 class _Lease:
-    """Exposes one pooled block to numpy; returns it to the pool when the last view dies."""
+    """Exposes one pooled block to numpy as an array of ``shape`` and ``dtype``; returns the block
+    to the pool when the last view dies."""
 
     __slots__ = ("__array_interface__", "_block", "_pool")
 
-    def __init__(self, pool, block, nbytes):
+    def __init__(self, pool, block, shape, dtype):
         self._pool, self._block = pool, block  # block: (uint8 ndarray, aligned address)
-        self.__array_interface__ = {"data": (block[1], False), "shape": (nbytes,),
-                                    "typestr": "|u1", "version": 3}
+        self.__array_interface__ = {"data": (block[1], False), "shape": shape,
+                                    "typestr": dtype.str, "version": 3}
 
     def __del__(self):
         pool = self._pool
@@ -70,8 +71,7 @@ class MemoryPool:
                 self.misses += 1
         if block is None:
             block = _new_block(cap)
-        raw = np.asarray(_Lease(self, block, cap))
-        return raw[:nbytes].view(dtype).reshape(shape)
+        return np.asarray(_Lease(self, block, shape, dtype))
 
     def _release(self, block):
         with self._lock:
