@@ -190,27 +190,32 @@ POISONS = {
 FACTOR = 0.5
 
 
-def _run_ours_all(x, dy, scale, bias):
+def _run_ours_all(x, dy, scale, bias, family="channels_first"):
     """Training forward and backward, then evaluation forward and backward with the updated running
-    statistics, through the kernel contract on the active path."""
+    statistics, through the kernel contract on the active path: the channels-first entries, or
+    (``family="rows"``) the rows x channels entries on the same values stored channels last."""
     from batchnorm_lib.backend import gpuarray
     from batchnorm_lib.kernels import norm
 
     ops = norm.ops()
+    rows = family == "rows"
+    op = lambda name: getattr(ops, ("rows_" if rows else "") + name)  # noqa: E731
+    store = (lambda a: np.ascontiguousarray(np.moveaxis(a, 1, -1))) if rows else (lambda a: a)
+    back = (lambda a: np.moveaxis(a, -1, 1)) if rows else (lambda a: a)
     c = x.shape[1]
     f32 = lambda v: gpuarray.to_gpu(np.ascontiguousarray(v, np.float32))  # noqa: E731
-    gx, gdy, gs, gb = gpuarray.to_gpu(x), gpuarray.to_gpu(dy), f32(scale), f32(bias)
+    gx, gdy, gs, gb = gpuarray.to_gpu(store(x)), gpuarray.to_gpu(store(dy)), f32(scale), f32(bias)
     rm, rv = f32(np.linspace(-1, 1, c)), f32(np.linspace(0.5, 2, c))
-    out, sm, si = gpuarray.empty(x.shape, x.dtype), f32(np.zeros(c)), f32(np.zeros(c))
-    ops.forward_train(gx, gs, gb, rm, rv, EPS, FACTOR, out, sm, si)
-    dx, dsc, dbi = gpuarray.empty(x.shape, x.dtype), f32(np.zeros(c)), f32(np.zeros(c))
-    ops.backward_train(gx, gdy, gs, sm, si, dx, dsc, dbi)
-    ev, evdx = gpuarray.empty(x.shape, x.dtype), gpuarray.empty(x.shape, x.dtype)
-    ops.forward_infer(gx, gs, gb, rm, rv, EPS, ev)
-    ops.backward_infer(gdy, gs, rv, EPS, evdx)
-    return dict(y=out.get(), mean=sm.get(), invstd=si.get(), run_mean=rm.get(), run_var=rv.get(),
-                dx=dx.get(), dscale=dsc.get(), dbias=dbi.get(), y_eval=ev.get(),
-                dx_eval=evdx.get())
+    out, sm, si = gpuarray.empty(gx.shape, x.dtype), f32(np.zeros(c)), f32(np.zeros(c))
+    op("forward_train")(gx, gs, gb, rm, rv, EPS, FACTOR, out, sm, si)
+    dx, dsc, dbi = gpuarray.empty(gx.shape, x.dtype), f32(np.zeros(c)), f32(np.zeros(c))
+    op("backward_train")(gx, gdy, gs, sm, si, dx, dsc, dbi)
+    ev, evdx = gpuarray.empty(gx.shape, x.dtype), gpuarray.empty(gx.shape, x.dtype)
+    op("forward_infer")(gx, gs, gb, rm, rv, EPS, ev)
+    op("backward_infer")(gdy, gs, rv, EPS, evdx)
+    return dict(y=back(out.get()), mean=sm.get(), invstd=si.get(), run_mean=rm.get(),
+                run_var=rv.get(), dx=back(dx.get()), dscale=dsc.get(), dbias=dbi.get(),
+                y_eval=back(ev.get()), dx_eval=back(evdx.get()))
 
 
 def _run_torch_all(x, dy, scale, bias):
@@ -263,19 +268,23 @@ def _case(dtype="float32"):
     return x, dy, scale, bias
 
 
-def _poisoned_runs(poison, target, dtype="float32"):
+def _poisoned_runs(poison, target, dtype="float32", family="channels_first"):
     """(clean, ours, PyTorch's) results, with ``poison`` applied to ``target`` ('x' or 'dy')."""
     x, dy, scale, bias = _case(dtype)
-    clean = _run_ours_all(x, dy, scale, bias)
+    clean = _run_ours_all(x, dy, scale, bias, family)
     POISONS[poison](x if target == "x" else dy)
-    ours = _run_ours_all(x, dy, scale, bias)
+    ours = _run_ours_all(x, dy, scale, bias, family)
     theirs = _run_torch_all(x.astype(np.float32), dy.astype(np.float32), scale, bias)
     return clean, ours, theirs
 
 
+FAMILIES = ["channels_first", "rows"]  # the batch-norm entries, and the rows x channels ones
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("poison", sorted(POISONS))
-def test_nonfinite_data_like_pytorch(kernel_path, poison):
-    clean, ours, theirs = _poisoned_runs(poison, "x")
+def test_nonfinite_data_like_pytorch(kernel_path, poison, family):
+    clean, ours, theirs = _poisoned_runs(poison, "x", family=family)
     for name in ours:
         _assert_like_torch(ours[name], theirs[name], name)
         _assert_other_channels_bitwise(ours[name], clean[name], 1, name)
@@ -284,9 +293,10 @@ def test_nonfinite_data_like_pytorch(kernel_path, poison):
     assert np.isnan(ours["y"][:, 1]).all() and np.isnan(ours["y_eval"][:, 1]).all()
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("poison", ["nan", "+inf"])
-def test_nonfinite_gradient_like_pytorch(kernel_path, poison):
-    clean, ours, theirs = _poisoned_runs(poison, "dy")
+def test_nonfinite_gradient_like_pytorch(kernel_path, poison, family):
+    clean, ours, theirs = _poisoned_runs(poison, "dy", family=family)
     names = ["dbias", "dscale", "dx_eval"] + (["dx"] if poison == "nan" else [])
     for name in names:
         _assert_like_torch(ours[name], theirs[name], name)
@@ -298,14 +308,44 @@ def test_nonfinite_gradient_like_pytorch(kernel_path, poison):
     assert not np.isfinite(theirs["dx"][:, 1]).any()
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("poison", ["nan", "+inf"])
-def test_nonfinite_16bit_like_pytorch(cuda_path, dtype, poison):
+def test_nonfinite_16bit_like_pytorch(cuda_path, dtype, poison, family):
     if dtype == "bfloat16":
         pytest.importorskip("ml_dtypes")
-    clean, ours, theirs = _poisoned_runs(poison, "x", dtype)
+    clean, ours, theirs = _poisoned_runs(poison, "x", dtype, family)
     for name in ours:
         for test in (np.isnan, np.isposinf, np.isneginf):
             np.testing.assert_array_equal(test(np.asarray(ours[name], np.float64)),
                                           test(theirs[name]), err_msg=name)
         _assert_other_channels_bitwise(ours[name], clean[name], 1, name)
+
+
+@pytest.mark.parametrize("row", [0, 50000, 50003, 299999])
+def test_nonfinite_rows_at_any_row(kernel_path, row):
+    """(N, C) data long enough that the kernels split the rows: +Inf at the first row of the data,
+    of a later part (50000 on the CPU kernels), inside one, and last makes that channel's mean +Inf
+    and the rest of its statistics NaN, as PyTorch's sum / m, whatever the part's shift."""
+    from batchnorm_lib.backend import gpuarray
+    from batchnorm_lib.kernels import norm
+
+    ops = norm.ops()
+    rng = np.random.default_rng(31)
+    x = (3.0 + rng.standard_normal((300000, 3))).astype(np.float32)
+    f32 = lambda v: gpuarray.to_gpu(np.ascontiguousarray(v, np.float32))  # noqa: E731
+
+    def run(data):
+        rm, rv, sm, si = f32(np.zeros(3)), f32(np.ones(3)), f32(np.zeros(3)), f32(np.zeros(3))
+        out = gpuarray.empty(data.shape, np.float32)
+        ops.rows_forward_train(f32(data), f32(np.ones(3)), f32(np.zeros(3)), rm, rv, EPS, FACTOR,
+                               out, sm, si)
+        return dict(mean=sm.get(), invstd=si.get(), run_mean=rm.get(), run_var=rv.get())
+
+    clean = run(x)
+    x[row, 1] = np.inf
+    ours = run(x)
+    assert np.isposinf(ours["mean"][1]) and np.isposinf(ours["run_mean"][1]), ours
+    assert np.isnan(ours["invstd"][1]) and np.isnan(ours["run_var"][1]), ours
+    for name in ours:
+        np.testing.assert_array_equal(ours[name][[0, 2]], clean[name][[0, 2]], err_msg=name)

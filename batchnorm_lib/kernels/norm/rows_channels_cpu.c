@@ -323,6 +323,10 @@ static void part_stats(const float *x, i64 C, i64 r0, i64 r1, i64 w, double *res
     float inv_n0 = (float)(1.0 / (double)n0);
     for (i64 j = 0; j < w; j++) {
         shift[j] *= inv_n0;
+        /* an Inf among those rows: no shift, so the sums are the plain ones and the mean is the
+         * +-Inf (or NaN) that the plain sum gives, as PyTorch's sum / m */
+        if (shift[j] - shift[j] != 0.0f)
+            shift[j] = 0.0f;
         f1[j] = f2[j] = 0.0;
     }
     for (i64 rb = r0; rb < r1; rb += RC_RB)
@@ -332,7 +336,7 @@ static void part_stats(const float *x, i64 C, i64 r0, i64 r1, i64 w, double *res
         double s1 = f1[j], dm = s1 / n;
         double pm2 = f2[j] - s1 * dm;
         mean[j] = (double)shift[j] + dm;
-        m2[j] = pm2 > 0.0 ? pm2 : 0.0;
+        m2[j] = pm2 < 0.0 ? 0.0 : pm2 + 0.0; /* below 0 by rounding: 0; NaN stays; -0 -> +0 */
     }
 }
 
@@ -654,9 +658,10 @@ int rc_forward_train(const float *x, float *out, i64 R, i64 C, const float *scal
     /* merge the parts in part order (every part but the last has PR rows), then the per-channel
      * constants in bn_cpu.c's steps */
     float *mean32 = consts, *a32 = consts + C;
-    double wb[RC_MAX_PARTS], wab[RC_MAX_PARTS], na = 0.0;
+    double wb[RC_MAX_PARTS], wab[RC_MAX_PARTS], nbs[RC_MAX_PARTS], na = 0.0;
     for (i64 part = 0; part < p.P; part++) {
         double nb = (double)(rc_min(R, (part + 1) * p.PR) - part * p.PR), n = na + nb;
+        nbs[part] = nb;
         wb[part] = nb / n;
         wab[part] = na * (nb / n);
         na = n;
@@ -678,6 +683,16 @@ int rc_forward_train(const float *x, float *out, i64 R, i64 C, const float *scal
                 bm2[i] += q2[i] + d * d * wab[part];
             }
         }
+        /* a channel holding +-Inf or NaN: Chan's formula gives NaN wherever an infinite mean
+         * meets a later part (Inf - Inf); its mean is the plain sum's, as PyTorch's sum / m
+         * (+-Inf for infinities of one sign, else NaN). Its M2 is NaN either way. */
+        for (i64 i = 0; i < n; i++)
+            if (bmean[i] - bmean[i] != 0.0) {
+                double total = 0.0;
+                for (i64 part = 0; part < p.P; part++)
+                    total += pmean[part * C + c0 + i] * nbs[part];
+                bmean[i] = total / (double)R;
+            }
         for (i64 i = 0; i < n; i++) {
             i64 c = c0 + i;
             double mean = bmean[i], var = bm2[i] / (double)R;
