@@ -947,31 +947,40 @@ static void ew_flat(const float *x, const float *y, float *o, i64 r0, i64 r1, i6
 /* ---------------------------------------------------------------------------------------------- */
 /* per-channel constants, in the float32 / float64 steps of the numpy path                         */
 
-/* scale / sqrt(var + eps) in float64, rounded once: the factor of the normalize pass */
-static float affine_factor(float scale, double var, double eps)
+/* scale / sqrt(var + eps) in float64, rounded once: the factor of the normalize pass (of
+ * rows_channels_cpu.c's too) */
+float bn_affine_factor(float scale, double var, double eps)
 {
     return (float)((double)scale / sqrt(var + eps));
 }
 
-static void finish_forward(i64 C, i64 m, const stat_t *st, const float *scale, const float *bias,
+/* Channel c after a training forward's statistics, the mean and biased variance of its m values:
+ * the normalize pass's mean32[c] and a32[c], the saved statistics and the running ones. total, the
+ * channel's plain sum, decides the mean where the shifted sums gave NaN: +-Inf in the channel gives
+ * PyTorch's sum / m. Shared with rows_channels_cpu.c, so both layouts finish alike. */
+void bn_finish_channel(i64 c, double mean, double var, double total, double m, const float *scale,
+                       double eps, double factor, float *mean32, float *a32, float *savemean,
+                       float *saveinvvar, float *run_mean, float *run_var)
+{
+    if (isnan(mean) && isinf(total))
+        mean = total;
+    double keep = 1.0 - factor;
+    double unbias = m / (m - 1.0);
+    mean32[c] = (float)mean;
+    a32[c] = bn_affine_factor(scale[c], var, eps);
+    savemean[c] = (float)mean;
+    saveinvvar[c] = (float)(1.0 / sqrt(var + eps));
+    run_mean[c] = (float)(keep * run_mean[c] + factor * mean);
+    run_var[c] = (float)(keep * run_var[c] + factor * (var * unbias));
+}
+
+static void finish_forward(i64 C, i64 m, const stat_t *st, const float *scale,
                            float *run_mean, float *run_var, double eps, double factor,
                            float *savemean, float *saveinvvar, float *mean32, float *a32)
 {
-    double keep = 1.0 - factor;
-    double unbias = (double)m / (double)(m - 1);
-    for (i64 c = 0; c < C; c++) {
-        double mean = st[c].mean;
-        double var = st[c].m2 / st[c].n;
-        if (isnan(mean) && isinf(st[c].total))
-            mean = st[c].total;  /* +-Inf in the channel: PyTorch's mean, sum / m */
-        mean32[c] = (float)mean;
-        a32[c] = affine_factor(scale[c], var, eps);
-        savemean[c] = (float)mean;
-        saveinvvar[c] = (float)(1.0 / sqrt(var + eps));
-        run_mean[c] = (float)(keep * run_mean[c] + factor * mean);
-        run_var[c] = (float)(keep * run_var[c] + factor * (var * unbias));
-    }
-    (void)bias;
+    for (i64 c = 0; c < C; c++)
+        bn_finish_channel(c, st[c].mean, st[c].m2 / st[c].n, st[c].total, (double)m, scale, eps,
+                          factor, mean32, a32, savemean, saveinvvar, run_mean, run_var);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -1007,7 +1016,7 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
             if (fused) {
                 /* whole channel in this tile: finish it here and normalize from cache, while
                  * prefetching this thread's next channel (static schedule: c + nt) */
-                float mc = (float)s.mean, a = affine_factor(scale[c], s.m2 / s.n, eps);
+                float mc = (float)s.mean, a = bn_affine_factor(scale[c], s.m2 / s.n, eps);
                 float b = bias[c];
                 i64 cn = c + nt < C ? c + nt : -1;
                 for (i64 n = 0; n < N; n++)
@@ -1040,7 +1049,7 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
                         float *ml = facc + L, *al = facc + 2 * L, *bl = facc + 3 * L;
                         for (i64 q = 0; q < g; q++) {
                             float mc = (float)ls[q].mean;
-                            float a = affine_factor(scale[c0 + q], ls[q].m2 / ls[q].n, eps);
+                            float a = bn_affine_factor(scale[c0 + q], ls[q].m2 / ls[q].n, eps);
                             for (i64 tt = 0; tt < S; tt++) {
                                 ml[q * S + tt] = mc;
                                 al[q * S + tt] = a;
@@ -1072,7 +1081,7 @@ int bn_forward_train(const float *x, float *out, i64 N, i64 C, i64 S, const floa
         for (i64 rb = 1; rb < p.nrb; rb++)
             chan_merge(&st[c], &part[c * p.nrb + rb]);
     }
-    finish_forward(C, m, st, scale, bias, run_mean, run_var, eps, factor, savemean, saveinvvar,
+    finish_forward(C, m, st, scale, run_mean, run_var, eps, factor, savemean, saveinvvar,
                    mean32, a32);
 
     int rc = 0;
@@ -1211,7 +1220,7 @@ int bn_forward_infer(const float *x, float *out, i64 N, i64 C, i64 S, const floa
     if (!a32)
         return -1;
     for (i64 c = 0; c < C; c++)
-        a32[c] = affine_factor(scale[c], run_var[c], eps);
+        a32[c] = bn_affine_factor(scale[c], run_var[c], eps);
     int rc = elementwise(x, out, N, C, S, run_mean, a32, bias, relu, NULL);
     free(a32);
     return rc;
@@ -1225,7 +1234,7 @@ int bn_backward_infer(const float *dy, float *dx, i64 N, i64 C, i64 S, const flo
     if (!k)
         return -1;
     for (i64 c = 0; c < C; c++)
-        k[c] = affine_factor(scale[c], run_var[c], eps);
+        k[c] = bn_affine_factor(scale[c], run_var[c], eps);
     int rc = elementwise(dy, dx, N, C, S, NULL, k, NULL, 0, y);
     free(k);
     return rc;

@@ -46,7 +46,12 @@
 
 typedef int64_t i64;
 
-int bn_get_num_threads(void); /* bn_cpu.c, same library */
+/* bn_cpu.c, same library */
+int bn_get_num_threads(void);
+float bn_affine_factor(float scale, double var, double eps);
+void bn_finish_channel(i64 c, double mean, double var, double total, double m, const float *scale,
+                       double eps, double factor, float *mean32, float *a32, float *savemean,
+                       float *saveinvvar, float *run_mean, float *run_var);
 
 #ifndef RC_CHUNK
 #define RC_CHUNK 1024                 /* channels per reduction task */
@@ -353,12 +358,6 @@ static void stats_task(void *ctx, i64 part, i64 c0, i64 w, i64 r0, i64 r1, doubl
     part_stats(k->x + c0, k->C, r0, r1, w, k->pmean + o, k->pm2 + o, ws);
 }
 
-/* scale / sqrt(var + eps) in float64, rounded once */
-static float affine_f32(float scale, double var, double eps)
-{
-    return (float)((double)scale / sqrt(var + eps));
-}
-
 /* ---------------------------------------------------------------------------------------------- */
 /* elementwise passes, rows split among the threads                                                */
 
@@ -655,8 +654,8 @@ int rc_forward_train(const float *x, float *out, i64 R, i64 C, const float *scal
         free(pmean); free(pm2); free(consts);
         return -1;
     }
-    /* merge the parts in part order (every part but the last has PR rows), then the per-channel
-     * constants in bn_cpu.c's steps */
+    /* merge the parts in part order (every part but the last has PR rows), then finish each
+     * channel as bn_cpu.c does */
     float *mean32 = consts, *a32 = consts + C;
     double wb[RC_MAX_PARTS], wab[RC_MAX_PARTS], nbs[RC_MAX_PARTS], na = 0.0;
     for (i64 part = 0; part < p.P; part++) {
@@ -666,8 +665,6 @@ int rc_forward_train(const float *x, float *out, i64 R, i64 C, const float *scal
         wab[part] = na * (nb / n);
         na = n;
     }
-    double keep = 1.0 - factor;
-    double unbias = (double)R / (double)(R - 1);
     i64 nblk = rc_ceil_div(C, RC_MERGE_BLOCK);
 #pragma omp parallel for schedule(static) num_threads(rc_channel_threads(R, C * (p.P + 4)))
     for (i64 blk = 0; blk < nblk; blk++) {
@@ -683,25 +680,15 @@ int rc_forward_train(const float *x, float *out, i64 R, i64 C, const float *scal
                 bm2[i] += q2[i] + d * d * wab[part];
             }
         }
-        /* a channel holding +-Inf or NaN: Chan's formula gives NaN wherever an infinite mean
-         * meets a later part (Inf - Inf); its mean is the plain sum's, as PyTorch's sum / m
-         * (+-Inf for infinities of one sign, else NaN). Its M2 is NaN either way. */
-        for (i64 i = 0; i < n; i++)
-            if (bmean[i] - bmean[i] != 0.0) {
-                double total = 0.0;
+        for (i64 i = 0; i < n; i++) {
+            /* the plain sum, needed only where the merge gave NaN: Chan's formula does wherever
+             * an infinite part mean meets another part (Inf - Inf) */
+            double total = 0.0;
+            if (isnan(bmean[i]))
                 for (i64 part = 0; part < p.P; part++)
                     total += pmean[part * C + c0 + i] * nbs[part];
-                bmean[i] = total / (double)R;
-            }
-        for (i64 i = 0; i < n; i++) {
-            i64 c = c0 + i;
-            double mean = bmean[i], var = bm2[i] / (double)R;
-            mean32[c] = (float)mean;
-            a32[c] = affine_f32(scale[c], var, eps);
-            savemean[c] = (float)mean;
-            saveinvvar[c] = (float)(1.0 / sqrt(var + eps));
-            run_mean[c] = (float)(keep * run_mean[c] + factor * mean);
-            run_var[c] = (float)(keep * run_var[c] + factor * (var * unbias));
+            bn_finish_channel(c0 + i, bmean[i], bm2[i] / (double)R, total, (double)R, scale, eps,
+                              factor, mean32, a32, savemean, saveinvvar, run_mean, run_var);
         }
     }
     free(pmean);
@@ -722,7 +709,7 @@ static int rc_frozen(const float *x, float *out, i64 R, i64 C, const float *scal
         return -1;
 #pragma omp parallel for schedule(static) num_threads(rc_channel_threads(R, 4 * C))
     for (i64 c = 0; c < C; c++)
-        a32[c] = affine_f32(scale[c], run_var[c], eps);
+        a32[c] = bn_affine_factor(scale[c], run_var[c], eps);
     rc_affine(x, out, R, C, m, a32, b, relu, y);
     free(a32);
     return 0;
