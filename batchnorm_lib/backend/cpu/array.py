@@ -35,7 +35,7 @@ class GPUArray(ArrayMath):
         self._addr = None
 
     def _new(self, shape, dtype):
-        return GPUArray(_shape_tuple(shape), dtype)
+        return GPUArray(shape, dtype)
 
     # -- pycuda's surface ------------------------------------------------------------------
     @property
@@ -194,7 +194,7 @@ def to_gpu(ary, allocator=None):
 def empty(shape, dtype=np.float32, allocator=None, order="C"):
     if order != "C":
         raise ValueError("only C order is supported")
-    return GPUArray(None, _ary=POOL.empty(_shape_tuple(shape), dtype))
+    return GPUArray(shape, dtype)
 
 
 def zeros(shape, dtype=np.float32, allocator=None, order="C"):
