@@ -25,6 +25,7 @@ coefficients, inference factor) are computed once per channel (per block, in the
 in float64. See docs/numerics.md.
 """
 
+import collections
 import functools
 import os
 import weakref
@@ -473,9 +474,9 @@ def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, save
         return
     plan = _rows_persist_plan(rt, "forward", suffix + vec, width, x.dtype.itemsize, 1, r, c)
     if plan is not None:  # one single-read launch
-        part = rt.empty((_rows_padded(c) * plan[2] * STATS_PARTIAL,), np.float32)
-        _persist_launch(rt, plan, (plan[5], plan[2]), ROWS_SOURCE,
-                        (_ptr(x), _ptr(out), _ptr(part), _ptr(_persist_counters(rt, plan[5])),
+        part = rt.empty((_rows_padded(c) * plan.nsplit * STATS_PARTIAL,), np.float32)
+        _persist_launch(rt, plan, (plan.groups, plan.nsplit), ROWS_SOURCE,
+                        (_ptr(x), _ptr(out), _ptr(part), _ptr(_persist_counters(rt, plan.groups)),
                          np.int64(r), np.int32(c), np.float64(eps), np.float64(factor),
                          _ptr(scale), _ptr(bias), _ptr(savemean), _ptr(saveinvvar),
                          _ptr(run_mean), _ptr(run_var), np.int32(1 if relu else 0)))
@@ -491,16 +492,22 @@ def rows_forward_train(x, scale, bias, run_mean, run_var, eps, factor, out, save
     _rows_normalize(rt, suffix + vec, x, out, savemean, a, bias, r, c, width, relu)
 
 
+# A single-read launch plan: entry name, compiled function, blocks a channel (tile), shared-memory
+# slots per thread and array, dynamic shared bytes a block, channel groups (walking grids) or
+# channels / channel tiles.
+PersistPlan = collections.namedtuple("PersistPlan", "name fn nsplit slots shared groups")
+
+
 def _rows_persist_plan(rt, kind, suffix, width, itemsize, arrays, r, c):
-    """(entry name, function, nsplit, slots, shared bytes, channel tiles) of the rows x channels
-    single-read entry rc_persist_<kind>_<suffix> (rows_channels.cu), or None where the data cannot
-    stay on chip (or BATCHNORM_LIB_SINGLE_READ=0): the reductions' (tiles, nsplit) grid, each
-    block holding its split's rows of ``arrays`` data arrays, slots = rows per warp packs per
-    thread and array. The same rule as the NCHW plan (_resident_split): with nsplit > 1 the
-    device holds every block at once (occupancy from registers, shared memory and SMs; the
-    simulator's waiting cap; never under the sanitizer), nsplit 1 at any grid size; no split
-    without rows (fewer splits of the same rows each where the last would be empty). No walking
-    groups: a tensor the device cannot hold at once takes the two-pass kernels."""
+    """The PersistPlan (groups: the channel tiles) of the rows x channels single-read entry
+    rc_persist_<kind>_<suffix> (rows_channels.cu), or None where the data cannot stay on chip (or
+    BATCHNORM_LIB_SINGLE_READ=0): the reductions' (tiles, nsplit) grid, each block holding its
+    split's rows of ``arrays`` data arrays, slots = rows per warp packs per thread and array. The
+    same rule as the NCHW plan (_resident_split): with nsplit > 1 the device holds every block at
+    once (occupancy from registers, shared memory and SMs; the simulator's waiting cap; never under
+    the sanitizer), nsplit 1 at any grid size; no split without rows (fewer splits of the same rows
+    each where the last would be empty). No walking groups: a tensor the device cannot hold at once
+    takes the two-pass kernels."""
     if os.environ.get(SINGLE_READ_ENV, "1") == "0":
         return None
     name = "rc_persist_%s_%s" % (kind, suffix)
@@ -525,7 +532,7 @@ def _rows_persist_plan(rt, kind, suffix, width, itemsize, arrays, r, c):
     # only the splits that hold rows: ceil(R / nsplit) rows each leaves the last ones empty where
     # nsplit does not divide R finely (12544 rows over 132: 131 splits of 96 hold them all)
     nsplit = -(-r // -(-r // nsplit))
-    return name, fn, nsplit, slots, shared, tiles
+    return PersistPlan(name, fn, nsplit, slots, shared, tiles)
 
 
 def _rows_elementwise_grid(r, c, width):
@@ -560,11 +567,11 @@ def rows_backward_train(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, y
     plan = dx is not None and _rows_persist_plan(
         rt, _relu("backward", mask), suffix + vec, width, x.dtype.itemsize, 2, r, c)
     if plan:  # one single-read launch
-        part = rt.empty((_rows_padded(c) * plan[2] * SUM_PARTIAL,), np.float32)
-        _persist_launch(rt, plan, (plan[5], plan[2]), ROWS_SOURCE,
+        part = rt.empty((_rows_padded(c) * plan.nsplit * SUM_PARTIAL,), np.float32)
+        _persist_launch(rt, plan, (plan.groups, plan.nsplit), ROWS_SOURCE,
                         (_ptr(x), _ptr(dy)) + mask
                         + (_ptr(savemean), _ptr(dx), _ptr(part),
-                           _ptr(_persist_counters(rt, plan[5])), np.int64(r), np.int32(c),
+                           _ptr(_persist_counters(rt, plan.groups)), np.int64(r), np.int32(c),
                            _ptr(scale), _ptr(saveinvvar), _ptr(dscale), _ptr(dbias)))
         return
     name = _relu("rc_backward_partial", mask) + "_" + suffix + vec
@@ -620,8 +627,9 @@ _persist_sync = {}  # id(runtime) -> (runtime, uint32 counters): 2 per channel, 
 
 
 def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
-    """(entry name, function, nsplit, slots, shared bytes, groups) of the single-read kernel
-    ``kind`` ("forward" or "backward"), or None when the data cannot stay on chip.
+    """The PersistPlan (entry name, function, nsplit, slots, shared bytes, groups) of the
+    single-read kernel ``kind`` ("forward" or "backward"), or None when the data cannot stay on
+    chip.
 
     Block (split, channel) holds ``slots`` packs per thread of each of ``arrays`` data arrays in
     shared memory. With nsplit > 1 the grid must fit the device at once, as the blocks of a
@@ -660,7 +668,7 @@ def _persistent_plan(rt, kind, suffix, vec, width, itemsize, arrays, n, c, s):
 
     found = _resident_split(rt, fit, c, packs, width, waiting_cap, sms, per_sm)
     if found is not None:
-        return (name, fn) + found + (c,)
+        return PersistPlan(name, fn, *found, c)
     if not _blocks_may_wait(rt):
         return None
     return _walking_plan(name, fn, fit, min(packs, sms * per_sm), sms, width, c, waiting_cap)
@@ -752,7 +760,8 @@ def _walking_plan(name, fn, fit, most, sms, width, c, waiting_cap):
         if groups < 1:
             continue
         use = c * nsplit / (-(-c // groups) * sms * resident)
-        options.append((use, resident, nsplit, (name, fn, nsplit, slots, shared, groups)))
+        plan = PersistPlan(name, fn, nsplit, slots, shared, groups)
+        options.append((use, resident, nsplit, plan))
     if not options:
         return None
     top = max(o[0] for o in options)
@@ -837,7 +846,7 @@ def _persist_launch(rt, plan, grid, source, args, tiles=None):
     """Launch a single-read plan on ``grid`` (persistent.cu: (nsplit, groups); rows_channels.cu:
     (channel tiles, nsplit)) of ``source``; ``tiles``: the work a walking grid takes in turn, for
     a recorded launch (Runtime.launch)."""
-    name, fn, _, _, shared, _ = plan
+    name, fn, shared = plan.name, plan.fn, plan.shared
     if not _launches_on_device(rt):
         rt.launch(name, grid, args, source=source, shared=shared, tiles=tiles)
         return
@@ -864,13 +873,13 @@ def _persistent_forward(x, scale, bias, run_mean, run_var, eps, factor, out, sav
     plan = _persistent_plan(rt, "forward", suffix, vec, width, x.dtype.itemsize, 1, n, c, s)
     if plan is None:
         return False
-    part = rt.empty((c * plan[2] * STATS_PARTIAL,), np.float32)
-    _persist_launch(rt, plan, (plan[2], plan[5]), PERSIST_SOURCE,
+    part = rt.empty((c * plan.nsplit * STATS_PARTIAL,), np.float32)
+    _persist_launch(rt, plan, (plan.nsplit, plan.groups), PERSIST_SOURCE,
                     (_ptr(x), _ptr(out), _ptr(part), _ptr(_persist_counters(rt, c)), np.int64(n),
                      np.int32(c), np.int64(s), np.int64(_persist_cols(s, width)),
                      np.float64(eps), np.float64(factor), _ptr(scale),
                      _ptr(bias), _ptr(savemean), _ptr(saveinvvar), _ptr(run_mean), _ptr(run_var),
-                     np.int32(1 if relu else 0)), tiles=plan[2] * c)
+                     np.int32(1 if relu else 0)), tiles=plan.nsplit * c)
     return True
 
 
@@ -888,13 +897,13 @@ def _persistent_backward(x, dy, scale, savemean, saveinvvar, dx, dscale, dbias, 
     plan = _persistent_plan(rt, "backward", suffix, vec, width, x.dtype.itemsize, 2, n, c, s)
     if plan is None:
         return False
-    part = rt.empty((c * plan[2] * SUM_PARTIAL,), np.float32)
-    _persist_launch(rt, plan, (plan[2], plan[5]), PERSIST_SOURCE,
+    part = rt.empty((c * plan.nsplit * SUM_PARTIAL,), np.float32)
+    _persist_launch(rt, plan, (plan.nsplit, plan.groups), PERSIST_SOURCE,
                     (_ptr(x), _ptr(dy), np.uintp(0) if y is None else _ptr(y), _ptr(dx),
                      _ptr(part), _ptr(_persist_counters(rt, c)), np.int64(n), np.int32(c),
-                     np.int64(s), np.int64(_persist_cols(s, width)), np.int32(plan[3]),
+                     np.int64(s), np.int64(_persist_cols(s, width)), np.int32(plan.slots),
                      _ptr(scale), _ptr(savemean), _ptr(saveinvvar), _ptr(dscale), _ptr(dbias)),
-                    tiles=plan[2] * c)
+                    tiles=plan.nsplit * c)
     return True
 
 
