@@ -83,3 +83,30 @@ def to_gpu_misaligned(a, misaligned=True):
         return gpuarray.to_gpu(a)
     whole = gpuarray.to_gpu(np.concatenate([np.zeros(1, a.dtype), a.ravel()]))
     return whole[1:].reshape(a.shape)
+
+
+# The documentation's examples run as doctests (pyproject: --doctest-glob=*.md, testpaths tests and
+# docs). A page whose examples import an optional dependency that is not installed is skipped with
+# the extra that brings it, as the tests here skip their PyTorch and MPI cases; CI installs every
+# extra, so there they all run. (A hook here, not a docs/conftest.py: the tests import this module
+# as `conftest`, and a second conftest module would take that name.)
+OPTIONAL_IMPORTS = {"torch": "torch", "mpi4py": "mpi"}  # module -> the extra that installs it
+
+
+def pytest_collection_modifyitems(config, items):
+    import importlib.util
+    import re
+
+    pattern = re.compile(r"^\s*(?:import|from)\s+(\w+)", re.MULTILINE)
+    for item in items:
+        dtest = getattr(item, "dtest", None)
+        if dtest is None:
+            continue
+        for example in dtest.examples:
+            missing = [m for m in pattern.findall(example.source)
+                       if m in OPTIONAL_IMPORTS and importlib.util.find_spec(m) is None]
+            if missing:
+                item.add_marker(pytest.mark.skip(
+                    reason="%s: its examples import %s (pip install -e \".[%s]\")"
+                    % (dtest.name, missing[0], OPTIONAL_IMPORTS[missing[0]])))
+                break
